@@ -1,0 +1,177 @@
+//! The request envelope `spawner` writes on `agent-exec`'s standard input: one line of
+//! JSON ([`RequestHeader`]), then the raw input bytes until end of file. Raw bytes keep
+//! binary input intact and cost nothing to encode.
+
+use std::io::{self, BufRead, Read, Write};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the envelope format; `agent-exec` refuses any other.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// Largest input accepted, so a runaway producer cannot exhaust memory.
+pub const MAX_INPUT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Largest header line accepted.
+const MAX_HEADER_BYTES: u64 = 64 * 1024;
+
+/// Everything about a request except its input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestHeader {
+    /// Envelope format version, [`ENVELOPE_VERSION`].
+    pub v: u32,
+    /// Unique id of this run.
+    pub run_id: String,
+    /// The agent to run.
+    pub agent: String,
+    /// The runtime's home directory.
+    pub home: PathBuf,
+    /// Overrides the manifest's deadline, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// How the answer is written on standard output.
+    #[serde(default)]
+    pub output: OutputFormat,
+    /// How log lines are written on standard error.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Lowest level of log line written: trace, debug, info, warn or error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// When the spawner started the process, in nanoseconds since the Unix epoch; lets
+    /// agent-exec measure the time from spawn to `main`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spawned_at_unix_ns: Option<u64>,
+}
+
+/// How `agent-exec` writes its answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// The agent's output bytes, unchanged; errors on standard error.
+    #[default]
+    Raw,
+    /// One JSON [`RunReport`](crate::RunReport), whatever the outcome.
+    Json,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For a person at a terminal.
+    #[default]
+    Human,
+    /// One JSON object per line, for machines.
+    Json,
+}
+
+/// Why an envelope could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// Reading standard input failed.
+    #[error("cannot read the request envelope: {0}")]
+    Io(#[from] io::Error),
+    /// The first line is not a valid header.
+    #[error("invalid request envelope header: {0}")]
+    Header(#[from] serde_json::Error),
+    /// The header names another envelope version.
+    #[error("request envelope version {found} is not supported (expected {ENVELOPE_VERSION})")]
+    Version {
+        /// The version found.
+        found: u32,
+    },
+    /// The header line or the input is over its size limit.
+    #[error("request {what} is over the limit of {limit} bytes")]
+    TooLarge {
+        /// "header" or "input".
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+/// Write an envelope: the header line, then `input`.
+pub fn write_envelope(mut w: impl Write, header: &RequestHeader, input: &[u8]) -> io::Result<()> {
+    let mut line = serde_json::to_vec(header).map_err(io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line)?;
+    w.write_all(input)?;
+    w.flush()
+}
+
+/// Read an envelope: the header line, then the input until end of file.
+pub fn read_envelope(r: impl Read) -> Result<(RequestHeader, Vec<u8>), EnvelopeError> {
+    let mut r = io::BufReader::new(r);
+    let mut line = Vec::new();
+    (&mut r).take(MAX_HEADER_BYTES).read_until(b'\n', &mut line)?;
+    if line.last() != Some(&b'\n') {
+        if line.len() as u64 >= MAX_HEADER_BYTES {
+            return Err(EnvelopeError::TooLarge {
+                what: "header",
+                limit: MAX_HEADER_BYTES,
+            });
+        }
+        // A header with no input and no newline is still a header.
+    }
+    let header: RequestHeader = serde_json::from_slice(&line)?;
+    if header.v != ENVELOPE_VERSION {
+        return Err(EnvelopeError::Version { found: header.v });
+    }
+    let mut input = Vec::new();
+    r.take(MAX_INPUT_BYTES + 1).read_to_end(&mut input)?;
+    if input.len() as u64 > MAX_INPUT_BYTES {
+        return Err(EnvelopeError::TooLarge {
+            what: "input",
+            limit: MAX_INPUT_BYTES,
+        });
+    }
+    Ok((header, input))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> RequestHeader {
+        RequestHeader {
+            v: ENVELOPE_VERSION,
+            run_id: "r1".into(),
+            agent: "echo".into(),
+            home: "/tmp/h".into(),
+            timeout_ms: Some(5),
+            output: OutputFormat::Json,
+            log_format: LogFormat::Human,
+            log_level: None,
+            spawned_at_unix_ns: Some(42),
+        }
+    }
+
+    #[test]
+    fn round_trips_binary_input_with_newlines() {
+        let input = b"line one\nline two\n\0\xff".to_vec();
+        let mut buf = Vec::new();
+        write_envelope(&mut buf, &header(), &input).expect("write");
+        let (h, i) = read_envelope(&buf[..]).expect("read");
+        assert_eq!(h, header());
+        assert_eq!(i, input);
+    }
+
+    #[test]
+    fn rejects_other_versions_and_garbage() {
+        let mut h = header();
+        h.v = 2;
+        let mut buf = Vec::new();
+        write_envelope(&mut buf, &h, b"").expect("write");
+        assert!(matches!(
+            read_envelope(&buf[..]),
+            Err(EnvelopeError::Version { found: 2 })
+        ));
+        assert!(matches!(
+            read_envelope(&b"not json\nrest"[..]),
+            Err(EnvelopeError::Header(_))
+        ));
+    }
+}

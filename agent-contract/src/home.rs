@@ -1,0 +1,166 @@
+//! The runtime's home directory and how an agent name maps to a directory in it.
+//!
+//! ```text
+//! <home>/agents/<name>/agent.toml   one directory per agent
+//! <home>/memory.db                  the SQLite memory store (WAL)
+//! <home>/cache/components/          compiled components, keyed by hash and engine
+//! ```
+//!
+//! The home is `--home`, else `$SPAWNER_HOME`, else `$XDG_DATA_HOME/spawner`, else
+//! `~/.local/share/spawner`.
+
+use std::path::{Path, PathBuf};
+
+/// Environment variable that overrides the default home directory.
+pub const HOME_ENV: &str = "SPAWNER_HOME";
+
+/// The longest agent name accepted.
+pub const MAX_AGENT_NAME_LEN: usize = 64;
+
+/// The runtime's home directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    root: PathBuf,
+}
+
+/// Why no home directory could be chosen.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot choose a home directory: none of --home, ${HOME_ENV}, $XDG_DATA_HOME or $HOME is set; pass --home DIR"
+)]
+pub struct NoHome;
+
+/// Why an agent name did not lead to an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentLookupError {
+    /// The name could escape the agents directory or is otherwise malformed.
+    #[error(
+        "invalid agent name {name:?}: a name is 1-{MAX_AGENT_NAME_LEN} characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
+    )]
+    InvalidName {
+        /// The name as given.
+        name: String,
+    },
+    /// The name is valid but there is no `agent.toml` for it.
+    #[error(
+        "no agent named {name:?}: {manifest} does not exist (run `spawner agents` to list the installed agents)"
+    )]
+    NotFound {
+        /// The name as given.
+        name: String,
+        /// The manifest path that was looked for.
+        manifest: PathBuf,
+    },
+}
+
+impl Home {
+    /// Use `root` as the home directory.
+    pub fn new(root: impl Into<PathBuf>) -> Home {
+        Home { root: root.into() }
+    }
+
+    /// The home from an explicit choice, else the environment (see the module docs).
+    pub fn resolve(explicit: Option<PathBuf>) -> Result<Home, NoHome> {
+        let from_env = |key: &str| std::env::var_os(key).filter(|v| !v.is_empty());
+        if let Some(root) = explicit {
+            return Ok(Home::new(root));
+        }
+        if let Some(root) = from_env(HOME_ENV) {
+            return Ok(Home::new(root));
+        }
+        if let Some(data) = from_env("XDG_DATA_HOME") {
+            return Ok(Home::new(PathBuf::from(data).join("spawner")));
+        }
+        from_env("HOME")
+            .map(|home| Home::new(PathBuf::from(home).join(".local/share/spawner")))
+            .ok_or(NoHome)
+    }
+
+    /// The home directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory holding one subdirectory per agent.
+    pub fn agents_dir(&self) -> PathBuf {
+        self.root.join("agents")
+    }
+
+    /// The SQLite memory store.
+    pub fn store_path(&self) -> PathBuf {
+        self.root.join("memory.db")
+    }
+
+    /// The compiled-component cache.
+    pub fn component_cache_dir(&self) -> PathBuf {
+        self.root.join("cache").join("components")
+    }
+
+    /// The manifest of the agent `name`, which must exist.
+    pub fn agent_manifest(&self, name: &str) -> Result<PathBuf, AgentLookupError> {
+        validate_agent_name(name)?;
+        let manifest = self.agents_dir().join(name).join("agent.toml");
+        if manifest.is_file() {
+            Ok(manifest)
+        } else {
+            Err(AgentLookupError::NotFound {
+                name: name.to_owned(),
+                manifest,
+            })
+        }
+    }
+}
+
+/// Check that `name` is a plain agent name that cannot leave the agents directory.
+pub fn validate_agent_name(name: &str) -> Result<(), AgentLookupError> {
+    let bytes = name.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= MAX_AGENT_NAME_LEN
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(AgentLookupError::InvalidName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_escape_are_refused() {
+        for bad in [
+            "", "..", "../x", "a/b", "/abs", ".hidden", "-dash", "UPPER", "sp ace", "a\0b",
+        ] {
+            assert!(
+                matches!(
+                    validate_agent_name(bad),
+                    Err(AgentLookupError::InvalidName { .. })
+                ),
+                "{bad:?} was accepted"
+            );
+        }
+        assert!(validate_agent_name(&"a".repeat(MAX_AGENT_NAME_LEN + 1)).is_err());
+        for good in ["echo", "notes", "command-guard", "a_1", "9lives"] {
+            assert!(validate_agent_name(good).is_ok(), "{good:?} was refused");
+        }
+    }
+
+    #[test]
+    fn lookup_reports_the_path_it_tried() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = Home::new(dir.path());
+        let err = home.agent_manifest("missing").expect_err("must fail");
+        let text = err.to_string();
+        assert!(text.contains("missing") && text.contains("agent.toml"), "{text}");
+        std::fs::create_dir_all(dir.path().join("agents/here")).expect("mkdir");
+        std::fs::write(dir.path().join("agents/here/agent.toml"), "").expect("write");
+        assert!(home.agent_manifest("here").is_ok());
+    }
+}

@@ -1,0 +1,23 @@
+//! What `spawner` and `agent-exec` agree on, kept small so the front process stays small.
+//!
+//! # Layout
+//!
+//! - [`home`]: where things live (agents, the memory store, the compiled-component cache)
+//!   and how an agent name becomes a directory, safely.
+//! - [`manifest`]: `agent.toml`, parsed into a raw form with source spans, then validated
+//!   into a [`Manifest`]; every error names the file, line and column.
+//! - [`envelope`]: the request envelope `spawner` writes on `agent-exec`'s standard input.
+//! - [`outcome`]: the one table of run outcomes, their exit codes and status names.
+//! - [`report`]: the JSON report of a run (`--json`) and its phase timings.
+
+pub mod envelope;
+pub mod home;
+pub mod manifest;
+pub mod outcome;
+pub mod report;
+
+pub use envelope::{LogFormat, OutputFormat, RequestHeader};
+pub use home::{AgentLookupError, Home};
+pub use manifest::{Manifest, ManifestError};
+pub use outcome::Outcome;
+pub use report::{PhaseTimings, RunReport};

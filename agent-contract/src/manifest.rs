@@ -1,0 +1,538 @@
+//! `agent.toml`: parsed into [`RawManifest`] (with source spans), then validated into
+//! [`Manifest`]. Every error carries the file, line and column it is about.
+//!
+//! ```toml
+//! name = "notes"                  # must match the agent's directory name
+//! version = "0.1.0"
+//! description = "Remembers notes across runs"
+//! component = "notes.wasm"        # relative to the agent's directory
+//! sha256 = "…64 hex digits…"      # optional pin of the component file
+//!
+//! [limits]
+//! timeout_ms = 10000              # wall-clock deadline (epoch interruption)
+//! memory_mb = 64                  # linear-memory cap
+//! fuel = 1000000000               # optional instruction budget
+//!
+//! [memory]
+//! namespace = "notes"             # defaults to the agent's name
+//! retain_input = false            # keep request inputs in run records
+//! keep_runs = 1000                # run records kept for this agent
+//!
+//! [models]
+//! allowed = ["sentiment"]         # models this agent may call
+//!
+//! [[preopens]]                    # none unless declared; read-only unless writable
+//! host = "data"                   # relative to the agent's directory, or absolute
+//! guest = "/data"
+//! writable = false
+//!
+//! [placement]
+//! requires_gpu = false
+//!
+//! [config]                        # strings, numbers and booleans, read by the agent
+//! greeting = "hello"
+//! ```
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Component as PathComponent, Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Default wall-clock deadline of a request.
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// Longest deadline a manifest may ask for (one day).
+pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// Default linear-memory cap.
+pub const DEFAULT_MEMORY_MB: u64 = 64;
+/// Largest linear-memory cap a manifest may ask for.
+pub const MAX_MEMORY_MB: u64 = 4096;
+/// Default number of run records kept per agent.
+pub const DEFAULT_KEEP_RUNS: u32 = 1000;
+
+/// An `agent.toml` as written, before validation. Spans point back into the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManifest {
+    name: Spanned<String>,
+    version: Spanned<String>,
+    description: Option<String>,
+    component: Spanned<String>,
+    sha256: Option<Spanned<String>>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    memory: RawMemory,
+    #[serde(default)]
+    models: RawModels,
+    #[serde(default)]
+    preopens: Vec<RawPreopen>,
+    #[serde(default)]
+    placement: Placement,
+    #[serde(default)]
+    config: BTreeMap<String, Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    timeout_ms: Option<Spanned<u64>>,
+    memory_mb: Option<Spanned<u64>>,
+    fuel: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMemory {
+    namespace: Option<Spanned<String>>,
+    #[serde(default)]
+    retain_input: bool,
+    keep_runs: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModels {
+    #[serde(default)]
+    allowed: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPreopen {
+    host: Spanned<String>,
+    guest: Spanned<String>,
+    #[serde(default)]
+    writable: bool,
+}
+
+/// Where an agent may run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Refuse to run where no GPU is available, instead of falling back to CPU.
+    #[serde(default)]
+    pub requires_gpu: bool,
+}
+
+/// A validated agent manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The agent's name; equal to its directory name.
+    pub name: String,
+    /// The agent's version, as written.
+    pub version: String,
+    /// One line saying what the agent is for.
+    pub description: Option<String>,
+    /// The agent's directory.
+    pub dir: PathBuf,
+    /// The component file, inside `dir`.
+    pub component: PathBuf,
+    /// The component file's expected SHA-256, when pinned.
+    pub sha256: Option<[u8; 32]>,
+    /// Resource limits applied to every request.
+    pub limits: Limits,
+    /// How the agent's memory is kept.
+    pub memory: MemoryPolicy,
+    /// Models the agent may call through the broker.
+    pub allowed_models: Vec<String>,
+    /// Host directories visible to the agent; none unless declared.
+    pub preopens: Vec<Preopen>,
+    /// Where the agent may run.
+    pub placement: Placement,
+    /// `[config]` values rendered as text, for the agent to read.
+    pub config: BTreeMap<String, String>,
+}
+
+/// Resource limits of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock deadline, enforced by epoch interruption.
+    pub timeout: Duration,
+    /// Cap on each linear memory, in bytes.
+    pub memory_bytes: u64,
+    /// Instruction budget; `None` runs without fuel metering.
+    pub fuel: Option<u64>,
+}
+
+/// How an agent's memory and run history are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryPolicy {
+    /// The store namespace the agent reads and writes.
+    pub namespace: String,
+    /// Whether run records keep the request input.
+    pub retain_input: bool,
+    /// How many run records to keep for this agent.
+    pub keep_runs: u32,
+}
+
+/// A host directory made visible to the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preopen {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the agent sees it.
+    pub guest: String,
+    /// Whether the agent may write there.
+    pub writable: bool,
+}
+
+/// Why a manifest could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The manifest's path.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a value is missing, unknown, mistyped or out of range.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Invalid {
+        /// The manifest's path.
+        path: PathBuf,
+        /// 1-based line of the offending text.
+        line: usize,
+        /// 1-based column (in characters) of the offending text.
+        column: usize,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+impl Manifest {
+    /// Read and validate the manifest at `path` (`<agents>/<name>/agent.toml`).
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Manifest::parse(&text, path)
+    }
+
+    /// Validate `text`, the contents of the manifest at `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let invalid = |span: Option<Range<usize>>, message: String| {
+            let (line, column) = line_column(text, span.map_or(0, |s| s.start));
+            ManifestError::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawManifest =
+            toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
+        let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
+        raw.validate(dir, &|span, message| invalid(Some(span), message))
+    }
+}
+
+type Invalid<'a> = dyn Fn(Range<usize>, String) -> ManifestError + 'a;
+
+impl RawManifest {
+    fn validate(self, dir: PathBuf, invalid: &Invalid<'_>) -> Result<Manifest, ManifestError> {
+        let name = self.name.get_ref();
+        if let Err(e) = crate::home::validate_agent_name(name) {
+            return Err(invalid(self.name.span(), e.to_string()));
+        }
+        if let Some(dir_name) = dir.file_name().and_then(|n| n.to_str())
+            && dir_name != name
+        {
+            return Err(invalid(
+                self.name.span(),
+                format!(
+                    "name {name:?} does not match the agent's directory {dir_name:?}; rename one of them"
+                ),
+            ));
+        }
+        if self.version.get_ref().trim().is_empty() {
+            return Err(invalid(self.version.span(), "version is empty".into()));
+        }
+        let component = relative_inside(self.component.get_ref()).ok_or_else(|| {
+            invalid(
+                self.component.span(),
+                format!(
+                    "component {:?} must be a relative path inside the agent's directory",
+                    self.component.get_ref()
+                ),
+            )
+        })?;
+        let sha256 = match self.sha256 {
+            None => None,
+            Some(pin) => Some(parse_sha256(pin.get_ref()).ok_or_else(|| {
+                invalid(pin.span(), "sha256 must be 64 hexadecimal digits".into())
+            })?),
+        };
+
+        let timeout_ms = bounded(
+            self.limits.timeout_ms,
+            DEFAULT_TIMEOUT_MS,
+            1..=MAX_TIMEOUT_MS,
+            "limits.timeout_ms",
+            invalid,
+        )?;
+        let memory_mb = bounded(
+            self.limits.memory_mb,
+            DEFAULT_MEMORY_MB,
+            1..=MAX_MEMORY_MB,
+            "limits.memory_mb",
+            invalid,
+        )?;
+        let fuel = match self.limits.fuel {
+            Some(f) if *f.get_ref() == 0 => {
+                return Err(invalid(f.span(), "limits.fuel must be at least 1".into()));
+            }
+            f => f.map(Spanned::into_inner),
+        };
+
+        let namespace = match self.memory.namespace {
+            None => name.clone(),
+            Some(ns) => {
+                if crate::home::validate_agent_name(ns.get_ref()).is_err() {
+                    return Err(invalid(
+                        ns.span(),
+                        "memory.namespace must be 1-64 characters of a-z, 0-9, '-' and '_'"
+                            .into(),
+                    ));
+                }
+                ns.into_inner()
+            }
+        };
+        let keep_runs = bounded(
+            self.memory.keep_runs.map(|k| Spanned::new(k.span(), u64::from(*k.get_ref()))),
+            u64::from(DEFAULT_KEEP_RUNS),
+            1..=u64::from(u32::MAX),
+            "memory.keep_runs",
+            invalid,
+        )?;
+
+        let mut allowed_models = Vec::with_capacity(self.models.allowed.len());
+        for model in self.models.allowed {
+            if model.get_ref().trim().is_empty() {
+                return Err(invalid(model.span(), "model names must not be empty".into()));
+            }
+            allowed_models.push(model.into_inner());
+        }
+
+        let mut preopens = Vec::with_capacity(self.preopens.len());
+        for p in self.preopens {
+            let host = Path::new(p.host.get_ref());
+            if p.host.get_ref().is_empty() {
+                return Err(invalid(p.host.span(), "preopens.host is empty".into()));
+            }
+            if p.guest.get_ref().is_empty() {
+                return Err(invalid(p.guest.span(), "preopens.guest is empty".into()));
+            }
+            preopens.push(Preopen {
+                host: if host.is_absolute() {
+                    host.to_owned()
+                } else {
+                    dir.join(host)
+                },
+                guest: p.guest.into_inner(),
+                writable: p.writable,
+            });
+        }
+
+        let mut config = BTreeMap::new();
+        for (key, value) in self.config {
+            let span = value.span();
+            let text = match value.into_inner() {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Datetime(d) => d.to_string(),
+                toml::Value::Array(_) | toml::Value::Table(_) => {
+                    return Err(invalid(
+                        span,
+                        format!(
+                            "config.{key} must be a string, number or boolean (arrays and tables are not supported)"
+                        ),
+                    ));
+                }
+            };
+            config.insert(key, text);
+        }
+
+        Ok(Manifest {
+            name: self.name.into_inner(),
+            version: self.version.into_inner(),
+            description: self.description,
+            component: dir.join(component),
+            dir,
+            sha256,
+            limits: Limits {
+                timeout: Duration::from_millis(timeout_ms),
+                memory_bytes: memory_mb * 1024 * 1024,
+                fuel,
+            },
+            memory: MemoryPolicy {
+                namespace,
+                retain_input: self.memory.retain_input,
+                keep_runs: u32::try_from(keep_runs).unwrap_or(u32::MAX),
+            },
+            allowed_models,
+            preopens,
+            placement: self.placement,
+            config,
+        })
+    }
+}
+
+fn bounded(
+    value: Option<Spanned<u64>>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+    key: &str,
+    invalid: &Invalid<'_>,
+) -> Result<u64, ManifestError> {
+    match value {
+        None => Ok(default),
+        Some(v) if range.contains(v.get_ref()) => Ok(v.into_inner()),
+        Some(v) => Err(invalid(
+            v.span(),
+            format!(
+                "{key} = {} is out of range; expected {} to {}",
+                v.get_ref(),
+                range.start(),
+                range.end()
+            ),
+        )),
+    }
+}
+
+/// `path` as a relative path that stays inside its base directory, or `None`.
+fn relative_inside(path: &str) -> Option<PathBuf> {
+    let p = Path::new(path);
+    let ok = !path.is_empty()
+        && p.components()
+            .all(|c| matches!(c, PathComponent::Normal(_) | PathComponent::CurDir));
+    ok.then(|| p.to_owned())
+}
+
+/// Parse 64 hexadecimal digits.
+pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let digit = |b: u8| (b as char).to_digit(16);
+        out[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+    }
+    Some(out)
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "name = \"echo\"\nversion = \"0.1.0\"\ncomponent = \"echo.wasm\"\n";
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(text, Path::new("/home/x/agents/echo/agent.toml"))
+    }
+
+    fn position(err: ManifestError) -> (usize, usize, String) {
+        match err {
+            ManifestError::Invalid {
+                line,
+                column,
+                message,
+                ..
+            } => (line, column, message),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_manifest_gets_defaults() {
+        let m = parse(MINIMAL).expect("valid");
+        assert_eq!(m.component, Path::new("/home/x/agents/echo/echo.wasm"));
+        assert_eq!(m.limits.timeout, Duration::from_millis(DEFAULT_TIMEOUT_MS));
+        assert_eq!(m.limits.memory_bytes, DEFAULT_MEMORY_MB << 20);
+        assert_eq!(m.memory.namespace, "echo");
+        assert!(m.preopens.is_empty() && m.config.is_empty() && m.sha256.is_none());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let (line, column, message) =
+            position(parse(&format!("{MINIMAL}[limits]\ncolour = 3\n")).expect_err("unknown"));
+        assert_eq!((line, column), (5, 1));
+        assert!(message.contains("colour"), "{message}");
+    }
+
+    #[test]
+    fn wrong_type_and_out_of_range_values_are_located() {
+        let (line, column, _) = position(
+            parse(&format!("{MINIMAL}[limits]\ntimeout_ms = \"soon\"\n")).expect_err("type"),
+        );
+        assert_eq!((line, column), (5, 14));
+        let (line, _, message) =
+            position(parse(&format!("{MINIMAL}[limits]\nmemory_mb = 0\n")).expect_err("range"));
+        assert_eq!(line, 5);
+        assert!(message.contains("memory_mb"), "{message}");
+    }
+
+    #[test]
+    fn component_must_stay_inside_the_agent_directory() {
+        for bad in ["../other.wasm", "/etc/passwd", ""] {
+            let text = MINIMAL.replace("echo.wasm", bad);
+            let (line, _, _) = position(parse(&text).expect_err(bad));
+            assert_eq!(line, 3);
+        }
+    }
+
+    #[test]
+    fn name_must_match_directory_and_pin_must_be_hex() {
+        let (line, _, message) =
+            position(parse(&MINIMAL.replace("\"echo\"", "\"other\"")).expect_err("name"));
+        assert_eq!(line, 1);
+        assert!(message.contains("directory"), "{message}");
+        let (line, _, _) =
+            position(parse(&format!("{MINIMAL}sha256 = \"abc\"\n")).expect_err("pin"));
+        assert_eq!(line, 4);
+        let pin = "ab".repeat(32);
+        let m = parse(&format!("{MINIMAL}sha256 = \"{pin}\"\n")).expect("pin ok");
+        assert_eq!(m.sha256, Some([0xab; 32]));
+    }
+
+    #[test]
+    fn config_values_render_as_text_and_tables_are_refused() {
+        let m = parse(&format!(
+            "{MINIMAL}[config]\ngreeting = \"hi\"\nretries = 3\nloud = true\n"
+        ))
+        .expect("valid");
+        assert_eq!(m.config["greeting"], "hi");
+        assert_eq!(m.config["retries"], "3");
+        assert_eq!(m.config["loud"], "true");
+        let (line, _, _) =
+            position(parse(&format!("{MINIMAL}[config]\nlist = [1]\n")).expect_err("array"));
+        assert_eq!(line, 5);
+    }
+
+    #[test]
+    fn malformed_toml_is_located() {
+        let (line, _, _) = position(parse("name = \"echo\"\nversion = \n").expect_err("syntax"));
+        assert_eq!(line, 2);
+    }
+}

@@ -1,0 +1,113 @@
+//! Everything that can end a request early, each mapped to one [`Outcome`].
+
+use std::path::PathBuf;
+
+use agent_contract::Outcome;
+use agent_contract::envelope::EnvelopeError;
+use agent_contract::home::{AgentLookupError, NoHome};
+use agent_contract::manifest::ManifestError;
+use memory_store::StoreError;
+
+/// Why a request did not produce an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The envelope on standard input could not be read.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// No home directory.
+    #[error(transparent)]
+    NoHome(#[from] NoHome),
+    /// The agent name is invalid or names no agent.
+    #[error(transparent)]
+    Lookup(#[from] AgentLookupError),
+    /// `agent.toml` is invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The memory store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The component file could not be read.
+    #[error("cannot read component {}: {source}", path.display())]
+    ComponentRead {
+        /// The component's path.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The component's hash differs from the manifest's pin.
+    #[error(
+        "component {} has sha256 {actual}, but agent.toml pins {expected}; rebuild the agent or update the pin",
+        path.display()
+    )]
+    PinMismatch {
+        /// The component's path.
+        path: PathBuf,
+        /// The pinned hash.
+        expected: String,
+        /// The file's hash.
+        actual: String,
+    },
+    /// The component is not a valid component or does not fit `wit/agent.wit`.
+    #[error("component {} is not a valid agent: {message}", path.display())]
+    InvalidComponent {
+        /// The component's path.
+        path: PathBuf,
+        /// What wasmtime said.
+        message: String,
+    },
+    /// A preopen directory could not be opened.
+    #[error("cannot preopen {} for the agent: {message}", path.display())]
+    Preopen {
+        /// The host directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The handler returned `invalid-input` or `failed`.
+    #[error("{0}")]
+    Agent(String),
+    /// The handler returned `rejected`.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The agent trapped.
+    #[error("agent trapped: {0}")]
+    Trap(String),
+    /// The deadline passed or fuel ran out.
+    #[error("{0}")]
+    Timeout(String),
+    /// The agent tried to grow memory past its cap.
+    #[error("agent stopped at its memory cap: tried to grow linear memory to {desired} bytes, cap is {cap} bytes (raise limits.memory_mb in agent.toml)")]
+    MemoryLimit {
+        /// The size asked for.
+        desired: u64,
+        /// The cap.
+        cap: u64,
+    },
+    /// Anything else: a bug or unexpected I/O failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ExecError {
+    /// The outcome this error stands for.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ExecError::Envelope(_) | ExecError::NoHome(_) => Outcome::Usage,
+            ExecError::Lookup(AgentLookupError::InvalidName { .. }) => Outcome::Usage,
+            ExecError::Lookup(AgentLookupError::NotFound { .. }) => Outcome::NotFound,
+            ExecError::Manifest(_) => Outcome::Config,
+            ExecError::Store(_) => Outcome::Store,
+            ExecError::ComponentRead { .. }
+            | ExecError::PinMismatch { .. }
+            | ExecError::InvalidComponent { .. }
+            | ExecError::Preopen { .. } => Outcome::Component,
+            ExecError::Agent(_) => Outcome::AgentError,
+            ExecError::Rejected(_) => Outcome::Rejected,
+            ExecError::Trap(_) => Outcome::Trap,
+            ExecError::Timeout(_) => Outcome::Timeout,
+            ExecError::MemoryLimit { .. } => Outcome::MemoryLimit,
+            ExecError::Internal(_) => Outcome::Internal,
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! `AgentHost`: the one host struct, implementing the host side of `wit/agent.wit`
+//! (memory, log, config, inference), WASI's view, and the resource limiter.
+
+use std::collections::BTreeMap;
+
+use memory_store::{MemoryError, RunMemory};
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Bindings generated from `wit/agent.wit`, which documents them.
+#[allow(missing_docs, reason = "generated from wit/agent.wit; the WIT file carries the docs")]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "agent",
+        path: "../wit",
+    });
+}
+
+pub use bindings::Agent;
+use bindings::spawner::agent::{config, inference, log, memory, types};
+
+/// Per-request state the host functions work on. Lives in the wasmtime `Store`.
+pub struct AgentHost {
+    /// WASI state: no environment, no network, only declared preopens.
+    pub wasi: WasiCtx,
+    /// WASI resources (streams, files).
+    pub table: ResourceTable,
+    /// The store as this run sees it; `None` only after it has been taken back.
+    pub memory: Option<RunMemory>,
+    /// `[config]` from agent.toml.
+    pub config: BTreeMap<String, String>,
+    /// Models this agent may call.
+    pub allowed_models: Vec<String>,
+    /// Attached to every log line.
+    pub run_id: String,
+    /// Attached to every log line.
+    pub agent: String,
+    /// Cap on each linear memory, in bytes.
+    pub memory_cap: u64,
+    /// Set when the agent tried to grow past `memory_cap`: the size it asked for.
+    pub memory_cap_hit: Option<u64>,
+}
+
+impl AgentHost {
+    fn memory(&mut self) -> Result<&mut RunMemory, memory::MemoryError> {
+        self.memory
+            .as_mut()
+            .ok_or_else(|| memory::MemoryError::Unavailable("memory is closed".into()))
+    }
+}
+
+impl WasiView for AgentHost {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Largest table an agent may grow to, in elements.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl ResourceLimiter for AgentHost {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired as u64 > self.memory_cap {
+            self.memory_cap_hit = Some(desired as u64);
+            return Err(wasmtime::format_err!(
+                "linear memory would grow to {desired} bytes, over the cap of {} bytes",
+                self.memory_cap
+            ));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+fn to_wit(e: MemoryError) -> memory::MemoryError {
+    match e {
+        MemoryError::InvalidKey(m) => memory::MemoryError::InvalidKey(m),
+        MemoryError::TooLarge(m) => memory::MemoryError::TooLarge(m),
+        MemoryError::QuotaExceeded(m) => memory::MemoryError::QuotaExceeded(m),
+        MemoryError::Store(e) => memory::MemoryError::Unavailable(e.to_string()),
+    }
+}
+
+impl types::Host for AgentHost {}
+
+impl memory::Host for AgentHost {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, memory::MemoryError> {
+        self.memory()?.get(&key).map_err(to_wit)
+    }
+
+    fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), memory::MemoryError> {
+        self.memory()?.put(&key, value).map_err(to_wit)
+    }
+
+    fn delete(&mut self, key: String) -> Result<bool, memory::MemoryError> {
+        self.memory()?.delete(&key).map_err(to_wit)
+    }
+
+    fn entries(&mut self, prefix: String, limit: u32) -> Result<Vec<memory::Entry>, memory::MemoryError> {
+        Ok(self
+            .memory()?
+            .list(&prefix, limit)
+            .map_err(to_wit)?
+            .into_iter()
+            .map(|e| memory::Entry {
+                key: e.key,
+                value: e.value,
+            })
+            .collect())
+    }
+
+    fn append_event(&mut self, kind: String, payload: Vec<u8>) -> Result<(), memory::MemoryError> {
+        let now = memory_store::now_ms();
+        self.memory()?
+            .append_event(&kind, payload, now)
+            .map_err(to_wit)
+    }
+
+    fn read_events(
+        &mut self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<memory::Event>, memory::MemoryError> {
+        Ok(self
+            .memory()?
+            .read_events(after, limit)
+            .map_err(to_wit)?
+            .into_iter()
+            .map(|e| memory::Event {
+                seq: e.seq,
+                at_ms: e.at_ms,
+                kind: e.kind,
+                payload: e.payload,
+            })
+            .collect())
+    }
+}
+
+impl log::Host for AgentHost {
+    fn log(&mut self, level: log::Level, message: String) {
+        let (agent, run_id) = (self.agent.as_str(), self.run_id.as_str());
+        match level {
+            log::Level::Trace => tracing::trace!(agent, run_id, "{message}"),
+            log::Level::Debug => tracing::debug!(agent, run_id, "{message}"),
+            log::Level::Info => tracing::info!(agent, run_id, "{message}"),
+            log::Level::Warn => tracing::warn!(agent, run_id, "{message}"),
+            log::Level::Error => tracing::error!(agent, run_id, "{message}"),
+        }
+    }
+}
+
+impl config::Host for AgentHost {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+
+    fn all(&mut self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl inference::Host for AgentHost {
+    fn infer(
+        &mut self,
+        model: String,
+        _inputs: Vec<inference::Tensor>,
+    ) -> Result<Vec<inference::Tensor>, inference::InferenceError> {
+        if !self.allowed_models.iter().any(|m| *m == model) {
+            return Err(inference::InferenceError::NotAllowed(format!(
+                "model {model:?} is not in [models] allowed of agent {:?}",
+                self.agent
+            )));
+        }
+        Err(inference::InferenceError::Unavailable(
+            "inference is unavailable: this build has no inference broker (gpu-broker) yet".into(),
+        ))
+    }
+}

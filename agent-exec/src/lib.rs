@@ -1,0 +1,40 @@
+//! agent-exec: one request, in one fresh process, then exit.
+//!
+//! # Theory of operation
+//!
+//! `spawner` starts `agent-exec` with the request envelope on standard input (a JSON
+//! header line, then the input bytes). [`execute`] then goes through the phases below,
+//! timing each one into the run record:
+//!
+//! 1. **config**: read the envelope, load and validate the agent's `agent.toml` (fresh on
+//!    every request: an edit applies to the next request, no restart).
+//! 2. **store**: open the SQLite memory store (WAL, no checkpoint on close).
+//! 3. **load**: hash the component, check its sha256 pin, and load the precompiled
+//!    component from the cache ([`cache`]), compiling it on a miss.
+//! 4. **instantiate**: link WASI (no network, no environment, only declared preopens) and
+//!    the host interfaces of `wit/agent.wit` ([`host`]), with the limits applied: a
+//!    wall-clock deadline by epoch interruption, a linear-memory cap, optional fuel.
+//! 5. **handler**: call the agent's `handle` export.
+//! 6. **commit**: the agent's buffered memory writes and the run record, in one
+//!    transaction; a failed run records only the run.
+//!
+//! The answer goes to standard output (raw bytes, or a JSON report), log lines to standard
+//! error, and the exit code comes from [`agent_contract::Outcome`].
+
+pub mod cache;
+pub mod engine;
+mod error;
+pub mod host;
+mod logging;
+mod run;
+
+pub use error::ExecError;
+pub use run::{Execution, execute};
+
+/// The process entry point: run the request on standard input, answer, return the exit code.
+pub fn main_entry() -> std::process::ExitCode {
+    let started = std::time::Instant::now();
+    let started_at = std::time::SystemTime::now();
+    let exec = execute(std::io::stdin().lock(), started, started_at);
+    exec.answer()
+}

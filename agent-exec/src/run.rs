@@ -1,0 +1,445 @@
+//! The phases of one request, from envelope to answer.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use agent_contract::envelope::read_envelope;
+use agent_contract::manifest::DEFAULT_KEEP_RUNS;
+use agent_contract::{Home, Manifest, Outcome, OutputFormat, PhaseTimings, RequestHeader, RunReport};
+use memory_store::{RunMemory, RunRecord, Store};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Store as WasmStore, Trap};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+use crate::ExecError;
+use crate::host::bindings::spawner::agent::types;
+use crate::host::{Agent, AgentHost};
+
+/// The result of one request, ready to be written out.
+pub struct Execution {
+    header: Option<RequestHeader>,
+    result: Result<Vec<u8>, ExecError>,
+    cache_hit: Option<bool>,
+    timings: PhaseTimings,
+}
+
+impl Execution {
+    /// How the request ended.
+    pub fn outcome(&self) -> Outcome {
+        match &self.result {
+            Ok(_) => Outcome::Ok,
+            Err(e) => e.outcome(),
+        }
+    }
+
+    /// Write the answer (standard output) or the error (standard error, or the JSON report)
+    /// and return the exit code.
+    pub fn answer(self) -> ExitCode {
+        let outcome = self.outcome();
+        let format = self.header.as_ref().map_or(OutputFormat::Raw, |h| h.output);
+        let mut stdout = std::io::stdout().lock();
+        let written = match (format, self.result) {
+            (OutputFormat::Raw, Ok(output)) => stdout.write_all(&output),
+            (OutputFormat::Raw, Err(e)) => {
+                tracing::error!("{e}");
+                if self.header.is_none() {
+                    // No subscriber yet: the envelope itself was bad.
+                    eprintln!("agent-exec: error: {e}");
+                }
+                Ok(())
+            }
+            (OutputFormat::Json, result) => {
+                let header = self.header.as_ref();
+                let (output, error) = match result {
+                    Ok(output) => (Some(output), None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                let report = RunReport {
+                    run_id: header.map(|h| h.run_id.clone()).unwrap_or_default(),
+                    agent: header.map(|h| h.agent.clone()).unwrap_or_default(),
+                    status: outcome,
+                    exit_code: outcome.exit_code(),
+                    output: None,
+                    output_base64: None,
+                    error,
+                    cache_hit: self.cache_hit,
+                    timings: self.timings,
+                };
+                let report = match output {
+                    Some(o) => report.with_output(o),
+                    None => report,
+                };
+                serde_json::to_writer(&mut stdout, &report)
+                    .map_err(std::io::Error::other)
+                    .and_then(|()| stdout.write_all(b"\n"))
+            }
+        };
+        if written.and_then(|()| stdout.flush()).is_err() && outcome == Outcome::Ok {
+            // The caller went away; there is nobody left to tell.
+            return ExitCode::from(Outcome::Internal.exit_code());
+        }
+        ExitCode::from(outcome.exit_code())
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Run the request read from `stdin`. `started` and `started_at` are taken first thing in
+/// `main`.
+pub fn execute(stdin: impl Read, started: Instant, started_at: SystemTime) -> Execution {
+    let (header, input) = match read_envelope(stdin) {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            return Execution {
+                header: None,
+                result: Err(e.into()),
+                cache_hit: None,
+                timings: PhaseTimings {
+                    total_us: micros(started.elapsed()),
+                    ..PhaseTimings::default()
+                },
+            };
+        }
+    };
+    crate::logging::init(header.log_format, header.log_level.as_deref());
+    let mut run = Run {
+        started,
+        started_ms: started_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
+        timings: PhaseTimings {
+            start_to_main_us: header.spawned_at_unix_ns.and_then(|ns| {
+                let spawned = UNIX_EPOCH + Duration::from_nanos(ns);
+                started_at.duration_since(spawned).ok().map(micros)
+            }),
+            ..PhaseTimings::default()
+        },
+        cache_hit: None,
+        header,
+        input,
+    };
+    let result = run.phases();
+    run.timings.total_us = micros(started.elapsed());
+    Execution {
+        header: Some(run.header),
+        result,
+        cache_hit: run.cache_hit,
+        timings: run.timings,
+    }
+}
+
+/// One request in progress.
+struct Run {
+    header: RequestHeader,
+    input: Vec<u8>,
+    started: Instant,
+    started_ms: u64,
+    timings: PhaseTimings,
+    cache_hit: Option<bool>,
+}
+
+/// Time from `since` to now, in microseconds, and reset `since`.
+fn lap(since: &mut Instant) -> Option<u64> {
+    let now = Instant::now();
+    let us = micros(now - *since);
+    *since = now;
+    Some(us)
+}
+
+impl Run {
+    fn phases(&mut self) -> Result<Vec<u8>, ExecError> {
+        let home = Home::new(&self.header.home);
+        let mut clock = self.started;
+
+        let manifest = home
+            .agent_manifest(&self.header.agent)
+            .map_err(ExecError::from)
+            .and_then(|path| Manifest::load(&path).map_err(ExecError::from));
+        self.timings.config_us = lap(&mut clock);
+
+        let store = Store::open(&home.store_path())?;
+        self.timings.store_us = lap(&mut clock);
+
+        let manifest = match manifest {
+            Ok(m) => m,
+            Err(e) => {
+                // Record a run of a real agent with a broken manifest; not of a missing one.
+                if !matches!(e, ExecError::Lookup(_)) {
+                    let _ = self.record(RunMemory::new(store, ""), &Err(&e), DEFAULT_KEEP_RUNS, false);
+                }
+                return Err(e);
+            }
+        };
+        let memory = RunMemory::new(store, manifest.memory.namespace.clone());
+        let (result, memory) = self.run_component(&manifest, memory, &mut clock);
+        let keep = manifest.memory.keep_runs;
+        match result {
+            Ok(output) => match self.record(memory, &Ok(()), keep, manifest.memory.retain_input) {
+                Ok(()) => Ok(output),
+                Err(e) => Err(e),
+            },
+            Err(e) => {
+                let _ = self.record(memory, &Err(&e), keep, manifest.memory.retain_input);
+                Err(e)
+            }
+        }
+    }
+
+    /// Commit the run (writes and record) on success; on failure discard the writes and
+    /// record only the run. A failure to record a failed run is logged, not escalated.
+    fn record(
+        &self,
+        memory: RunMemory,
+        result: &Result<(), &ExecError>,
+        keep_runs: u32,
+        retain_input: bool,
+    ) -> Result<(), ExecError> {
+        let (status, error) = match result {
+            Ok(()) => (Outcome::Ok, None),
+            Err(e) => (e.outcome(), Some(e.to_string())),
+        };
+        let record = RunRecord {
+            run_id: self.header.run_id.clone(),
+            agent: self.header.agent.clone(),
+            started_at_ms: self.started_ms,
+            ended_at_ms: memory_store::now_ms(),
+            status,
+            error,
+            input: retain_input.then(|| self.input.clone()),
+            cache_hit: self.cache_hit,
+            timings: PhaseTimings {
+                total_us: micros(self.started.elapsed()),
+                ..self.timings.clone()
+            },
+        };
+        let committed = if status == Outcome::Ok {
+            memory.commit(&record, keep_runs)
+        } else {
+            memory.discard(&record, keep_runs)
+        };
+        match committed {
+            Ok(_) => Ok(()),
+            Err(e) if status == Outcome::Ok => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(run_id = %self.header.run_id, "could not record the failed run: {e}");
+                Ok(())
+            }
+        }
+    }
+
+    /// Load, instantiate and call the component. Always hands the run's memory back.
+    fn run_component(
+        &mut self,
+        manifest: &Manifest,
+        memory: RunMemory,
+        clock: &mut Instant,
+    ) -> (Result<Vec<u8>, ExecError>, RunMemory) {
+        let engine = match crate::engine::build(manifest.limits.fuel.is_some()) {
+            Ok(e) => e,
+            Err(e) => return (Err(ExecError::Internal(format!("engine: {e:#}"))), memory),
+        };
+        let component = match self.load_component(&engine, manifest) {
+            Ok(c) => c,
+            Err(e) => return (Err(e), memory),
+        };
+        self.timings.load_us = lap(clock);
+
+        let mut store = match self.instantiate_store(&engine, manifest, memory) {
+            Ok(s) => s,
+            Err((e, memory)) => return (Err(e), memory),
+        };
+        let result = self.instantiate_and_call(&engine, &component, manifest, &mut store, clock);
+        let memory = store
+            .data_mut()
+            .memory
+            .take()
+            .expect("the run's memory stays in the store until taken here");
+        (result, memory)
+    }
+
+    fn load_component(
+        &mut self,
+        engine: &wasmtime::Engine,
+        manifest: &Manifest,
+    ) -> Result<wasmtime::component::Component, ExecError> {
+        let path = &manifest.component;
+        let wasm = std::fs::read(path).map_err(|source| ExecError::ComponentRead {
+            path: path.clone(),
+            source,
+        })?;
+        let digest: [u8; 32] = Sha256::digest(&wasm).into();
+        let hex = to_hex(&digest);
+        if let Some(pin) = manifest.sha256
+            && pin != digest
+        {
+            return Err(ExecError::PinMismatch {
+                path: path.clone(),
+                expected: to_hex(&pin),
+                actual: hex,
+            });
+        }
+        let entry = crate::cache::entry_path(
+            &Home::new(&self.header.home).component_cache_dir(),
+            &hex,
+            engine,
+        );
+        let loaded = crate::cache::load_or_compile(engine, &entry, &wasm).map_err(|e| match e {
+            crate::cache::CacheError::Compile(message) => ExecError::InvalidComponent {
+                path: path.clone(),
+                message,
+            },
+            other => ExecError::Internal(other.to_string()),
+        })?;
+        if let Some(why) = &loaded.rejected_entry {
+            tracing::warn!(entry = %entry.display(), "compiled-cache entry rejected and rebuilt: {why}");
+        }
+        self.cache_hit = Some(loaded.cache_hit);
+        Ok(loaded.component)
+    }
+
+    fn instantiate_store(
+        &self,
+        engine: &wasmtime::Engine,
+        manifest: &Manifest,
+        memory: RunMemory,
+    ) -> Result<WasmStore<AgentHost>, (ExecError, RunMemory)> {
+        let mut wasi = WasiCtxBuilder::new();
+        // Guest stdout would corrupt the answer: both guest streams go to our stderr.
+        wasi.stdout(std::io::stderr())
+            .stderr(std::io::stderr())
+            .arg(&manifest.name)
+            .allow_blocking_current_thread(true);
+        for p in &manifest.preopens {
+            let perms = if p.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            if let Err(e) = wasi.preopened_dir(&p.host, &p.guest, perms) {
+                return Err((
+                    ExecError::Preopen {
+                        path: p.host.clone(),
+                        message: format!("{e:#}"),
+                    },
+                    memory,
+                ));
+            }
+        }
+        let host = AgentHost {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            memory: Some(memory),
+            config: manifest.config.clone(),
+            allowed_models: manifest.allowed_models.clone(),
+            run_id: self.header.run_id.clone(),
+            agent: manifest.name.clone(),
+            memory_cap: manifest.limits.memory_bytes,
+            memory_cap_hit: None,
+        };
+        let mut store = WasmStore::new(engine, host);
+        store.limiter(|h| h);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_trap();
+        if let Some(fuel) = manifest.limits.fuel
+            && let Err(e) = store.set_fuel(fuel)
+        {
+            let memory = store.data_mut().memory.take();
+            let e = ExecError::Internal(format!("fuel: {e:#}"));
+            return Err((e, memory.expect("memory was just put in the store")));
+        }
+        Ok(store)
+    }
+
+    fn instantiate_and_call(
+        &mut self,
+        engine: &wasmtime::Engine,
+        component: &wasmtime::component::Component,
+        manifest: &Manifest,
+        store: &mut WasmStore<AgentHost>,
+        clock: &mut Instant,
+    ) -> Result<Vec<u8>, ExecError> {
+        let timeout = self
+            .header
+            .timeout_ms
+            .map_or(manifest.limits.timeout, Duration::from_millis);
+        let deadline_engine = engine.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(timeout);
+            deadline_engine.increment_epoch();
+        });
+
+        let mut linker: Linker<AgentHost> = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .and_then(|()| {
+                Agent::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |h| h)
+            })
+            .map_err(|e| ExecError::Internal(format!("linker: {e:#}")))?;
+        let agent = Agent::instantiate(&mut *store, component, &linker)
+            .map_err(|e| self.classify(store, e, timeout, manifest, true))?;
+        self.timings.instantiate_us = lap(clock);
+
+        let request = types::Request {
+            run_id: self.header.run_id.clone(),
+            agent: manifest.name.clone(),
+            input: std::mem::take(&mut self.input),
+        };
+        let called = agent.call_handle(&mut *store, &request);
+        self.input = request.input;
+        self.timings.handler_us = lap(clock);
+        match called {
+            Ok(Ok(response)) => Ok(response.output),
+            Ok(Err(types::AgentError::InvalidInput(m))) => {
+                Err(ExecError::Agent(format!("invalid input: {m}")))
+            }
+            Ok(Err(types::AgentError::Failed(m))) => Err(ExecError::Agent(format!("failed: {m}"))),
+            Ok(Err(types::AgentError::Rejected(m))) => Err(ExecError::Rejected(m)),
+            Err(e) => Err(self.classify(store, e, timeout, manifest, false)),
+        }
+    }
+
+    /// Turn a wasmtime error from instantiation or the call into the right outcome.
+    fn classify(
+        &self,
+        store: &WasmStore<AgentHost>,
+        e: wasmtime::Error,
+        timeout: Duration,
+        manifest: &Manifest,
+        instantiating: bool,
+    ) -> ExecError {
+        if let Some(desired) = store.data().memory_cap_hit {
+            return ExecError::MemoryLimit {
+                desired,
+                cap: manifest.limits.memory_bytes,
+            };
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => ExecError::Timeout(format!(
+                "agent stopped at its deadline of {} ms (raise limits.timeout_ms or pass --timeout)",
+                timeout.as_millis()
+            )),
+            Some(Trap::OutOfFuel) => ExecError::Timeout(format!(
+                "agent ran out of fuel ({} units; raise limits.fuel)",
+                manifest.limits.fuel.unwrap_or(0)
+            )),
+            Some(_) => ExecError::Trap(format!("{e:#}")),
+            None if instantiating => ExecError::InvalidComponent {
+                path: manifest.component.clone(),
+                message: format!("{e:#}"),
+            },
+            None => ExecError::Trap(format!("{e:#}")),
+        }
+    }
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+

@@ -1,0 +1,108 @@
+//! The Rust SDK for agents: implement [`Agent`], call [`export!`], build for
+//! `wasm32-wasip2`, and the result is a component that `agent-exec` can run.
+//!
+//! ```ignore
+//! use agent_sdk::{Agent, AgentError, Request, Response};
+//!
+//! struct Echo;
+//!
+//! impl Agent for Echo {
+//!     fn handle(request: Request) -> Result<Response, AgentError> {
+//!         Ok(Response::bytes(request.input))
+//!     }
+//! }
+//!
+//! agent_sdk::export!(Echo);
+//! ```
+//!
+//! The host interfaces of `wit/agent.wit` are re-exported as [`memory`], [`config`],
+//! [`inference`] and [`log`]. Memory writes become durable when the handler returns
+//! (with `Ok` or `Err`); a trap, timeout or kill discards them.
+
+/// Bindings generated from `wit/agent.wit`, which documents them.
+#[allow(missing_docs, reason = "generated from wit/agent.wit; the WIT file carries the docs")]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "agent",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_bindings",
+        default_bindings_module: "agent_sdk::bindings",
+    });
+}
+
+pub use bindings::spawner::agent::types::{AgentError, Request, Response};
+pub use bindings::spawner::agent::{config, inference, memory};
+
+/// What an agent implements: one request in, one response (or typed error) out.
+pub trait Agent {
+    /// Handle one request. Runs once per process; nothing survives it but memory.
+    fn handle(request: Request) -> Result<Response, AgentError>;
+}
+
+/// Export `$agent` (a type implementing [`Agent`]) as this component's handler.
+#[macro_export]
+macro_rules! export {
+    ($agent:ty) => {
+        struct __AgentSdkExport;
+        impl $crate::bindings::Guest for __AgentSdkExport {
+            fn handle(
+                request: $crate::Request,
+            ) -> ::core::result::Result<$crate::Response, $crate::AgentError> {
+                <$agent as $crate::Agent>::handle(request)
+            }
+        }
+        $crate::bindings::export_bindings!(__AgentSdkExport with_types_in $crate::bindings);
+    };
+}
+
+impl Request {
+    /// The input as UTF-8 text, or an `invalid-input` error saying it is not.
+    pub fn text(&self) -> Result<&str, AgentError> {
+        std::str::from_utf8(&self.input)
+            .map_err(|e| AgentError::InvalidInput(format!("input is not UTF-8 text: {e}")))
+    }
+}
+
+impl Response {
+    /// A response carrying `text`.
+    pub fn text(text: impl Into<String>) -> Response {
+        Response {
+            output: text.into().into_bytes(),
+        }
+    }
+
+    /// A response carrying `output` unchanged.
+    pub fn bytes(output: Vec<u8>) -> Response {
+        Response { output }
+    }
+}
+
+/// Log lines, written by the host to its standard error with the run id attached.
+pub mod log {
+    use crate::bindings::spawner::agent::log::{Level, log};
+
+    /// Log at debug level.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message);
+    }
+    /// Log at info level.
+    pub fn info(message: &str) {
+        log(Level::Info, message);
+    }
+    /// Log at warn level.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message);
+    }
+    /// Log at error level.
+    pub fn error(message: &str) {
+        log(Level::Error, message);
+    }
+}
+
+/// Turn a memory error into an agent error, for `?` in handlers.
+impl From<memory::MemoryError> for AgentError {
+    fn from(e: memory::MemoryError) -> Self {
+        AgentError::Failed(format!("memory: {e:?}"))
+    }
+}

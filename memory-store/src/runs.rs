@@ -1,0 +1,215 @@
+//! Run records: one row per request, written once when it ends.
+
+use agent_contract::{Outcome, PhaseTimings};
+use rusqlite::{Connection, Row, TransactionBehavior, params};
+use serde::Serialize;
+
+use crate::{Store, StoreError, to_sql_int};
+
+/// What the store keeps about one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunRecord {
+    /// The run's id.
+    pub run_id: String,
+    /// The agent that ran.
+    pub agent: String,
+    /// When the run started, in milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    /// When it ended.
+    pub ended_at_ms: u64,
+    /// How it ended; its exit code is `status.exit_code()`.
+    pub status: Outcome,
+    /// What went wrong, for any status but `ok`.
+    pub error: Option<String>,
+    /// The request input, only when the agent's manifest asks to retain it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<Vec<u8>>,
+    /// Whether the compiled component came from the cache.
+    pub cache_hit: Option<bool>,
+    /// Where the time went.
+    pub timings: PhaseTimings,
+}
+
+/// Which run records to list.
+#[derive(Debug, Clone)]
+pub struct RunFilter {
+    /// Only this agent's runs.
+    pub agent: Option<String>,
+    /// At most this many, newest first.
+    pub limit: u32,
+}
+
+impl Default for RunFilter {
+    fn default() -> Self {
+        RunFilter {
+            agent: None,
+            limit: 20,
+        }
+    }
+}
+
+const COLUMNS: &str = "run_id, agent, started_at_ms, ended_at_ms, status, error, input, cache_hit,
+    start_to_main_us, config_us, store_us, load_us, instantiate_us, handler_us, commit_us, total_us";
+
+/// Insert `record` (once: a second insert of the same run id is ignored), then prune the
+/// agent's records to the newest `keep_runs`. Runs inside the caller's transaction.
+pub(crate) fn insert(conn: &Connection, r: &RunRecord, keep_runs: u32) -> Result<bool, StoreError> {
+    let t = &r.timings;
+    let opt = |v: Option<u64>| v.map(to_sql_int);
+    let inserted = conn
+        .prepare_cached(&format!(
+            "INSERT OR IGNORE INTO runs ({COLUMNS}, exit_code)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        ))?
+        .execute(params![
+            r.run_id,
+            r.agent,
+            to_sql_int(r.started_at_ms),
+            to_sql_int(r.ended_at_ms),
+            r.status.as_str(),
+            r.error,
+            r.input,
+            r.cache_hit,
+            opt(t.start_to_main_us),
+            opt(t.config_us),
+            opt(t.store_us),
+            opt(t.load_us),
+            opt(t.instantiate_us),
+            opt(t.handler_us),
+            opt(t.commit_us),
+            to_sql_int(t.total_us),
+            r.status.exit_code(),
+        ])?
+        == 1;
+    conn.prepare_cached(
+        "DELETE FROM runs WHERE run_id IN (
+             SELECT run_id FROM runs WHERE agent = ?1
+             ORDER BY started_at_ms DESC LIMIT -1 OFFSET ?2)",
+    )?
+    .execute(params![r.agent, i64::from(keep_runs)])?;
+    Ok(inserted)
+}
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
+    let u = |i: usize| -> rusqlite::Result<Option<u64>> {
+        Ok(row.get::<_, Option<i64>>(i)?.map(|v| v.max(0) as u64))
+    };
+    let status: String = row.get(4)?;
+    Ok((
+        RunRecord {
+            run_id: row.get(0)?,
+            agent: row.get(1)?,
+            started_at_ms: u(2)?.unwrap_or(0),
+            ended_at_ms: u(3)?.unwrap_or(0),
+            status: Outcome::Internal, // replaced below once the text is checked
+            error: row.get(5)?,
+            input: row.get(6)?,
+            cache_hit: row.get(7)?,
+            timings: PhaseTimings {
+                start_to_main_us: u(8)?,
+                config_us: u(9)?,
+                store_us: u(10)?,
+                load_us: u(11)?,
+                instantiate_us: u(12)?,
+                handler_us: u(13)?,
+                commit_us: u(14)?,
+                total_us: u(15)?.unwrap_or(0),
+            },
+        },
+        status,
+    ))
+}
+
+impl Store {
+    /// Record a run that wrote nothing else (failed runs, runs killed from outside).
+    /// Returns false when a record with that run id already exists.
+    pub fn record_run(&mut self, record: &RunRecord, keep_runs: u32) -> Result<bool, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let inserted = insert(&tx, record, keep_runs)?;
+        tx.commit()?;
+        Ok(inserted)
+    }
+
+    /// Run records, newest first.
+    pub fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM runs WHERE (?1 IS NULL OR agent = ?1)
+             ORDER BY started_at_ms DESC, run_id DESC LIMIT ?2"
+        ))?;
+        let rows = stmt
+            .query_map(params![filter.agent, i64::from(filter.limit)], from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(mut record, status)| {
+                record.status = status
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("run {}: {e}", record.run_id)))?;
+                Ok(record)
+            })
+            .collect()
+    }
+
+    /// One run record by id.
+    pub fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM runs WHERE run_id = ?1"))?;
+        let mut rows = stmt.query_map(params![run_id], from_row)?;
+        match rows.next() {
+            None => Ok(None),
+            Some(row) => {
+                let (mut record, status) = row?;
+                record.status = status
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
+                Ok(Some(record))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(run_id: &str, agent: &str, started: u64) -> RunRecord {
+        RunRecord {
+            run_id: run_id.into(),
+            agent: agent.into(),
+            started_at_ms: started,
+            ended_at_ms: started + 1,
+            status: Outcome::Ok,
+            error: None,
+            input: None,
+            cache_hit: None,
+            timings: PhaseTimings {
+                handler_us: Some(7),
+                total_us: 9,
+                ..PhaseTimings::default()
+            },
+        }
+    }
+
+    #[test]
+    fn records_round_trip_are_inserted_once_and_pruned() {
+        let mut store = Store::open_in_memory().expect("store");
+        for i in 0..5 {
+            assert!(store.record_run(&record(&format!("r{i}"), "a", i), 3).expect("insert"));
+        }
+        assert!(!store.record_run(&record("r4", "a", 4), 3).expect("again"));
+        store.record_run(&record("other", "b", 0), 3).expect("insert");
+        let a = store
+            .runs(&RunFilter {
+                agent: Some("a".into()),
+                limit: 10,
+            })
+            .expect("runs");
+        let ids: Vec<&str> = a.iter().map(|r| r.run_id.as_str()).collect();
+        assert_eq!(ids, ["r4", "r3", "r2"]);
+        assert_eq!(a[0], record("r4", "a", 4));
+        assert_eq!(store.run("other").expect("run").map(|r| r.agent), Some("b".into()));
+        assert_eq!(store.run("missing").expect("run"), None);
+    }
+}

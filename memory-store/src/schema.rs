@@ -1,0 +1,68 @@
+//! Numbered migrations, applied in order and recorded in `PRAGMA user_version`.
+//!
+//! A migration is a file `migrations/NNNN_name.sql`, listed in [`MIGRATIONS`]. Never edit
+//! one that has shipped; add the next number instead.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::StoreError;
+
+/// Every migration, in order; the store's version is the number of migrations applied.
+pub const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
+
+/// The schema version this program writes.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+fn user_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+}
+
+/// Bring the store up to [`latest_version`]. Cheap when it already is: one pragma read.
+///
+/// Concurrent first opens are safe: the version is read again under the write lock, so
+/// exactly one process applies each migration.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let supported = latest_version();
+    let found = user_version(conn)?;
+    if found == supported {
+        return Ok(());
+    }
+    if found > supported {
+        return Err(StoreError::TooNew { found, supported });
+    }
+    // Persistent: once set, every later connection uses WAL. Must run outside a transaction.
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+        return Err(StoreError::Corrupt(format!(
+            "journal_mode is {mode:?}, WAL could not be enabled"
+        )));
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current = user_version(&tx)?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+        let version = index as i64 + 1;
+        tx.execute_batch(sql)
+            .map_err(|source| StoreError::Migration { version, source })?;
+        tx.pragma_update(None, "user_version", version)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrating_twice_is_a_no_op_and_newer_stores_are_refused() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        migrate(&mut conn).expect("first");
+        migrate(&mut conn).expect("second");
+        assert_eq!(user_version(&conn).expect("version"), latest_version());
+        conn.pragma_update(None, "user_version", latest_version() + 1)
+            .expect("bump");
+        assert!(matches!(migrate(&mut conn), Err(StoreError::TooNew { .. })));
+    }
+}
