@@ -1,1 +1,21 @@
+//! Integration tests over the real binaries: `spawner` and `agent-exec` as built by
+//! `cargo build --release` (which `cargo xtask test` runs first), real SQLite files, and
+//! the real agent components from `agents/` (built by `cargo xtask build-agents`).
+//! Every test gets its own home directory in a temp dir.
 
+mod harness;
+
+/// `spawner agents` and `spawner runs`.
+mod cli;
+/// command-guard: allow, deny, rules read fresh on every run.
+mod command_guard;
+/// echo: input from words, files and stdin; JSON reports; phase timings.
+mod echo;
+/// Agents that trap, hang, hoard memory, or get killed; a corrupt compiled cache.
+mod faults;
+/// Bad agent names, missing components, pin mismatches, invalid manifests.
+mod manifests;
+/// notes: memory that outlives the process; concurrent writers.
+mod notes;
+/// What an agent can and cannot see: environment, filesystem, inference.
+mod sandbox;

@@ -106,15 +106,16 @@ pub fn write_envelope(mut w: impl Write, header: &RequestHeader, input: &[u8]) -
 pub fn read_envelope(r: impl Read) -> Result<(RequestHeader, Vec<u8>), EnvelopeError> {
     let mut r = io::BufReader::new(r);
     let mut line = Vec::new();
-    (&mut r).take(MAX_HEADER_BYTES).read_until(b'\n', &mut line)?;
-    if line.last() != Some(&b'\n') {
-        if line.len() as u64 >= MAX_HEADER_BYTES {
-            return Err(EnvelopeError::TooLarge {
-                what: "header",
-                limit: MAX_HEADER_BYTES,
-            });
-        }
-        // A header with no input and no newline is still a header.
+    (&mut r)
+        .take(MAX_HEADER_BYTES)
+        .read_until(b'\n', &mut line)?;
+    // A header line without its newline is fine at end of input (no input), but not when
+    // it filled the whole limit: then the real line is longer than allowed.
+    if line.last() != Some(&b'\n') && line.len() as u64 >= MAX_HEADER_BYTES {
+        return Err(EnvelopeError::TooLarge {
+            what: "header",
+            limit: MAX_HEADER_BYTES,
+        });
     }
     let header: RequestHeader = serde_json::from_slice(&line)?;
     if header.v != ENVELOPE_VERSION {

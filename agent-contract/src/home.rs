@@ -158,7 +158,10 @@ mod tests {
         let home = Home::new(dir.path());
         let err = home.agent_manifest("missing").expect_err("must fail");
         let text = err.to_string();
-        assert!(text.contains("missing") && text.contains("agent.toml"), "{text}");
+        assert!(
+            text.contains("missing") && text.contains("agent.toml"),
+            "{text}"
+        );
         std::fs::create_dir_all(dir.path().join("agents/here")).expect("mkdir");
         std::fs::write(dir.path().join("agents/here/agent.toml"), "").expect("write");
         assert!(home.agent_manifest("here").is_ok());

@@ -297,15 +297,16 @@ impl RawManifest {
                 if crate::home::validate_agent_name(ns.get_ref()).is_err() {
                     return Err(invalid(
                         ns.span(),
-                        "memory.namespace must be 1-64 characters of a-z, 0-9, '-' and '_'"
-                            .into(),
+                        "memory.namespace must be 1-64 characters of a-z, 0-9, '-' and '_'".into(),
                     ));
                 }
                 ns.into_inner()
             }
         };
         let keep_runs = bounded(
-            self.memory.keep_runs.map(|k| Spanned::new(k.span(), u64::from(*k.get_ref()))),
+            self.memory
+                .keep_runs
+                .map(|k| Spanned::new(k.span(), u64::from(*k.get_ref()))),
             u64::from(DEFAULT_KEEP_RUNS),
             1..=u64::from(u32::MAX),
             "memory.keep_runs",
@@ -315,7 +316,10 @@ impl RawManifest {
         let mut allowed_models = Vec::with_capacity(self.models.allowed.len());
         for model in self.models.allowed {
             if model.get_ref().trim().is_empty() {
-                return Err(invalid(model.span(), "model names must not be empty".into()));
+                return Err(invalid(
+                    model.span(),
+                    "model names must not be empty".into(),
+                ));
             }
             allowed_models.push(model.into_inner());
         }

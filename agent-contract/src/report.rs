@@ -19,9 +19,8 @@ pub struct PhaseTimings {
     pub instantiate_us: Option<u64>,
     /// Running the agent's handler.
     pub handler_us: Option<u64>,
-    /// Committing memory writes and the run record.
-    pub commit_us: Option<u64>,
-    /// From `main` to the answer being ready.
+    /// From `main` to the answer being ready. (In the stored run record: to the start of
+    /// the commit that stores it, since the record is part of that commit.)
     pub total_us: u64,
 }
 

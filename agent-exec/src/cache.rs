@@ -57,11 +57,7 @@ pub fn entry_path(cache_dir: &Path, component_sha256: &str, engine: &Engine) -> 
 }
 
 /// Load the component from its cache entry, or compile `wasm` and write the entry.
-pub fn load_or_compile(
-    engine: &Engine,
-    entry: &Path,
-    wasm: &[u8],
-) -> Result<Loaded, CacheError> {
+pub fn load_or_compile(engine: &Engine, entry: &Path, wasm: &[u8]) -> Result<Loaded, CacheError> {
     let rejected_entry = match std::fs::read(entry) {
         Ok(bytes) => match verified(&bytes) {
             Ok(serialized) => {
@@ -84,7 +80,8 @@ pub fn load_or_compile(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => Some(format!("unreadable: {e}")),
     };
-    let component = Component::new(engine, wasm).map_err(|e| CacheError::Compile(format!("{e:#}")))?;
+    let component =
+        Component::new(engine, wasm).map_err(|e| CacheError::Compile(format!("{e:#}")))?;
     let serialized = component
         .serialize()
         .map_err(|e| CacheError::Compile(format!("cannot serialize: {e:#}")))?;
@@ -124,7 +121,10 @@ fn write_entry(entry: &Path, serialized: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
-        entry.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
+        entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("entry"),
         std::process::id()
     ));
     let result = (|| {
@@ -155,7 +155,11 @@ mod tests {
 
         let mut flipped = entry.clone();
         flipped[3] ^= 0x40;
-        assert!(verified(&flipped).unwrap_err().contains("checksum"));
+        assert!(
+            verified(&flipped)
+                .expect_err("flipped")
+                .contains("checksum")
+        );
         assert!(verified(&entry[..entry.len() - 3]).is_err());
         assert!(verified(b"short").is_err());
     }

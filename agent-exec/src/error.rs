@@ -77,7 +77,9 @@ pub enum ExecError {
     #[error("{0}")]
     Timeout(String),
     /// The agent tried to grow memory past its cap.
-    #[error("agent stopped at its memory cap: tried to grow linear memory to {desired} bytes, cap is {cap} bytes (raise limits.memory_mb in agent.toml)")]
+    #[error(
+        "agent stopped at its memory cap: tried to grow linear memory to {desired} bytes, cap is {cap} bytes (raise limits.memory_mb in agent.toml)"
+    )]
     MemoryLimit {
         /// The size asked for.
         desired: u64,

@@ -9,7 +9,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Bindings generated from `wit/agent.wit`, which documents them.
-#[allow(missing_docs, reason = "generated from wit/agent.wit; the WIT file carries the docs")]
+#[allow(
+    missing_docs,
+    reason = "generated from wit/agent.wit; the WIT file carries the docs"
+)]
 pub mod bindings {
     wasmtime::component::bindgen!({
         world: "agent",
@@ -113,7 +116,11 @@ impl memory::Host for AgentHost {
         self.memory()?.delete(&key).map_err(to_wit)
     }
 
-    fn entries(&mut self, prefix: String, limit: u32) -> Result<Vec<memory::Entry>, memory::MemoryError> {
+    fn entries(
+        &mut self,
+        prefix: String,
+        limit: u32,
+    ) -> Result<Vec<memory::Entry>, memory::MemoryError> {
         Ok(self
             .memory()?
             .list(&prefix, limit)
@@ -185,7 +192,7 @@ impl inference::Host for AgentHost {
         model: String,
         _inputs: Vec<inference::Tensor>,
     ) -> Result<Vec<inference::Tensor>, inference::InferenceError> {
-        if !self.allowed_models.iter().any(|m| *m == model) {
+        if !self.allowed_models.contains(&model) {
             return Err(inference::InferenceError::NotAllowed(format!(
                 "model {model:?} is not in [models] allowed of agent {:?}",
                 self.agent

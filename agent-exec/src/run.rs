@@ -6,7 +6,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agent_contract::envelope::read_envelope;
 use agent_contract::manifest::DEFAULT_KEEP_RUNS;
-use agent_contract::{Home, Manifest, Outcome, OutputFormat, PhaseTimings, RequestHeader, RunReport};
+use agent_contract::{
+    Home, Manifest, Outcome, OutputFormat, PhaseTimings, RequestHeader, RunReport,
+};
 use memory_store::{RunMemory, RunRecord, Store};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Linker, ResourceTable};
@@ -169,7 +171,12 @@ impl Run {
             Err(e) => {
                 // Record a run of a real agent with a broken manifest; not of a missing one.
                 if !matches!(e, ExecError::Lookup(_)) {
-                    let _ = self.record(RunMemory::new(store, ""), &Err(&e), DEFAULT_KEEP_RUNS, false);
+                    let _ = self.record(
+                        RunMemory::new(store, ""),
+                        &Err(&e),
+                        DEFAULT_KEEP_RUNS,
+                        false,
+                    );
                 }
                 return Err(e);
             }
@@ -189,8 +196,9 @@ impl Run {
         }
     }
 
-    /// Commit the run (writes and record) on success; on failure discard the writes and
-    /// record only the run. A failure to record a failed run is logged, not escalated.
+    /// Commit the run's writes and record when the handler returned; otherwise discard the
+    /// writes and record only the run. Only a failure to commit a successful run changes
+    /// its outcome; other recording failures are logged.
     fn record(
         &self,
         memory: RunMemory,
@@ -216,7 +224,13 @@ impl Run {
                 ..self.timings.clone()
             },
         };
-        let committed = if status == Outcome::Ok {
+        // The handler returned (with a response or a typed error): its writes count.
+        // It trapped, timed out or hit a limit: they are discarded.
+        let handler_returned = matches!(
+            status,
+            Outcome::Ok | Outcome::AgentError | Outcome::Rejected
+        );
+        let committed = if handler_returned {
             memory.commit(&record, keep_runs)
         } else {
             memory.discard(&record, keep_runs)
@@ -248,10 +262,11 @@ impl Run {
         };
         self.timings.load_us = lap(clock);
 
-        let mut store = match self.instantiate_store(&engine, manifest, memory) {
-            Ok(s) => s,
-            Err((e, memory)) => return (Err(e), memory),
+        let wasi = match wasi_ctx(manifest) {
+            Ok(w) => w,
+            Err(e) => return (Err(e), memory),
         };
+        let mut store = self.new_store(&engine, manifest, wasi, memory);
         let result = self.instantiate_and_call(&engine, &component, manifest, &mut store, clock);
         let memory = store
             .data_mut()
@@ -301,36 +316,15 @@ impl Run {
         Ok(loaded.component)
     }
 
-    fn instantiate_store(
+    fn new_store(
         &self,
         engine: &wasmtime::Engine,
         manifest: &Manifest,
+        wasi: wasmtime_wasi::WasiCtx,
         memory: RunMemory,
-    ) -> Result<WasmStore<AgentHost>, (ExecError, RunMemory)> {
-        let mut wasi = WasiCtxBuilder::new();
-        // Guest stdout would corrupt the answer: both guest streams go to our stderr.
-        wasi.stdout(std::io::stderr())
-            .stderr(std::io::stderr())
-            .arg(&manifest.name)
-            .allow_blocking_current_thread(true);
-        for p in &manifest.preopens {
-            let perms = if p.writable {
-                FsPerms::ReadWrite
-            } else {
-                FsPerms::ReadOnly
-            };
-            if let Err(e) = wasi.preopened_dir(&p.host, &p.guest, perms) {
-                return Err((
-                    ExecError::Preopen {
-                        path: p.host.clone(),
-                        message: format!("{e:#}"),
-                    },
-                    memory,
-                ));
-            }
-        }
+    ) -> WasmStore<AgentHost> {
         let host = AgentHost {
-            wasi: wasi.build(),
+            wasi,
             table: ResourceTable::new(),
             memory: Some(memory),
             config: manifest.config.clone(),
@@ -344,14 +338,12 @@ impl Run {
         store.limiter(|h| h);
         store.set_epoch_deadline(1);
         store.epoch_deadline_trap();
-        if let Some(fuel) = manifest.limits.fuel
-            && let Err(e) = store.set_fuel(fuel)
-        {
-            let memory = store.data_mut().memory.take();
-            let e = ExecError::Internal(format!("fuel: {e:#}"));
-            return Err((e, memory.expect("memory was just put in the store")));
+        if let Some(fuel) = manifest.limits.fuel {
+            store
+                .set_fuel(fuel)
+                .expect("the engine meters fuel whenever the manifest sets fuel");
         }
-        Ok(store)
+        store
     }
 
     fn instantiate_and_call(
@@ -435,11 +427,36 @@ impl Run {
     }
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+/// The agent's WASI context: no environment, no network (wasmtime-wasi denies sockets
+/// unless allowed), its name as the only argument, only the declared preopens, and both
+/// output streams on our standard error so they cannot corrupt the answer.
+fn wasi_ctx(manifest: &Manifest) -> Result<wasmtime_wasi::WasiCtx, ExecError> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stdout(std::io::stderr())
+        .stderr(std::io::stderr())
+        .arg(&manifest.name)
+        .allow_blocking_current_thread(true);
+    for p in &manifest.preopens {
+        let perms = if p.writable {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        wasi.preopened_dir(&p.host, &p.guest, perms)
+            .map_err(|e| ExecError::Preopen {
+                path: p.host.clone(),
+                message: format!("{e:#}"),
+            })?;
+    }
+    Ok(wasi.build())
 }
 
+fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}

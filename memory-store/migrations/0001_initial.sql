@@ -41,7 +41,6 @@ CREATE TABLE runs (
     load_us          INTEGER,
     instantiate_us   INTEGER,
     handler_us       INTEGER,
-    commit_us        INTEGER,
     total_us         INTEGER NOT NULL
 );
 CREATE INDEX runs_by_agent ON runs (agent, started_at_ms);

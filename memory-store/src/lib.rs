@@ -13,8 +13,8 @@
 //!   close would otherwise checkpoint the WAL, 6-9 ms in a short-lived process. The WAL
 //!   is still checkpointed automatically by commits once it grows past its threshold.
 //! - A request's memory writes are buffered in [`RunMemory`] (reads see them) and committed
-//!   in one transaction together with the run record. A run that fails, traps or is killed
-//!   leaves no partial write behind.
+//!   in one transaction together with the run record. A run that traps, times out or is
+//!   killed leaves no partial write behind.
 //!
 //! # Layout
 //!

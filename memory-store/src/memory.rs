@@ -232,7 +232,8 @@ impl RunMemory {
                  ON CONFLICT (namespace, key) DO UPDATE
                  SET value = excluded.value, updated_at_ms = excluded.updated_at_ms",
             )?;
-            let mut delete = tx.prepare_cached("DELETE FROM kv WHERE namespace = ?1 AND key = ?2")?;
+            let mut delete =
+                tx.prepare_cached("DELETE FROM kv WHERE namespace = ?1 AND key = ?2")?;
             let now = to_sql_int(record.ended_at_ms);
             for (key, value) in &self.writes {
                 match value {
@@ -339,7 +340,9 @@ mod tests {
         let mut m = RunMemory::new(store, "ns");
         m.put("k", b"v".to_vec()).expect("put");
         m.append_event("note", b"x".to_vec(), 5).expect("append");
-        let store = m.discard(&record("r1", Outcome::Trap), 10).expect("discard");
+        let store = m
+            .discard(&record("r1", Outcome::Trap), 10)
+            .expect("discard");
         let m = RunMemory::new(store, "ns");
         assert_eq!(m.get("k").expect("get"), None);
         assert!(m.read_events(0, 10).expect("events").is_empty());
@@ -352,12 +355,14 @@ mod tests {
     fn events_get_sequence_numbers_on_commit() {
         let store = Store::open_in_memory().expect("store");
         let mut m = RunMemory::new(store, "ns");
-        m.append_event("note", b"first".to_vec(), 1).expect("append");
+        m.append_event("note", b"first".to_vec(), 1)
+            .expect("append");
         let pending = m.read_events(0, 10).expect("read");
         assert_eq!(pending[0].seq, None);
         let store = m.commit(&record("r1", Outcome::Ok), 10).expect("commit");
         let mut m = RunMemory::new(store, "ns");
-        m.append_event("note", b"second".to_vec(), 2).expect("append");
+        m.append_event("note", b"second".to_vec(), 2)
+            .expect("append");
         let events = m.read_events(0, 10).expect("read");
         assert_eq!(events.len(), 2);
         assert!(events[0].seq.is_some() && events[1].seq.is_none());

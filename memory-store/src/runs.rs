@@ -49,17 +49,17 @@ impl Default for RunFilter {
 }
 
 const COLUMNS: &str = "run_id, agent, started_at_ms, ended_at_ms, status, error, input, cache_hit,
-    start_to_main_us, config_us, store_us, load_us, instantiate_us, handler_us, commit_us, total_us";
+    start_to_main_us, config_us, store_us, load_us, instantiate_us, handler_us, total_us";
 
 /// Insert `record` (once: a second insert of the same run id is ignored), then prune the
 /// agent's records to the newest `keep_runs`. Runs inside the caller's transaction.
 pub(crate) fn insert(conn: &Connection, r: &RunRecord, keep_runs: u32) -> Result<bool, StoreError> {
     let t = &r.timings;
     let opt = |v: Option<u64>| v.map(to_sql_int);
-    let inserted = conn
-        .prepare_cached(&format!(
+    let inserted =
+        conn.prepare_cached(&format!(
             "INSERT OR IGNORE INTO runs ({COLUMNS}, exit_code)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
         ))?
         .execute(params![
             r.run_id,
@@ -76,11 +76,9 @@ pub(crate) fn insert(conn: &Connection, r: &RunRecord, keep_runs: u32) -> Result
             opt(t.load_us),
             opt(t.instantiate_us),
             opt(t.handler_us),
-            opt(t.commit_us),
             to_sql_int(t.total_us),
             r.status.exit_code(),
-        ])?
-        == 1;
+        ])? == 1;
     conn.prepare_cached(
         "DELETE FROM runs WHERE run_id IN (
              SELECT run_id FROM runs WHERE agent = ?1
@@ -112,8 +110,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
                 load_us: u(11)?,
                 instantiate_us: u(12)?,
                 handler_us: u(13)?,
-                commit_us: u(14)?,
-                total_us: u(15)?.unwrap_or(0),
+                total_us: u(14)?.unwrap_or(0),
             },
         },
         status,
@@ -196,10 +193,16 @@ mod tests {
     fn records_round_trip_are_inserted_once_and_pruned() {
         let mut store = Store::open_in_memory().expect("store");
         for i in 0..5 {
-            assert!(store.record_run(&record(&format!("r{i}"), "a", i), 3).expect("insert"));
+            assert!(
+                store
+                    .record_run(&record(&format!("r{i}"), "a", i), 3)
+                    .expect("insert")
+            );
         }
         assert!(!store.record_run(&record("r4", "a", 4), 3).expect("again"));
-        store.record_run(&record("other", "b", 0), 3).expect("insert");
+        store
+            .record_run(&record("other", "b", 0), 3)
+            .expect("insert");
         let a = store
             .runs(&RunFilter {
                 agent: Some("a".into()),
@@ -209,7 +212,10 @@ mod tests {
         let ids: Vec<&str> = a.iter().map(|r| r.run_id.as_str()).collect();
         assert_eq!(ids, ["r4", "r3", "r2"]);
         assert_eq!(a[0], record("r4", "a", 4));
-        assert_eq!(store.run("other").expect("run").map(|r| r.agent), Some("b".into()));
+        assert_eq!(
+            store.run("other").expect("run").map(|r| r.agent),
+            Some("b".into())
+        );
         assert_eq!(store.run("missing").expect("run"), None);
     }
 }

@@ -1,1 +1,17 @@
-fn main() {}
+//! spawner: run AI agents on demand, one fresh process per request.
+//! See the library docs for the layout; exit codes are `agent_contract::outcome`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = spawner::cli::Cli::parse();
+    match spawner::commands::dispatch(cli) {
+        Ok(outcome) => ExitCode::from(outcome.exit_code()),
+        Err(e) => {
+            eprintln!("spawner: error: {e:#}");
+            ExitCode::from(spawner::exit::exit_code(&e))
+        }
+    }
+}

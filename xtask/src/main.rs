@@ -1,1 +1,243 @@
-fn main() {}
+//! cargo xtask: the project's own build steps, so a fresh clone needs only cargo.
+//!
+//! - `setup`: add the wasm32-wasip2 target, build the agents and the host binaries, and
+//!   install the example agents into the home directory.
+//! - `demo`: `setup`, then run the example agents end to end.
+//! - `test`: everything CI runs: fmt, clippy, the agents, every test.
+//! - `build-agents`: build the guest workspace for wasm32-wasip2.
+//! - `bench`: cold-start benchmark with hyperfine; writes BENCHMARKS.md.
+
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// The example agents `setup` installs.
+const EXAMPLE_AGENTS: &[&str] = &["echo", "notes", "command-guard"];
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = project_root();
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("setup") => setup(&root).map(|_| ()),
+        Some("demo") => demo(&root),
+        Some("test") => test(&root),
+        Some("build-agents") => build_agents(&root),
+        Some("bench") => bench::run(&root, args.iter().any(|a| a == "--quick")),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <setup|demo|test|build-agents|bench [--quick]>\n\n\
+                 setup         add the wasm target, build everything, install the example agents\n\
+                 demo          setup, then run the example agents end to end\n\
+                 test          what CI runs: fmt, clippy, agents, all tests\n\
+                 build-agents  build the guest agents for wasm32-wasip2\n\
+                 bench         cold-start benchmark (hyperfine); writes BENCHMARKS.md"
+            );
+            bail!("unknown or missing xtask command")
+        }
+    }
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the project root")
+        .to_owned()
+}
+
+/// Run `cmd`, echoing it first; fail when it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("$ {}", display(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", display(cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed with {status}", display(cmd));
+    }
+    Ok(())
+}
+
+fn display(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Make sure rustup has the wasm32-wasip2 target.
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup is needed to add the wasm32-wasip2 target")?;
+    if !String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-wasip2")
+    {
+        run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+    }
+    Ok(())
+}
+
+/// Where built agent components land.
+pub fn agent_artifacts(root: &Path) -> PathBuf {
+    root.join("agents/target/wasm32-wasip2/release")
+}
+
+/// Build the guest agents for wasm32-wasip2 into agents/target.
+pub fn build_agents(root: &Path) -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    run(cargo()
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+            "agents/Cargo.toml",
+            "--target-dir",
+        ])
+        .arg(root.join("agents/target"))
+        .env_remove("CARGO_TARGET_DIR"))
+}
+
+/// The host binaries' directory.
+pub fn host_bin_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("release")
+}
+
+/// The home the demo uses: `$SPAWNER_HOME`, else the default data home.
+fn demo_home() -> anyhow::Result<PathBuf> {
+    let from_env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(h) = from_env("SPAWNER_HOME") {
+        return Ok(h.into());
+    }
+    if let Some(d) = from_env("XDG_DATA_HOME") {
+        return Ok(PathBuf::from(d).join("spawner"));
+    }
+    let home = from_env("HOME").context("set SPAWNER_HOME or HOME")?;
+    Ok(PathBuf::from(home).join(".local/share/spawner"))
+}
+
+/// Install an example agent: its component always (it may have been rebuilt), its
+/// agent.toml only when absent (the user may have edited it).
+pub fn install_agent(root: &Path, home: &Path, name: &str) -> anyhow::Result<()> {
+    let dir = home.join("agents").join(name);
+    std::fs::create_dir_all(&dir)?;
+    let wasm = agent_artifacts(root).join(format!("{}.wasm", name.replace('-', "_")));
+    std::fs::copy(&wasm, dir.join(format!("{name}.wasm")))
+        .with_context(|| format!("cannot install {}", wasm.display()))?;
+    let manifest = dir.join("agent.toml");
+    if !manifest.exists() {
+        std::fs::copy(root.join("agents").join(name).join("agent.toml"), &manifest)?;
+    }
+    Ok(())
+}
+
+fn setup(root: &Path) -> anyhow::Result<PathBuf> {
+    build_agents(root)?;
+    run(cargo().args(["build", "--release", "-p", "spawner", "-p", "agent-exec"]))?;
+    let home = demo_home()?;
+    for name in EXAMPLE_AGENTS {
+        install_agent(root, &home, name)?;
+    }
+    eprintln!(
+        "\ninstalled {} into {}",
+        EXAMPLE_AGENTS.join(", "),
+        home.join("agents").display()
+    );
+    Ok(home)
+}
+
+fn demo(root: &Path) -> anyhow::Result<()> {
+    setup(root)?;
+    let spawner = host_bin_dir(root).join("spawner");
+    let show = |args: &[&str]| -> anyhow::Result<bool> {
+        eprintln!("\n$ spawner {}", args.join(" "));
+        let status = Command::new(&spawner).args(args).status()?;
+        Ok(status.success())
+    };
+    show(&["agents"])?;
+    if !show(&["run", "echo", "hello from a fresh process"])? {
+        bail!("echo failed");
+    }
+    show(&[
+        "run",
+        "notes",
+        "add",
+        "the memory store outlives every process",
+    ])?;
+    show(&["run", "notes", "list"])?;
+    show(&["run", "command-guard", "ls -la"])?;
+    if show(&["run", "command-guard", "git push --force origin main"])? {
+        bail!("command-guard allowed a forced push");
+    }
+    show(&["runs", "--limit", "6"])?;
+    eprintln!(
+        "\nEach run above was a fresh agent-exec process; notes came back from {}.",
+        demo_home()?.join("memory.db").display()
+    );
+    Ok(())
+}
+
+fn test(root: &Path) -> anyhow::Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "fmt",
+        "--all",
+        "--check",
+        "--manifest-path",
+        "agents/Cargo.toml",
+    ]))?;
+    build_agents(root)?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args([
+        "clippy",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "--manifest-path",
+        "agents/Cargo.toml",
+        "--target-dir",
+        "agents/target",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The agents' own unit tests (pure logic) run on the host.
+    run(cargo()
+        .args([
+            "test",
+            "--release",
+            "--manifest-path",
+            "agents/Cargo.toml",
+            "-p",
+            "command-guard",
+            "--target-dir",
+        ])
+        .arg(root.join("agents/target"))
+        .env_remove("CARGO_TARGET_DIR"))?;
+    // The integration tests run the real binaries; build them first so they are current.
+    run(cargo().args(["build", "--release", "-p", "spawner", "-p", "agent-exec"]))?;
+    run(cargo().args(["test", "--release", "--workspace"]))?;
+    Ok(())
+}

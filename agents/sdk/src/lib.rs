@@ -20,7 +20,10 @@
 //! (with `Ok` or `Err`); a trap, timeout or kill discards them.
 
 /// Bindings generated from `wit/agent.wit`, which documents them.
-#[allow(missing_docs, reason = "generated from wit/agent.wit; the WIT file carries the docs")]
+#[allow(
+    missing_docs,
+    reason = "generated from wit/agent.wit; the WIT file carries the docs"
+)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "agent",

@@ -49,6 +49,8 @@ impl Agent for Testing {
             ("put-then-loop", [key, value]) => {
                 memory::put(key, value.as_bytes())?;
                 memory::append_event("partial", value.as_bytes())?;
+                // The readiness signal tests wait for before killing the process.
+                agent_sdk::log::info("wrote, now looping");
                 loop {
                     std::hint::black_box(());
                 }

@@ -1,0 +1,125 @@
+//! `spawner agents`: the installed agents and whether each one can run.
+
+use std::io::Write;
+
+use agent_contract::home::validate_agent_name;
+use agent_contract::{Home, Manifest, Outcome};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::cli::AgentsArgs;
+
+/// One installed agent as listed.
+#[derive(Debug, Serialize)]
+pub struct AgentStatus {
+    /// The directory name.
+    pub name: String,
+    /// From the manifest, when it is valid.
+    pub version: Option<String>,
+    /// From the manifest, when it is valid.
+    pub description: Option<String>,
+    /// `ok`, or `invalid` with an error saying why.
+    pub status: &'static str,
+    /// What is wrong, when `status` is `invalid`.
+    pub error: Option<String>,
+}
+
+/// Check the agent in directory `name`: manifest valid, component present, pin matching.
+pub fn check(home: &Home, name: &str) -> AgentStatus {
+    let mut status = AgentStatus {
+        name: name.to_owned(),
+        version: None,
+        description: None,
+        status: "invalid",
+        error: None,
+    };
+    let manifest = match home
+        .agent_manifest(name)
+        .map_err(|e| e.to_string())
+        .and_then(|path| Manifest::load(&path).map_err(|e| e.to_string()))
+    {
+        Ok(m) => m,
+        Err(e) => {
+            status.error = Some(e);
+            return status;
+        }
+    };
+    status.version = Some(manifest.version.clone());
+    status.description = manifest.description.clone();
+    status.error = match std::fs::read(&manifest.component) {
+        Err(e) => Some(format!(
+            "component {} is unreadable: {e}",
+            manifest.component.display()
+        )),
+        Ok(bytes) => match manifest.sha256 {
+            Some(pin) if <[u8; 32]>::from(Sha256::digest(&bytes)) != pin => Some(format!(
+                "component {} does not match its sha256 pin",
+                manifest.component.display()
+            )),
+            _ => None,
+        },
+    };
+    if status.error.is_none() {
+        status.status = "ok";
+    }
+    status
+}
+
+/// List the agents.
+pub fn execute(home: &Home, args: AgentsArgs) -> anyhow::Result<Outcome> {
+    let dir = home.agents_dir();
+    let mut names: Vec<String> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| validate_agent_name(name).is_ok())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => anyhow::bail!("cannot list {}: {e}", dir.display()),
+    };
+    names.sort();
+    let statuses: Vec<AgentStatus> = names.iter().map(|n| check(home, n)).collect();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for s in &statuses {
+            serde_json::to_writer(&mut out, s)?;
+            out.write_all(b"\n")?;
+        }
+        return Ok(Outcome::Ok);
+    }
+    if statuses.is_empty() {
+        writeln!(
+            out,
+            "no agents in {} (install one with `cargo xtask setup`, or add a directory with an agent.toml)",
+            dir.display()
+        )?;
+        return Ok(Outcome::Ok);
+    }
+    let width = statuses
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    writeln!(
+        out,
+        "{:width$}  {:8}  {:7}  DESCRIPTION",
+        "NAME", "VERSION", "STATUS"
+    )?;
+    for s in &statuses {
+        let detail = match (&s.error, &s.description) {
+            (Some(e), _) => e.as_str(),
+            (None, Some(d)) => d.as_str(),
+            (None, None) => "",
+        };
+        writeln!(
+            out,
+            "{:width$}  {:8}  {:7}  {detail}",
+            s.name,
+            s.version.as_deref().unwrap_or("-"),
+            s.status
+        )?;
+    }
+    Ok(Outcome::Ok)
+}

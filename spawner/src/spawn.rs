@@ -1,0 +1,314 @@
+//! The spawn policy, in one place: how a request's `agent-exec` is started, limited,
+//! timed out, killed and reaped.
+//!
+//! - **posix_spawn**: the child is started with `std::process::Command` and no `pre_exec`
+//!   closure, so std uses `posix_spawn` (vfork semantics) rather than fork: the cost does
+//!   not grow with the spawner's size. std resets the child's signal mask and SIGPIPE.
+//! - **Process group**: the child leads a new group (`POSIX_SPAWN_SETPGROUP`), so a kill
+//!   reaches everything it may have started.
+//! - **Resource limits**: applied to the child with `prlimit(2)` right after spawn; since
+//!   posix_spawn returns only once the child has exec'd, they are in place while
+//!   agent-exec is still starting, long before it runs any agent code. No core dumps, a
+//!   bounded number of open files, and a CPU-time backstop behind the wall deadline.
+//! - **Environment**: cleared; agent-exec needs none and agents must not see it.
+//! - **Deadline, signals, reaping**: SIGCHLD, SIGINT, SIGTERM and SIGHUP are blocked in
+//!   the spawner and taken synchronously with `sigtimedwait`, so there is no handler and
+//!   no extra thread. At the deadline, or when the spawner itself is told to stop, the
+//!   child's whole group gets SIGKILL; the child is always reaped before returning.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::libc;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, killpg};
+use nix::unistd::Pid;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+
+/// Extra time past the agent's own deadline before the spawner kills the group: agent-exec
+/// enforces the deadline itself (epoch interruption) and records the run; this is the
+/// backstop for when it cannot.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Resource limits for a child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceLimits {
+    /// RLIMIT_CPU, seconds.
+    pub cpu_seconds: u64,
+    /// RLIMIT_NOFILE.
+    pub open_files: u64,
+    /// RLIMIT_CORE, bytes (0: no core dumps).
+    pub core_bytes: u64,
+}
+
+/// How to run one request's process.
+#[derive(Debug, Clone)]
+pub struct SpawnPolicy {
+    /// The `agent-exec` binary.
+    pub program: PathBuf,
+    /// Kill the whole group when the child is still running this long after spawn.
+    pub kill_after: Duration,
+    /// Limits applied to the child.
+    pub limits: ResourceLimits,
+}
+
+impl SpawnPolicy {
+    /// The policy for a request whose agent deadline is `timeout`.
+    pub fn for_request(program: PathBuf, timeout: Duration) -> SpawnPolicy {
+        let kill_after = timeout.saturating_add(KILL_GRACE);
+        SpawnPolicy {
+            program,
+            kill_after,
+            limits: ResourceLimits {
+                cpu_seconds: kill_after.as_secs().saturating_add(1),
+                open_files: 256,
+                core_bytes: 0,
+            },
+        }
+    }
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Termination {
+    /// It exited with this code.
+    Exited(i32),
+    /// It died from this signal, not sent by the spawner.
+    Signaled(i32),
+    /// It was still running at `kill_after`; its group was killed.
+    DeadlineKilled,
+    /// The spawner was told to stop (SIGINT, SIGTERM, SIGHUP); the group was killed.
+    Interrupted(Signal),
+}
+
+/// What went wrong starting or watching a child.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The program could not be started.
+    #[error("cannot start {}: {source}", program.display())]
+    Start {
+        /// The program.
+        program: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A system call around the child failed.
+    #[error("{what}: {source}")]
+    Os {
+        /// Which call.
+        what: &'static str,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> SpawnError {
+    move |source| SpawnError::Os { what, source }
+}
+
+/// Start a child under `policy`, hand it `stdin_bytes`, and wait for it to end.
+pub fn run(policy: &SpawnPolicy, stdin_bytes: &[u8]) -> Result<Termination, SpawnError> {
+    let mut watched = SigSet::empty();
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+    ] {
+        watched.add(sig);
+    }
+    let previous = watched
+        .thread_swap_mask(SigmaskHow::SIG_BLOCK)
+        .map_err(|e| os("block signals")(e.into()))?;
+    let result = run_blocked(policy, stdin_bytes, &watched);
+    let _ = previous.thread_set_mask();
+    result
+}
+
+fn run_blocked(
+    policy: &SpawnPolicy,
+    stdin_bytes: &[u8],
+    watched: &SigSet,
+) -> Result<Termination, SpawnError> {
+    let started = Instant::now();
+    let mut child = Command::new(&policy.program)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn()
+        .map_err(|source| SpawnError::Start {
+            program: policy.program.clone(),
+            source,
+        })?;
+    let pid = child.id() as libc::pid_t;
+    apply_limits(pid, &policy.limits);
+
+    if let Some(mut stdin) = child.stdin.take() {
+        // A child that exits without reading (a bad envelope) closes the pipe: not our
+        // error to report, its exit status says what happened.
+        let _ = stdin.write_all(stdin_bytes);
+    }
+
+    let deadline = started + policy.kill_after;
+    loop {
+        if let Some(status) = child.try_wait().map_err(os("wait for agent-exec"))? {
+            return Ok(termination(status));
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            kill_group(pid);
+            child.wait().map_err(os("reap agent-exec"))?;
+            return Ok(Termination::DeadlineKilled);
+        }
+        // SIGCHLD, a timeout or an interrupted wait: loop and look at the child again.
+        if let Some(sig @ (Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP)) =
+            wait_for_signal(watched, remaining)
+        {
+            kill_group(pid);
+            child.wait().map_err(os("reap agent-exec"))?;
+            return Ok(Termination::Interrupted(sig));
+        }
+    }
+}
+
+fn termination(status: ExitStatus) -> Termination {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Termination::Exited(code),
+        (None, Some(sig)) => Termination::Signaled(sig),
+        (None, None) => Termination::Exited(-1),
+    }
+}
+
+/// SIGKILL the child's whole process group (its pgid is its pid).
+fn kill_group(pid: libc::pid_t) {
+    // ESRCH (the group is already gone) is fine.
+    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+/// Wait up to `timeout` for one of the blocked signals in `set`.
+fn wait_for_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: `set` is a valid, initialised sigset; `ts` lives across the call; a null
+    // siginfo pointer is allowed.
+    let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+    if sig < 0 {
+        None
+    } else {
+        Signal::try_from(sig).ok()
+    }
+}
+
+/// Apply `limits` to the running child `pid`.
+fn apply_limits(pid: libc::pid_t, limits: &ResourceLimits) {
+    for (resource, value) in [
+        (libc::RLIMIT_CORE, limits.core_bytes),
+        (libc::RLIMIT_NOFILE, limits.open_files),
+        (libc::RLIMIT_CPU, limits.cpu_seconds),
+    ] {
+        let limit = libc::rlimit {
+            rlim_cur: value as libc::rlim_t,
+            rlim_max: value as libc::rlim_t,
+        };
+        // SAFETY: prlimit reads `limit`, which outlives the call, and is given a null
+        // old-limit pointer, which it allows. It acts only on our own child.
+        let rc = unsafe { libc::prlimit(pid, resource, &limit, std::ptr::null_mut()) };
+        if rc != 0 {
+            // ESRCH: the child already exited, nothing left to limit.
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ESRCH) {
+                eprintln!("spawner: warning: cannot limit agent-exec: {err}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(program: &str, kill_after: Duration) -> SpawnPolicy {
+        SpawnPolicy {
+            program: program.into(),
+            kill_after,
+            limits: ResourceLimits {
+                cpu_seconds: 10,
+                open_files: 64,
+                core_bytes: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn exit_codes_pass_through() {
+        assert_eq!(
+            run(&policy("/bin/true", Duration::from_secs(5)), b"").expect("run"),
+            Termination::Exited(0)
+        );
+        assert_eq!(
+            run(&policy("/bin/false", Duration::from_secs(5)), b"").expect("run"),
+            Termination::Exited(1)
+        );
+    }
+
+    /// Run `script` with /bin/sh (reading it from standard input, so that no freshly
+    /// written file is exec'd) under a policy that kills after `kill_after`.
+    fn run_script(script: &str, kill_after: Duration) -> Termination {
+        run(&policy("/bin/sh", kill_after), script.as_bytes()).expect("run")
+    }
+
+    /// True while `pid` exists and is not a zombie.
+    fn alive(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn a_child_past_its_deadline_is_killed_with_its_whole_group() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("grandchild.pid");
+        let script = format!("sleep 30 &\necho $! > {}\nsleep 30", pidfile.display());
+        let started = Instant::now();
+        let t = run_script(&script, Duration::from_millis(300));
+        assert_eq!(t, Termination::DeadlineKilled);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let grandchild = std::fs::read_to_string(&pidfile).expect("pidfile");
+        let grandchild = grandchild.trim();
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            !alive(grandchild)
+        });
+        assert!(gone, "grandchild {grandchild} outlived the kill");
+    }
+
+    #[test]
+    fn a_child_killed_by_a_signal_is_reported_as_such() {
+        let t = run_script("kill -9 $$", Duration::from_secs(5));
+        assert_eq!(t, Termination::Signaled(9));
+    }
+
+    #[test]
+    fn a_missing_program_is_a_start_error() {
+        let err = run(
+            &policy("/nonexistent/agent-exec", Duration::from_secs(1)),
+            b"",
+        )
+        .expect_err("must fail");
+        assert!(matches!(err, SpawnError::Start { .. }));
+    }
+}

@@ -1,0 +1,79 @@
+use crate::harness::{TestHome, code, stderr, stdout};
+
+#[test]
+fn agents_lists_each_agent_with_its_validation_status() {
+    let home = TestHome::new();
+    assert!(stdout(&home.run(&["agents"])).contains("no agents in"));
+    home.install_example("echo");
+    home.install_example("notes");
+    home.write_manifest("notes", "name = \"notes\"\nversion = 1\n");
+    home.install_testing("lab", "");
+    std::fs::remove_file(home.agent_dir("lab").join("lab.wasm")).expect("rm");
+
+    let out = home.run(&["agents"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+            .to_owned()
+    };
+    assert!(line("echo").contains(" ok "), "{text}");
+    assert!(
+        line("notes").contains("invalid") && line("notes").contains("agent.toml:2:11"),
+        "{text}"
+    );
+    assert!(
+        line("lab").contains("invalid") && line("lab").contains("lab.wasm"),
+        "{text}"
+    );
+
+    let json: Vec<serde_json::Value> = stdout(&home.run(&["agents", "--json"]))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let names: Vec<&str> = json
+        .iter()
+        .map(|v| v["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["echo", "lab", "notes"]);
+    assert_eq!(json[0]["status"], "ok");
+    assert_eq!(json[2]["status"], "invalid");
+}
+
+#[test]
+fn runs_lists_recent_runs_newest_first_with_filters() {
+    let home = TestHome::new();
+    assert!(stdout(&home.run(&["runs"])).contains("no runs yet"));
+    home.install_example("echo");
+    home.install_example("notes");
+    home.run(&["run", "echo", "one"]);
+    home.run(&["run", "notes", ""]);
+    home.run(&["run", "echo", "two"]);
+
+    let text = stdout(&home.run(&["runs"]));
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    assert!(
+        rows[1].contains("notes") && rows[1].contains("agent_error"),
+        "{text}"
+    );
+
+    let json: Vec<serde_json::Value> = stdout(&home.run(&["runs", "--agent", "echo", "--json"]))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(json.len(), 2);
+    assert!(
+        json.iter()
+            .all(|r| r["agent"] == "echo" && r["status"] == "ok")
+    );
+    assert!(json[0]["started_at_ms"].as_u64() >= json[1]["started_at_ms"].as_u64());
+    assert_eq!(
+        stdout(&home.run(&["runs", "--limit", "1", "--json"]))
+            .lines()
+            .count(),
+        1
+    );
+}

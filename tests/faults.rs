@@ -1,0 +1,321 @@
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use agent_contract::Outcome;
+
+use crate::harness::{
+    TestHome, code, exit_of, report, start_agent_exec, stderr, stdout, wait_for_line,
+};
+
+/// A home with the testing agent as `lab` (300 ms deadline, 32 MiB cap) and a value
+/// stored by an earlier, successful run.
+fn lab() -> TestHome {
+    let home = TestHome::new();
+    home.install_testing("lab", "[limits]\ntimeout_ms = 300\nmemory_mb = 32\n");
+    let out = home.run(&["run", "lab", "put", "kept", "before"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    home
+}
+
+/// The run ended as `outcome`, was recorded so, and the store is intact with the earlier
+/// value still there.
+fn assert_recorded_and_intact(home: &TestHome, out: &std::process::Output, outcome: Outcome) {
+    assert_eq!(code(out), exit_of(outcome), "{}", stderr(out));
+    let r = report(out);
+    assert_eq!(r["status"], outcome.as_str());
+    let store = home.store();
+    let record = store
+        .run(r["run_id"].as_str().expect("run id"))
+        .expect("query")
+        .expect("the failed run is recorded");
+    assert_eq!(record.status, outcome);
+    assert!(record.error.is_some());
+    assert_eq!(store.integrity_check().expect("check"), "ok");
+    let after = home.run(&["run", "lab", "get", "kept"]);
+    assert_eq!(stdout(&after), "before");
+}
+
+#[test]
+fn a_panicking_agent_is_a_trap_with_its_message() {
+    let home = lab();
+    let out = home.run(&["run", "--json", "lab", "panic"]);
+    assert!(
+        stderr(&out).contains("testing agent was asked to panic"),
+        "the guest's panic message reaches stderr: {}",
+        stderr(&out)
+    );
+    assert_recorded_and_intact(&home, &out, Outcome::Trap);
+}
+
+#[test]
+fn an_unreachable_instruction_is_a_trap() {
+    let home = lab();
+    let out = home.run(&["run", "--json", "lab", "unreachable"]);
+    assert!(
+        report(&out)["error"]
+            .as_str()
+            .expect("error")
+            .contains("unreachable")
+    );
+    assert_recorded_and_intact(&home, &out, Outcome::Trap);
+}
+
+#[test]
+fn an_agent_that_runs_forever_is_stopped_at_its_deadline() {
+    let home = lab();
+    let started = Instant::now();
+    let out = home.run(&["run", "--json", "lab", "loop"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        report(&out)["error"]
+            .as_str()
+            .expect("error")
+            .contains("300 ms")
+    );
+    assert_recorded_and_intact(&home, &out, Outcome::Timeout);
+}
+
+#[test]
+fn the_command_line_timeout_overrides_the_manifest() {
+    let home = TestHome::new();
+    home.install_testing("lab", "[limits]\ntimeout_ms = 60000\n");
+    let started = Instant::now();
+    let out = home.run(&["run", "--json", "--timeout", "200ms", "lab", "loop"]);
+    assert_eq!(code(&out), exit_of(Outcome::Timeout));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        report(&out)["error"]
+            .as_str()
+            .expect("error")
+            .contains("200 ms")
+    );
+}
+
+#[test]
+fn fuel_exhaustion_stops_an_agent() {
+    let home = TestHome::new();
+    home.install_testing("lab", "[limits]\ntimeout_ms = 60000\nfuel = 5000000\n");
+    let out = home.run(&["run", "--json", "lab", "loop"]);
+    assert_eq!(code(&out), exit_of(Outcome::Timeout), "{}", stderr(&out));
+    assert!(
+        report(&out)["error"]
+            .as_str()
+            .expect("error")
+            .contains("fuel")
+    );
+}
+
+#[test]
+fn an_agent_allocating_without_bound_stops_at_its_memory_cap() {
+    let home = lab();
+    let out = home.run(&["run", "--json", "lab", "alloc"]);
+    let error = report(&out)["error"].as_str().expect("error").to_owned();
+    assert!(
+        error.contains("memory cap") && error.contains("33554432"),
+        "{error}"
+    );
+    assert_recorded_and_intact(&home, &out, Outcome::MemoryLimit);
+}
+
+#[test]
+fn handler_errors_keep_their_writes_but_traps_discard_them() {
+    let home = lab();
+    let out = home.run(&["run", "lab", "fail"]);
+    assert_eq!(code(&out), exit_of(Outcome::AgentError));
+    assert!(stderr(&out).contains("asked to fail"), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&home.run(&["run", "lab", "get", "attempt"])),
+        "failed"
+    );
+    let out = home.run(&["run", "lab", "reject"]);
+    assert_eq!(code(&out), exit_of(Outcome::Rejected));
+    assert_eq!(
+        stdout(&home.run(&["run", "lab", "get", "attempt"])),
+        "rejected"
+    );
+    // put-then-loop writes, then is stopped at the deadline: the write is discarded.
+    let out = home.run(&["run", "lab", "put-then-loop", "doomed", "x"]);
+    assert_eq!(code(&out), exit_of(Outcome::Timeout));
+    assert_eq!(
+        stdout(&home.run(&["run", "lab", "get", "doomed"])),
+        "(none)"
+    );
+}
+
+/// Pids of the processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()?
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse()
+                        .ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+#[test]
+fn agent_exec_killed_mid_run_leaves_the_store_intact_with_no_partial_write() {
+    let home = TestHome::new();
+    home.install_testing("lab", "[limits]\ntimeout_ms = 60000\n");
+    let mut child = start_agent_exec(&home, "lab", "put-then-loop half written", "info");
+    let stderr_pipe = child.stderr.take().expect("stderr");
+    assert!(
+        wait_for_line(stderr_pipe, "wrote, now looping"),
+        "the agent reached its loop"
+    );
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "still running"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    child.wait().expect("reap");
+
+    let store = home.store();
+    assert_eq!(store.integrity_check().expect("check"), "ok");
+    let kv: i64 = store
+        .connection()
+        .query_row("SELECT count(*) FROM kv WHERE key = 'half'", [], |r| {
+            r.get(0)
+        })
+        .expect("count");
+    let events: i64 = store
+        .connection()
+        .query_row(
+            "SELECT count(*) FROM events WHERE kind = 'partial'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!((kv, events), (0, 0), "no partial write is visible");
+    let ok: i64 = store
+        .connection()
+        .query_row("SELECT count(*) FROM runs WHERE status = 'ok'", [], |r| {
+            r.get(0)
+        })
+        .expect("count");
+    assert_eq!(ok, 0, "nothing recorded as success");
+}
+
+#[test]
+fn spawner_reports_an_agent_exec_killed_from_outside() {
+    let home = TestHome::new();
+    home.install_testing("lab", "[limits]\ntimeout_ms = 60000\n");
+    let mut spawner = home
+        .spawner(&[
+            "run",
+            "--json",
+            "--log-level",
+            "info",
+            "lab",
+            "put-then-loop",
+            "half",
+            "x",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let agent_exec = (0..500)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            children_of(spawner.id()).first().copied()
+        })
+        .expect("spawner started agent-exec");
+    let stderr_pipe = spawner.stderr.take().expect("stderr");
+    assert!(
+        wait_for_line(stderr_pipe, "wrote, now looping"),
+        "the agent reached its loop"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent_exec as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let out = spawner.wait_with_output().expect("wait");
+    assert_eq!(code(&out), exit_of(Outcome::Killed));
+    let r = report(&out);
+    assert_eq!(r["status"], "killed");
+    let store = home.store();
+    let record = store
+        .run(r["run_id"].as_str().expect("id"))
+        .expect("query")
+        .expect("spawner recorded the run");
+    assert_eq!(record.status, Outcome::Killed);
+    assert_eq!(store.integrity_check().expect("check"), "ok");
+    let kv: i64 = store
+        .connection()
+        .query_row("SELECT count(*) FROM kv", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(kv, 0);
+}
+
+#[test]
+fn a_corrupt_compiled_cache_entry_is_detected_and_rebuilt() {
+    let home = TestHome::new();
+    home.install_example("echo");
+    assert_eq!(
+        report(&home.run(&["run", "--json", "echo", "a"]))["cache_hit"],
+        false
+    );
+    let cache = home.path().join("cache/components");
+    let entry = std::fs::read_dir(&cache)
+        .expect("cache dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .expect("a cache entry");
+
+    // Flip bytes in the middle of the entry.
+    let mut bytes = std::fs::read(&entry).expect("read");
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&entry, &bytes).expect("write");
+    let out = home.run(&["run", "--json", "echo", "still works"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let r = report(&out);
+    assert_eq!(r["output"], "still works");
+    assert_eq!(r["cache_hit"], false, "the corrupt entry was not trusted");
+    assert!(
+        stderr(&out).contains("checksum mismatch"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        report(&home.run(&["run", "--json", "echo", "b"]))["cache_hit"],
+        true
+    );
+
+    // A truncated entry, too.
+    let len = std::fs::metadata(&entry).expect("stat").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&entry)
+        .expect("open")
+        .set_len(len / 3)
+        .expect("truncate");
+    let r = report(&home.run(&["run", "--json", "echo", "c"]));
+    assert_eq!(
+        (r["output"].as_str(), r["cache_hit"].as_bool()),
+        (Some("c"), Some(false))
+    );
+}

@@ -1,0 +1,198 @@
+//! Shared test harness: a temp home with agents installed, and the real binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use memory_store::Store;
+
+/// The project root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is one level below the root")
+        .to_owned()
+}
+
+/// A binary built by `cargo build --release`: next to this test binary's `deps/` dir.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in <target>/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo xtask test` (it builds the binaries before testing)",
+        path.display()
+    );
+    path
+}
+
+/// A built agent component.
+pub fn wasm(agent: &str) -> PathBuf {
+    let path = root()
+        .join("agents/target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", agent.replace('-', "_")));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo xtask build-agents`",
+        path.display()
+    );
+    path
+}
+
+/// A home directory in a temp dir.
+pub struct TestHome {
+    dir: tempfile::TempDir,
+}
+
+impl TestHome {
+    /// An empty home.
+    pub fn new() -> TestHome {
+        TestHome {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// The home directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The agent's directory.
+    pub fn agent_dir(&self, name: &str) -> PathBuf {
+        self.path().join("agents").join(name)
+    }
+
+    /// Install an example agent with the manifest from `agents/<name>/agent.toml`.
+    pub fn install_example(&self, name: &str) {
+        let manifest = std::fs::read_to_string(root().join("agents").join(name).join("agent.toml"))
+            .expect("example manifest");
+        self.install(name, name, &manifest);
+    }
+
+    /// Install component `component_of` as agent `name` with `manifest` as its agent.toml.
+    /// The component is copied to `<name>.wasm`.
+    pub fn install(&self, name: &str, component_of: &str, manifest: &str) {
+        let dir = self.agent_dir(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::copy(wasm(component_of), dir.join(format!("{name}.wasm"))).expect("copy");
+        self.write_manifest(name, manifest);
+    }
+
+    /// Replace an agent's agent.toml.
+    pub fn write_manifest(&self, name: &str, manifest: &str) {
+        std::fs::write(self.agent_dir(name).join("agent.toml"), manifest).expect("write");
+    }
+
+    /// Install the `testing` agent as `name`, with extra manifest text appended.
+    pub fn install_testing(&self, name: &str, extra: &str) {
+        self.install(
+            name,
+            "testing",
+            &format!(
+                "name = \"{name}\"\nversion = \"0.1.0\"\ncomponent = \"{name}.wasm\"\n{extra}"
+            ),
+        );
+    }
+
+    /// `spawner --home <home> <args>`, with standard input closed.
+    pub fn spawner(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("spawner"));
+        cmd.arg("--home")
+            .arg(self.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .env_remove("SPAWNER_HOME")
+            .env_remove("SPAWNER_LOG");
+        cmd
+    }
+
+    /// Run `spawner --home <home> <args>` to completion.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.spawner(args).output().expect("spawner runs")
+    }
+
+    /// Open the memory store.
+    pub fn store(&self) -> Store {
+        Store::open(&self.path().join("memory.db")).expect("store opens")
+    }
+}
+
+/// Standard output as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Standard error as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The exit code (panics when killed by a signal).
+pub fn code(o: &Output) -> i32 {
+    o.status
+        .code()
+        .unwrap_or_else(|| panic!("killed by a signal: {o:?}"))
+}
+
+/// The exit code of an outcome.
+pub fn exit_of(outcome: agent_contract::Outcome) -> i32 {
+    i32::from(outcome.exit_code())
+}
+
+/// The one JSON report a `--json` run printed.
+pub fn report(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not one JSON report ({e}): {}", stdout(o)))
+}
+
+/// Start `agent-exec` directly on an envelope for `agent` with `input`; standard error is
+/// piped so tests can wait for log lines.
+pub fn start_agent_exec(
+    home: &TestHome,
+    agent: &str,
+    input: &str,
+    log_level: &str,
+) -> std::process::Child {
+    use agent_contract::envelope::{ENVELOPE_VERSION, write_envelope};
+    use agent_contract::{LogFormat, OutputFormat, RequestHeader};
+    use std::io::Write;
+
+    let header = RequestHeader {
+        v: ENVELOPE_VERSION,
+        run_id: format!("direct-{}", std::process::id()),
+        agent: agent.into(),
+        home: home.path().to_owned(),
+        timeout_ms: None,
+        output: OutputFormat::Raw,
+        log_format: LogFormat::Json,
+        log_level: Some(log_level.into()),
+        spawned_at_unix_ns: None,
+    };
+    let mut envelope = Vec::new();
+    write_envelope(&mut envelope, &header, input.as_bytes()).expect("envelope");
+    let mut child = Command::new(bin("agent-exec"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("agent-exec starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&envelope)
+        .expect("write envelope");
+    child
+}
+
+/// Read `reader` line by line until a line contains `needle`; false at end of stream.
+pub fn wait_for_line(reader: impl std::io::Read, needle: &str) -> bool {
+    use std::io::BufRead;
+    std::io::BufReader::new(reader)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains(needle))
+}

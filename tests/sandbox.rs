@@ -1,0 +1,91 @@
+use agent_contract::Outcome;
+
+use crate::harness::{TestHome, code, exit_of, stderr, stdout};
+
+#[test]
+fn the_agent_sees_no_environment_and_only_its_own_name_as_argument() {
+    let home = TestHome::new();
+    home.install_testing("lab", "");
+    let out = home
+        .spawner(&["run", "lab", "env"])
+        .env("SECRET_TOKEN", "do-not-leak")
+        .output()
+        .expect("run");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "vars=0 args=1");
+}
+
+#[test]
+fn no_filesystem_is_visible_unless_declared_and_declared_preopens_are_read_only() {
+    let home = TestHome::new();
+    home.install_testing("lab", "");
+    let out = home.run(&["run", "lab", "read", "/etc/hostname"]);
+    assert_eq!(code(&out), exit_of(Outcome::AgentError));
+    assert!(
+        stderr(&out).contains("cannot read /etc/hostname"),
+        "{}",
+        stderr(&out)
+    );
+
+    home.install_testing("lab", "[[preopens]]\nhost = \"data\"\nguest = \"/data\"\n");
+    std::fs::create_dir_all(home.agent_dir("lab").join("data")).expect("mkdir");
+    std::fs::write(
+        home.agent_dir("lab").join("data/hello.txt"),
+        "from the host",
+    )
+    .expect("write");
+    let out = home.run(&["run", "lab", "read", "/data/hello.txt"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "from the host");
+    // Outside the preopen is still invisible.
+    let out = home.run(&["run", "lab", "read", "/data/../agent.toml"]);
+    assert_eq!(code(&out), exit_of(Outcome::AgentError));
+}
+
+#[test]
+fn a_missing_preopen_directory_is_a_clear_error() {
+    let home = TestHome::new();
+    home.install_testing(
+        "lab",
+        "[[preopens]]\nhost = \"nowhere\"\nguest = \"/data\"\n",
+    );
+    let out = home.run(&["run", "lab", "hello"]);
+    assert_eq!(code(&out), exit_of(Outcome::Component));
+    assert!(stderr(&out).contains("cannot preopen"), "{}", stderr(&out));
+}
+
+#[test]
+fn config_values_are_read_fresh_on_every_run() {
+    let home = TestHome::new();
+    home.install_testing("lab", "[config]\ngreeting = \"hello\"\nretries = 3\n");
+    assert_eq!(
+        stdout(&home.run(&["run", "lab", "config", "greeting"])),
+        "hello"
+    );
+    assert_eq!(stdout(&home.run(&["run", "lab", "config", "retries"])), "3");
+    assert_eq!(
+        stdout(&home.run(&["run", "lab", "config", "absent"])),
+        "(none)"
+    );
+    home.install_testing("lab", "[config]\ngreeting = \"bonjour\"\n");
+    assert_eq!(
+        stdout(&home.run(&["run", "lab", "config", "greeting"])),
+        "bonjour"
+    );
+}
+
+#[test]
+fn inference_is_refused_for_unlisted_models_and_unavailable_otherwise() {
+    let home = TestHome::new();
+    home.install_testing("lab", "[models]\nallowed = [\"sentiment\"]\n");
+    let out = home.run(&["run", "lab", "infer", "other-model"]);
+    assert_eq!(code(&out), exit_of(Outcome::AgentError));
+    assert!(stderr(&out).contains("NotAllowed"), "{}", stderr(&out));
+    let out = home.run(&["run", "lab", "infer", "sentiment"]);
+    assert_eq!(code(&out), exit_of(Outcome::AgentError));
+    assert!(
+        stderr(&out).contains("inference is unavailable"),
+        "{}",
+        stderr(&out)
+    );
+}

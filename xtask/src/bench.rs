@@ -1,0 +1,232 @@
+//! `cargo xtask bench`: the cold-start benchmark of issue #2, measured with hyperfine side
+//! by side with the spawn floor (`/bin/true`) in one run, written to BENCHMARKS.md with the
+//! machine and the command. Budgets are reported as PASS/FAIL lines, never asserted.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// Cold-start budget from the design.
+const BUDGET_MS: f64 = 20.0;
+/// Target median for issue #2.
+const TARGET_MS: f64 = 5.0;
+
+struct Stats {
+    command: String,
+    median_ms: f64,
+    mean_ms: f64,
+    stddev_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+    runs: usize,
+}
+
+fn ensure_hyperfine() -> anyhow::Result<()> {
+    if Command::new("hyperfine").arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    eprintln!("hyperfine is missing; installing it from Debian's packages");
+    let installed = Command::new("apt-get")
+        .args(["install", "-y", "-q", "hyperfine"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !installed {
+        crate::run(Command::new("cargo").args(["install", "--locked", "hyperfine"]))?;
+    }
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores, {cpu}, Linux {}", kernel.trim())
+}
+
+fn parse_hyperfine(path: &Path) -> anyhow::Result<Vec<Stats>> {
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
+    let results = json["results"]
+        .as_array()
+        .context("no results in hyperfine JSON")?;
+    results
+        .iter()
+        .map(|r| {
+            let ms = |key: &str| r[key].as_f64().map(|s| s * 1000.0).unwrap_or(f64::NAN);
+            Ok(Stats {
+                command: r["command"].as_str().unwrap_or("").to_owned(),
+                median_ms: ms("median"),
+                mean_ms: ms("mean"),
+                stddev_ms: ms("stddev"),
+                min_ms: ms("min"),
+                max_ms: ms("max"),
+                runs: r["times"].as_array().map_or(0, Vec::len),
+            })
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Run the benchmark and write BENCHMARKS.md.
+pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
+    ensure_hyperfine()?;
+    crate::build_agents(root)?;
+    crate::run(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "spawner",
+        "-p",
+        "agent-exec",
+    ]))?;
+    let bin = crate::host_bin_dir(root);
+    let spawner = bin.join("spawner");
+    let results = root.join("benches/results");
+    std::fs::create_dir_all(&results)?;
+    let home = results.join("home");
+    let _ = std::fs::remove_dir_all(&home);
+    crate::install_agent(root, &home, "echo")?;
+    // First run compiles the component into the cache; the benchmark measures warm starts.
+    crate::run(
+        Command::new(&spawner)
+            .arg("--home")
+            .arg(&home)
+            .args(["run", "echo", "warm"]),
+    )?;
+
+    let runs = if quick { "50" } else { "500" };
+    let warmup = if quick { "5" } else { "50" };
+    let export = results.join("cold-start.json");
+    let echo = format!(
+        "{} --home {} run echo hello",
+        spawner.display(),
+        home.display()
+    );
+    let args = ["-N", "--warmup", warmup, "--runs", runs, "--export-json"];
+    crate::run(
+        Command::new("hyperfine")
+            .args(args)
+            .arg(&export)
+            .arg("/bin/true")
+            .arg(&echo),
+    )?;
+    let stats = parse_hyperfine(&export)?;
+    if stats.len() != 2 {
+        bail!("expected two hyperfine results, got {}", stats.len());
+    }
+    let floor = stats[0].median_ms;
+
+    // Phase breakdown from the run records the benchmark itself wrote.
+    let out = Command::new(&spawner)
+        .arg("--home")
+        .arg(&home)
+        .args(["runs", "--agent", "echo", "--json", "--limit", runs])
+        .output()?;
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let phase = |key: &str| {
+        median(
+            records
+                .iter()
+                .filter_map(|r| r["timings"][key].as_f64())
+                .collect(),
+        )
+    };
+
+    let mut md = String::new();
+    let command = if quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    writeln!(md, "# Benchmarks\n")?;
+    writeln!(
+        md,
+        "Produced by `{command}` (hyperfine `-N --warmup {warmup} --runs {runs}`), on {}.\n\
+         Timings on shared machines are noisy: compare the ratios within one table, which were \
+         measured side by side in one run.\n",
+        machine()
+    )?;
+    writeln!(
+        md,
+        "## Cold start: `spawner run echo` against the spawn floor\n"
+    )?;
+    writeln!(
+        md,
+        "| command | median | mean ± σ | min | max | runs | median ÷ floor |\n|---|---:|---:|---:|---:|---:|---:|"
+    )?;
+    for s in &stats {
+        let shown = s.command.replace(&root.display().to_string(), ".");
+        writeln!(
+            md,
+            "| `{shown}` | {:.2} ms | {:.2} ± {:.2} ms | {:.2} ms | {:.2} ms | {} | {:.1}× |",
+            s.median_ms,
+            s.mean_ms,
+            s.stddev_ms,
+            s.min_ms,
+            s.max_ms,
+            s.runs,
+            s.median_ms / floor
+        )?;
+    }
+    let echo_median = stats[1].median_ms;
+    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    writeln!(
+        md,
+        "\n- {}: cold start median {echo_median:.2} ms against the budget of {BUDGET_MS} ms\n\
+         - {}: cold start median {echo_median:.2} ms against the issue #2 target of {TARGET_MS} ms\n",
+        verdict(echo_median < BUDGET_MS),
+        verdict(echo_median < TARGET_MS)
+    )?;
+    writeln!(
+        md,
+        "## Where the time goes inside agent-exec\n\nMedians over the {} run records the \
+         benchmark above wrote (`spawner runs --json`), in microseconds. `start_to_main` runs \
+         from the spawner's timestamp just before spawning to agent-exec's `main`.\n",
+        records.len()
+    )?;
+    writeln!(md, "| phase | median µs |\n|---|---:|")?;
+    for key in [
+        "start_to_main_us",
+        "config_us",
+        "store_us",
+        "load_us",
+        "instantiate_us",
+        "handler_us",
+        "total_us",
+    ] {
+        writeln!(
+            md,
+            "| {} | {:.0} |",
+            key.trim_end_matches("_us"),
+            phase(key)
+        )?;
+    }
+    std::fs::write(root.join("BENCHMARKS.md"), &md)?;
+    print!("{md}");
+    Ok(())
+}
