@@ -10,8 +10,14 @@
 //! - Writes take the write lock up front (`BEGIN IMMEDIATE`), so a transaction never has
 //!   to upgrade a read lock and fail half-way.
 //! - No checkpoint on close (`SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`): the last connection to
-//!   close would otherwise checkpoint the WAL, 6-9 ms in a short-lived process. The WAL
-//!   is still checkpointed automatically by commits once it grows past its threshold.
+//!   close would otherwise checkpoint the WAL, 6-9 ms in a short-lived process.
+//! - A short WAL instead: every process is the first to open the file, so SQLite rebuilds
+//!   its WAL index by reading every frame in the WAL (about 6 µs a frame here), and that
+//!   rebuild also forgets which frames were already checkpointed, so a WAL left to SQLite's
+//!   own auto-checkpoint is never restarted and only grows. After each write transaction
+//!   the writer therefore checks the WAL's size (one `stat`) and, past
+//!   [`WAL_TRUNCATE_BYTES`], checkpoints it and truncates it to zero, without waiting: if
+//!   another process is busy with the file, a later writer does it.
 //! - A request's memory writes are buffered in [`RunMemory`] (reads see them) and committed
 //!   in one transaction together with the run record. A run that traps, times out or is
 //!   killed leaves no partial write behind.
@@ -37,6 +43,11 @@ pub use runs::{RunFilter, RunRecord};
 
 /// How long a writer waits for the write lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// WAL size past which a writer checkpoints and truncates it: 64 frames of 4 KiB pages.
+/// Small enough that rebuilding the WAL index at open stays cheap, large enough that the
+/// checkpoint's fsync is paid once every dozen runs or so.
+pub const WAL_TRUNCATE_BYTES: u64 = 32 + 64 * (24 + 4096);
 
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +91,8 @@ pub enum StoreError {
 /// An open memory store: one SQLite connection, configured for many short-lived processes.
 pub struct Store {
     conn: Connection,
+    /// The `-wal` file, watched to keep it short; `None` for in-memory stores.
+    wal_path: Option<PathBuf>,
 }
 
 impl Store {
@@ -93,20 +106,52 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(|e| open_err(e.into()))?;
         }
         let conn = Connection::open(path).map_err(|e| open_err(e.into()))?;
-        Store::configure(conn)
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        Store::configure(conn, Some(PathBuf::from(wal)))
     }
 
     /// A private in-memory store, for tests.
     pub fn open_in_memory() -> Result<Store, StoreError> {
-        Store::configure(Connection::open_in_memory()?)
+        Store::configure(Connection::open_in_memory()?, None)
     }
 
-    fn configure(mut conn: Connection) -> Result<Store, StoreError> {
+    fn configure(mut conn: Connection, wal_path: Option<PathBuf>) -> Result<Store, StoreError> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
         schema::migrate(&mut conn)?;
-        Ok(Store { conn })
+        Ok(Store { conn, wal_path })
+    }
+
+    /// Checkpoint and truncate the WAL when it has grown past [`WAL_TRUNCATE_BYTES`].
+    /// Never waits: when another connection is using the file, it is left for later.
+    /// Returns whether the WAL was truncated.
+    pub fn truncate_wal_if_large(&self) -> Result<bool, StoreError> {
+        let Some(wal) = &self.wal_path else {
+            return Ok(false);
+        };
+        let size = std::fs::metadata(wal).map_or(0, |m| m.len());
+        if size <= WAL_TRUNCATE_BYTES {
+            return Ok(false);
+        }
+        self.conn.busy_timeout(Duration::ZERO)?;
+        // (busy, frames in the WAL, frames checkpointed); busy = 1 when it could not finish.
+        let result = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        match result {
+            Ok(busy) => Ok(busy == 0),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The schema version of the open store.
@@ -141,4 +186,52 @@ pub fn now_ms() -> u64 {
 /// SQLite stores integers as i64; our counters and timestamps are u64 well below 2^63.
 fn to_sql_int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_contract::{Outcome, PhaseTimings};
+
+    #[test]
+    fn the_wal_is_truncated_once_it_grows_past_the_threshold() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("memory.db");
+        let wal = dir.path().join("memory.db-wal");
+        let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+        let mut truncated = false;
+        for i in 0..200 {
+            let mut store = Store::open(&path).expect("open");
+            let record = RunRecord {
+                run_id: format!("r{i}"),
+                agent: "a".into(),
+                started_at_ms: i,
+                ended_at_ms: i,
+                status: Outcome::Ok,
+                error: Some("x".repeat(3000)),
+                input: None,
+                cache_hit: None,
+                timings: PhaseTimings::default(),
+            };
+            store.record_run(&record, 1000).expect("record");
+            assert!(
+                wal_len() <= WAL_TRUNCATE_BYTES + 16 * 4120,
+                "WAL kept growing"
+            );
+            truncated |= wal_len() == 0;
+        }
+        assert!(truncated, "the WAL was never truncated");
+        let store = Store::open(&path).expect("open");
+        assert_eq!(
+            store
+                .runs(&RunFilter {
+                    agent: None,
+                    limit: 500
+                })
+                .expect("runs")
+                .len(),
+            200
+        );
+        assert_eq!(store.integrity_check().expect("check"), "ok");
+    }
 }

@@ -257,6 +257,7 @@ impl RunMemory {
             crate::runs::insert(&tx, record, keep_runs)?;
         }
         tx.commit()?;
+        self.store.truncate_wal_if_large()?;
         Ok(self.store)
     }
 

@@ -126,6 +126,7 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let inserted = insert(&tx, record, keep_runs)?;
         tx.commit()?;
+        self.truncate_wal_if_large()?;
         Ok(inserted)
     }
 
