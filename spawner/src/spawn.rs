@@ -11,9 +11,10 @@
 //!   agent-exec is still starting, long before it runs any agent code. No core dumps, a
 //!   bounded number of open files, and a CPU-time backstop behind the wall deadline.
 //! - **Environment**: cleared; agent-exec needs none and agents must not see it.
-//! - **Deadline, signals, reaping**: SIGCHLD, SIGINT, SIGTERM and SIGHUP are blocked in
-//!   the spawner and taken synchronously with `sigtimedwait`, so there is no handler and
-//!   no extra thread. At the deadline, or when the spawner itself is told to stop, the
+//! - **Deadline, signals, reaping**: once the child runs, SIGCHLD, SIGINT, SIGTERM and
+//!   SIGHUP are blocked in the spawner and taken synchronously with `sigtimedwait`, so
+//!   there is no handler and no extra thread. (They are blocked only after the spawn,
+//!   because the child inherits the mask.) At the deadline, or when the spawner itself is told to stop, the
 //!   child's whole group gets SIGKILL; the child is always reaped before returning.
 
 use std::io::Write;
@@ -111,29 +112,9 @@ fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> SpawnError {
 
 /// Start a child under `policy`, hand it `stdin_bytes`, and wait for it to end.
 pub fn run(policy: &SpawnPolicy, stdin_bytes: &[u8]) -> Result<Termination, SpawnError> {
-    let mut watched = SigSet::empty();
-    for sig in [
-        Signal::SIGCHLD,
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-    ] {
-        watched.add(sig);
-    }
-    let previous = watched
-        .thread_swap_mask(SigmaskHow::SIG_BLOCK)
-        .map_err(|e| os("block signals")(e.into()))?;
-    let result = run_blocked(policy, stdin_bytes, &watched);
-    let _ = previous.thread_set_mask();
-    result
-}
-
-fn run_blocked(
-    policy: &SpawnPolicy,
-    stdin_bytes: &[u8],
-    watched: &SigSet,
-) -> Result<Termination, SpawnError> {
     let started = Instant::now();
+    // Spawned before the signals are blocked: posix_spawn hands the parent's signal mask
+    // to the child, and agent-exec must not start with SIGTERM or SIGINT blocked.
     let mut child = Command::new(&policy.program)
         .env_clear()
         .stdin(Stdio::piped())
@@ -148,6 +129,39 @@ fn run_blocked(
     let pid = child.id() as libc::pid_t;
     apply_limits(pid, &policy.limits);
 
+    let mut watched = SigSet::empty();
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+    ] {
+        watched.add(sig);
+    }
+    // A SIGCHLD that arrived before this point is not lost: the loop looks at the child
+    // before every wait.
+    let previous = match watched.thread_swap_mask(SigmaskHow::SIG_BLOCK) {
+        Ok(previous) => previous,
+        Err(e) => {
+            kill_group(pid);
+            let _ = child.wait();
+            return Err(os("block signals")(e.into()));
+        }
+    };
+    let result = watch(child, pid, started, policy, stdin_bytes, &watched);
+    let _ = previous.thread_set_mask();
+    result
+}
+
+/// Feed the child its input, then wait for it under the deadline, with `watched` blocked.
+fn watch(
+    mut child: std::process::Child,
+    pid: libc::pid_t,
+    started: Instant,
+    policy: &SpawnPolicy,
+    stdin_bytes: &[u8],
+    watched: &SigSet,
+) -> Result<Termination, SpawnError> {
     if let Some(mut stdin) = child.stdin.take() {
         // A child that exits without reading (a bad envelope) closes the pipe: not our
         // error to report, its exit status says what happened.
@@ -294,6 +308,16 @@ mod tests {
             !alive(grandchild)
         });
         assert!(gone, "grandchild {grandchild} outlived the kill");
+    }
+
+    #[test]
+    fn the_child_starts_with_no_signals_blocked() {
+        let script = "mask=$(grep SigBlk /proc/$$/status | cut -f2)\n\
+                      [ \"$mask\" = 0000000000000000 ] && exit 0 || exit 3";
+        assert_eq!(
+            run_script(script, Duration::from_secs(5)),
+            Termination::Exited(0)
+        );
     }
 
     #[test]
