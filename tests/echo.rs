@@ -1,6 +1,3 @@
-use std::io::Write;
-use std::process::Stdio;
-
 use agent_contract::Outcome;
 
 use crate::harness::{TestHome, code, exit_of, report, stderr, stdout};
@@ -25,19 +22,7 @@ fn input_comes_from_stdin_or_a_file_byte_for_byte() {
         .chain(b"\nsecond line\n".iter().copied())
         .collect();
 
-    let mut child = home
-        .spawner(&["run", "echo"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&binary)
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
+    let out = home.run_with_stdin(&["run", "echo"], &binary);
     assert_eq!(code(&out), 0);
     assert_eq!(out.stdout, binary);
 
@@ -97,19 +82,7 @@ fn json_report_carries_status_output_and_phase_timings_and_matches_the_record() 
 fn non_utf8_output_is_base64_in_reports() {
     let home = TestHome::new();
     home.install_example("echo");
-    let mut child = home
-        .spawner(&["run", "--json", "echo"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&[0xff, 0xfe, 0x00])
-        .expect("write");
-    let r = report(&child.wait_with_output().expect("wait"));
+    let r = report(&home.run_with_stdin(&["run", "--json", "echo"], &[0xff, 0xfe, 0x00]));
     assert_eq!(r["output_base64"], "//4A");
     assert!(r.get("output").is_none());
 }

@@ -114,6 +114,25 @@ impl TestHome {
         self.spawner(args).output().expect("spawner runs")
     }
 
+    /// Run `spawner --home <home> <args>` with `input` on its standard input.
+    pub fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .spawner(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawner starts");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write input");
+        child.wait_with_output().expect("spawner ends")
+    }
+
     /// Open the memory store.
     pub fn store(&self) -> Store {
         Store::open(&self.path().join("memory.db")).expect("store opens")
