@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use agent_contract::envelope::read_envelope;
 use agent_contract::manifest::DEFAULT_KEEP_RUNS;
 use agent_contract::{
-    Home, Manifest, Outcome, OutputFormat, PhaseTimings, RequestHeader, RunReport,
+    Home, LogFormat, Manifest, Outcome, OutputFormat, PhaseTimings, RequestHeader, RunReport,
 };
 use memory_store::{RunMemory, RunRecord, Store};
 use sha2::{Digest, Sha256};
@@ -45,10 +45,11 @@ impl Execution {
         let written = match (format, self.result) {
             (OutputFormat::Raw, Ok(output)) => stdout.write_all(&output),
             (OutputFormat::Raw, Err(e)) => {
-                tracing::error!("{e}");
-                if self.header.is_none() {
-                    // No subscriber yet: the envelope itself was bad.
-                    eprintln!("agent-exec: error: {e}");
+                match &self.header {
+                    Some(h) if h.log_format == LogFormat::Json => tracing::error!("{e}"),
+                    Some(h) => eprintln!("error: {}: {e}", h.agent),
+                    // The envelope itself was bad: no agent, no log settings.
+                    None => eprintln!("agent-exec: error: {e}"),
                 }
                 Ok(())
             }
