@@ -16,6 +16,19 @@ fn the_agent_sees_no_environment_and_only_its_own_name_as_argument() {
 }
 
 #[test]
+fn the_agent_has_no_network() {
+    let home = TestHome::new();
+    home.install_testing("lab", "");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let out = home.run(&["run", "lab", "connect", &addr]);
+    assert_eq!(code(&out), exit_of(Outcome::AgentError), "{}", stdout(&out));
+    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+    assert!(listener.accept().is_err(), "the agent reached the listener");
+}
+
+#[test]
 fn no_filesystem_is_visible_unless_declared_and_declared_preopens_are_read_only() {
     let home = TestHome::new();
     home.install_testing("lab", "");
