@@ -53,6 +53,19 @@ fn no_filesystem_is_visible_unless_declared_and_declared_preopens_are_read_only(
     // Outside the preopen is still invisible.
     let out = home.run(&["run", "lab", "read", "/data/../agent.toml"]);
     assert_eq!(code(&out), exit_of(Outcome::AgentError));
+    // Read-only unless declared writable.
+    let out = home.run(&["run", "lab", "write", "/data/new.txt", "x"]);
+    assert_eq!(code(&out), exit_of(Outcome::AgentError), "{}", stdout(&out));
+    assert!(!home.agent_dir("lab").join("data/new.txt").exists());
+
+    home.install_testing(
+        "lab",
+        "[[preopens]]\nhost = \"data\"\nguest = \"/data\"\nwritable = true\n",
+    );
+    let out = home.run(&["run", "lab", "write", "/data/new.txt", "written"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let written = std::fs::read_to_string(home.agent_dir("lab").join("data/new.txt"));
+    assert_eq!(written.expect("the agent wrote the file"), "written");
 }
 
 #[test]

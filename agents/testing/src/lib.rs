@@ -9,6 +9,7 @@
 //! - `config <key>`: a `[config]` value, or `(none)`
 //! - `env`: how many environment variables and arguments the agent can see
 //! - `read <path>`: read a file through WASI (only preopens are visible)
+//! - `write <path> <text>`: write a file through WASI
 //! - `connect <addr>`: open a TCP connection (the sandbox has no network)
 //! - `fail`, `reject`: return those errors after a `put` of key `attempt`
 //! - `infer <model>`: call inference with an empty input
@@ -70,6 +71,10 @@ impl Agent for Testing {
             ("read", [path]) => match std::fs::read_to_string(path) {
                 Ok(text) => Ok(Response::text(text)),
                 Err(e) => Err(AgentError::Failed(format!("cannot read {path}: {e}"))),
+            },
+            ("write", [path, text]) => match std::fs::write(path, text) {
+                Ok(()) => Ok(Response::text("written")),
+                Err(e) => Err(AgentError::Failed(format!("cannot write {path}: {e}"))),
             },
             ("connect", [addr]) => match std::net::TcpStream::connect(addr) {
                 Ok(_) => Ok(Response::text("connected")),
