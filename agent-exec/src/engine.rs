@@ -9,7 +9,7 @@ use wasmtime::{Config, Engine};
 pub fn build(fuel: bool) -> Result<Engine, wasmtime::Error> {
     let mut config = Config::new();
     config.wasm_component_model(true);
-    // The wall-clock deadline: a timer thread bumps the epoch, the store traps at 1.
+    // The wall-clock deadline: a SIGALRM handler bumps the epoch, the store traps at 1.
     config.epoch_interruption(true);
     config.consume_fuel(fuel);
     Engine::new(&config)

@@ -163,6 +163,16 @@ impl memory::Host for AgentHost {
 impl log::Host for AgentHost {
     fn log(&mut self, level: log::Level, message: String) {
         let (agent, run_id) = (self.agent.as_str(), self.run_id.as_str());
+        let wanted = match level {
+            log::Level::Trace => tracing::Level::TRACE,
+            log::Level::Debug => tracing::Level::DEBUG,
+            log::Level::Info => tracing::Level::INFO,
+            log::Level::Warn => tracing::Level::WARN,
+            log::Level::Error => tracing::Level::ERROR,
+        };
+        if !crate::logging::enabled(wanted) {
+            return;
+        }
         match level {
             log::Level::Trace => tracing::trace!(agent, run_id, "{message}"),
             log::Level::Debug => tracing::debug!(agent, run_id, "{message}"),

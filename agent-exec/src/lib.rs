@@ -22,6 +22,7 @@
 //! error, and the exit code comes from [`agent_contract::Outcome`].
 
 pub mod cache;
+mod deadline;
 pub mod engine;
 mod error;
 pub mod host;

@@ -46,7 +46,11 @@ impl Execution {
             (OutputFormat::Raw, Ok(output)) => stdout.write_all(&output),
             (OutputFormat::Raw, Err(e)) => {
                 match &self.header {
-                    Some(h) if h.log_format == LogFormat::Json => tracing::error!("{e}"),
+                    Some(h) if h.log_format == LogFormat::Json => {
+                        if crate::logging::enabled(tracing::Level::ERROR) {
+                            tracing::error!("{e}");
+                        }
+                    }
                     Some(h) => eprintln!("error: {}: {e}", h.agent),
                     // The envelope itself was bad: no agent, no log settings.
                     None => eprintln!("agent-exec: error: {e}"),
@@ -240,7 +244,9 @@ impl Run {
             Ok(_) => Ok(()),
             Err(e) if status == Outcome::Ok => Err(e.into()),
             Err(e) => {
-                tracing::warn!(run_id = %self.header.run_id, "could not record the failed run: {e}");
+                if crate::logging::enabled(tracing::Level::WARN) {
+                    tracing::warn!(run_id = %self.header.run_id, "could not record the failed run: {e}");
+                }
                 Ok(())
             }
         }
@@ -274,6 +280,9 @@ impl Run {
             .memory
             .take()
             .expect("the run's memory stays in the store until taken here");
+        // The process exits right after answering: tearing the instance down (unmapping its
+        // memory, freeing its tables) is work the kernel does anyway, faster, at exit.
+        std::mem::forget(store);
         (result, memory)
     }
 
@@ -310,7 +319,9 @@ impl Run {
             },
             other => ExecError::Internal(other.to_string()),
         })?;
-        if let Some(why) = &loaded.rejected_entry {
+        if let Some(why) = &loaded.rejected_entry
+            && crate::logging::enabled(tracing::Level::WARN)
+        {
             tracing::warn!(entry = %entry.display(), "compiled-cache entry rejected and rebuilt: {why}");
         }
         self.cache_hit = Some(loaded.cache_hit);
@@ -359,11 +370,8 @@ impl Run {
             .header
             .timeout_ms
             .map_or(manifest.limits.timeout, Duration::from_millis);
-        let deadline_engine = engine.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(timeout);
-            deadline_engine.increment_epoch();
-        });
+        crate::deadline::arm(engine, timeout)
+            .map_err(|e| ExecError::Internal(format!("cannot arm the deadline: {e}")))?;
 
         let mut linker: Linker<AgentHost> = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
