@@ -93,15 +93,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     ensure_hyperfine()?;
     crate::build_agents(root)?;
-    crate::run(Command::new("cargo").args([
-        "build",
-        "--release",
-        "-p",
-        "spawner",
-        "-p",
-        "agent-exec",
-    ]))?;
-    let bin = crate::host_bin_dir(root);
+    let bin = crate::build_dist(root)?;
     let spawner = bin.join("spawner");
     let results = root.join("benches/results");
     std::fs::create_dir_all(&results)?;
@@ -174,9 +166,11 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     writeln!(md, "# Benchmarks\n")?;
     writeln!(
         md,
-        "Produced by `{command}` (hyperfine `-N --warmup {warmup} --runs {runs}`), on {}.\n\
+        "Produced by `{command}` (hyperfine `-N --warmup {warmup} --runs {runs}`; binaries built \
+         with `--profile {}`, fat LTO), on {}.\n\
          Timings on shared machines are noisy: compare the ratios within one table, which were \
          measured side by side in one run.\n",
+        crate::DIST_PROFILE,
         machine()
     )?;
     writeln!(

@@ -109,12 +109,24 @@ pub fn build_agents(root: &Path) -> anyhow::Result<()> {
         .env_remove("CARGO_TARGET_DIR"))
 }
 
-/// The host binaries' directory.
-pub fn host_bin_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
+/// The profile setup installs and the benchmarks measure (fat LTO; see Cargo.toml).
+pub const DIST_PROFILE: &str = "dist";
+
+/// Build spawner and agent-exec with the dist profile; returns their directory.
+pub fn build_dist(root: &Path) -> anyhow::Result<PathBuf> {
+    run(cargo().args([
+        "build",
+        "--profile",
+        DIST_PROFILE,
+        "-p",
+        "spawner",
+        "-p",
+        "agent-exec",
+    ]))?;
+    Ok(std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
-        .join("release")
+        .join(DIST_PROFILE))
 }
 
 /// The home the demo uses: `$SPAWNER_HOME`, else the default data home.
@@ -145,24 +157,25 @@ pub fn install_agent(root: &Path, home: &Path, name: &str) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Build everything and install the example agents; returns the binaries' directory.
 fn setup(root: &Path) -> anyhow::Result<PathBuf> {
     build_agents(root)?;
-    run(cargo().args(["build", "--release", "-p", "spawner", "-p", "agent-exec"]))?;
+    let bin = build_dist(root)?;
     let home = demo_home()?;
     for name in EXAMPLE_AGENTS {
         install_agent(root, &home, name)?;
     }
     eprintln!(
-        "\ninstalled {} into {}",
+        "\ninstalled {} into {}; the binaries are in {}",
         EXAMPLE_AGENTS.join(", "),
-        home.join("agents").display()
+        home.join("agents").display(),
+        bin.display()
     );
-    Ok(home)
+    Ok(bin)
 }
 
 fn demo(root: &Path) -> anyhow::Result<()> {
-    setup(root)?;
-    let spawner = host_bin_dir(root).join("spawner");
+    let spawner = setup(root)?.join("spawner");
     let show = |args: &[&str]| -> anyhow::Result<bool> {
         eprintln!("\n$ spawner {}", args.join(" "));
         let status = Command::new(&spawner).args(args).status()?;
