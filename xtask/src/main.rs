@@ -92,21 +92,26 @@ pub fn agent_artifacts(root: &Path) -> PathBuf {
     root.join("agents/target/wasm32-wasip2/release")
 }
 
+/// `cargo <subcommand> --release` on the guest workspace, in its own target directory
+/// whatever `CARGO_TARGET_DIR` says, so that built agents are always where tests look.
+fn agents_cargo(root: &Path, subcommand: &str) -> Command {
+    let mut cmd = cargo();
+    cmd.args([
+        subcommand,
+        "--release",
+        "--manifest-path",
+        "agents/Cargo.toml",
+    ])
+    .arg("--target-dir")
+    .arg(root.join("agents/target"))
+    .env_remove("CARGO_TARGET_DIR");
+    cmd
+}
+
 /// Build the guest agents for wasm32-wasip2 into agents/target.
 pub fn build_agents(root: &Path) -> anyhow::Result<()> {
     ensure_wasm_target()?;
-    run(cargo()
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-            "agents/Cargo.toml",
-            "--target-dir",
-        ])
-        .arg(root.join("agents/target"))
-        .env_remove("CARGO_TARGET_DIR"))
+    run(agents_cargo(root, "build").args(["--target", "wasm32-wasip2"]))
 }
 
 /// The profile setup installs and the benchmarks measure (fat LTO; see Cargo.toml).
@@ -223,32 +228,9 @@ fn test(root: &Path) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args([
-        "clippy",
-        "--release",
-        "--target",
-        "wasm32-wasip2",
-        "--manifest-path",
-        "agents/Cargo.toml",
-        "--target-dir",
-        "agents/target",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run(agents_cargo(root, "clippy").args(["--target", "wasm32-wasip2", "--", "-D", "warnings"]))?;
     // The agents' own unit tests (pure logic) run on the host.
-    run(cargo()
-        .args([
-            "test",
-            "--release",
-            "--manifest-path",
-            "agents/Cargo.toml",
-            "-p",
-            "command-guard",
-            "--target-dir",
-        ])
-        .arg(root.join("agents/target"))
-        .env_remove("CARGO_TARGET_DIR"))?;
+    run(agents_cargo(root, "test").args(["-p", "command-guard"]))?;
     // The integration tests run the real binaries; build them first so they are current.
     run(cargo().args(["build", "--release", "-p", "spawner", "-p", "agent-exec"]))?;
     run(cargo().args(["test", "--release", "--workspace"]))?;
