@@ -319,3 +319,39 @@ fn a_corrupt_compiled_cache_entry_is_detected_and_rebuilt() {
         (Some("c"), Some(false))
     );
 }
+
+#[test]
+fn an_agent_exec_failing_with_a_foreign_exit_code_is_recorded_as_internal() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = TestHome::new();
+    home.install_example("echo");
+    // Stands in for an agent-exec that panicked (Rust exits with 101 then).
+    let fake = home.path().join("fake-agent-exec");
+    std::fs::write(&fake, "#!/bin/sh\nexit 101\n").expect("write");
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // Another test thread may fork while the script is still open for writing; exec then
+    // fails with ETXTBSY for a moment. That is the test's race, not the spawner's.
+    let out = (0..20)
+        .map(|_| {
+            home.spawner(&["run", "--json", "echo", "hi"])
+                .env("SPAWNER_AGENT_EXEC", &fake)
+                .output()
+                .expect("run")
+        })
+        .find(|o| !stderr(o).contains("Text file busy"))
+        .expect("the fake agent-exec ran");
+    assert_eq!(code(&out), exit_of(Outcome::Internal), "{}", stderr(&out));
+    let r = report(&out);
+    assert!(
+        r["error"]
+            .as_str()
+            .expect("error")
+            .contains("unexpected code 101")
+    );
+    let record = home
+        .store()
+        .run(r["run_id"].as_str().expect("id"))
+        .expect("query")
+        .expect("spawner recorded the run");
+    assert_eq!(record.status, Outcome::Internal);
+}

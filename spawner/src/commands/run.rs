@@ -60,9 +60,15 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
     let termination = crate::spawn::run(&policy, &envelope)?;
 
     let (outcome, error) = match termination {
-        Termination::Exited(code) => {
-            return Ok(Outcome::from_exit_code(code).unwrap_or(Outcome::Internal));
-        }
+        Termination::Exited(code) => match Outcome::from_exit_code(code) {
+            Some(outcome) => return Ok(outcome),
+            // Not one of ours (a panic exits with 101): agent-exec failed before it could
+            // record the run.
+            None => (
+                Outcome::Internal,
+                format!("agent-exec exited with unexpected code {code}"),
+            ),
+        },
         Termination::DeadlineKilled => (
             Outcome::Timeout,
             format!(
