@@ -16,6 +16,21 @@ fn the_agent_sees_no_environment_and_only_its_own_name_as_argument() {
 }
 
 #[test]
+fn directories_the_runtime_creates_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = TestHome::new();
+    home.install_example("echo");
+    assert_eq!(code(&home.run(&["run", "echo", "hi"])), 0);
+    for dir in ["cache", "cache/components"] {
+        let mode = std::fs::metadata(home.path().join(dir))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{dir} is {:o}", mode & 0o777);
+    }
+}
+
+#[test]
 fn the_agent_has_no_network() {
     let home = TestHome::new();
     home.install_testing("lab", "");

@@ -111,6 +111,16 @@ impl Home {
     }
 }
 
+/// Create `dir` and any missing parents with mode 0700: the home holds agents' memory,
+/// which is nobody else's business.
+pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Check that `name` is a plain agent name that cannot leave the agents directory.
 pub fn validate_agent_name(name: &str) -> Result<(), AgentLookupError> {
     let bytes = name.as_bytes();

@@ -118,7 +118,7 @@ fn verified(entry: &[u8]) -> Result<&[u8], String> {
 /// Write `serialized` plus its trailer to `entry`, atomically (temp file, then rename).
 fn write_entry(entry: &Path, serialized: &[u8]) -> std::io::Result<()> {
     let dir = entry.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    agent_contract::home::create_private_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         entry

@@ -103,7 +103,7 @@ impl Store {
             source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(e.into()))?;
+            agent_contract::home::create_private_dir_all(dir).map_err(|e| open_err(e.into()))?;
         }
         let conn = Connection::open(path).map_err(|e| open_err(e.into()))?;
         let mut wal = path.as_os_str().to_owned();

@@ -151,7 +151,14 @@ fn demo_home() -> anyhow::Result<PathBuf> {
 /// agent.toml only when absent (the user may have edited it).
 pub fn install_agent(root: &Path, home: &Path, name: &str) -> anyhow::Result<()> {
     let dir = home.join("agents").join(name);
-    std::fs::create_dir_all(&dir)?;
+    // The home holds agents' memory: private to the user, like the runtime creates it.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+    }
     let wasm = agent_artifacts(root).join(format!("{}.wasm", name.replace('-', "_")));
     std::fs::copy(&wasm, dir.join(format!("{name}.wasm")))
         .with_context(|| format!("cannot install {}", wasm.display()))?;
