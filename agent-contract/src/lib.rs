@@ -18,6 +18,6 @@ pub mod report;
 
 pub use envelope::{LogFormat, OutputFormat, RequestHeader};
 pub use home::{AgentLookupError, Home};
-pub use manifest::{Manifest, ManifestError};
+pub use manifest::{ComponentError, Manifest, ManifestError};
 pub use outcome::Outcome;
 pub use report::{PhaseTimings, RunReport};

@@ -205,7 +205,66 @@ pub enum ManifestError {
     },
 }
 
+/// Why the manifest's component cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    /// The file could not be read.
+    #[error("cannot read component {}: {source}", path.display())]
+    Read {
+        /// The component's path.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file's hash differs from the manifest's pin.
+    #[error(
+        "component {} has sha256 {actual}, but agent.toml pins {expected}; rebuild the agent or update the pin",
+        path.display()
+    )]
+    PinMismatch {
+        /// The component's path.
+        path: PathBuf,
+        /// The pinned hash.
+        expected: String,
+        /// The file's hash.
+        actual: String,
+    },
+}
+
+/// A component file read and checked against its pin.
+pub struct ComponentBytes {
+    /// The file's contents.
+    pub bytes: Vec<u8>,
+    /// Its SHA-256, as lowercase hex.
+    pub sha256_hex: String,
+}
+
 impl Manifest {
+    /// Read the component file and check it against the `sha256` pin, if any.
+    pub fn read_component(&self) -> Result<ComponentBytes, ComponentError> {
+        use sha2::{Digest, Sha256};
+        let path = &self.component;
+        let bytes = std::fs::read(path).map_err(|source| ComponentError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        if let Some(pin) = self.sha256
+            && pin != digest
+        {
+            return Err(ComponentError::PinMismatch {
+                path: path.clone(),
+                expected: to_hex(&pin),
+                actual: to_hex(&digest),
+            });
+        }
+        Ok(ComponentBytes {
+            bytes,
+            sha256_hex: to_hex(&digest),
+        })
+    }
+
     /// Read and validate the manifest at `path` (`<agents>/<name>/agent.toml`).
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
@@ -433,6 +492,17 @@ pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
         out[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
     }
     Some(out)
+}
+
+/// Lowercase hexadecimal.
+fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use agent_contract::Outcome;
 use agent_contract::envelope::EnvelopeError;
 use agent_contract::home::{AgentLookupError, NoHome};
-use agent_contract::manifest::ManifestError;
+use agent_contract::manifest::{ComponentError, ManifestError};
 use memory_store::StoreError;
 
 /// Why a request did not produce an answer.
@@ -26,28 +26,9 @@ pub enum ExecError {
     /// The memory store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The component file could not be read.
-    #[error("cannot read component {}: {source}", path.display())]
-    ComponentRead {
-        /// The component's path.
-        path: PathBuf,
-        /// What the OS said.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The component's hash differs from the manifest's pin.
-    #[error(
-        "component {} has sha256 {actual}, but agent.toml pins {expected}; rebuild the agent or update the pin",
-        path.display()
-    )]
-    PinMismatch {
-        /// The component's path.
-        path: PathBuf,
-        /// The pinned hash.
-        expected: String,
-        /// The file's hash.
-        actual: String,
-    },
+    /// The component file is unreadable or does not match its pin.
+    #[error(transparent)]
+    Component(#[from] ComponentError),
     /// The component is not a valid component or does not fit `wit/agent.wit`.
     #[error("component {} is not a valid agent: {message}", path.display())]
     InvalidComponent {
@@ -100,8 +81,7 @@ impl ExecError {
             ExecError::Lookup(AgentLookupError::NotFound { .. }) => Outcome::NotFound,
             ExecError::Manifest(_) => Outcome::Config,
             ExecError::Store(_) => Outcome::Store,
-            ExecError::ComponentRead { .. }
-            | ExecError::PinMismatch { .. }
+            ExecError::Component(_)
             | ExecError::InvalidComponent { .. }
             | ExecError::Preopen { .. } => Outcome::Component,
             ExecError::Agent(_) => Outcome::AgentError,

@@ -10,7 +10,6 @@ use agent_contract::{
     Home, LogFormat, Manifest, Outcome, OutputFormat, PhaseTimings, RequestHeader, RunReport,
 };
 use memory_store::{RunMemory, RunRecord, Store};
-use sha2::{Digest, Sha256};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Store as WasmStore, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -126,6 +125,7 @@ pub fn execute(stdin: impl Read, started: Instant, started_at: SystemTime) -> Ex
             ..PhaseTimings::default()
         },
         cache_hit: None,
+        home: Home::new(&header.home),
         header,
         input,
     };
@@ -142,6 +142,7 @@ pub fn execute(stdin: impl Read, started: Instant, started_at: SystemTime) -> Ex
 /// One request in progress.
 struct Run {
     header: RequestHeader,
+    home: Home,
     input: Vec<u8>,
     started: Instant,
     started_ms: u64,
@@ -159,30 +160,22 @@ fn lap(since: &mut Instant) -> Option<u64> {
 
 impl Run {
     fn phases(&mut self) -> Result<Vec<u8>, ExecError> {
-        let home = Home::new(&self.header.home);
         let mut clock = self.started;
 
-        let manifest = home
-            .agent_manifest(&self.header.agent)
-            .map_err(ExecError::from)
-            .and_then(|path| Manifest::load(&path).map_err(ExecError::from));
+        // No such agent: nothing to record, so the store is not even opened.
+        let path = self.home.agent_manifest(&self.header.agent)?;
+        let manifest = Manifest::load(&path).map_err(ExecError::from);
         self.timings.config_us = lap(&mut clock);
 
-        let store = Store::open(&home.store_path())?;
+        let store = Store::open(&self.home.store_path())?;
         self.timings.store_us = lap(&mut clock);
 
         let manifest = match manifest {
             Ok(m) => m,
             Err(e) => {
-                // Record a run of a real agent with a broken manifest; not of a missing one.
-                if !matches!(e, ExecError::Lookup(_)) {
-                    let _ = self.record(
-                        RunMemory::new(store, ""),
-                        &Err(&e),
-                        DEFAULT_KEEP_RUNS,
-                        false,
-                    );
-                }
+                // A real agent with a broken manifest: record the attempt.
+                let memory = RunMemory::new(store, "");
+                let _ = self.record(memory, &Err(&e), DEFAULT_KEEP_RUNS, false);
                 return Err(e);
             }
         };
@@ -190,10 +183,9 @@ impl Run {
         let (result, memory) = self.run_component(&manifest, memory, &mut clock);
         let keep = manifest.memory.keep_runs;
         match result {
-            Ok(output) => match self.record(memory, &Ok(()), keep, manifest.memory.retain_input) {
-                Ok(()) => Ok(output),
-                Err(e) => Err(e),
-            },
+            Ok(output) => self
+                .record(memory, &Ok(()), keep, manifest.memory.retain_input)
+                .map(|()| output),
             Err(e) => {
                 let _ = self.record(memory, &Err(&e), keep, manifest.memory.retain_input);
                 Err(e)
@@ -291,34 +283,17 @@ impl Run {
         engine: &wasmtime::Engine,
         manifest: &Manifest,
     ) -> Result<wasmtime::component::Component, ExecError> {
-        let path = &manifest.component;
-        let wasm = std::fs::read(path).map_err(|source| ExecError::ComponentRead {
-            path: path.clone(),
-            source,
-        })?;
-        let digest: [u8; 32] = Sha256::digest(&wasm).into();
-        let hex = to_hex(&digest);
-        if let Some(pin) = manifest.sha256
-            && pin != digest
-        {
-            return Err(ExecError::PinMismatch {
-                path: path.clone(),
-                expected: to_hex(&pin),
-                actual: hex,
-            });
-        }
-        let entry = crate::cache::entry_path(
-            &Home::new(&self.header.home).component_cache_dir(),
-            &hex,
-            engine,
-        );
-        let loaded = crate::cache::load_or_compile(engine, &entry, &wasm).map_err(|e| match e {
-            crate::cache::CacheError::Compile(message) => ExecError::InvalidComponent {
-                path: path.clone(),
-                message,
-            },
-            other => ExecError::Internal(other.to_string()),
-        })?;
+        let wasm = manifest.read_component()?;
+        let entry =
+            crate::cache::entry_path(&self.home.component_cache_dir(), &wasm.sha256_hex, engine);
+        let loaded =
+            crate::cache::load_or_compile(engine, &entry, &wasm.bytes).map_err(|e| match e {
+                crate::cache::CacheError::Compile(message) => ExecError::InvalidComponent {
+                    path: manifest.component.clone(),
+                    message,
+                },
+                other => ExecError::Internal(other.to_string()),
+            })?;
         if let Some(why) = &loaded.rejected_entry
             && crate::logging::enabled(tracing::Level::WARN)
         {
@@ -458,14 +433,4 @@ fn wasi_ctx(manifest: &Manifest) -> Result<wasmtime_wasi::WasiCtx, ExecError> {
             })?;
     }
     Ok(wasi.build())
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }

@@ -5,7 +5,6 @@ use std::io::Write;
 use agent_contract::home::validate_agent_name;
 use agent_contract::{Home, Manifest, Outcome};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::cli::AgentsArgs;
 
@@ -46,19 +45,7 @@ pub fn check(home: &Home, name: &str) -> AgentStatus {
     };
     status.version = Some(manifest.version.clone());
     status.description = manifest.description.clone();
-    status.error = match std::fs::read(&manifest.component) {
-        Err(e) => Some(format!(
-            "component {} is unreadable: {e}",
-            manifest.component.display()
-        )),
-        Ok(bytes) => match manifest.sha256 {
-            Some(pin) if <[u8; 32]>::from(Sha256::digest(&bytes)) != pin => Some(format!(
-                "component {} does not match its sha256 pin",
-                manifest.component.display()
-            )),
-            _ => None,
-        },
-    };
+    status.error = manifest.read_component().err().map(|e| e.to_string());
     if status.error.is_none() {
         status.status = "ok";
     }
