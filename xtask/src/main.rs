@@ -134,31 +134,17 @@ pub fn build_dist(root: &Path) -> anyhow::Result<PathBuf> {
         .join(DIST_PROFILE))
 }
 
-/// The home the demo uses: `$SPAWNER_HOME`, else the default data home.
+/// The home the demo uses: the one spawner itself would pick (`$SPAWNER_HOME`, else the
+/// XDG data home).
 fn demo_home() -> anyhow::Result<PathBuf> {
-    let from_env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(h) = from_env("SPAWNER_HOME") {
-        return Ok(h.into());
-    }
-    if let Some(d) = from_env("XDG_DATA_HOME") {
-        return Ok(PathBuf::from(d).join("spawner"));
-    }
-    let home = from_env("HOME").context("set SPAWNER_HOME or HOME")?;
-    Ok(PathBuf::from(home).join(".local/share/spawner"))
+    Ok(agent_contract::Home::resolve(None)?.root().to_owned())
 }
 
 /// Install an example agent: its component always (it may have been rebuilt), its
 /// agent.toml only when absent (the user may have edited it).
 pub fn install_agent(root: &Path, home: &Path, name: &str) -> anyhow::Result<()> {
     let dir = home.join("agents").join(name);
-    // The home holds agents' memory: private to the user, like the runtime creates it.
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)?;
-    }
+    agent_contract::home::create_private_dir_all(&dir)?;
     let wasm = agent_artifacts(root).join(format!("{}.wasm", name.replace('-', "_")));
     std::fs::copy(&wasm, dir.join(format!("{name}.wasm")))
         .with_context(|| format!("cannot install {}", wasm.display()))?;
