@@ -1,4 +1,4 @@
-use agent_contract::Outcome;
+use agent_contract::{Outcome, PhaseTimings};
 
 use crate::harness::{TestHome, code, exit_of, report, stderr, stdout};
 
@@ -51,15 +51,7 @@ fn json_report_carries_status_output_and_phase_timings_and_matches_the_record() 
     assert_eq!(r["exit_code"], 0);
     assert_eq!(r["output"], "hi");
     assert_eq!(r["cache_hit"], false, "first run compiles");
-    for phase in [
-        "start_to_main_us",
-        "config_us",
-        "store_us",
-        "load_us",
-        "instantiate_us",
-        "handler_us",
-        "total_us",
-    ] {
+    for phase in PhaseTimings::FIELDS {
         assert!(r["timings"][phase].is_u64(), "{phase} missing in {r}");
     }
 

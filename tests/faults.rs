@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 use agent_contract::Outcome;
 
 use crate::harness::{
-    TestHome, code, exit_of, report, start_agent_exec, stderr, stdout, wait_for_line,
+    TestHome, code, count, exit_of, report, start_agent_exec, stderr, stdout, wait_for_line,
 };
 
 /// A home with the testing agent as `lab` (300 ms deadline, 32 MiB cap) and a value
@@ -190,27 +190,10 @@ fn agent_exec_killed_mid_run_leaves_the_store_intact_with_no_partial_write() {
 
     let store = home.store();
     assert_eq!(store.integrity_check().expect("check"), "ok");
-    let kv: i64 = store
-        .connection()
-        .query_row("SELECT count(*) FROM kv WHERE key = 'half'", [], |r| {
-            r.get(0)
-        })
-        .expect("count");
-    let events: i64 = store
-        .connection()
-        .query_row(
-            "SELECT count(*) FROM events WHERE kind = 'partial'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("count");
+    let kv = count(&store, "SELECT count(*) FROM kv WHERE key = 'half'");
+    let events = count(&store, "SELECT count(*) FROM events WHERE kind = 'partial'");
     assert_eq!((kv, events), (0, 0), "no partial write is visible");
-    let ok: i64 = store
-        .connection()
-        .query_row("SELECT count(*) FROM runs WHERE status = 'ok'", [], |r| {
-            r.get(0)
-        })
-        .expect("count");
+    let ok = count(&store, "SELECT count(*) FROM runs WHERE status = 'ok'");
     assert_eq!(ok, 0, "nothing recorded as success");
 }
 
@@ -260,11 +243,7 @@ fn spawner_reports_an_agent_exec_killed_from_outside() {
         .expect("spawner recorded the run");
     assert_eq!(record.status, Outcome::Killed);
     assert_eq!(store.integrity_check().expect("check"), "ok");
-    let kv: i64 = store
-        .connection()
-        .query_row("SELECT count(*) FROM kv", [], |r| r.get(0))
-        .expect("count");
-    assert_eq!(kv, 0);
+    assert_eq!(count(&store, "SELECT count(*) FROM kv"), 0);
 }
 
 #[test]

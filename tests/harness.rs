@@ -139,6 +139,14 @@ impl TestHome {
     }
 }
 
+/// The single integer `sql` (a `SELECT count(*) ...`) yields on `store`.
+pub fn count(store: &Store, sql: &str) -> i64 {
+    store
+        .connection()
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 /// Standard output as text.
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

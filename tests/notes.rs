@@ -1,6 +1,6 @@
 use std::process::Stdio;
 
-use crate::harness::{TestHome, code, stderr, stdout};
+use crate::harness::{TestHome, code, count, stderr, stdout};
 
 #[test]
 fn notes_remember_across_fresh_processes() {
@@ -52,13 +52,9 @@ fn sixteen_concurrent_writers_all_land_without_lock_errors() {
     assert_eq!(listed.lines().count(), 16);
     let store = home.store();
     assert_eq!(store.integrity_check().expect("check"), "ok");
-    let ok_runs: i64 = store
-        .connection()
-        .query_row(
-            "SELECT count(*) FROM runs WHERE agent = 'notes' AND status = 'ok'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("count");
+    let ok_runs = count(
+        &store,
+        "SELECT count(*) FROM runs WHERE agent = 'notes' AND status = 'ok'",
+    );
     assert_eq!(ok_runs, 18);
 }

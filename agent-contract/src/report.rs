@@ -24,6 +24,20 @@ pub struct PhaseTimings {
     pub total_us: u64,
 }
 
+impl PhaseTimings {
+    /// The field names as they appear in JSON reports and `spawner runs --json`, in phase
+    /// order, for readers that go by name (the benchmark's table, tests).
+    pub const FIELDS: [&'static str; 7] = [
+        "start_to_main_us",
+        "config_us",
+        "store_us",
+        "load_us",
+        "instantiate_us",
+        "handler_us",
+        "total_us",
+    ];
+}
+
 /// The outcome of one run, as written by `--json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunReport {
@@ -63,5 +77,25 @@ impl RunReport {
             }
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_lists_exactly_the_serialized_names() {
+        let json = serde_json::to_value(PhaseTimings::default()).expect("serialize");
+        let mut names: Vec<&str> = json
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut fields = PhaseTimings::FIELDS.to_vec();
+        names.sort_unstable();
+        fields.sort_unstable();
+        assert_eq!(names, fields);
     }
 }

@@ -219,15 +219,7 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         records.len()
     )?;
     writeln!(md, "| phase | median µs |\n|---|---:|")?;
-    for key in [
-        "start_to_main_us",
-        "config_us",
-        "store_us",
-        "load_us",
-        "instantiate_us",
-        "handler_us",
-        "total_us",
-    ] {
+    for key in agent_contract::PhaseTimings::FIELDS {
         writeln!(
             md,
             "| {} | {:.0} |",
