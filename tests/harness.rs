@@ -197,6 +197,8 @@ pub fn start_agent_exec(
         log_format: LogFormat::Json,
         log_level: Some(log_level.into()),
         spawned_at_unix_ns: None,
+        work_dir: None,
+        hook: None,
     };
     let mut envelope = Vec::new();
     write_envelope(&mut envelope, &header, input.as_bytes()).expect("envelope");

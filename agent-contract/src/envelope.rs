@@ -13,8 +13,9 @@ pub const ENVELOPE_VERSION: u32 = 1;
 /// Largest input accepted, so a runaway producer cannot exhaust memory.
 pub const MAX_INPUT_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Largest header line accepted.
-const MAX_HEADER_BYTES: u64 = 64 * 1024;
+/// Largest header line accepted. A hook's event travels in the header and may carry the
+/// lines of a whole commit, so it gets the same room as an input.
+const MAX_HEADER_BYTES: u64 = MAX_INPUT_BYTES + 64 * 1024;
 
 /// Everything about a request except its input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +45,13 @@ pub struct RequestHeader {
     /// agent-exec measure the time from spawn to `main`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spawned_at_unix_ns: Option<u64>,
+    /// The caller's working directory: where `[[preopens]]` with `relative_to = "work_dir"`
+    /// are found. agent-exec's own working directory when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_dir: Option<PathBuf>,
+    /// Set for a hook call: the caller's event, normalized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<crate::hook::HookEvent>,
 }
 
 /// How `agent-exec` writes its answer.
@@ -147,6 +155,10 @@ mod tests {
             log_format: LogFormat::Human,
             log_level: None,
             spawned_at_unix_ns: Some(42),
+            work_dir: None,
+            hook: Some(crate::hook::HookEvent::CommitMsg {
+                message: "m".into(),
+            }),
         }
     }
 

@@ -7,11 +7,13 @@
 //! - [`manifest`]: `agent.toml`, parsed into a raw form with source spans, then validated
 //!   into a [`Manifest`]; every error names the file, line and column.
 //! - [`envelope`]: the request envelope `spawner` writes on `agent-exec`'s standard input.
+//! - [`hook`]: hook calls in one normalized form, and an agent's verdict on them.
 //! - [`outcome`]: the one table of run outcomes, their exit codes and status names.
 //! - [`report`]: the JSON report of a run (`--json`) and its phase timings.
 
 pub mod envelope;
 pub mod home;
+pub mod hook;
 pub mod manifest;
 pub mod outcome;
 pub mod report;

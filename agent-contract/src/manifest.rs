@@ -25,6 +25,8 @@
 //! host = "data"                   # relative to the agent's directory, or absolute
 //! guest = "/data"
 //! writable = false
+//! relative_to = "agent"           # or "work_dir": the caller's working directory
+//!                                 # (a hook's repository), resolved per request
 //!
 //! [placement]
 //! requires_gpu = false
@@ -106,6 +108,7 @@ struct RawPreopen {
     guest: Spanned<String>,
     #[serde(default)]
     writable: bool,
+    relative_to: Option<Spanned<String>>,
 }
 
 /// Where an agent may run.
@@ -171,12 +174,25 @@ pub struct MemoryPolicy {
 /// A host directory made visible to the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Preopen {
-    /// The directory on the host.
+    /// The directory on the host: absolute for [`PreopenBase::AgentDir`], relative to the
+    /// caller's working directory for [`PreopenBase::WorkDir`].
     pub host: PathBuf,
+    /// What a relative `host` was relative to.
+    pub base: PreopenBase,
     /// Where the agent sees it.
     pub guest: String,
     /// Whether the agent may write there.
     pub writable: bool,
+}
+
+/// What a preopen's relative `host` path is relative to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreopenBase {
+    /// The agent's directory (`relative_to = "agent"`, the default); resolved at load.
+    AgentDir,
+    /// The caller's working directory, e.g. the repository a git hook runs in
+    /// (`relative_to = "work_dir"`); resolved per request.
+    WorkDir,
 }
 
 /// Why a manifest could not be used.
@@ -392,12 +408,35 @@ impl RawManifest {
             if p.guest.get_ref().is_empty() {
                 return Err(invalid(p.guest.span(), "preopens.guest is empty".into()));
             }
+            let base = match p
+                .relative_to
+                .as_ref()
+                .map(|r| (r.get_ref().as_str(), r.span()))
+            {
+                None | Some(("agent", _)) => PreopenBase::AgentDir,
+                Some(("work_dir", _)) if host.is_absolute() => {
+                    return Err(invalid(
+                        p.host.span(),
+                        "preopens.host must be a relative path when relative_to = \"work_dir\""
+                            .into(),
+                    ));
+                }
+                Some(("work_dir", _)) => PreopenBase::WorkDir,
+                Some((other, span)) => {
+                    return Err(invalid(
+                        span,
+                        format!(
+                            "preopens.relative_to is {other:?}; expected \"agent\" or \"work_dir\""
+                        ),
+                    ));
+                }
+            };
             preopens.push(Preopen {
-                host: if host.is_absolute() {
-                    host.to_owned()
-                } else {
-                    dir.join(host)
+                host: match base {
+                    PreopenBase::AgentDir if host.is_relative() => dir.join(host),
+                    _ => host.to_owned(),
                 },
+                base,
                 guest: p.guest.into_inner(),
                 writable: p.writable,
             });
@@ -601,6 +640,34 @@ mod tests {
         assert_eq!(m.config["loud"], "true");
         let (line, _, _) =
             position(parse(&format!("{MINIMAL}[config]\nlist = [1]\n")).expect_err("array"));
+        assert_eq!(line, 5);
+    }
+
+    #[test]
+    fn preopens_resolve_against_the_agent_or_the_work_dir() {
+        let m = parse(&format!(
+            "{MINIMAL}[[preopens]]\nhost = \"data\"\nguest = \"/data\"\n\
+             [[preopens]]\nhost = \".\"\nguest = \"/repo\"\nrelative_to = \"work_dir\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(m.preopens[0].host, Path::new("/home/x/agents/echo/data"));
+        assert_eq!(m.preopens[0].base, PreopenBase::AgentDir);
+        assert_eq!(m.preopens[1].host, Path::new("."));
+        assert_eq!(m.preopens[1].base, PreopenBase::WorkDir);
+        let (line, _, message) = position(
+            parse(&format!(
+                "{MINIMAL}[[preopens]]\nhost = \".\"\nguest = \"/r\"\nrelative_to = \"home\"\n"
+            ))
+            .expect_err("bad base"),
+        );
+        assert_eq!(line, 7);
+        assert!(message.contains("work_dir"), "{message}");
+        let (line, _, _) = position(
+            parse(&format!(
+                "{MINIMAL}[[preopens]]\nhost = \"/etc\"\nguest = \"/r\"\nrelative_to = \"work_dir\"\n"
+            ))
+            .expect_err("absolute"),
+        );
         assert_eq!(line, 5);
     }
 

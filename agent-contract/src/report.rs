@@ -63,6 +63,9 @@ pub struct RunReport {
     pub cache_hit: Option<bool>,
     /// Where the time went.
     pub timings: PhaseTimings,
+    /// A hook's verdict, when the agent gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<crate::hook::Verdict>,
 }
 
 impl RunReport {

@@ -14,7 +14,8 @@
 //! 4. **instantiate**: link WASI (no network, no environment, only declared preopens) and
 //!    the host interfaces of `wit/agent.wit` ([`host`]), with the limits applied: a
 //!    wall-clock deadline by epoch interruption, a linear-memory cap, optional fuel.
-//! 5. **handler**: call the agent's `handle` export.
+//! 5. **handler**: call the agent's `handle` export (for a hook, with the normalized
+//!    event of the request header, and its verdict into the JSON report).
 //! 6. **commit**: the agent's buffered memory writes and the run record, in one
 //!    transaction; a failed run records only the run.
 //!
@@ -25,6 +26,7 @@ pub mod cache;
 mod deadline;
 pub mod engine;
 mod error;
+mod hook;
 pub mod host;
 mod logging;
 mod run;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agent_contract::envelope::read_envelope;
-use agent_contract::manifest::DEFAULT_KEEP_RUNS;
+use agent_contract::hook::Verdict;
+use agent_contract::manifest::{DEFAULT_KEEP_RUNS, PreopenBase};
 use agent_contract::{
     Home, LogFormat, Manifest, Outcome, OutputFormat, PhaseTimings, RequestHeader, RunReport,
 };
@@ -18,10 +19,16 @@ use crate::ExecError;
 use crate::host::bindings::spawner::agent::types;
 use crate::host::{Agent, AgentHost};
 
+/// What the agent answered: its output and, for a hook, its verdict.
+struct Answer {
+    output: Vec<u8>,
+    verdict: Option<Verdict>,
+}
+
 /// The result of one request, ready to be written out.
 pub struct Execution {
     header: Option<RequestHeader>,
-    result: Result<Vec<u8>, ExecError>,
+    result: Result<Answer, ExecError>,
     cache_hit: Option<bool>,
     timings: PhaseTimings,
 }
@@ -42,7 +49,7 @@ impl Execution {
         let format = self.header.as_ref().map_or(OutputFormat::Raw, |h| h.output);
         let mut stdout = std::io::stdout().lock();
         let written = match (format, self.result) {
-            (OutputFormat::Raw, Ok(output)) => stdout.write_all(&output),
+            (OutputFormat::Raw, Ok(answer)) => stdout.write_all(&answer.output),
             (OutputFormat::Raw, Err(e)) => {
                 match &self.header {
                     Some(h) if h.log_format == LogFormat::Json => {
@@ -58,9 +65,9 @@ impl Execution {
             }
             (OutputFormat::Json, result) => {
                 let header = self.header.as_ref();
-                let (output, error) = match result {
-                    Ok(output) => (Some(output), None),
-                    Err(e) => (None, Some(e.to_string())),
+                let (output, verdict, error) = match result {
+                    Ok(answer) => (Some(answer.output), answer.verdict, None),
+                    Err(e) => (None, None, Some(e.to_string())),
                 };
                 let report = RunReport {
                     run_id: header.map(|h| h.run_id.clone()).unwrap_or_default(),
@@ -72,6 +79,7 @@ impl Execution {
                     error,
                     cache_hit: self.cache_hit,
                     timings: self.timings,
+                    verdict,
                 };
                 let report = match output {
                     Some(o) => report.with_output(o),
@@ -159,7 +167,7 @@ fn lap(since: &mut Instant) -> Option<u64> {
 }
 
 impl Run {
-    fn phases(&mut self) -> Result<Vec<u8>, ExecError> {
+    fn phases(&mut self) -> Result<Answer, ExecError> {
         let mut clock = self.started;
 
         // No such agent: nothing to record, so the store is not even opened.
@@ -250,7 +258,7 @@ impl Run {
         manifest: &Manifest,
         memory: RunMemory,
         clock: &mut Instant,
-    ) -> (Result<Vec<u8>, ExecError>, RunMemory) {
+    ) -> (Result<Answer, ExecError>, RunMemory) {
         let engine = match crate::engine::build(manifest.limits.fuel.is_some()) {
             Ok(e) => e,
             Err(e) => return (Err(ExecError::Internal(format!("engine: {e:#}"))), memory),
@@ -261,7 +269,7 @@ impl Run {
         };
         self.timings.load_us = lap(clock);
 
-        let wasi = match wasi_ctx(manifest) {
+        let wasi = match wasi_ctx(manifest, self.header.work_dir.as_deref()) {
             Ok(w) => w,
             Err(e) => return (Err(e), memory),
         };
@@ -340,7 +348,7 @@ impl Run {
         manifest: &Manifest,
         store: &mut WasmStore<AgentHost>,
         clock: &mut Instant,
-    ) -> Result<Vec<u8>, ExecError> {
+    ) -> Result<Answer, ExecError> {
         let timeout = self
             .header
             .timeout_ms
@@ -362,12 +370,16 @@ impl Run {
             run_id: self.header.run_id.clone(),
             agent: manifest.name.clone(),
             input: std::mem::take(&mut self.input),
+            hook: self.header.hook.clone().map(crate::hook::to_wit),
         };
         let called = agent.call_handle(&mut *store, &request);
         self.input = request.input;
         self.timings.handler_us = lap(clock);
         match called {
-            Ok(Ok(response)) => Ok(response.output),
+            Ok(Ok(response)) => Ok(Answer {
+                output: response.output,
+                verdict: response.verdict.map(crate::hook::from_wit),
+            }),
             Ok(Err(types::AgentError::InvalidInput(m))) => {
                 Err(ExecError::Agent(format!("invalid input: {m}")))
             }
@@ -413,8 +425,12 @@ impl Run {
 
 /// The agent's WASI context: no environment, no network (wasmtime-wasi denies sockets
 /// unless allowed), its name as the only argument, only the declared preopens, and both
-/// output streams on our standard error so they cannot corrupt the answer.
-fn wasi_ctx(manifest: &Manifest) -> Result<wasmtime_wasi::WasiCtx, ExecError> {
+/// output streams on our standard error so they cannot corrupt the answer. Preopens
+/// relative to the work dir are found in `work_dir` (this process's own when `None`).
+fn wasi_ctx(
+    manifest: &Manifest,
+    work_dir: Option<&std::path::Path>,
+) -> Result<wasmtime_wasi::WasiCtx, ExecError> {
     let mut wasi = WasiCtxBuilder::new();
     wasi.stdout(std::io::stderr())
         .stderr(std::io::stderr())
@@ -426,9 +442,13 @@ fn wasi_ctx(manifest: &Manifest) -> Result<wasmtime_wasi::WasiCtx, ExecError> {
         } else {
             FsPerms::ReadOnly
         };
-        wasi.preopened_dir(&p.host, &p.guest, perms)
+        let host = match (p.base, work_dir) {
+            (PreopenBase::WorkDir, Some(dir)) => dir.join(&p.host),
+            _ => p.host.clone(),
+        };
+        wasi.preopened_dir(&host, &p.guest, perms)
             .map_err(|e| ExecError::Preopen {
-                path: p.host.clone(),
+                path: host.clone(),
                 message: format!("{e:#}"),
             })?;
     }

@@ -28,6 +28,138 @@ pub enum Command {
     Agents(AgentsArgs),
     /// Show recent runs from the memory store.
     Runs(RunsArgs),
+    /// Run an agent as an editor, coding-assistant or git hook, speaking the caller's
+    /// protocol; or install/uninstall such a hook.
+    Hook(HookArgs),
+}
+
+/// `spawner hook`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct HookArgs {
+    /// Install or uninstall a hook instead of running one.
+    #[command(subcommand)]
+    pub action: Option<HookAction>,
+
+    /// The agent that decides (an agent named `install` or `uninstall` cannot be used here).
+    #[arg(required = true)]
+    pub agent: Option<String>,
+
+    /// The caller's protocol. `auto` tells a Claude Code event (JSON with
+    /// `hook_event_name`) from plain input; git hooks must be named.
+    #[arg(long, value_enum, default_value_t = HookProtocol::Auto)]
+    pub protocol: HookProtocol,
+
+    /// What the caller gets when the hook itself fails (bad input, agent crash or
+    /// timeout): `open` lets the action proceed, `closed` blocks it. Default: open for
+    /// Claude Code, closed for git hooks and plain.
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub fail: Option<FailPolicy>,
+
+    /// Override the agent's deadline: `500ms`, `5s`, `2m`.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+
+    /// The arguments git passes to the hook (commit-msg: the message file; pre-push: the
+    /// remote's name and URL).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub hook_args: Vec<String>,
+}
+
+/// A hook caller's protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookProtocol {
+    /// Claude Code when the input is a JSON object with `hook_event_name`, else plain.
+    Auto,
+    /// Claude Code hooks: JSON event on stdin, JSON decision on stdout.
+    ClaudeCode,
+    /// git pre-commit: the staged changes are read with `git diff --cached`.
+    PreCommit,
+    /// git commit-msg: `$1` is the message file; the agent may rewrite it.
+    CommitMsg,
+    /// git pre-push: `$1` remote, `$2` URL, ref lines on stdin.
+    PrePush,
+    /// stdin to the agent, its output to stdout, its verdict as the exit code.
+    Plain,
+}
+
+/// What a failing hook does to the caller's action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailPolicy {
+    /// Let the action proceed (with a warning).
+    Open,
+    /// Block the action.
+    Closed,
+}
+
+/// `spawner hook install|uninstall`.
+#[derive(Debug, Subcommand)]
+pub enum HookAction {
+    /// Install a git hook that runs an agent, or print the Claude Code settings for one.
+    Install(HookInstallArgs),
+    /// Remove a git hook installed by `spawner hook install` (restoring the hook it
+    /// replaced, if any).
+    Uninstall(HookUninstallArgs),
+}
+
+/// Which git hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GitHook {
+    /// Before a commit is made: the staged changes.
+    PreCommit,
+    /// After the message is written: the message file.
+    CommitMsg,
+    /// Before a push: the refs being pushed.
+    PrePush,
+}
+
+/// `spawner hook install`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["git", "claude_code"])))]
+pub struct HookInstallArgs {
+    /// The agent the hook runs.
+    pub agent: String,
+
+    /// Install this git hook into the repository (respects `core.hooksPath`).
+    #[arg(long, value_enum)]
+    pub git: Option<GitHook>,
+
+    /// Print the Claude Code settings snippet for this agent instead.
+    #[arg(long)]
+    pub claude_code: bool,
+
+    /// Claude Code: the hook event.
+    #[arg(long, default_value = "PreToolUse", requires = "claude_code")]
+    pub event: String,
+
+    /// Claude Code: which tools the hook sees (a regular expression on the tool name).
+    #[arg(
+        long,
+        default_value = "Write|Edit|MultiEdit|NotebookEdit|Bash",
+        requires = "claude_code"
+    )]
+    pub matcher: String,
+
+    /// The repository [default: the current directory].
+    #[arg(long, value_name = "DIR", requires = "git")]
+    pub repo: Option<PathBuf>,
+
+    /// Replace an existing hook that spawner did not install (it is kept as
+    /// `<hook>.spawner-backup` and restored by uninstall).
+    #[arg(long, requires = "git")]
+    pub force: bool,
+}
+
+/// `spawner hook uninstall`.
+#[derive(Debug, Args)]
+pub struct HookUninstallArgs {
+    /// The git hook to remove.
+    #[arg(long, value_enum)]
+    pub git: GitHook,
+
+    /// The repository [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub repo: Option<PathBuf>,
 }
 
 /// `spawner run`.

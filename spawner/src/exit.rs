@@ -24,11 +24,16 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         if let Some(Interrupted(sig)) = cause.downcast_ref::<Interrupted>() {
             return 128u8.saturating_add(*sig as u8);
         }
-        if let Some(outcome) = outcome_of(cause) {
-            return outcome.exit_code();
-        }
     }
-    Outcome::Internal.exit_code()
+    outcome(err).exit_code()
+}
+
+/// The outcome `err` stands for: the first cause in its chain that has a place in the
+/// table, else `internal_error`.
+pub fn outcome(err: &anyhow::Error) -> Outcome {
+    err.chain()
+        .find_map(outcome_of)
+        .unwrap_or(Outcome::Internal)
 }
 
 fn outcome_of(cause: &(dyn std::error::Error + 'static)) -> Option<Outcome> {

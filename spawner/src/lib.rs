@@ -8,6 +8,10 @@
 //! - [`spawn`]: the spawn policy, in one place: posix_spawn (no `pre_exec`), a process
 //!   group per run, resource limits, the deadline that kills the whole group, signal
 //!   forwarding, reaping.
+//! - [`request`]: one request from any front: envelope, spawn, and the record of a run
+//!   agent-exec could not finish.
+//! - [`hook`]: hook protocols (Claude Code, git, plain): the caller's wire format to one
+//!   normalized event, and the agent's verdict back to the caller's answer.
 //! - [`exit`]: how an error chain becomes an exit code (the table is
 //!   [`agent_contract::outcome`]).
 //!
@@ -23,5 +27,7 @@
 pub mod cli;
 pub mod commands;
 pub mod exit;
+pub mod hook;
+pub mod request;
 pub mod run_id;
 pub mod spawn;

@@ -8,7 +8,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = spawner::cli::Cli::parse();
     match spawner::commands::dispatch(cli) {
-        Ok(outcome) => ExitCode::from(outcome.exit_code()),
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("spawner: error: {e:#}");
             ExitCode::from(spawner::exit::exit_code(&e))

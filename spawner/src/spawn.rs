@@ -110,15 +110,49 @@ fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> SpawnError {
     move |source| SpawnError::Os { what, source }
 }
 
-/// Start a child under `policy`, hand it `stdin_bytes`, and wait for it to end.
+/// Start a child under `policy`, hand it `stdin_bytes`, and wait for it to end. The child
+/// writes to this process's standard output.
 pub fn run(policy: &SpawnPolicy, stdin_bytes: &[u8]) -> Result<Termination, SpawnError> {
+    spawn_and_watch(policy, stdin_bytes, Stdio::inherit())
+}
+
+/// Largest standard output [`run_captured`] keeps.
+pub const MAX_CAPTURED_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Like [`run`], but the child's standard output is captured and returned. It goes to an
+/// anonymous in-memory file, not a pipe: no reader thread, and a child that writes a lot
+/// cannot block on a full pipe while the spawner waits for it.
+pub fn run_captured(
+    policy: &SpawnPolicy,
+    stdin_bytes: &[u8],
+) -> Result<(Termination, Vec<u8>), SpawnError> {
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    use std::io::{Read, Seek};
+
+    let memfd = memfd_create("agent-exec-stdout", MFdFlags::MFD_CLOEXEC)
+        .map_err(|e| os("create the output buffer")(e.into()))?;
+    let mut file = std::fs::File::from(memfd);
+    let child_end = file.try_clone().map_err(os("share the output buffer"))?;
+    let termination = spawn_and_watch(policy, stdin_bytes, Stdio::from(child_end))?;
+    let mut out = Vec::new();
+    file.rewind()
+        .and_then(|()| (&mut file).take(MAX_CAPTURED_BYTES).read_to_end(&mut out))
+        .map_err(os("read agent-exec's output"))?;
+    Ok((termination, out))
+}
+
+fn spawn_and_watch(
+    policy: &SpawnPolicy,
+    stdin_bytes: &[u8],
+    stdout: Stdio,
+) -> Result<Termination, SpawnError> {
     let started = Instant::now();
     // Spawned before the signals are blocked: posix_spawn hands the parent's signal mask
     // to the child, and agent-exec must not start with SIGTERM or SIGINT blocked.
     let mut child = Command::new(&policy.program)
         .env_clear()
         .stdin(Stdio::piped())
-        .stdout(Stdio::inherit())
+        .stdout(stdout)
         .stderr(Stdio::inherit())
         .process_group(0)
         .spawn()
@@ -324,6 +358,19 @@ mod tests {
     fn a_child_killed_by_a_signal_is_reported_as_such() {
         let t = run_script("kill -9 $$", Duration::from_secs(5));
         assert_eq!(t, Termination::Signaled(9));
+    }
+
+    #[test]
+    fn captured_output_is_returned_whole() {
+        let script = "head -c 300000 /dev/zero | tr '\\0' x; echo; exit 4";
+        let (t, out) = run_captured(
+            &policy("/bin/sh", Duration::from_secs(5)),
+            script.as_bytes(),
+        )
+        .expect("run");
+        assert_eq!(t, Termination::Exited(4));
+        assert_eq!(out.len(), 300_001);
+        assert!(out[..300_000].iter().all(|b| *b == b'x'));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 /// The example agents `setup` installs.
-const EXAMPLE_AGENTS: &[&str] = &["echo", "notes", "command-guard"];
+const EXAMPLE_AGENTS: &[&str] = &["echo", "notes", "command-guard", "secret-guard"];
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -223,7 +223,7 @@ fn test(root: &Path) -> anyhow::Result<()> {
     ]))?;
     run(agents_cargo(root, "clippy").args(["--target", "wasm32-wasip2", "--", "-D", "warnings"]))?;
     // The agents' own unit tests (pure logic) run on the host.
-    run(agents_cargo(root, "test").args(["-p", "command-guard"]))?;
+    run(agents_cargo(root, "test").args(["-p", "command-guard", "-p", "secret-guard"]))?;
     // The integration tests run the real binaries; build them first so they are current.
     run(cargo().args(["build", "--release", "-p", "spawner", "-p", "agent-exec"]))?;
     run(cargo().args(["test", "--release", "--workspace"]))?;

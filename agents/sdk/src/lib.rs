@@ -15,6 +15,10 @@
 //! agent_sdk::export!(Echo);
 //! ```
 //!
+//! Hook agents (`spawner hook`) look at [`Request::hook`], a [`HookEvent`], and answer with
+//! [`Response::verdict`]; an agent that ignores hooks still works as one (its `Ok` passes,
+//! its [`AgentError::Rejected`] blocks).
+//!
 //! The host interfaces of `wit/agent.wit` are re-exported as [`memory`], [`config`],
 //! [`inference`] and [`log`]. Memory writes become durable when the handler returns
 //! (with `Ok` or `Err`); a trap, timeout or kill discards them.
@@ -34,7 +38,10 @@ pub mod bindings {
     });
 }
 
-pub use bindings::spawner::agent::types::{AgentError, Request, Response};
+pub use bindings::spawner::agent::types::{
+    AddedLine, AgentError, AssistantEvent, Decision, FileChange, HookEvent, Push, PushRef, Request,
+    Response, Verdict,
+};
 pub use bindings::spawner::agent::{config, inference, memory};
 
 /// What an agent implements: one request in, one response (or typed error) out.
@@ -70,14 +77,51 @@ impl Request {
 impl Response {
     /// A response carrying `text`.
     pub fn text(text: impl Into<String>) -> Response {
-        Response {
-            output: text.into().into_bytes(),
-        }
+        Response::bytes(text.into().into_bytes())
     }
 
     /// A response carrying `output` unchanged.
     pub fn bytes(output: Vec<u8>) -> Response {
-        Response { output }
+        Response {
+            output,
+            verdict: None,
+        }
+    }
+
+    /// A hook's answer: `verdict` and no output.
+    pub fn verdict(verdict: Verdict) -> Response {
+        Response {
+            output: Vec::new(),
+            verdict: Some(verdict),
+        }
+    }
+}
+
+impl Verdict {
+    /// A verdict with `decision` and, when given, its reason.
+    pub fn new(decision: Decision, reason: Option<String>) -> Verdict {
+        Verdict {
+            decision,
+            reason,
+            message: None,
+            rewrite: None,
+        }
+    }
+
+    /// No objection.
+    pub fn pass() -> Verdict {
+        Verdict::new(Decision::Pass, None)
+    }
+
+    /// Block, saying why.
+    pub fn deny(reason: impl Into<String>) -> Verdict {
+        Verdict::new(Decision::Deny, Some(reason.into()))
+    }
+
+    /// Attach a note shown to the user.
+    pub fn with_message(mut self, message: impl Into<String>) -> Verdict {
+        self.message = Some(message.into());
+        self
     }
 }
 

@@ -14,10 +14,108 @@
 //! - `fail`, `reject`: return those errors after a `put` of key `attempt`
 //! - `infer <model>`: call inference with an empty input
 //! - anything else: echoed back
+//!
+//! As a hook (`spawner hook testing`), it describes the normalized event it received, one
+//! item per line, and answers with the verdict its `[config]` asks for: `hook_decision`
+//! (pass, allow, ask, deny), `hook_reason`, `hook_message`, `hook_rewrite` (commit-msg),
+//! `hook_fault` (`panic` or `loop`), `hook_read` (a path to read and describe too).
 
-use agent_sdk::{Agent, AgentError, Request, Response, config, inference, memory};
+use agent_sdk::{
+    Agent, AgentError, Decision, FileChange, HookEvent, Request, Response, Verdict, config,
+    inference, memory,
+};
 
 struct Testing;
+
+fn describe_files(out: &mut String, prefix: &str, files: &[FileChange]) {
+    for f in files {
+        for l in &f.added {
+            out.push_str(&format!("{prefix} {}:{}:{}\n", f.path, l.line, l.text));
+        }
+    }
+}
+
+/// One line per item of `event`.
+fn describe(event: &HookEvent) -> String {
+    let mut out = String::new();
+    match event {
+        HookEvent::Assistant(e) => {
+            out.push_str(&format!(
+                "assistant event={} session={} cwd={} tool={}\n",
+                e.event,
+                e.session_id,
+                e.cwd,
+                e.tool_name.as_deref().unwrap_or("-")
+            ));
+            if let Some(prompt) = &e.prompt {
+                out.push_str(&format!("prompt {prompt}\n"));
+            }
+            describe_files(&mut out, "write", &e.writes);
+        }
+        HookEvent::PreCommit(files) => {
+            out.push_str("pre-commit\n");
+            describe_files(&mut out, "add", files);
+        }
+        HookEvent::CommitMsg(message) => {
+            out.push_str(&format!(
+                "commit-msg {}\n",
+                message.lines().next().unwrap_or("")
+            ));
+        }
+        HookEvent::PrePush(push) => {
+            out.push_str(&format!(
+                "pre-push remote={} url={}\n",
+                push.remote, push.url
+            ));
+            for r in &push.refs {
+                out.push_str(&format!(
+                    "ref {} {} {} {}\n",
+                    r.local_ref, r.local_sha, r.remote_ref, r.remote_sha
+                ));
+            }
+        }
+        HookEvent::Plain => out.push_str("plain\n"),
+    }
+    out
+}
+
+/// The hook mode: describe the event, then answer as `[config]` says.
+fn hook(event: &HookEvent) -> Result<Response, AgentError> {
+    match config::get("hook_fault").as_deref() {
+        Some("panic") => panic!("testing agent was asked to panic in a hook"),
+        Some("loop") => loop {
+            std::hint::black_box(());
+        },
+        _ => {}
+    }
+    let mut output = describe(event);
+    if let Some(path) = config::get("hook_read") {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => output.push_str(&format!("read {path}: {}\n", text.trim_end())),
+            Err(e) => output.push_str(&format!("cannot read {path}: {e}\n")),
+        }
+    }
+    let decision = match config::get("hook_decision").as_deref() {
+        None | Some("pass") => Decision::Pass,
+        Some("allow") => Decision::Allow,
+        Some("ask") => Decision::Ask,
+        Some("deny") => Decision::Deny,
+        Some(other) => {
+            return Err(AgentError::InvalidInput(format!(
+                "hook_decision {other:?} is not pass, allow, ask or deny"
+            )));
+        }
+    };
+    Ok(Response {
+        output: output.into_bytes(),
+        verdict: Some(Verdict {
+            decision,
+            reason: config::get("hook_reason"),
+            message: config::get("hook_message"),
+            rewrite: config::get("hook_rewrite"),
+        }),
+    })
+}
 
 fn words(input: &str) -> (&str, Vec<&str>) {
     let mut it = input.split_whitespace();
@@ -26,6 +124,9 @@ fn words(input: &str) -> (&str, Vec<&str>) {
 
 impl Agent for Testing {
     fn handle(request: Request) -> Result<Response, AgentError> {
+        if let Some(event) = &request.hook {
+            return hook(event);
+        }
         let text = request.text()?.to_owned();
         let (command, args) = words(&text);
         match (command, args.as_slice()) {

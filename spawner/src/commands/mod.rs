@@ -1,19 +1,23 @@
 //! One module per subcommand, each with an `execute()`.
 
 pub mod agents;
+pub mod hook;
 pub mod run;
 pub mod runs;
 
-use agent_contract::{Home, Outcome};
+use agent_contract::Home;
 
 use crate::cli::{Cli, Command};
 
-/// Run the subcommand `cli` names. `Ok` carries the outcome to exit with.
-pub fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
+/// Run the subcommand `cli` names. `Ok` carries the exit code: the outcome's, from
+/// [`agent_contract::Outcome::exit_code`], except for hooks, which exit as their caller's protocol says.
+pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let home = Home::resolve(cli.home)?;
-    match cli.command {
-        Command::Run(args) => run::execute(&home, args),
-        Command::Agents(args) => agents::execute(&home, args),
-        Command::Runs(args) => runs::execute(&home, args),
-    }
+    let outcome = match cli.command {
+        Command::Run(args) => run::execute(&home, args)?,
+        Command::Agents(args) => agents::execute(&home, args)?,
+        Command::Runs(args) => runs::execute(&home, args)?,
+        Command::Hook(args) => return hook::execute(&home, args),
+    };
+    Ok(outcome.exit_code())
 }

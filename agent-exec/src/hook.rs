@@ -1,0 +1,76 @@
+//! Hook events and verdicts between their domain types ([`agent_contract::hook`], which
+//! travel in the request header and the run report) and the WIT types the agent sees.
+
+use agent_contract::hook::{
+    AddedLine, AssistantEvent, Decision, FileChange, HookEvent, Push, PushRef, Verdict,
+};
+
+use crate::host::bindings::spawner::agent::types as wit;
+
+/// The agent's view of a hook event.
+pub fn to_wit(event: HookEvent) -> wit::HookEvent {
+    match event {
+        HookEvent::Assistant(AssistantEvent {
+            event,
+            session_id,
+            cwd,
+            tool_name,
+            tool_input,
+            writes,
+            prompt,
+        }) => wit::HookEvent::Assistant(wit::AssistantEvent {
+            event,
+            session_id,
+            cwd,
+            tool_name,
+            tool_input,
+            writes: files(writes),
+            prompt,
+        }),
+        HookEvent::PreCommit { files: changes } => wit::HookEvent::PreCommit(files(changes)),
+        HookEvent::CommitMsg { message } => wit::HookEvent::CommitMsg(message),
+        HookEvent::PrePush(Push { remote, url, refs }) => wit::HookEvent::PrePush(wit::Push {
+            remote,
+            url,
+            refs: refs
+                .into_iter()
+                .map(|r: PushRef| wit::PushRef {
+                    local_ref: r.local_ref,
+                    local_sha: r.local_sha,
+                    remote_ref: r.remote_ref,
+                    remote_sha: r.remote_sha,
+                })
+                .collect(),
+        }),
+        HookEvent::Plain => wit::HookEvent::Plain,
+    }
+}
+
+fn files(changes: Vec<FileChange>) -> Vec<wit::FileChange> {
+    changes
+        .into_iter()
+        .map(|c| wit::FileChange {
+            path: c.path,
+            added: c
+                .added
+                .into_iter()
+                .map(|AddedLine { line, text }| wit::AddedLine { line, text })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The agent's verdict, for the run report.
+pub fn from_wit(v: wit::Verdict) -> Verdict {
+    Verdict {
+        decision: match v.decision {
+            wit::Decision::Pass => Decision::Pass,
+            wit::Decision::Allow => Decision::Allow,
+            wit::Decision::Ask => Decision::Ask,
+            wit::Decision::Deny => Decision::Deny,
+        },
+        reason: v.reason,
+        message: v.message,
+        rewrite: v.rewrite,
+    }
+}

@@ -1,0 +1,297 @@
+//! `spawner hook`: run an agent as a hook in the caller's protocol ([`crate::hook`]), and
+//! `spawner hook install|uninstall`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use agent_contract::hook::HookEvent;
+use agent_contract::{Home, LogFormat, OutputFormat};
+use anyhow::Context;
+
+use crate::cli::{HookAction, HookArgs, HookInstallArgs, HookProtocol, HookUninstallArgs};
+use crate::exit::{Interrupted, UsageError};
+use crate::hook::{HookResult, Protocol, Reply, claude, git};
+use crate::request::Request;
+
+/// Run the hook (or install/uninstall one); returns the exit code for the caller.
+pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
+    match args.action {
+        Some(HookAction::Install(install_args)) => return install(home, install_args),
+        Some(HookAction::Uninstall(uninstall_args)) => return uninstall(uninstall_args),
+        None => {}
+    }
+    let agent = args
+        .agent
+        .clone()
+        .ok_or_else(|| UsageError("name the agent: spawner hook <agent>".into()))?;
+    let stdin = if std::io::stdin().is_terminal() {
+        Ok(Vec::new())
+    } else {
+        super::run::read_limited(std::io::stdin().lock())
+    };
+    let protocol = match (args.protocol, &stdin) {
+        (HookProtocol::Auto, Ok(input)) if claude::looks_like_event(input) => Protocol::ClaudeCode,
+        (HookProtocol::Auto, _) | (HookProtocol::Plain, _) => Protocol::Plain,
+        (HookProtocol::ClaudeCode, _) => Protocol::ClaudeCode,
+        (HookProtocol::PreCommit, _) => Protocol::PreCommit,
+        (HookProtocol::CommitMsg, _) => Protocol::CommitMsg,
+        (HookProtocol::PrePush, _) => Protocol::PrePush,
+    };
+    let fail = args.fail.unwrap_or(protocol.default_fail_policy());
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+
+    let mut event_name = String::new();
+    let mut message_file = None;
+    let result = stdin.map_err(|e| format!("{e:#}")).and_then(|input| {
+        let call = normalize(protocol, input, &args.hook_args, &cwd)?;
+        event_name = call.event_name;
+        message_file = call.message_file;
+        Ok((call.event, call.input, call.work_dir))
+    });
+    let result = match result {
+        Err(what) => HookResult::Failed {
+            outcome: agent_contract::Outcome::Usage,
+            what,
+        },
+        Ok((event, input, work_dir)) => {
+            let request = Request {
+                agent: agent.clone(),
+                input,
+                timeout: args.timeout,
+                output: OutputFormat::Json,
+                log_format: LogFormat::Human,
+                log_level: std::env::var("SPAWNER_LOG").ok(),
+                work_dir: Some(work_dir),
+                hook: Some(event),
+                capture_stdout: true,
+            };
+            match crate::request::execute(home, &request) {
+                Ok(finished) => {
+                    if let Some(sig) = finished.interrupted {
+                        return Err(Interrupted(sig).into());
+                    }
+                    match finished.report() {
+                        Ok(report) => HookResult::from_report(report),
+                        Err(e) => HookResult::Failed {
+                            outcome: agent_contract::Outcome::Internal,
+                            what: format!("{e:#}"),
+                        },
+                    }
+                }
+                Err(e) => HookResult::Failed {
+                    outcome: crate::exit::outcome(&e),
+                    what: format!("{e:#}"),
+                },
+            }
+        }
+    };
+    let result = apply_rewrite(result, message_file.as_deref());
+    let reply = crate::hook::reply(protocol, &event_name, &agent, result, fail);
+    answer(&reply)?;
+    Ok(reply.exit_code)
+}
+
+/// A caller's call in normalized form.
+struct Call {
+    event: HookEvent,
+    /// The payload as the caller sent it, for agents that read `input`.
+    input: Vec<u8>,
+    work_dir: PathBuf,
+    /// Claude Code's `hook_event_name`.
+    event_name: String,
+    /// commit-msg: the file to rewrite.
+    message_file: Option<PathBuf>,
+}
+
+fn normalize(
+    protocol: Protocol,
+    input: Vec<u8>,
+    hook_args: &[String],
+    cwd: &Path,
+) -> Result<Call, String> {
+    let call = |event, input| Call {
+        event,
+        input,
+        work_dir: cwd.to_owned(),
+        event_name: String::new(),
+        message_file: None,
+    };
+    match protocol {
+        Protocol::ClaudeCode => {
+            let parsed = claude::parse(&input)?;
+            Ok(Call {
+                event: parsed.event,
+                input,
+                work_dir: parsed.work_dir.unwrap_or_else(|| cwd.to_owned()),
+                event_name: parsed.name,
+                message_file: None,
+            })
+        }
+        Protocol::PreCommit => {
+            let (files, diff) = git::staged_changes(cwd)?;
+            Ok(call(HookEvent::PreCommit { files }, diff))
+        }
+        Protocol::CommitMsg => {
+            let file = git::message_file(hook_args, cwd)?;
+            let message = std::fs::read_to_string(&file).map_err(|e| {
+                format!(
+                    "cannot read the commit message file {}: {e}",
+                    file.display()
+                )
+            })?;
+            let input = message.clone().into_bytes();
+            Ok(Call {
+                message_file: Some(file),
+                ..call(HookEvent::CommitMsg { message }, input)
+            })
+        }
+        Protocol::PrePush => {
+            let push = git::parse_push(hook_args, &String::from_utf8_lossy(&input))?;
+            Ok(call(HookEvent::PrePush(push), input))
+        }
+        Protocol::Plain => Ok(call(HookEvent::Plain, input)),
+    }
+}
+
+/// commit-msg: write the agent's rewrite of the message, unless it also blocked the
+/// commit. A failed write is a failed hook.
+fn apply_rewrite(result: HookResult, message_file: Option<&Path>) -> HookResult {
+    let (HookResult::Decided { verdict, .. }, Some(file)) = (&result, message_file) else {
+        return result;
+    };
+    let Some(message) = &verdict.rewrite else {
+        return result;
+    };
+    if matches!(
+        verdict.decision,
+        agent_contract::hook::Decision::Deny | agent_contract::hook::Decision::Ask
+    ) {
+        return result;
+    }
+    match git::rewrite_message(file, message) {
+        Ok(()) => result,
+        Err(e) => HookResult::Failed {
+            outcome: agent_contract::Outcome::Internal,
+            what: format!("cannot rewrite the commit message {}: {e}", file.display()),
+        },
+    }
+}
+
+fn answer(reply: &Reply) -> anyhow::Result<()> {
+    if !reply.stderr.is_empty() {
+        eprint!("{}", reply.stderr);
+    }
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&reply.stdout)?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// `spawner hook install`.
+fn install(home: &Home, args: HookInstallArgs) -> anyhow::Result<u8> {
+    // The agent must exist, so that a typo does not install a hook that always fails.
+    home.agent_manifest(&args.agent)?;
+    let spawner = std::env::current_exe().context("cannot locate the spawner executable")?;
+    let home_dir = std::path::absolute(home.root()).context("cannot resolve the home")?;
+    if args.claude_code {
+        let command = format!(
+            "{} --home {} hook {} --protocol claude-code",
+            git::shell_quote(&spawner.display().to_string()),
+            git::shell_quote(&home_dir.display().to_string()),
+            git::shell_quote(&args.agent)
+        );
+        let snippet = serde_json::json!({
+            "hooks": {
+                args.event.clone(): [{
+                    "matcher": args.matcher,
+                    "hooks": [{ "type": "command", "command": command }]
+                }]
+            }
+        });
+        println!("{}", serde_json::to_string_pretty(&snippet)?);
+        eprintln!(
+            "spawner: merge this into .claude/settings.json (this project) or ~/.claude/settings.json \
+             (all projects); remove the entry to uninstall."
+        );
+        return Ok(0);
+    }
+    let hook = args
+        .git
+        .ok_or_else(|| UsageError("say which hook: --git <hook> or --claude-code".into()))?;
+    let repo = repo_dir(args.repo)?;
+    let dir = git::hooks_dir(&repo).map_err(UsageError)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(hook.file_name());
+    if path.exists() && !git::is_ours(&path) {
+        if !args.force {
+            return Err(UsageError(format!(
+                "{} already exists and was not installed by spawner; pass --force to replace it \
+                 (it is kept as {}{} and restored by uninstall)",
+                path.display(),
+                hook.file_name(),
+                git::BACKUP_SUFFIX
+            ))
+            .into());
+        }
+        let backup = dir.join(format!("{}{}", hook.file_name(), git::BACKUP_SUFFIX));
+        std::fs::rename(&path, &backup)
+            .with_context(|| format!("cannot move {} aside", path.display()))?;
+        eprintln!("spawner: kept the previous hook as {}", backup.display());
+    }
+    let script = git::hook_script(&spawner, &home_dir, &args.agent, hook);
+    write_executable(&path, &script)?;
+    println!("installed {} (runs agent {})", path.display(), args.agent);
+    Ok(0)
+}
+
+/// `spawner hook uninstall`.
+fn uninstall(args: HookUninstallArgs) -> anyhow::Result<u8> {
+    let repo = repo_dir(args.repo)?;
+    let dir = git::hooks_dir(&repo).map_err(UsageError)?;
+    let path = dir.join(args.git.file_name());
+    if !path.exists() {
+        println!("no {} hook in {}", args.git.file_name(), dir.display());
+        return Ok(0);
+    }
+    if !git::is_ours(&path) {
+        return Err(UsageError(format!(
+            "{} was not installed by spawner; left alone",
+            path.display()
+        ))
+        .into());
+    }
+    let backup = dir.join(format!("{}{}", args.git.file_name(), git::BACKUP_SUFFIX));
+    if backup.exists() {
+        std::fs::rename(&backup, &path)
+            .with_context(|| format!("cannot restore {}", backup.display()))?;
+        println!(
+            "removed the spawner hook; restored the previous {}",
+            path.display()
+        );
+    } else {
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        println!("removed {}", path.display());
+    }
+    Ok(0)
+}
+
+fn repo_dir(repo: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match repo {
+        Some(dir) => Ok(dir),
+        None => std::env::current_dir().context("cannot read the current directory"),
+    }
+}
+
+/// Write `text` to `path` as an executable file, atomically.
+fn write_executable(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o755))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! Claude Code hooks: a JSON event on stdin; exit 0 with a JSON decision on stdout, or
+//! exit 2 with the reason on stderr to block.
+//! <https://docs.anthropic.com/en/docs/claude-code/hooks>
+
+use std::path::{Path, PathBuf};
+
+use agent_contract::hook::{AssistantEvent, Decision, FileChange, HookEvent};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{FailPolicy, HookResult, Reply};
+
+/// Events whose hooks may block with `"decision": "block"`. (`PreToolUse` has its own
+/// permission decision; other events cannot be blocked.)
+const BLOCKABLE: &[&str] = &["PostToolUse", "UserPromptSubmit", "Stop", "SubagentStop"];
+
+/// The fields of a hook event this adapter reads; others are ignored, so events and
+/// fields added by later versions pass through.
+#[derive(Debug, Deserialize)]
+struct WireEvent {
+    hook_event_name: String,
+    #[serde(default)]
+    session_id: String,
+    #[serde(default)]
+    cwd: String,
+    tool_name: Option<String>,
+    tool_input: Option<Value>,
+    prompt: Option<String>,
+}
+
+/// A Claude Code event, normalized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// The event for the agent.
+    pub event: HookEvent,
+    /// `hook_event_name`, for the reply.
+    pub name: String,
+    /// The event's `cwd`, when it names a directory.
+    pub work_dir: Option<PathBuf>,
+}
+
+/// Whether `input` looks like a Claude Code event (for `--protocol auto`).
+pub fn looks_like_event(input: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(input)
+        .ok()
+        .is_some_and(|v| v.get("hook_event_name").is_some_and(Value::is_string))
+}
+
+/// Parse a hook event from `input`.
+pub fn parse(input: &[u8]) -> Result<Parsed, String> {
+    if input.iter().all(u8::is_ascii_whitespace) {
+        return Err("no hook event on standard input (expected Claude Code's JSON)".into());
+    }
+    let wire: WireEvent = serde_json::from_slice(input).map_err(|e| {
+        format!("standard input is not a Claude Code hook event: {e} (expected a JSON object with hook_event_name)")
+    })?;
+    let cwd = Path::new(&wire.cwd);
+    let work_dir = (!wire.cwd.is_empty() && cwd.is_dir()).then(|| cwd.to_owned());
+    let writes = match (&wire.tool_name, &wire.tool_input) {
+        (Some(tool), Some(input)) => tool_writes(tool, input, cwd),
+        _ => Vec::new(),
+    };
+    Ok(Parsed {
+        name: wire.hook_event_name.clone(),
+        work_dir,
+        event: HookEvent::Assistant(AssistantEvent {
+            event: wire.hook_event_name,
+            session_id: wire.session_id,
+            cwd: wire.cwd,
+            tool_name: wire.tool_name,
+            tool_input: wire.tool_input.map(|v| v.to_string()),
+            writes,
+            prompt: wire.prompt,
+        }),
+    })
+}
+
+/// What a tool call would write (or, for Bash, run), per file. Edits are numbered from
+/// the line where their old text is found in the file, when it can be read.
+fn tool_writes(tool: &str, input: &Value, cwd: &Path) -> Vec<FileChange> {
+    let text = |key: &str| input.get(key).and_then(Value::as_str);
+    let path = text("file_path")
+        .or_else(|| text("notebook_path"))
+        .unwrap_or("");
+    let shown = shown_path(path, cwd);
+    match tool {
+        "Write" => text("content")
+            .map(|c| vec![FileChange::whole_text(shown, c, 1)])
+            .unwrap_or_default(),
+        "Edit" => match (text("old_string"), text("new_string")) {
+            (old, Some(new)) => vec![FileChange::whole_text(
+                shown,
+                new,
+                edit_line(path, cwd, old.unwrap_or("")),
+            )],
+            _ => Vec::new(),
+        },
+        "MultiEdit" => input
+            .get("edits")
+            .and_then(Value::as_array)
+            .map(|edits| {
+                edits
+                    .iter()
+                    .filter_map(|e| {
+                        let new = e.get("new_string")?.as_str()?;
+                        let old = e.get("old_string").and_then(Value::as_str).unwrap_or("");
+                        Some(FileChange::whole_text(
+                            shown.clone(),
+                            new,
+                            edit_line(path, cwd, old),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        "NotebookEdit" => text("new_source")
+            .map(|c| vec![FileChange::whole_text(shown, c, 1)])
+            .unwrap_or_default(),
+        "Bash" => text("command")
+            .map(|c| vec![FileChange::whole_text("(command)", c, 1)])
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// `path` relative to `cwd` when it is inside it, as written otherwise.
+fn shown_path(path: &str, cwd: &Path) -> String {
+    Path::new(path)
+        .strip_prefix(cwd)
+        .ok()
+        .filter(|p| !p.as_os_str().is_empty() && !cwd.as_os_str().is_empty())
+        .map_or_else(|| path.to_owned(), |p| p.display().to_string())
+}
+
+/// The line where `old` starts in the file at `path`, or 1.
+fn edit_line(path: &str, cwd: &Path, old: &str) -> u32 {
+    if old.is_empty() {
+        return 1;
+    }
+    std::fs::read_to_string(cwd.join(path))
+        .ok()
+        .and_then(|content| {
+            let at = content.find(old)?;
+            u32::try_from(content[..at].matches('\n').count() + 1).ok()
+        })
+        .unwrap_or(1)
+}
+
+/// The reply for `event` (its `hook_event_name`).
+pub fn reply(event: &str, agent: &str, result: HookResult, fail: FailPolicy) -> Reply {
+    let event_shown = if event.is_empty() {
+        "hook event"
+    } else {
+        event
+    };
+    let (verdict, output) = match result {
+        HookResult::Failed { what, .. } => {
+            return match fail {
+                FailPolicy::Open => Reply {
+                    stdout: json_line(json!({
+                        "systemMessage": format!(
+                            "spawner hook: {agent} failed, so this {event_shown} was allowed (fail-open): {what}"
+                        )
+                    })),
+                    ..Reply::default()
+                },
+                FailPolicy::Closed => Reply {
+                    stderr: format!(
+                        "spawner hook: {agent} failed, so this {event_shown} was blocked (fail-closed): {what}\n"
+                    ),
+                    exit_code: 2,
+                    ..Reply::default()
+                },
+            };
+        }
+        HookResult::Decided { verdict, output } => (verdict, output),
+    };
+    // The agent's output has no place in the protocol: standard output is the decision.
+    drop(output);
+    let mut answer = Map::new();
+    let mut system_message = verdict.message.clone();
+    let reason = verdict
+        .reason
+        .clone()
+        .unwrap_or_else(|| format!("decided by {agent}"));
+    match (event, verdict.decision) {
+        (_, Decision::Pass) => {}
+        ("PreToolUse", decision) => {
+            let decision = match decision {
+                Decision::Allow => "allow",
+                Decision::Ask => "ask",
+                _ => "deny",
+            };
+            answer.insert(
+                "hookSpecificOutput".into(),
+                json!({
+                    "hookEventName": "PreToolUse",
+                    "permissionDecision": decision,
+                    "permissionDecisionReason": reason,
+                }),
+            );
+        }
+        (_, Decision::Allow) => {}
+        (e, Decision::Deny | Decision::Ask) if BLOCKABLE.contains(&e) => {
+            answer.insert("decision".into(), "block".into());
+            answer.insert("reason".into(), reason.into());
+        }
+        // This event cannot be blocked: say what the agent objected to.
+        (_, Decision::Deny | Decision::Ask) => {
+            let note = format!("{agent} objected ({event_shown} cannot be blocked): {reason}");
+            system_message = Some(match system_message {
+                Some(m) => format!("{m}\n{note}"),
+                None => note,
+            });
+        }
+    }
+    if let Some(m) = system_message {
+        answer.insert("systemMessage".into(), m.into());
+    }
+    Reply {
+        stdout: if answer.is_empty() {
+            Vec::new()
+        } else {
+            json_line(Value::Object(answer))
+        },
+        ..Reply::default()
+    }
+}
+
+fn json_line(value: Value) -> Vec<u8> {
+    let mut out = value.to_string().into_bytes();
+    out.push(b'\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_contract::Outcome;
+    use agent_contract::hook::Verdict;
+
+    fn verdict(decision: Decision) -> HookResult {
+        HookResult::Decided {
+            verdict: Verdict {
+                decision,
+                reason: Some("why".into()),
+                ..Verdict::default()
+            },
+            output: Vec::new(),
+        }
+    }
+
+    fn stdout_json(r: &Reply) -> Value {
+        serde_json::from_slice(&r.stdout).expect("json")
+    }
+
+    #[test]
+    fn pre_tool_use_write_and_edit_become_numbered_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.rs"), "one\ntwo\nthree\n").expect("write");
+        let cwd = dir.path().display().to_string();
+        let input = json!({
+            "session_id": "s", "transcript_path": "/t", "cwd": cwd,
+            "hook_event_name": "PreToolUse", "tool_name": "Edit",
+            "tool_input": {"file_path": format!("{cwd}/a.rs"), "old_string": "three", "new_string": "3\n4"},
+            "permission_mode": "default"
+        });
+        let parsed = parse(input.to_string().as_bytes()).expect("parse");
+        let HookEvent::Assistant(e) = parsed.event else {
+            panic!("not an assistant event")
+        };
+        assert_eq!(e.writes.len(), 1);
+        assert_eq!(e.writes[0].path, "a.rs");
+        assert_eq!(
+            e.writes[0].added.iter().map(|l| l.line).collect::<Vec<_>>(),
+            [3, 4]
+        );
+        assert_eq!(parsed.work_dir.as_deref(), Some(dir.path()));
+    }
+
+    #[test]
+    fn bad_input_is_an_error_naming_the_problem() {
+        assert!(parse(b"").expect_err("empty").contains("no hook event"));
+        assert!(
+            parse(b"{not json")
+                .expect_err("bad")
+                .contains("not a Claude Code")
+        );
+        assert!(
+            parse(b"{\"x\":1}")
+                .expect_err("no name")
+                .contains("hook_event_name")
+        );
+        assert!(!looks_like_event(b"{\"x\":1}"));
+        assert!(looks_like_event(b"{\"hook_event_name\":\"Stop\"}"));
+    }
+
+    #[test]
+    fn pre_tool_use_decisions_are_permission_decisions() {
+        let r = reply("PreToolUse", "g", verdict(Decision::Deny), FailPolicy::Open);
+        assert_eq!(r.exit_code, 0);
+        let v = stdout_json(&r);
+        assert_eq!(v["hookSpecificOutput"]["permissionDecision"], "deny");
+        assert_eq!(v["hookSpecificOutput"]["permissionDecisionReason"], "why");
+        // No objection is no answer: the user's own permission settings apply.
+        let r = reply("PreToolUse", "g", verdict(Decision::Pass), FailPolicy::Open);
+        assert!(r.stdout.is_empty() && r.exit_code == 0);
+    }
+
+    #[test]
+    fn other_events_block_with_decision_or_note_when_they_cannot() {
+        let v = stdout_json(&reply(
+            "UserPromptSubmit",
+            "g",
+            verdict(Decision::Deny),
+            FailPolicy::Open,
+        ));
+        assert_eq!(
+            (v["decision"].as_str(), v["reason"].as_str()),
+            (Some("block"), Some("why"))
+        );
+        let v = stdout_json(&reply(
+            "Notification",
+            "g",
+            verdict(Decision::Deny),
+            FailPolicy::Open,
+        ));
+        assert!(v.get("decision").is_none());
+        assert!(
+            v["systemMessage"]
+                .as_str()
+                .expect("message")
+                .contains("why")
+        );
+    }
+
+    #[test]
+    fn a_failed_hook_is_open_or_closed_as_told() {
+        let failed = HookResult::Failed {
+            outcome: Outcome::Trap,
+            what: "trap: boom".into(),
+        };
+        let open = reply("PreToolUse", "g", failed.clone(), FailPolicy::Open);
+        assert_eq!(open.exit_code, 0);
+        assert!(
+            stdout_json(&open)["systemMessage"]
+                .as_str()
+                .expect("msg")
+                .contains("boom")
+        );
+        let closed = reply("PreToolUse", "g", failed, FailPolicy::Closed);
+        assert_eq!(closed.exit_code, 2);
+        assert!(closed.stderr.contains("boom") && closed.stdout.is_empty());
+    }
+}

@@ -1,0 +1,206 @@
+//! One request, from whichever front it came (`spawner run`, `spawner hook`): build the
+//! envelope, spawn a fresh agent-exec under the spawn policy, and, when agent-exec could
+//! not finish (deadline kill, signal, unexpected exit), record the run in its place.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use agent_contract::envelope::{ENVELOPE_VERSION, write_envelope};
+use agent_contract::hook::HookEvent;
+use agent_contract::{
+    Home, LogFormat, Manifest, Outcome, OutputFormat, PhaseTimings, RequestHeader, RunReport,
+};
+use anyhow::Context;
+use memory_store::{RunRecord, Store};
+use nix::sys::signal::Signal;
+
+use crate::run_id::new_run_id;
+use crate::spawn::{SpawnPolicy, Termination};
+
+/// Environment variable naming the agent-exec binary, for installs that keep it elsewhere.
+pub const AGENT_EXEC_ENV: &str = "SPAWNER_AGENT_EXEC";
+
+/// What to run and how agent-exec should answer.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The agent's name.
+    pub agent: String,
+    /// The input bytes.
+    pub input: Vec<u8>,
+    /// Overrides the manifest's deadline.
+    pub timeout: Option<Duration>,
+    /// How agent-exec writes its answer.
+    pub output: OutputFormat,
+    /// How agent-exec writes log lines.
+    pub log_format: LogFormat,
+    /// Lowest log level shown.
+    pub log_level: Option<String>,
+    /// The caller's working directory (for `relative_to = "work_dir"` preopens).
+    pub work_dir: Option<PathBuf>,
+    /// Set for a hook call.
+    pub hook: Option<HookEvent>,
+    /// Capture agent-exec's standard output instead of letting it write to ours.
+    pub capture_stdout: bool,
+}
+
+/// How a request ended.
+#[derive(Debug)]
+pub struct Finished {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// agent-exec's standard output, when captured.
+    pub stdout: Vec<u8>,
+    /// Set when agent-exec did not finish and the spawner recorded the run itself: the
+    /// report of that record. agent-exec then wrote no answer.
+    pub spawner_report: Option<RunReport>,
+    /// Set when the spawner was told to stop while the run was in flight.
+    pub interrupted: Option<Signal>,
+}
+
+impl Finished {
+    /// The run's report: agent-exec's own (the captured JSON answer of a request made
+    /// with [`OutputFormat::Json`] and `capture_stdout`), or the spawner's.
+    pub fn report(&self) -> anyhow::Result<RunReport> {
+        if let Some(report) = &self.spawner_report {
+            return Ok(report.clone());
+        }
+        serde_json::from_slice(&self.stdout).with_context(|| {
+            format!(
+                "agent-exec exited with {} but its report is not valid JSON",
+                self.outcome
+            )
+        })
+    }
+}
+
+/// Run `request` in a fresh agent-exec and wait for it.
+pub fn execute(home: &Home, request: &Request) -> anyhow::Result<Finished> {
+    let manifest = Manifest::load(&home.agent_manifest(&request.agent)?)?;
+    let timeout = request.timeout.unwrap_or(manifest.limits.timeout);
+    let policy = SpawnPolicy::for_request(agent_exec_path()?, timeout);
+    let run_id = new_run_id();
+    let started = Instant::now();
+    let started_ms = memory_store::now_ms();
+    let header = RequestHeader {
+        v: ENVELOPE_VERSION,
+        run_id: run_id.clone(),
+        agent: manifest.name.clone(),
+        home: absolute(home.root())?,
+        timeout_ms: request
+            .timeout
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        output: request.output,
+        log_format: request.log_format,
+        log_level: request.log_level.clone(),
+        spawned_at_unix_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .and_then(|d| u64::try_from(d.as_nanos()).ok()),
+        work_dir: request.work_dir.clone(),
+        hook: request.hook.clone(),
+    };
+    let mut envelope = Vec::with_capacity(request.input.len() + 512);
+    write_envelope(&mut envelope, &header, &request.input).context("cannot build the request")?;
+    let (termination, stdout) = if request.capture_stdout {
+        crate::spawn::run_captured(&policy, &envelope)?
+    } else {
+        (crate::spawn::run(&policy, &envelope)?, Vec::new())
+    };
+
+    let (outcome, error) = match termination {
+        Termination::Exited(code) => match Outcome::from_exit_code(code) {
+            Some(outcome) => {
+                return Ok(Finished {
+                    outcome,
+                    stdout,
+                    spawner_report: None,
+                    interrupted: None,
+                });
+            }
+            // Not one of ours (a panic exits with 101): agent-exec failed before it could
+            // record the run.
+            None => (
+                Outcome::Internal,
+                format!("agent-exec exited with unexpected code {code}"),
+            ),
+        },
+        Termination::DeadlineKilled => (
+            Outcome::Timeout,
+            format!(
+                "agent {:?} was still running {} ms after its {} ms deadline; its process group was killed",
+                manifest.name,
+                policy.kill_after.saturating_sub(timeout).as_millis(),
+                timeout.as_millis()
+            ),
+        ),
+        Termination::Signaled(sig) => (
+            Outcome::Killed,
+            format!("agent-exec was killed by signal {sig}"),
+        ),
+        Termination::Interrupted(sig) => (
+            Outcome::Killed,
+            format!("the run was killed because spawner received {sig}"),
+        ),
+    };
+    // agent-exec did not finish, so it may not have recorded the run: record it here.
+    let record = RunRecord {
+        run_id: run_id.clone(),
+        agent: manifest.name.clone(),
+        started_at_ms: started_ms,
+        ended_at_ms: memory_store::now_ms(),
+        status: outcome,
+        error: Some(error.clone()),
+        input: None,
+        cache_hit: None,
+        timings: PhaseTimings {
+            total_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            ..PhaseTimings::default()
+        },
+    };
+    if let Err(e) = Store::open(&home.store_path())
+        .and_then(|mut store| store.record_run(&record, manifest.memory.keep_runs))
+    {
+        eprintln!("spawner: warning: could not record run {run_id}: {e}");
+    }
+    Ok(Finished {
+        outcome,
+        stdout,
+        spawner_report: Some(RunReport {
+            run_id,
+            agent: manifest.name,
+            status: outcome,
+            exit_code: outcome.exit_code(),
+            output: None,
+            output_base64: None,
+            error: Some(error),
+            cache_hit: None,
+            timings: record.timings,
+            verdict: None,
+        }),
+        interrupted: match termination {
+            Termination::Interrupted(sig) => Some(sig),
+            _ => None,
+        },
+    })
+}
+
+/// The agent-exec binary: `$SPAWNER_AGENT_EXEC`, else next to this executable.
+pub fn agent_exec_path() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os(AGENT_EXEC_ENV).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let me = std::env::current_exe().context("cannot locate the spawner executable")?;
+    let sibling = me.with_file_name("agent-exec");
+    if sibling.is_file() {
+        Ok(sibling)
+    } else {
+        anyhow::bail!(
+            "agent-exec not found next to {} (build it with `cargo build --release`, or set ${AGENT_EXEC_ENV})",
+            me.display()
+        )
+    }
+}
+
+fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
+}
