@@ -53,8 +53,13 @@ pub fn staged_changes(dir: &Path) -> Result<(Vec<FileChange>, Vec<u8>), String> 
 pub fn parse_diff(diff: &str) -> Vec<FileChange> {
     let mut files: Vec<FileChange> = Vec::new();
     let mut next_line: u32 = 0;
+    // Between `diff --git` and the first hunk: where `+++ b/path` names the file. Inside a
+    // hunk, a line `+++ x` is an added line `++ x`.
+    let mut in_header = false;
     for line in diff.lines() {
-        if let Some(path) = line.strip_prefix("+++ ") {
+        if line.starts_with("diff --git ") {
+            in_header = true;
+        } else if in_header && let Some(path) = line.strip_prefix("+++ ") {
             let path = path.strip_prefix("b/").unwrap_or(path);
             let path = path.trim_matches('"');
             files.push(FileChange {
@@ -62,6 +67,7 @@ pub fn parse_diff(diff: &str) -> Vec<FileChange> {
                 added: Vec::new(),
             });
         } else if let Some(hunk) = line.strip_prefix("@@ ") {
+            in_header = false;
             // @@ -a,b +c,d @@: the new side starts at line c.
             next_line = hunk
                 .split_whitespace()
@@ -69,14 +75,14 @@ pub fn parse_diff(diff: &str) -> Vec<FileChange> {
                 .and_then(|range| range.split(',').next())
                 .and_then(|start| start.parse().ok())
                 .unwrap_or(1);
-        } else if let Some(text) = line.strip_prefix('+') {
-            if let Some(file) = files.last_mut() {
-                file.added.push(AddedLine {
-                    line: next_line,
-                    text: text.to_owned(),
-                });
-                next_line = next_line.saturating_add(1);
-            }
+        } else if let Some(text) = line.strip_prefix('+')
+            && let Some(file) = files.last_mut()
+        {
+            file.added.push(AddedLine {
+                line: next_line,
+                text: text.to_owned(),
+            });
+            next_line = next_line.saturating_add(1);
         }
     }
     files.retain(|f| f.path != "/dev/null" && !f.added.is_empty());
@@ -204,7 +210,7 @@ mod tests {
         let diff = "diff --git a/k.pem b/k.pem\nnew file mode 100644\n--- /dev/null\n+++ b/k.pem\n\
                     @@ -0,0 +1,2 @@\n+-----BEGIN RSA PRIVATE KEY-----\n+abc\n\
                     diff --git a/src/x.rs b/src/x.rs\n--- a/src/x.rs\n+++ b/src/x.rs\n\
-                    @@ -10,0 +11 @@ fn main\n+let t = 1;\n@@ -20 +21,0 @@\n-gone\n";
+                    @@ -10,0 +11,2 @@ fn main\n+let t = 1;\n+++ x\n@@ -20 +22,0 @@\n-gone\n";
         let files = parse_diff(diff);
         assert_eq!(files.len(), 2);
         assert_eq!(files[0].path, "k.pem");
@@ -214,7 +220,11 @@ mod tests {
             (files[1].added[0].line, files[1].added[0].text.as_str()),
             (11, "let t = 1;")
         );
-        assert_eq!(files[1].added.len(), 1);
+        assert_eq!(
+            (files[1].added[1].line, files[1].added[1].text.as_str()),
+            (12, "++ x")
+        );
+        assert_eq!(files[1].added.len(), 2);
     }
 
     #[test]
