@@ -10,8 +10,8 @@
 //!   Bash would run; `UserPromptSubmit`: scans the prompt. A finding denies it.
 //! - Any other event passes.
 //!
-//! Without a hook (`spawner run secret-guard < file`) it scans its input and answers
-//! `rejected` (exit code 7) when it finds a secret.
+//! Without a hook (`spawner run secret-guard < file`), or as a plain hook, it scans its
+//! input and answers `rejected` (exit code 7) when it finds a secret.
 //!
 //! Allowlist in `[config]`: `allow_paths` (one glob per line, `*` matches any text),
 //! `allow_values` (one per line: a finding containing it is ignored, e.g. a documented
@@ -101,7 +101,7 @@ fn scan_files(files: &[FileChange], allow: &Allowlist) -> Vec<Reported> {
 /// The reason text for `found`, and an audit event recording it (without the secrets).
 fn deny(found: &[Reported], what: &str) -> Result<Verdict, AgentError> {
     let mut reason = format!(
-        "secret-guard blocked {what}: {} possible secret{} found\n",
+        "{} possible secret{} in {what}:\n",
         found.len(),
         if found.len() == 1 { "" } else { "s" }
     );
@@ -165,7 +165,7 @@ fn commit_msg(message: &str, allow: &Allowlist) -> Result<Verdict, AgentError> {
         decision: Decision::Pass,
         reason: None,
         message: Some(format!(
-            "secret-guard redacted {redacted} secret{} from the commit message ({})",
+            "redacted {redacted} secret{} from the commit message ({})",
             if redacted == 1 { "" } else { "s" },
             kinds.join(", ")
         )),
@@ -223,8 +223,10 @@ fn hook(event: &HookEvent, allow: &Allowlist) -> Result<Verdict, AgentError> {
 impl Agent for SecretGuard {
     fn handle(request: Request) -> Result<Response, AgentError> {
         let allow = Allowlist::from_config();
-        if let Some(event) = &request.hook {
-            return hook(event, &allow).map(Response::verdict);
+        match &request.hook {
+            // A plain hook is its input, as without a hook.
+            None | Some(HookEvent::Plain) => {}
+            Some(event) => return hook(event, &allow).map(Response::verdict),
         }
         let input = FileChange {
             path: "(input)".into(),

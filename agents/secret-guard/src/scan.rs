@@ -279,8 +279,12 @@ pub fn redact(line: &str, findings: &[Finding]) -> String {
     out
 }
 
-/// A safe preview of a secret: its first four characters, then an ellipsis.
+/// A safe preview of a secret: its first four characters, then an ellipsis; nothing for
+/// a secret too short to show any of, or a key block (whose start says nothing).
 pub fn preview(secret: &str) -> String {
+    if secret.len() < 12 || secret.starts_with('-') {
+        return String::new();
+    }
     let head: String = secret.chars().take(4).collect();
     format!("{head}…")
 }
