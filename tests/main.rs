@@ -13,6 +13,8 @@ mod command_guard;
 mod echo;
 /// Agents that trap, hang, hoard memory, or get killed; a corrupt compiled cache.
 mod faults;
+/// `spawner hook`: git and Claude Code protocols, secret-guard, install/uninstall.
+mod hooks;
 /// Bad agent names, missing components, pin mismatches, invalid manifests.
 mod manifests;
 /// notes: memory that outlives the process; concurrent writers.

@@ -89,7 +89,7 @@ fn scan_files(files: &[FileChange], allow: &Allowlist) -> Vec<Reported> {
                         path: file.path.clone(),
                         line: added.line,
                         kind: f.kind,
-                        preview: scan::preview(secret),
+                        preview: scan::preview(&f, secret),
                     });
                 }
             }
@@ -146,7 +146,7 @@ fn commit_msg(message: &str, allow: &Allowlist) -> Result<Verdict, AgentError> {
                 path: "commit message".into(),
                 line: n,
                 kind: f.kind,
-                preview: scan::preview(&text[f.start..f.end]),
+                preview: scan::preview(f, &text[f.start..f.end]),
             });
         }
         redacted += findings.len();

@@ -12,6 +12,9 @@ pub struct Finding {
     pub end: usize,
 }
 
+/// The kind of a secret found by its name rather than its format.
+pub const ASSIGNMENT_KIND: &str = "secret assigned to a secret-looking name";
+
 /// Lines carrying this marker are never reported (for test fixtures and documentation).
 pub const ALLOW_MARKER: &str = "secret-guard: allow";
 
@@ -203,7 +206,7 @@ fn secret_assignment(line: &str) -> Vec<Finding> {
         };
         if looks_like_secret(&line[start..end], quoted) {
             found.push(Finding {
-                kind: "secret assigned to a secret-looking name",
+                kind: ASSIGNMENT_KIND,
                 start,
                 end,
             });
@@ -279,10 +282,11 @@ pub fn redact(line: &str, findings: &[Finding]) -> String {
     out
 }
 
-/// A safe preview of a secret: its first four characters, then an ellipsis; nothing for
-/// a secret too short to show any of, or a key block (whose start says nothing).
-pub fn preview(secret: &str) -> String {
-    if secret.len() < 12 || secret.starts_with('-') {
+/// A safe preview of a secret found by its format: its first four characters (the public
+/// prefix of the format), then an ellipsis. Nothing for a key block (whose start says
+/// nothing) or a value found by its name (whose start is part of the secret).
+pub fn preview(finding: &Finding, secret: &str) -> String {
+    if finding.kind == ASSIGNMENT_KIND || secret.starts_with('-') {
         return String::new();
     }
     let head: String = secret.chars().take(4).collect();

@@ -18,7 +18,9 @@
 //! As a hook (`spawner hook testing`), it describes the normalized event it received, one
 //! item per line, and answers with the verdict its `[config]` asks for: `hook_decision`
 //! (pass, allow, ask, deny), `hook_reason`, `hook_message`, `hook_rewrite` (commit-msg),
-//! `hook_fault` (`panic` or `loop`), `hook_read` (a path to read and describe too).
+//! `hook_fault` (`panic` or `loop`), `hook_read` (a path to read and describe too),
+//! `hook_write` (a path to try to write). `hook_message = "describe"` puts the description
+//! in the verdict's message too, for protocols that show no output (Claude Code).
 
 use agent_sdk::{
     Agent, AgentError, Decision, FileChange, HookEvent, Request, Response, Verdict, config,
@@ -95,6 +97,12 @@ fn hook(event: &HookEvent) -> Result<Response, AgentError> {
             Err(e) => output.push_str(&format!("cannot read {path}: {e}\n")),
         }
     }
+    if let Some(path) = config::get("hook_write") {
+        match std::fs::write(&path, "written by a hook") {
+            Ok(()) => output.push_str(&format!("wrote {path}\n")),
+            Err(e) => output.push_str(&format!("cannot write {path}: {e}\n")),
+        }
+    }
     let decision = match config::get("hook_decision").as_deref() {
         None | Some("pass") => Decision::Pass,
         Some("allow") => Decision::Allow,
@@ -106,12 +114,16 @@ fn hook(event: &HookEvent) -> Result<Response, AgentError> {
             )));
         }
     };
+    let message = match config::get("hook_message") {
+        Some(m) if m == "describe" => Some(output.clone()),
+        other => other,
+    };
     Ok(Response {
         output: output.into_bytes(),
         verdict: Some(Verdict {
             decision,
             reason: config::get("hook_reason"),
-            message: config::get("hook_message"),
+            message,
             rewrite: config::get("hook_rewrite"),
         }),
     })
