@@ -102,7 +102,7 @@ fn a_commit_adding_a_private_key_is_aborted_naming_file_and_line() {
     let out = repo.git(&["commit", "-q", "-m", "add key"]);
     assert_ne!(code(&out), 0, "the commit must be aborted");
     assert!(
-        stderr(&out).contains("deploy/id_rsa:2: private key block"),
+        stderr(&out).contains("deploy/id_rsa:2: private key block\n"),
         "{}",
         stderr(&out)
     );

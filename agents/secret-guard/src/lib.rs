@@ -71,10 +71,14 @@ struct Reported {
 
 impl Reported {
     fn describe(&self) -> String {
-        format!(
-            "{}:{}: {} ({})",
-            self.path, self.line, self.kind, self.preview
-        )
+        if self.preview.is_empty() {
+            format!("{}:{}: {}", self.path, self.line, self.kind)
+        } else {
+            format!(
+                "{}:{}: {} ({})",
+                self.path, self.line, self.kind, self.preview
+            )
+        }
     }
 }
 
