@@ -2,6 +2,7 @@
 //! envelope, spawn a fresh agent-exec under the spawn policy, and, when agent-exec could
 //! not finish (deadline kill, signal, unexpected exit), record the run in its place.
 
+use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,8 +15,7 @@ use anyhow::Context;
 use memory_store::{RunRecord, Store};
 use nix::sys::signal::Signal;
 
-use crate::run_id::new_run_id;
-use crate::spawn::{SpawnPolicy, Termination};
+use crate::spawn::{Spawn, SpawnPolicy, StderrSink, StopOn, Termination};
 
 /// Environment variable naming the agent-exec binary, for installs that keep it elsewhere.
 pub const AGENT_EXEC_ENV: &str = "SPAWNER_AGENT_EXEC";
@@ -23,6 +23,8 @@ pub const AGENT_EXEC_ENV: &str = "SPAWNER_AGENT_EXEC";
 /// What to run and how agent-exec should answer.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// The run's id ([`crate::run_id::new_run_id`]).
+    pub run_id: String,
     /// The agent's name.
     pub agent: String,
     /// The input bytes.
@@ -43,6 +45,31 @@ pub struct Request {
     pub capture_stdout: bool,
 }
 
+/// What stops a run early, besides its deadline.
+#[derive(Debug, Clone, Copy)]
+pub enum Stop<'a> {
+    /// SIGINT, SIGTERM or SIGHUP to this process (the command line).
+    Signals,
+    /// The daemon: a cancel eventfd, and the client's socket going away.
+    Fds {
+        /// Readable: `runs.cancel` was called.
+        cancel: BorrowedFd<'a>,
+        /// Hung up: the client disconnected.
+        client: Option<BorrowedFd<'a>>,
+    },
+}
+
+/// Why a run was stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The spawner received this signal.
+    Signal(Signal),
+    /// A client cancelled it.
+    Cancelled,
+    /// The client that asked for it disconnected.
+    ClientGone,
+}
+
 /// How a request ended.
 #[derive(Debug)]
 pub struct Finished {
@@ -53,8 +80,8 @@ pub struct Finished {
     /// Set when agent-exec did not finish and the spawner recorded the run itself: the
     /// report of that record. agent-exec then wrote no answer.
     pub spawner_report: Option<RunReport>,
-    /// Set when the spawner was told to stop while the run was in flight.
-    pub interrupted: Option<Signal>,
+    /// Set when the run was stopped early.
+    pub stopped: Option<StopReason>,
 }
 
 impl Finished {
@@ -73,12 +100,18 @@ impl Finished {
     }
 }
 
-/// Run `request` in a fresh agent-exec and wait for it.
-pub fn execute(home: &Home, request: &Request) -> anyhow::Result<Finished> {
+/// Run `request` in a fresh agent-exec and wait for it. `on_stderr`, when given, gets
+/// agent-exec's standard error as it comes (else it goes to ours).
+pub fn execute(
+    home: &Home,
+    request: &Request,
+    stop: Stop<'_>,
+    on_stderr: Option<StderrSink<'_>>,
+) -> anyhow::Result<Finished> {
     let manifest = Manifest::load(&home.agent_manifest(&request.agent)?)?;
     let timeout = request.timeout.unwrap_or(manifest.limits.timeout);
     let policy = SpawnPolicy::for_request(agent_exec_path()?, timeout);
-    let run_id = new_run_id();
+    let run_id = request.run_id.clone();
     let started = Instant::now();
     let started_ms = memory_store::now_ms();
     let header = RequestHeader {
@@ -101,10 +134,38 @@ pub fn execute(home: &Home, request: &Request) -> anyhow::Result<Finished> {
     };
     let mut envelope = Vec::with_capacity(request.input.len() + 512);
     write_envelope(&mut envelope, &header, &request.input).context("cannot build the request")?;
-    let (termination, stdout) = if request.capture_stdout {
-        crate::spawn::run_captured(&policy, &envelope)?
-    } else {
-        (crate::spawn::run(&policy, &envelope)?, Vec::new())
+    let stop_on: Vec<StopOn<'_>> = match stop {
+        Stop::Signals => Vec::new(),
+        Stop::Fds { cancel, client } => {
+            let mut fds = vec![StopOn {
+                fd: cancel,
+                events: nix::poll::PollFlags::POLLIN,
+            }];
+            fds.extend(client.map(|fd| StopOn {
+                fd,
+                events: nix::poll::PollFlags::POLLHUP,
+            }));
+            fds
+        }
+    };
+    let exit = crate::spawn::run(Spawn {
+        policy: &policy,
+        stdin: &envelope,
+        capture_stdout: request.capture_stdout,
+        // Shortens the callback's lifetime to this call's.
+        on_stderr: match on_stderr {
+            Some(f) => Some(f as &mut dyn FnMut(&[u8])),
+            None => None,
+        },
+        stop_on: &stop_on,
+        stop_on_signals: matches!(stop, Stop::Signals),
+    })?;
+    let (termination, stdout) = (exit.termination, exit.stdout);
+    let stopped = match (termination, stop) {
+        (Termination::Interrupted(sig), _) => Some(StopReason::Signal(sig)),
+        (Termination::Stopped(0), _) => Some(StopReason::Cancelled),
+        (Termination::Stopped(_), _) => Some(StopReason::ClientGone),
+        _ => None,
     };
 
     let (outcome, error) = match termination {
@@ -114,7 +175,7 @@ pub fn execute(home: &Home, request: &Request) -> anyhow::Result<Finished> {
                     outcome,
                     stdout,
                     spawner_report: None,
-                    interrupted: None,
+                    stopped: None,
                 });
             }
             // Not one of ours (a panic exits with 101): agent-exec failed before it could
@@ -137,9 +198,17 @@ pub fn execute(home: &Home, request: &Request) -> anyhow::Result<Finished> {
             Outcome::Killed,
             format!("agent-exec was killed by signal {sig}"),
         ),
-        Termination::Interrupted(sig) => (
+        Termination::Stopped(_) | Termination::Interrupted(_) => (
             Outcome::Killed,
-            format!("the run was killed because spawner received {sig}"),
+            match stopped {
+                Some(StopReason::Signal(sig)) => {
+                    format!("the run was killed because spawner received {sig}")
+                }
+                Some(StopReason::ClientGone) => {
+                    "the client disconnected, so its run was cancelled".to_owned()
+                }
+                _ => "the run was cancelled".to_owned(),
+            },
         ),
     };
     // agent-exec did not finish, so it may not have recorded the run: record it here.
@@ -177,10 +246,7 @@ pub fn execute(home: &Home, request: &Request) -> anyhow::Result<Finished> {
             timings: record.timings,
             verdict: None,
         }),
-        interrupted: match termination {
-            Termination::Interrupted(sig) => Some(sig),
-            _ => None,
-        },
+        stopped,
     })
 }
 

@@ -1,9 +1,11 @@
 //! The spawn policy, in one place: how a request's `agent-exec` is started, limited,
-//! timed out, killed and reaped.
+//! fed, watched, timed out, killed and reaped. `spawner run`, `spawner hook` and the
+//! `spawner serve` daemon all go through [`run`].
 //!
 //! - **posix_spawn**: the child is started with `std::process::Command` and no `pre_exec`
 //!   closure, so std uses `posix_spawn` (vfork semantics) rather than fork: the cost does
-//!   not grow with the spawner's size. std resets the child's signal mask and SIGPIPE.
+//!   not grow with the spawner's size, and it is safe from a threaded daemon. The child
+//!   inherits the signal mask, so no caller may have signals blocked when it spawns.
 //! - **Process group**: the child leads a new group (`POSIX_SPAWN_SETPGROUP`), so a kill
 //!   reaches everything it may have started.
 //! - **Resource limits**: applied to the child with `prlimit(2)` right after spawn; since
@@ -11,26 +13,36 @@
 //!   agent-exec is still starting, long before it runs any agent code. No core dumps, a
 //!   bounded number of open files, and a CPU-time backstop behind the wall deadline.
 //! - **Environment**: cleared; agent-exec needs none and agents must not see it.
-//! - **Deadline, signals, reaping**: once the child runs, SIGCHLD, SIGINT, SIGTERM and
-//!   SIGHUP are blocked in the spawner and taken synchronously with `sigtimedwait`, so
-//!   there is no handler and no extra thread. (They are blocked only after the spawn,
-//!   because the child inherits the mask.) At the deadline, or when the spawner itself is told to stop, the
-//!   child's whole group gets SIGKILL; the child is always reaped before returning.
+//! - **Watching**: one `poll(2)` loop, no extra thread, no signal handler: a pidfd tells
+//!   when the child exits; the envelope goes to its standard input as the pipe accepts it
+//!   (a child that never reads cannot block the spawner past the deadline); its standard
+//!   error can be read as it comes (the daemon streams log lines); and any number of
+//!   caller-given descriptors stop the run when they fire (the daemon's cancel eventfd
+//!   and the client's socket). The command line instead stops on SIGINT, SIGTERM and
+//!   SIGHUP, read from a signalfd; they are blocked only once the child runs, because
+//!   posix_spawn hands the parent's signal mask to the child.
+//! - **Deadline and kill**: at the deadline, or when a stop descriptor fires, the child's
+//!   whole group gets SIGKILL; the child is always reaped before [`run`] returns.
 
-use std::io::Write;
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::libc;
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, killpg};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 
 /// Extra time past the agent's own deadline before the spawner kills the group: agent-exec
 /// enforces the deadline itself (epoch interruption) and records the run; this is the
 /// backstop for when it cannot.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Largest standard output kept when it is captured.
+pub const MAX_CAPTURED_BYTES: u64 = 128 * 1024 * 1024;
 
 /// Resource limits for a child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +82,37 @@ impl SpawnPolicy {
     }
 }
 
+/// A descriptor that stops the run when it shows one of `events`.
+#[derive(Debug, Clone, Copy)]
+pub struct StopOn<'a> {
+    /// The descriptor.
+    pub fd: BorrowedFd<'a>,
+    /// `POLLIN` for a signalfd or an eventfd; `POLLHUP` (always reported) for a socket
+    /// whose peer went away.
+    pub events: PollFlags,
+}
+
+/// One child to run.
+pub struct Spawn<'a, 's> {
+    /// How.
+    pub policy: &'a SpawnPolicy,
+    /// Written to its standard input, which is then closed.
+    pub stdin: &'a [u8],
+    /// Capture its standard output (returned in [`Exit::stdout`]) instead of letting it
+    /// write to ours.
+    pub capture_stdout: bool,
+    /// Called with each chunk of its standard error as it comes; `None` lets it write to
+    /// ours.
+    pub on_stderr: Option<StderrSink<'s>>,
+    /// Descriptors that stop the run.
+    pub stop_on: &'a [StopOn<'a>],
+    /// Stop the run when this process gets SIGINT, SIGTERM or SIGHUP (the command line).
+    pub stop_on_signals: bool,
+}
+
+/// Where a child's standard error goes, chunk by chunk.
+pub type StderrSink<'s> = &'s mut (dyn FnMut(&[u8]) + 's);
+
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Termination {
@@ -79,8 +122,19 @@ pub enum Termination {
     Signaled(i32),
     /// It was still running at `kill_after`; its group was killed.
     DeadlineKilled,
-    /// The spawner was told to stop (SIGINT, SIGTERM, SIGHUP); the group was killed.
+    /// `stop_on[i]` fired; the group was killed.
+    Stopped(usize),
+    /// This process got the signal (with `stop_on_signals`); the group was killed.
     Interrupted(Signal),
+}
+
+/// A finished child.
+#[derive(Debug)]
+pub struct Exit {
+    /// How it ended.
+    pub termination: Termination,
+    /// Its standard output, when captured.
+    pub stdout: Vec<u8>,
 }
 
 /// What went wrong starting or watching a child.
@@ -110,50 +164,40 @@ fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> SpawnError {
     move |source| SpawnError::Os { what, source }
 }
 
-/// Start a child under `policy`, hand it `stdin_bytes`, and wait for it to end. The child
-/// writes to this process's standard output.
-pub fn run(policy: &SpawnPolicy, stdin_bytes: &[u8]) -> Result<Termination, SpawnError> {
-    spawn_and_watch(policy, stdin_bytes, Stdio::inherit())
-}
-
-/// Largest standard output [`run_captured`] keeps.
-pub const MAX_CAPTURED_BYTES: u64 = 128 * 1024 * 1024;
-
-/// Like [`run`], but the child's standard output is captured and returned. It goes to an
-/// anonymous in-memory file, not a pipe: no reader thread, and a child that writes a lot
-/// cannot block on a full pipe while the spawner waits for it.
-pub fn run_captured(
-    policy: &SpawnPolicy,
-    stdin_bytes: &[u8],
-) -> Result<(Termination, Vec<u8>), SpawnError> {
-    use nix::sys::memfd::{MFdFlags, memfd_create};
-    use std::io::{Read, Seek};
-
-    let memfd = memfd_create("agent-exec-stdout", MFdFlags::MFD_CLOEXEC)
-        .map_err(|e| os("create the output buffer")(e.into()))?;
-    let mut file = std::fs::File::from(memfd);
-    let child_end = file.try_clone().map_err(os("share the output buffer"))?;
-    let termination = spawn_and_watch(policy, stdin_bytes, Stdio::from(child_end))?;
-    let mut out = Vec::new();
-    file.rewind()
-        .and_then(|()| (&mut file).take(MAX_CAPTURED_BYTES).read_to_end(&mut out))
-        .map_err(os("read agent-exec's output"))?;
-    Ok((termination, out))
-}
-
-fn spawn_and_watch(
-    policy: &SpawnPolicy,
-    stdin_bytes: &[u8],
-    stdout: Stdio,
-) -> Result<Termination, SpawnError> {
+/// Start the child, feed it, watch it until it ends (or is killed), reap it.
+pub fn run(spawn: Spawn<'_, '_>) -> Result<Exit, SpawnError> {
+    let Spawn {
+        policy,
+        stdin,
+        capture_stdout,
+        on_stderr,
+        stop_on,
+        stop_on_signals,
+    } = spawn;
     let started = Instant::now();
-    // Spawned before the signals are blocked: posix_spawn hands the parent's signal mask
-    // to the child, and agent-exec must not start with SIGTERM or SIGINT blocked.
+    // The captured output goes to an anonymous in-memory file, not a pipe: nothing to
+    // read while the child runs, and a child that writes a lot cannot stall on a full pipe.
+    let captured = if capture_stdout {
+        use nix::sys::memfd::{MFdFlags, memfd_create};
+        let memfd = memfd_create("agent-exec-stdout", MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| os("create the output buffer")(e.into()))?;
+        Some(std::fs::File::from(memfd))
+    } else {
+        None
+    };
+    let stdout = match &captured {
+        Some(file) => Stdio::from(file.try_clone().map_err(os("share the output buffer"))?),
+        None => Stdio::inherit(),
+    };
     let mut child = Command::new(&policy.program)
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(stdout)
-        .stderr(Stdio::inherit())
+        .stderr(if on_stderr.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
         .process_group(0)
         .spawn()
         .map_err(|source| SpawnError::Start {
@@ -162,64 +206,160 @@ fn spawn_and_watch(
         })?;
     let pid = child.id() as libc::pid_t;
     apply_limits(pid, &policy.limits);
-
-    let mut watched = SigSet::empty();
-    for sig in [
-        Signal::SIGCHLD,
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-    ] {
-        watched.add(sig);
-    }
-    // A SIGCHLD that arrived before this point is not lost: the loop looks at the child
-    // before every wait.
-    let previous = match watched.thread_swap_mask(SigmaskHow::SIG_BLOCK) {
-        Ok(previous) => previous,
+    // Blocked only now that the child runs (it inherits the mask).
+    let signals = if stop_on_signals {
+        match InterruptSignals::block() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                kill_group(pid);
+                let _ = child.wait();
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+    let mut watched = stop_on.to_vec();
+    watched.extend(signals.as_ref().map(InterruptSignals::stop_on));
+    let termination = match pidfd_open(pid) {
+        Ok(pidfd) => watch(
+            &mut child,
+            &pidfd,
+            started + policy.kill_after,
+            stdin,
+            on_stderr,
+            &watched,
+        ),
+        Err(e) => Err(e),
+    };
+    let termination = match (termination, &signals) {
+        (Ok(Termination::Stopped(i)), Some(signals)) if i == stop_on.len() => Ok(
+            Termination::Interrupted(signals.received().unwrap_or(Signal::SIGTERM)),
+        ),
+        (t, _) => t,
+    };
+    drop(signals);
+    let termination = match termination {
+        Ok(t) => t,
         Err(e) => {
             kill_group(pid);
             let _ = child.wait();
-            return Err(os("block signals")(e.into()));
+            return Err(e);
         }
     };
-    let result = watch(child, pid, started, policy, stdin_bytes, &watched);
-    let _ = previous.thread_set_mask();
-    result
+    let mut stdout = Vec::new();
+    if let Some(mut file) = captured {
+        file.rewind()
+            .and_then(|()| {
+                (&mut file)
+                    .take(MAX_CAPTURED_BYTES)
+                    .read_to_end(&mut stdout)
+            })
+            .map_err(os("read agent-exec's output"))?;
+    }
+    Ok(Exit {
+        termination,
+        stdout,
+    })
 }
 
-/// Feed the child its input, then wait for it under the deadline, with `watched` blocked.
+/// The poll loop: feed stdin, pass stderr on, and wait for the exit, the deadline or a
+/// stop descriptor. Always reaps the child.
 fn watch(
-    mut child: std::process::Child,
-    pid: libc::pid_t,
-    started: Instant,
-    policy: &SpawnPolicy,
+    child: &mut Child,
+    pidfd: &OwnedFd,
+    deadline: Instant,
     stdin_bytes: &[u8],
-    watched: &SigSet,
+    mut on_stderr: Option<StderrSink<'_>>,
+    stop_on: &[StopOn<'_>],
 ) -> Result<Termination, SpawnError> {
-    if let Some(mut stdin) = child.stdin.take() {
-        // A child that exits without reading (a bad envelope) closes the pipe: not our
-        // error to report, its exit status says what happened.
-        let _ = stdin.write_all(stdin_bytes);
+    let pid = child.id() as libc::pid_t;
+    let mut stdin = child.stdin.take();
+    let mut stderr = child.stderr.take();
+    for fd in stdin
+        .iter()
+        .map(AsFd::as_fd)
+        .chain(stderr.iter().map(AsFd::as_fd))
+    {
+        set_nonblocking(fd).map_err(os("configure agent-exec's pipes"))?;
     }
-
-    let deadline = started + policy.kill_after;
+    let mut written = 0;
+    if stdin_bytes.is_empty() {
+        stdin = None;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        if let Some(status) = child.try_wait().map_err(os("wait for agent-exec"))? {
-            return Ok(termination(status));
-        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             kill_group(pid);
             child.wait().map_err(os("reap agent-exec"))?;
             return Ok(Termination::DeadlineKilled);
         }
-        // SIGCHLD, a timeout or an interrupted wait: loop and look at the child again.
-        if let Some(sig @ (Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP)) =
-            wait_for_signal(watched, remaining)
-        {
+        // Fixed slots: 0 the child, 1 its stdin, 2 its stderr, then the stop descriptors.
+        let mut fds = Vec::with_capacity(3 + stop_on.len());
+        fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
+        fds.push(match &stdin {
+            Some(s) => PollFd::new(s.as_fd(), PollFlags::POLLOUT),
+            None => PollFd::new(pidfd.as_fd(), PollFlags::empty()),
+        });
+        fds.push(match &stderr {
+            Some(s) => PollFd::new(s.as_fd(), PollFlags::POLLIN),
+            None => PollFd::new(pidfd.as_fd(), PollFlags::empty()),
+        });
+        fds.extend(stop_on.iter().map(|s| PollFd::new(s.fd, s.events)));
+        let timeout = PollTimeout::try_from(remaining.as_millis().clamp(1, 60_000) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(os("wait for agent-exec")(e.into())),
+        }
+        let fired = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+        let child_done = fired(0);
+        let stdin_ready = fired(1);
+        let stderr_ready = fired(2);
+        let stopped = (0..stop_on.len()).find(|i| fired(3 + i));
+        drop(fds);
+        if let Some(i) = stopped {
             kill_group(pid);
             child.wait().map_err(os("reap agent-exec"))?;
-            return Ok(Termination::Interrupted(sig));
+            return Ok(Termination::Stopped(i));
+        }
+        if stdin_ready && let Some(pipe) = &mut stdin {
+            match pipe.write(&stdin_bytes[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // A child that exits without reading (a bad envelope) closes the pipe: not
+                // our error to report, its exit status says what happened.
+                Err(_) => written = stdin_bytes.len(),
+            }
+            if written >= stdin_bytes.len() {
+                stdin = None;
+            }
+        }
+        if (stderr_ready || child_done)
+            && let (Some(pipe), Some(sink)) = (&mut stderr, on_stderr.as_deref_mut())
+        {
+            // After the exit, drain what is left (a grandchild may hold the pipe open:
+            // stop at the first empty read rather than waiting for its end).
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => {
+                        stderr = None;
+                        break;
+                    }
+                    Ok(n) => sink(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+                if !child_done {
+                    break;
+                }
+            }
+        }
+        if child_done {
+            let status = child.wait().map_err(os("reap agent-exec"))?;
+            return Ok(termination(status));
         }
     }
 }
@@ -232,26 +372,33 @@ fn termination(status: ExitStatus) -> Termination {
     }
 }
 
+/// A pidfd for `pid` (Linux 5.3 or later).
+fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, SpawnError> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(os("pidfd_open (needs Linux 5.3 or later)")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: the descriptor was just created and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn set_nonblocking(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = fcntl(fd, FcntlArg::F_GETFL)?;
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )?;
+    Ok(())
+}
+
 /// SIGKILL the child's whole process group (its pgid is its pid).
 fn kill_group(pid: libc::pid_t) {
     // ESRCH (the group is already gone) is fine.
     let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-}
-
-/// Wait up to `timeout` for one of the blocked signals in `set`.
-fn wait_for_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
-    let ts = libc::timespec {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
-    };
-    // SAFETY: `set` is a valid, initialised sigset; `ts` lives across the call; a null
-    // siginfo pointer is allowed.
-    let sig = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
-    if sig < 0 {
-        None
-    } else {
-        Signal::try_from(sig).ok()
-    }
 }
 
 /// Apply `limits` to the running child `pid`.
@@ -278,6 +425,61 @@ fn apply_limits(pid: libc::pid_t, limits: &ResourceLimits) {
     }
 }
 
+/// What the command line stops a run on: SIGINT, SIGTERM and SIGHUP, blocked in this
+/// thread and read from a signalfd, so that the spawner kills the run's group and records
+/// it before exiting. The previous mask comes back on drop.
+struct InterruptSignals {
+    fd: nix::sys::signalfd::SignalFd,
+    previous: nix::sys::signal::SigSet,
+}
+
+impl InterruptSignals {
+    /// The signals an interactive caller uses to stop a run.
+    fn set() -> nix::sys::signal::SigSet {
+        let mut set = nix::sys::signal::SigSet::empty();
+        for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+            set.add(sig);
+        }
+        set
+    }
+
+    /// Block the signals in this thread and open a signalfd for them.
+    fn block() -> Result<InterruptSignals, SpawnError> {
+        use nix::sys::signal::SigmaskHow;
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let set = Self::set();
+        let previous = set
+            .thread_swap_mask(SigmaskHow::SIG_BLOCK)
+            .map_err(|e| os("block signals")(e.into()))?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(|e| os("signalfd")(e.into()))?;
+        Ok(InterruptSignals { fd, previous })
+    }
+
+    /// What [`watch`] should watch.
+    fn stop_on(&self) -> StopOn<'_> {
+        StopOn {
+            fd: self.fd.as_fd(),
+            events: PollFlags::POLLIN,
+        }
+    }
+
+    /// The signal that arrived, if any.
+    fn received(&self) -> Option<Signal> {
+        self.fd
+            .read_signal()
+            .ok()
+            .flatten()
+            .and_then(|info| Signal::try_from(info.ssi_signo as i32).ok())
+    }
+}
+
+impl Drop for InterruptSignals {
+    fn drop(&mut self) {
+        let _ = self.previous.thread_set_mask();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,22 +496,34 @@ mod tests {
         }
     }
 
+    fn spawn<'a>(policy: &'a SpawnPolicy, stdin: &'a [u8]) -> Spawn<'a, 'a> {
+        Spawn {
+            policy,
+            stdin,
+            capture_stdout: false,
+            on_stderr: None,
+            stop_on: &[],
+            stop_on_signals: true,
+        }
+    }
+
+    fn termination_of(program: &str, stdin: &[u8], kill_after: Duration) -> Termination {
+        let p = policy(program, kill_after);
+        run(spawn(&p, stdin)).expect("run").termination
+    }
+
     #[test]
     fn exit_codes_pass_through() {
-        assert_eq!(
-            run(&policy("/bin/true", Duration::from_secs(5)), b"").expect("run"),
-            Termination::Exited(0)
-        );
-        assert_eq!(
-            run(&policy("/bin/false", Duration::from_secs(5)), b"").expect("run"),
-            Termination::Exited(1)
-        );
+        let t = termination_of("/bin/true", b"", Duration::from_secs(5));
+        assert_eq!(t, Termination::Exited(0));
+        let t = termination_of("/bin/false", b"", Duration::from_secs(5));
+        assert_eq!(t, Termination::Exited(1));
     }
 
     /// Run `script` with /bin/sh (reading it from standard input, so that no freshly
     /// written file is exec'd) under a policy that kills after `kill_after`.
     fn run_script(script: &str, kill_after: Duration) -> Termination {
-        run(&policy("/bin/sh", kill_after), script.as_bytes()).expect("run")
+        termination_of("/bin/sh", script.as_bytes(), kill_after)
     }
 
     /// True while `pid` exists and is not a zombie.
@@ -361,25 +575,69 @@ mod tests {
     }
 
     #[test]
-    fn captured_output_is_returned_whole() {
-        let script = "head -c 300000 /dev/zero | tr '\\0' x; echo; exit 4";
-        let (t, out) = run_captured(
-            &policy("/bin/sh", Duration::from_secs(5)),
-            script.as_bytes(),
-        )
-        .expect("run");
-        assert_eq!(t, Termination::Exited(4));
-        assert_eq!(out.len(), 300_001);
-        assert!(out[..300_000].iter().all(|b| *b == b'x'));
+    fn a_missing_program_is_a_start_error() {
+        let p = policy("/nonexistent/agent-exec", Duration::from_secs(1));
+        let err = run(spawn(&p, b"")).expect_err("must fail");
+        assert!(matches!(err, SpawnError::Start { .. }));
     }
 
     #[test]
-    fn a_missing_program_is_a_start_error() {
-        let err = run(
-            &policy("/nonexistent/agent-exec", Duration::from_secs(1)),
-            b"",
-        )
-        .expect_err("must fail");
-        assert!(matches!(err, SpawnError::Start { .. }));
+    fn output_is_captured_whole_and_stderr_streamed() {
+        let p = policy("/bin/sh", Duration::from_secs(5));
+        let script = "head -c 300000 /dev/zero | tr '\\0' x; echo; echo to-stderr >&2; exit 4";
+        let mut err = Vec::new();
+        let mut sink = |chunk: &[u8]| err.extend_from_slice(chunk);
+        let exit = run(Spawn {
+            capture_stdout: true,
+            on_stderr: Some(&mut sink),
+            ..spawn(&p, script.as_bytes())
+        })
+        .expect("run");
+        assert_eq!(exit.termination, Termination::Exited(4));
+        assert_eq!(exit.stdout.len(), 300_001);
+        assert!(exit.stdout[..300_000].iter().all(|b| *b == b'x'));
+        assert_eq!(err, b"to-stderr\n");
+    }
+
+    #[test]
+    fn a_large_input_to_a_child_that_never_reads_cannot_outlast_the_deadline() {
+        let p = policy("/bin/sleep", Duration::from_millis(300));
+        let input = vec![b'x'; 4 << 20];
+        let exit = run(spawn(&p, &input));
+        // sleep without an argument exits at once; with a pipe it never reads, the
+        // spawner must not hang writing. Either way, it returns promptly.
+        assert!(exit.is_ok());
+        let p = policy("/bin/sh", Duration::from_millis(300));
+        let mut script = b"sleep 30\n".to_vec();
+        script.extend(std::iter::repeat_n(b'#', 4 << 20));
+        let started = Instant::now();
+        let t = run(spawn(&p, &script)).expect("run").termination;
+        assert_eq!(t, Termination::DeadlineKilled);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_stop_descriptor_kills_the_run() {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        let cancel = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).expect("eventfd");
+        let p = policy("/bin/sh", Duration::from_secs(30));
+        let stop = [StopOn {
+            fd: cancel.as_fd(),
+            events: PollFlags::POLLIN,
+        }];
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                cancel.write(1).expect("cancel");
+            });
+            let started = Instant::now();
+            let exit = run(Spawn {
+                stop_on: &stop,
+                ..spawn(&p, b"sleep 30")
+            })
+            .expect("run");
+            assert_eq!(exit.termination, Termination::Stopped(0));
+            assert!(started.elapsed() < Duration::from_secs(10));
+        });
     }
 }

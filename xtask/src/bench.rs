@@ -12,6 +12,8 @@ use anyhow::{Context, bail};
 const BUDGET_MS: f64 = 20.0;
 /// Target median for issue #2.
 const TARGET_MS: f64 = 5.0;
+/// Target median hook round trip (issue: hook invocations).
+const HOOK_TARGET_MS: f64 = 5.0;
 
 struct Stats {
     command: String,
@@ -21,6 +23,82 @@ struct Stats {
     min_ms: f64,
     max_ms: f64,
     runs: usize,
+}
+
+/// Hook round trip: `secret-guard` as a Claude Code PreToolUse hook, side by side with the
+/// hooks users compare it to, each run the way Claude Code runs a hook command
+/// (`sh -c '<command>'` with the event on standard input).
+fn hooks(
+    md: &mut String,
+    root: &Path,
+    spawner: &Path,
+    home: &Path,
+    results: &Path,
+    warmup: &str,
+    runs: &str,
+) -> anyhow::Result<()> {
+    crate::install_agent(root, home, "secret-guard")?;
+    let payload = results.join("pre-tool-use.json");
+    let event = serde_json::json!({
+        "session_id": "bench", "transcript_path": "/tmp/t.jsonl", "cwd": "/tmp",
+        "hook_event_name": "PreToolUse", "tool_name": "Write",
+        "tool_input": {"file_path": "/tmp/settings.py", "content": "DEBUG = False\nALLOWED_HOSTS = ['localhost']\nTIME_ZONE = 'UTC'\n"},
+    });
+    std::fs::write(&payload, event.to_string())?;
+    let hook = format!(
+        "{} --home {} hook secret-guard --protocol claude-code",
+        spawner.display(),
+        home.display()
+    );
+    // Warm the compiled-component cache.
+    crate::run(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("{hook} < {}", payload.display())),
+    )?;
+    let mut commands = vec![format!("sh -c 'true < {}'", payload.display())];
+    let python = Command::new("python3")
+        .args(["-c", "pass"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if python {
+        commands.push(format!("sh -c 'python3 -c pass < {}'", payload.display()));
+    }
+    commands.push(format!("sh -c '{hook} < {}'", payload.display()));
+    let export = results.join("hooks.json");
+    crate::run(
+        Command::new("hyperfine")
+            .args(["-N", "--warmup", warmup, "--runs", runs, "--export-json"])
+            .arg(&export)
+            .args(&commands),
+    )?;
+    let stats = parse_hyperfine(&export)?;
+    writeln!(
+        md,
+        "## Hook round trip: `spawner hook secret-guard` as a Claude Code hook\n\n\
+         Each command runs as Claude Code runs a hook command, `sh -c` with a {}-byte \
+         `PreToolUse` event (a Write of a small settings file) on standard input; the shell \
+         is part of every row.\n",
+        event.to_string().len()
+    )?;
+    write_table(md, root, &stats)?;
+    if !python {
+        writeln!(
+            md,
+            "\n`python3 -c pass`: not measured, python3 is not installed here."
+        )?;
+    }
+    let hook_median = stats.last().map_or(f64::NAN, |s| s.median_ms);
+    writeln!(
+        md,
+        "\n- {}: hook round trip median {hook_median:.2} ms against the target of {HOOK_TARGET_MS} ms\n",
+        if hook_median < HOOK_TARGET_MS {
+            "PASS"
+        } else {
+            "FAIL"
+        }
+    )?;
+    Ok(())
 }
 
 fn ensure_hyperfine() -> anyhow::Result<()> {
@@ -74,6 +152,30 @@ fn parse_hyperfine(path: &Path) -> anyhow::Result<Vec<Stats>> {
             })
         })
         .collect()
+}
+
+/// A markdown table of `stats`, with each median's ratio to the first row's.
+fn write_table(md: &mut String, root: &Path, stats: &[Stats]) -> std::fmt::Result {
+    let floor = stats.first().map_or(f64::NAN, |s| s.median_ms);
+    writeln!(
+        md,
+        "| command | median | mean ± σ | min | max | runs | median ÷ first row |\n|---|---:|---:|---:|---:|---:|---:|"
+    )?;
+    for s in stats {
+        let shown = s.command.replace(&root.display().to_string(), ".");
+        writeln!(
+            md,
+            "| `{shown}` | {:.2} ms | {:.2} ± {:.2} ms | {:.2} ms | {:.2} ms | {} | {:.1}× |",
+            s.median_ms,
+            s.mean_ms,
+            s.stddev_ms,
+            s.min_ms,
+            s.max_ms,
+            s.runs,
+            s.median_ms / floor
+        )?;
+    }
+    Ok(())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -136,7 +238,6 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
     if stats.len() != 3 {
         bail!("expected three hyperfine results, got {}", stats.len());
     }
-    let floor = stats[0].median_ms;
 
     // Phase breakdown from the run records the benchmark itself wrote.
     let out = Command::new(&spawner)
@@ -177,24 +278,7 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         md,
         "## Cold start: `spawner run echo` against the spawn floor\n"
     )?;
-    writeln!(
-        md,
-        "| command | median | mean ± σ | min | max | runs | median ÷ floor |\n|---|---:|---:|---:|---:|---:|---:|"
-    )?;
-    for s in &stats {
-        let shown = s.command.replace(&root.display().to_string(), ".");
-        writeln!(
-            md,
-            "| `{shown}` | {:.2} ms | {:.2} ± {:.2} ms | {:.2} ms | {:.2} ms | {} | {:.1}× |",
-            s.median_ms,
-            s.mean_ms,
-            s.stddev_ms,
-            s.min_ms,
-            s.max_ms,
-            s.runs,
-            s.median_ms / floor
-        )?;
-    }
+    write_table(&mut md, root, &stats)?;
     let echo_median = stats[2].median_ms;
     writeln!(
         md,
@@ -227,6 +311,7 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
             phase(key)
         )?;
     }
+    hooks(&mut md, root, &spawner, &home, &results, warmup, runs)?;
     std::fs::write(root.join("BENCHMARKS.md"), &md)?;
     print!("{md}");
     Ok(())

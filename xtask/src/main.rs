@@ -9,6 +9,7 @@
 
 mod bench;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -194,11 +195,75 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     if show(&["run", "command-guard", "git push --force origin main"])? {
         bail!("command-guard allowed a forced push");
     }
-    show(&["runs", "--limit", "6"])?;
+    demo_hooks(&spawner)?;
+    show(&["runs", "--limit", "8"])?;
     eprintln!(
         "\nEach run above was a fresh agent-exec process; notes came back from {}.",
         demo_home()?.join("memory.db").display()
     );
+    Ok(())
+}
+
+/// secret-guard as a git pre-commit hook in a scratch repository, and as a Claude Code
+/// PreToolUse hook.
+fn demo_hooks(spawner: &Path) -> anyhow::Result<()> {
+    let repo = std::env::temp_dir().join(format!("spawner-demo-repo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&repo);
+    std::fs::create_dir_all(&repo)?;
+    let git = |args: &[&str]| -> anyhow::Result<bool> {
+        eprintln!("\n$ git {}", args.join(" "));
+        let status = Command::new("git")
+            .current_dir(&repo)
+            .args(args)
+            // A fresh machine may have no git identity.
+            .env("GIT_AUTHOR_NAME", "demo")
+            .env("GIT_AUTHOR_EMAIL", "demo@example.com")
+            .env("GIT_COMMITTER_NAME", "demo")
+            .env("GIT_COMMITTER_EMAIL", "demo@example.com")
+            .status()
+            .context("cannot run git (the hook demo needs it)")?;
+        Ok(status.success())
+    };
+    git(&["init", "-q"])?;
+    eprintln!("\n$ spawner hook install secret-guard --git pre-commit");
+    let status = Command::new(spawner)
+        .current_dir(&repo)
+        .args(["hook", "install", "secret-guard", "--git", "pre-commit"])
+        .status()?;
+    if !status.success() {
+        bail!("hook install failed");
+    }
+    std::fs::write(repo.join("README.md"), "a clean file\n")?;
+    git(&["add", "README.md"])?;
+    if !git(&["commit", "-q", "-m", "a clean commit passes"])? {
+        bail!("secret-guard blocked a clean commit");
+    }
+    let key = format!("-----BEGIN {} PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n", "RSA");
+    std::fs::write(repo.join("id_rsa"), key)?;
+    git(&["add", "id_rsa"])?;
+    if git(&["commit", "-q", "-m", "a private key is stopped"])? {
+        bail!("secret-guard let a private key be committed");
+    }
+    std::fs::remove_dir_all(&repo)?;
+
+    let event = serde_json::json!({
+        "session_id": "demo", "cwd": "/tmp", "hook_event_name": "PreToolUse",
+        "tool_name": "Write",
+        "tool_input": {"file_path": "/tmp/app.env", "content": format!("AWS_KEY={}\n", "AKIAZ7VQ3KQ2LMNOPQRS")},
+    });
+    eprintln!("\n$ echo '<Claude Code PreToolUse: Write app.env>' | spawner hook secret-guard");
+    let mut child = Command::new(spawner)
+        .args(["hook", "secret-guard"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(event.to_string().as_bytes())?;
+    if !child.wait()?.success() {
+        bail!("the Claude Code hook failed");
+    }
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use anyhow::Context;
 use crate::cli::{HookAction, HookArgs, HookInstallArgs, HookProtocol, HookUninstallArgs};
 use crate::exit::{Interrupted, UsageError};
 use crate::hook::{HookResult, Protocol, Reply, claude, git};
-use crate::request::Request;
+use crate::request::{Request, Stop, StopReason};
 
 /// Run the hook (or install/uninstall one); returns the exit code for the caller.
 pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
@@ -55,6 +55,7 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
         },
         Ok((event, input, work_dir)) => {
             let request = Request {
+                run_id: crate::run_id::new_run_id(),
                 agent: agent.clone(),
                 input,
                 timeout: args.timeout,
@@ -65,9 +66,9 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
                 hook: Some(event),
                 capture_stdout: true,
             };
-            match crate::request::execute(home, &request) {
+            match crate::request::execute(home, &request, Stop::Signals, None) {
                 Ok(finished) => {
-                    if let Some(sig) = finished.interrupted {
+                    if let Some(StopReason::Signal(sig)) = finished.stopped {
                         return Err(Interrupted(sig).into());
                     }
                     match finished.report() {

@@ -6,12 +6,13 @@ use agent_contract::{Home, LogFormat, Outcome, OutputFormat};
 
 use crate::cli::RunArgs;
 use crate::exit::{Interrupted, UsageError};
-use crate::request::Request;
+use crate::request::{Request, Stop, StopReason};
 
 /// Run the agent once and exit with its outcome.
 pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
     let input = read_input(&args)?;
     let request = Request {
+        run_id: crate::run_id::new_run_id(),
         agent: args.agent.clone(),
         input,
         timeout: args.timeout,
@@ -33,7 +34,7 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
         hook: None,
         capture_stdout: false,
     };
-    let finished = crate::request::execute(home, &request)?;
+    let finished = crate::request::execute(home, &request, Stop::Signals, None)?;
     // agent-exec answered on our standard output itself.
     let Some(report) = &finished.spawner_report else {
         return Ok(finished.outcome);
@@ -43,7 +44,7 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
         serde_json::to_writer(&mut stdout, report)?;
         stdout.write_all(b"\n")?;
     }
-    if let Some(sig) = finished.interrupted {
+    if let Some(StopReason::Signal(sig)) = finished.stopped {
         return Err(Interrupted(sig).into());
     }
     if !args.json {
