@@ -21,3 +21,5 @@ mod manifests;
 mod notes;
 /// What an agent can and cannot see: environment, filesystem, inference.
 mod sandbox;
+/// `spawner serve`: the daemon, its methods, misbehaving clients and agents, load.
+mod serve;

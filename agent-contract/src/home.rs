@@ -21,6 +21,8 @@ pub const MAX_AGENT_NAME_LEN: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Home {
     root: PathBuf,
+    /// Chosen with `--home` or `$SPAWNER_HOME` rather than by default.
+    chosen: bool,
 }
 
 /// Why no home directory could be chosen.
@@ -56,7 +58,10 @@ pub enum AgentLookupError {
 impl Home {
     /// Use `root` as the home directory.
     pub fn new(root: impl Into<PathBuf>) -> Home {
-        Home { root: root.into() }
+        Home {
+            root: root.into(),
+            chosen: true,
+        }
     }
 
     /// The home from an explicit choice, else the environment (see the module docs).
@@ -68,12 +73,27 @@ impl Home {
         if let Some(root) = from_env(HOME_ENV) {
             return Ok(Home::new(root));
         }
+        let default = |root: PathBuf| Home {
+            root,
+            chosen: false,
+        };
         if let Some(data) = from_env("XDG_DATA_HOME") {
-            return Ok(Home::new(PathBuf::from(data).join("spawner")));
+            return Ok(default(PathBuf::from(data).join("spawner")));
         }
         from_env("HOME")
-            .map(|home| Home::new(PathBuf::from(home).join(".local/share/spawner")))
+            .map(|home| default(PathBuf::from(home).join(".local/share/spawner")))
             .ok_or(NoHome)
+    }
+
+    /// Where `spawner serve` listens by default: `$XDG_RUNTIME_DIR/spawner/spawner.sock`
+    /// for the default home, `<home>/run/spawner.sock` for a home chosen with `--home` or
+    /// `$SPAWNER_HOME` (so that two homes never share a daemon).
+    pub fn socket_path(&self) -> PathBuf {
+        let runtime = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty());
+        match runtime {
+            Some(dir) if !self.chosen => PathBuf::from(dir).join("spawner").join("spawner.sock"),
+            _ => self.root.join("run").join("spawner.sock"),
+        }
     }
 
     /// The home directory itself.

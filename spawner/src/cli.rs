@@ -31,6 +31,53 @@ pub enum Command {
     /// Run an agent as an editor, coding-assistant or git hook, speaking the caller's
     /// protocol; or install/uninstall such a hook.
     Hook(HookArgs),
+    /// Serve the management API (JSON-RPC 2.0, one object per line) on a local socket;
+    /// every run is a fresh agent-exec.
+    Serve(ServeArgs),
+    /// Call a method of the `spawner serve` daemon and print its result.
+    Call(CallArgs),
+}
+
+/// `spawner serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The socket [default: $XDG_RUNTIME_DIR/spawner/spawner.sock for the default home,
+    /// <home>/run/spawner.sock for one chosen with --home or $SPAWNER_HOME]. Under systemd
+    /// socket activation the socket systemd passes is used instead.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Runs in flight at once [default: 2 per core].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_running: Option<u32>,
+
+    /// Runs waiting for a slot; beyond, a request is refused as busy [default: 64 per
+    /// running slot].
+    #[arg(long, value_name = "N")]
+    pub max_queued: Option<usize>,
+
+    /// How long runs in flight may finish after SIGTERM/SIGINT before they are killed.
+    #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
+    pub grace: Duration,
+
+    /// Close a connection that sends nothing, or half a line, for this long.
+    #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
+    pub client_timeout: Duration,
+}
+
+/// `spawner call`.
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// The method: run, agents.list, agents.describe, runs.list, runs.get, runs.active,
+    /// runs.cancel, health, capabilities, metrics.
+    pub method: String,
+
+    /// The params, a JSON object (e.g. '{"agent":"echo","input":"hi"}').
+    pub params: Option<String>,
+
+    /// The daemon's socket [default: as for `spawner serve`].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 /// `spawner hook`.
@@ -188,6 +235,15 @@ pub struct RunArgs {
     /// Lowest level of log line shown: trace, debug, info, warn, error [env: SPAWNER_LOG]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+
+    /// Send the run to the `spawner serve` daemon instead of spawning it here; the
+    /// answer, errors and exit code are the same.
+    #[arg(long)]
+    pub daemon: bool,
+
+    /// With --daemon: the daemon's socket [default: as for `spawner serve`].
+    #[arg(long, value_name = "PATH", requires = "daemon")]
+    pub socket: Option<PathBuf>,
 }
 
 /// `spawner agents`.

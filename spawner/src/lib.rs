@@ -12,6 +12,8 @@
 //!   agent-exec could not finish.
 //! - [`hook`]: hook protocols (Claude Code, git, plain): the caller's wire format to one
 //!   normalized event, and the agent's verdict back to the caller's answer.
+//! - [`serve`]: the `spawner serve` daemon (JSON-RPC on a local socket); [`client`]
+//!   calls it.
 //! - [`exit`]: how an error chain becomes an exit code (the table is
 //!   [`agent_contract::outcome`]).
 //!
@@ -25,9 +27,11 @@
 //! its process group and records the run as `timeout` itself.
 
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod exit;
 pub mod hook;
 pub mod request;
 pub mod run_id;
+pub mod serve;
 pub mod spawn;

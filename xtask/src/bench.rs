@@ -57,12 +57,18 @@ fn hooks(
             .arg(format!("{hook} < {}", payload.display())),
     )?;
     let mut commands = vec![format!("sh -c 'true < {}'", payload.display())];
-    let python = Command::new("python3")
-        .args(["-c", "pass"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if python {
-        commands.push(format!("sh -c 'python3 -c pass < {}'", payload.display()));
+    // The system interpreter, as a hook would find it; a version manager's shim (pyenv)
+    // would add its own start-up to every call.
+    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| {
+            Command::new(p)
+                .args(["-c", "pass"])
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    if let Some(python) = python {
+        commands.push(format!("sh -c '{python} -c pass < {}'", payload.display()));
     }
     commands.push(format!("sh -c '{hook} < {}'", payload.display()));
     let export = results.join("hooks.json");
@@ -82,10 +88,10 @@ fn hooks(
         event.to_string().len()
     )?;
     write_table(md, root, &stats)?;
-    if !python {
+    if python.is_none() {
         writeln!(
             md,
-            "\n`python3 -c pass`: not measured, python3 is not installed here."
+            "\n`python3 -c pass`: not measured, no system python3 here."
         )?;
     }
     let hook_median = stats.last().map_or(f64::NAN, |s| s.median_ms);

@@ -52,8 +52,8 @@ pub fn check(home: &Home, name: &str) -> AgentStatus {
     status
 }
 
-/// List the agents.
-pub fn execute(home: &Home, args: AgentsArgs) -> anyhow::Result<Outcome> {
+/// Every installed agent, checked, in name order.
+pub fn list(home: &Home) -> anyhow::Result<Vec<AgentStatus>> {
     let dir = home.agents_dir();
     let mut names: Vec<String> = match std::fs::read_dir(&dir) {
         Ok(entries) => entries
@@ -66,7 +66,12 @@ pub fn execute(home: &Home, args: AgentsArgs) -> anyhow::Result<Outcome> {
         Err(e) => anyhow::bail!("cannot list {}: {e}", dir.display()),
     };
     names.sort();
-    let statuses: Vec<AgentStatus> = names.iter().map(|n| check(home, n)).collect();
+    Ok(names.iter().map(|n| check(home, n)).collect())
+}
+
+/// List the agents.
+pub fn execute(home: &Home, args: AgentsArgs) -> anyhow::Result<Outcome> {
+    let statuses = list(home)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         for s in &statuses {
@@ -79,7 +84,7 @@ pub fn execute(home: &Home, args: AgentsArgs) -> anyhow::Result<Outcome> {
         writeln!(
             out,
             "no agents in {} (install one with `cargo xtask setup`, or add a directory with an agent.toml)",
-            dir.display()
+            home.agents_dir().display()
         )?;
         return Ok(Outcome::Ok);
     }

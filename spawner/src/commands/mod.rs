@@ -1,9 +1,11 @@
 //! One module per subcommand, each with an `execute()`.
 
 pub mod agents;
+pub mod call;
 pub mod hook;
 pub mod run;
 pub mod runs;
+pub mod serve;
 
 use agent_contract::Home;
 
@@ -14,10 +16,16 @@ use crate::cli::{Cli, Command};
 pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let home = Home::resolve(cli.home)?;
     let outcome = match cli.command {
+        Command::Run(args) if args.daemon => {
+            let input = run::read_input(&args)?;
+            return call::run_through_daemon(&home, &args, input);
+        }
         Command::Run(args) => run::execute(&home, args)?,
         Command::Agents(args) => agents::execute(&home, args)?,
         Command::Runs(args) => runs::execute(&home, args)?,
         Command::Hook(args) => return hook::execute(&home, args),
+        Command::Serve(args) => return serve::execute(home, args),
+        Command::Call(args) => return call::execute(&home, args),
     };
     Ok(outcome.exit_code())
 }

@@ -58,7 +58,7 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
 
 /// The input: the words given, else the file, else standard input when it is not a
 /// terminal, else nothing.
-fn read_input(args: &RunArgs) -> anyhow::Result<Vec<u8>> {
+pub fn read_input(args: &RunArgs) -> anyhow::Result<Vec<u8>> {
     if !args.input.is_empty() {
         return Ok(args.input.join(" ").into_bytes());
     }

@@ -1,0 +1,123 @@
+//! Admission control: at most `max_running` runs at once, at most `max_queued` waiting for
+//! a slot, and an immediate "busy" beyond that. Never a fork storm, never an unbounded
+//! queue.
+
+use std::sync::{Condvar, Mutex, PoisonError};
+
+/// The gate every run passes.
+#[derive(Debug)]
+pub struct Admission {
+    max_running: usize,
+    max_queued: usize,
+    state: Mutex<Counts>,
+    slot_freed: Condvar,
+}
+
+/// Runs in flight and waiting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Holding a slot.
+    pub running: usize,
+    /// Waiting for one.
+    pub queued: usize,
+}
+
+/// Admission was refused: the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy(pub Counts);
+
+/// A slot, given back on drop.
+#[derive(Debug)]
+pub struct Permit<'a> {
+    gate: &'a Admission,
+}
+
+impl Admission {
+    /// A gate with these bounds (`max_running` at least 1).
+    pub fn new(max_running: usize, max_queued: usize) -> Admission {
+        Admission {
+            max_running: max_running.max(1),
+            max_queued,
+            state: Mutex::new(Counts::default()),
+            slot_freed: Condvar::new(),
+        }
+    }
+
+    /// The bounds.
+    pub fn limits(&self) -> (usize, usize) {
+        (self.max_running, self.max_queued)
+    }
+
+    /// The current counts.
+    pub fn counts(&self) -> Counts {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Take a slot, waiting in the queue when all are taken, or refuse when the queue is
+    /// full too.
+    pub fn enter(&self) -> Result<Permit<'_>, Busy> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.running < self.max_running {
+            state.running += 1;
+            return Ok(Permit { gate: self });
+        }
+        if state.queued >= self.max_queued {
+            return Err(Busy(*state));
+        }
+        state.queued += 1;
+        while state.running >= self.max_running {
+            state = self
+                .slot_freed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        state.queued -= 1;
+        state.running += 1;
+        Ok(Permit { gate: self })
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut state = self
+            .gate
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        state.running -= 1;
+        drop(state);
+        self.gate.slot_freed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn runs_beyond_the_slots_queue_and_beyond_the_queue_are_refused() {
+        let gate = Arc::new(Admission::new(1, 1));
+        let first = gate.enter().expect("slot");
+        let waiter = {
+            let gate = Arc::clone(&gate);
+            std::thread::spawn(move || {
+                let _permit = gate.enter().expect("queued, then admitted");
+            })
+        };
+        while gate.counts().queued == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            gate.enter().expect_err("full"),
+            Busy(Counts {
+                running: 1,
+                queued: 1
+            })
+        );
+        drop(first);
+        waiter.join().expect("waiter admitted");
+        assert_eq!(gate.counts(), Counts::default());
+    }
+}

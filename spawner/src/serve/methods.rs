@@ -1,0 +1,424 @@
+//! The daemon's methods. Names and params are documented in the README ("Management API").
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use agent_contract::{LogFormat, Manifest, Outcome, OutputFormat};
+use memory_store::RunFilter;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::rpc::{self, Request, RpcError};
+use super::{ActiveRun, Daemon};
+use crate::request::Stop;
+
+/// Most log lines a run's result carries when they are not streamed.
+const MAX_LOG_LINES: usize = 200;
+
+/// The client's end, for answers and notifications.
+pub struct Connection {
+    pub(super) stream: UnixStream,
+}
+
+impl Connection {
+    /// Write one line to the client.
+    pub fn send(&mut self, line: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(line)
+    }
+}
+
+/// The method names, for `capabilities`.
+const METHODS: &[&str] = &[
+    "run",
+    "agents.list",
+    "agents.describe",
+    "runs.list",
+    "runs.get",
+    "runs.active",
+    "runs.cancel",
+    "health",
+    "capabilities",
+    "metrics",
+];
+
+/// Answer one request.
+pub fn dispatch(daemon: &Daemon, conn: &mut Connection, req: &Request) -> Result<Value, RpcError> {
+    match req.method.as_str() {
+        "run" => run(daemon, conn, params(&req.params)?),
+        "agents.list" => {
+            no_params::<Empty>(&req.params)?;
+            let agents = crate::commands::agents::list(&daemon.home).map_err(internal)?;
+            Ok(json!({ "agents": agents }))
+        }
+        "agents.describe" => describe(daemon, params(&req.params)?),
+        "runs.list" => {
+            let p: RunsList = params(&req.params)?;
+            let runs = daemon
+                .store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .runs(&RunFilter {
+                    agent: p.agent,
+                    limit: p.limit.unwrap_or(20).min(10_000),
+                })
+                .map_err(internal)?;
+            Ok(json!({ "runs": runs }))
+        }
+        "runs.get" => {
+            let p: RunId = params(&req.params)?;
+            let run = daemon
+                .store
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .run(&p.run_id)
+                .map_err(internal)?;
+            match run {
+                Some(run) => Ok(json!({ "run": run })),
+                None if daemon.lock_active().contains_key(&p.run_id) => Err(RpcError::new(
+                    rpc::NOT_FOUND,
+                    format!(
+                        "run {} is still in flight; its record is written when it ends",
+                        p.run_id
+                    ),
+                )),
+                None => Err(RpcError::new(
+                    rpc::NOT_FOUND,
+                    format!("no run {}", p.run_id),
+                )),
+            }
+        }
+        "runs.active" => {
+            no_params::<Empty>(&req.params)?;
+            let active: Vec<Value> = daemon
+                .lock_active()
+                .iter()
+                .map(|(id, r)| json!({"run_id": id, "agent": r.agent, "started_at_ms": r.started_at_ms}))
+                .collect();
+            Ok(json!({ "runs": active }))
+        }
+        "runs.cancel" => {
+            let p: RunId = params(&req.params)?;
+            let cancel = daemon
+                .lock_active()
+                .get(&p.run_id)
+                .map(|r| Arc::clone(&r.cancel));
+            match cancel {
+                Some(cancel) => {
+                    cancel
+                        .write(1)
+                        .map_err(|e| internal(std::io::Error::from(e)))?;
+                    Ok(json!({ "cancelled": true }))
+                }
+                None => Err(RpcError::new(
+                    rpc::NOT_FOUND,
+                    format!("no run {} in flight", p.run_id),
+                )),
+            }
+        }
+        "health" => {
+            no_params::<Empty>(&req.params)?;
+            let counts = daemon.admission.counts();
+            Ok(json!({
+                "status": if daemon.shutting_down.load(Ordering::SeqCst) { "shutting_down" } else { "ok" },
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "uptime_ms": daemon.started.elapsed().as_millis() as u64,
+                "in_flight": counts.running,
+                "queued": counts.queued,
+                "connections": daemon.connections.lock().map_or(0, |c| c.len()),
+            }))
+        }
+        "capabilities" => {
+            no_params::<Empty>(&req.params)?;
+            capabilities(daemon)
+        }
+        "metrics" => {
+            no_params::<Empty>(&req.params)?;
+            Ok(json!({ "text": daemon.metrics.render(daemon.admission.counts()) }))
+        }
+        other => Err(RpcError::new(
+            rpc::METHOD_NOT_FOUND,
+            format!("no method {other:?}; methods: {}", METHODS.join(", ")),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunParams {
+    agent: String,
+    #[serde(default)]
+    input: Option<String>,
+    #[serde(default)]
+    input_base64: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentName {
+    agent: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsList {
+    #[serde(default)]
+    agent: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunId {
+    run_id: String,
+}
+
+fn params<T: serde::de::DeserializeOwned>(params: &Value) -> Result<T, RpcError> {
+    serde_json::from_value(params.clone())
+        .map_err(|e| RpcError::params(format!("invalid params: {e}")))
+}
+
+fn no_params<T: serde::de::DeserializeOwned>(p: &Value) -> Result<T, RpcError> {
+    params(p)
+}
+
+fn internal(e: impl std::fmt::Display) -> RpcError {
+    RpcError::new(rpc::INTERNAL_ERROR, e.to_string())
+}
+
+/// A run that could not start, with its place in the outcome table.
+fn run_failed(outcome: Outcome, message: String) -> RpcError {
+    RpcError {
+        code: rpc::RUN_FAILED,
+        message,
+        data: Some(json!({"status": outcome, "exit_code": outcome.exit_code()})),
+    }
+}
+
+/// `run`: one request in a fresh agent-exec.
+fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, RpcError> {
+    use base64::Engine as _;
+    if daemon.shutting_down.load(Ordering::SeqCst) {
+        return Err(RpcError::new(
+            rpc::SHUTTING_DOWN,
+            "the daemon is shutting down; no new runs",
+        ));
+    }
+    let input = match (p.input, p.input_base64) {
+        (Some(_), Some(_)) => {
+            return Err(RpcError::params("give input or input_base64, not both"));
+        }
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| RpcError::params(format!("input_base64 is not base64: {e}")))?,
+        (None, None) => Vec::new(),
+    };
+    if input.len() as u64 > agent_contract::envelope::MAX_INPUT_BYTES {
+        return Err(RpcError::params(format!(
+            "input is over the limit of {} bytes",
+            agent_contract::envelope::MAX_INPUT_BYTES
+        )));
+    }
+    if p.timeout_ms == Some(0) {
+        return Err(RpcError::params("timeout_ms must be greater than zero"));
+    }
+    let admitted = Instant::now();
+    let _permit = daemon.admission.enter().map_err(|busy| {
+        daemon.metrics.busy.fetch_add(1, Ordering::Relaxed);
+        RpcError {
+            code: rpc::BUSY,
+            message: format!(
+                "busy: {} runs in flight and {} waiting (the limits); retry later",
+                busy.0.running, busy.0.queued
+            ),
+            data: Some(json!({"status": Outcome::Busy, "exit_code": Outcome::Busy.exit_code()})),
+        }
+    })?;
+    let run_id = crate::run_id::new_run_id();
+    let cancel = Arc::new(
+        EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| internal(std::io::Error::from(e)))?,
+    );
+    daemon.lock_active().insert(
+        run_id.clone(),
+        ActiveRun {
+            agent: p.agent.clone(),
+            started_at_ms: memory_store::now_ms(),
+            cancel: Arc::clone(&cancel),
+        },
+    );
+    let request = crate::request::Request {
+        run_id: run_id.clone(),
+        agent: p.agent,
+        input,
+        timeout: p.timeout_ms.map(std::time::Duration::from_millis),
+        output: OutputFormat::Json,
+        log_format: LogFormat::Json,
+        log_level: None,
+        work_dir: None,
+        hook: None,
+        capture_stdout: true,
+    };
+    if p.stream {
+        let _ = conn.send(&rpc::notification(
+            "run.started",
+            json!({"run_id": run_id, "agent": request.agent}),
+        ));
+    }
+    // Log lines: streamed as notifications, or kept for the result.
+    let mut logs: Vec<Value> = Vec::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let client = conn.stream.try_clone().map_err(internal)?;
+    let mut on_stderr = |chunk: &[u8]| {
+        pending.extend_from_slice(chunk);
+        while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=i).collect();
+            let line = &line[..line.len() - 1];
+            let value = serde_json::from_slice::<Value>(line)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(line).into_owned()));
+            if p.stream {
+                let _ = (&client).write_all(&rpc::notification(
+                    "run.log",
+                    json!({"run_id": run_id, "line": value}),
+                ));
+            } else if logs.len() < MAX_LOG_LINES {
+                logs.push(value);
+            }
+        }
+    };
+    let finished = crate::request::execute(
+        &daemon.home,
+        &request,
+        Stop::Fds {
+            cancel: cancel.as_fd(),
+            client: Some(conn.stream.as_fd()),
+        },
+        Some(&mut on_stderr),
+    );
+    daemon.lock_active().remove(&run_id);
+    let finished = match finished {
+        Ok(f) => f,
+        Err(e) => {
+            let outcome = crate::exit::outcome(&e);
+            if e.downcast_ref::<crate::spawn::SpawnError>().is_some() {
+                daemon
+                    .metrics
+                    .spawn_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            return Err(run_failed(outcome, format!("{e:#}")));
+        }
+    };
+    let report = finished.report().map_err(|e| internal(format!("{e:#}")))?;
+    daemon.metrics.run_finished(report.status);
+    daemon
+        .metrics
+        .latency
+        .observe_us(u64::try_from(admitted.elapsed().as_micros()).unwrap_or(u64::MAX));
+    let t = &report.timings;
+    if let (Some(a), Some(b), Some(c), Some(d), Some(e)) = (
+        t.start_to_main_us,
+        t.config_us,
+        t.store_us,
+        t.load_us,
+        t.instantiate_us,
+    ) {
+        daemon.metrics.cold_start.observe_us(a + b + c + d + e);
+    }
+    let mut result = serde_json::to_value(&report).map_err(internal)?;
+    if !p.stream
+        && let Some(object) = result.as_object_mut()
+    {
+        object.insert("logs".into(), Value::Array(logs));
+    }
+    Ok(result)
+}
+
+/// `agents.describe`: the validated manifest.
+fn describe(daemon: &Daemon, p: AgentName) -> Result<Value, RpcError> {
+    let path = daemon.home.agent_manifest(&p.agent).map_err(|e| {
+        let outcome = match e {
+            agent_contract::AgentLookupError::InvalidName { .. } => Outcome::Usage,
+            agent_contract::AgentLookupError::NotFound { .. } => Outcome::NotFound,
+        };
+        run_failed(outcome, e.to_string())
+    })?;
+    let m = Manifest::load(&path).map_err(|e| run_failed(Outcome::Config, e.to_string()))?;
+    let check = crate::commands::agents::check(&daemon.home, &p.agent);
+    Ok(json!({
+        "name": m.name,
+        "version": m.version,
+        "description": m.description,
+        "status": check.status,
+        "error": check.error,
+        "component": m.component,
+        "sha256_pinned": m.sha256.is_some(),
+        "limits": {
+            "timeout_ms": m.limits.timeout.as_millis() as u64,
+            "memory_bytes": m.limits.memory_bytes,
+            "fuel": m.limits.fuel,
+        },
+        "memory": {
+            "namespace": m.memory.namespace,
+            "retain_input": m.memory.retain_input,
+            "keep_runs": m.memory.keep_runs,
+        },
+        "allowed_models": m.allowed_models,
+        "preopens": m.preopens.iter().map(|p| json!({
+            "host": p.host,
+            "guest": p.guest,
+            "writable": p.writable,
+            "relative_to": match p.base {
+                agent_contract::manifest::PreopenBase::AgentDir => "agent",
+                agent_contract::manifest::PreopenBase::WorkDir => "work_dir",
+            },
+        })).collect::<Vec<_>>(),
+        "requires_gpu": m.placement.requires_gpu,
+        "config": m.config,
+    }))
+}
+
+/// `capabilities`: what this machine and daemon offer.
+fn capabilities(daemon: &Daemon) -> Result<Value, RpcError> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |key: &str| {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse::<u64>().ok())
+            .map(|k| k * 1024)
+    };
+    let agents = crate::commands::agents::list(&daemon.home).map_err(internal)?;
+    let (max_running, max_queued) = daemon.admission.limits();
+    Ok(json!({
+        "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "memory_total_bytes": kib("MemTotal:"),
+        "memory_available_bytes": kib("MemAvailable:"),
+        "broker": {
+            "status": "absent",
+            "detail": "this build has no inference broker (gpu-broker); agents' inference calls answer `unavailable`",
+        },
+        "runnable_agents": agents.iter().filter(|a| a.status == "ok").map(|a| a.name.as_str()).collect::<Vec<_>>(),
+        "max_running": max_running,
+        "max_queued": max_queued,
+        "max_line_bytes": rpc::MAX_LINE_BYTES,
+        "max_input_bytes": agent_contract::envelope::MAX_INPUT_BYTES,
+        "methods": METHODS,
+    }))
+}

@@ -1,0 +1,516 @@
+//! `spawner serve`: a small daemon on a local socket that runs agents on request, each in
+//! a fresh agent-exec (the same spawn policy as `spawner run`: [`crate::request`]), and
+//! answers JSON-RPC 2.0, one object per line.
+//!
+//! - **Socket**: a Unix stream socket, mode 0600, in a 0700 directory; peers running as
+//!   another user are refused (`SO_PEERCRED`). Or the socket systemd hands over
+//!   (`LISTEN_FDS`, socket activation). A lock file beside the socket makes one daemon per
+//!   socket: a live daemon's socket is never taken over, a crashed one's is replaced.
+//! - **Threads**: one per connection, requests on a connection answered in order (open
+//!   more connections for more concurrency). Each run waits on its child with
+//!   [`crate::spawn`]'s poll loop, which also watches the client's socket (a client that
+//!   disconnects has its run's process group killed) and the run's cancel eventfd.
+//! - **Admission**: [`admission`] bounds runs in flight and waiting; beyond, `busy`.
+//! - **Store**: the daemon keeps one connection to the memory store open for its life (a
+//!   "keeper"), so no agent-exec is ever the last connection that checkpoints on close.
+//! - **Shutdown**: SIGTERM or SIGINT stops accepting and removes the socket, lets runs in
+//!   flight finish for up to the grace period, cancels the rest, and exits 0.
+//!
+//! Methods: [`methods`]. Wire format and error codes: [`rpc`].
+
+pub mod admission;
+mod methods;
+pub mod metrics;
+pub mod rpc;
+
+use std::collections::HashMap;
+use std::io::{BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use agent_contract::Home;
+use anyhow::{Context, bail};
+use memory_store::Store;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::EventFd;
+
+use self::admission::Admission;
+use self::metrics::Metrics;
+use self::rpc::{Line, RpcError};
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where to listen (ignored under socket activation).
+    pub socket: PathBuf,
+    /// Runs in flight at most.
+    pub max_running: usize,
+    /// Runs waiting for a slot at most.
+    pub max_queued: usize,
+    /// How long in-flight runs may go on after SIGTERM before they are killed.
+    pub grace: Duration,
+    /// A connection that sends nothing (or half a line) for this long is closed.
+    pub client_timeout: Duration,
+}
+
+/// One run in flight, as `runs.active` and `runs.cancel` see it.
+struct ActiveRun {
+    agent: String,
+    started_at_ms: u64,
+    cancel: Arc<EventFd>,
+}
+
+/// The daemon's shared state.
+struct Daemon {
+    home: Home,
+    options: Options,
+    admission: Admission,
+    metrics: Metrics,
+    active: Mutex<HashMap<String, ActiveRun>>,
+    /// Open connections (clones), so that shutdown can end their reads.
+    connections: Mutex<HashMap<u64, UnixStream>>,
+    next_connection: AtomicU64,
+    shutting_down: AtomicBool,
+    /// The keeper connection; also answers `runs.list` and `runs.get`.
+    store: Mutex<Store>,
+    started: Instant,
+}
+
+impl Daemon {
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<String, ActiveRun>> {
+        self.active.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Most connections open at once; more are answered `busy` and closed.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Environment variables of systemd socket activation.
+const LISTEN_PID: &str = "LISTEN_PID";
+const LISTEN_FDS: &str = "LISTEN_FDS";
+/// The first descriptor systemd passes.
+const SD_LISTEN_FDS_START: i32 = 3;
+
+/// Run the daemon until SIGTERM or SIGINT.
+pub fn serve(home: Home, options: Options) -> anyhow::Result<()> {
+    let (listener, bound) = match activated_listener()? {
+        Some(listener) => (listener, None),
+        None => {
+            let (listener, bound) = bind(&options.socket)?;
+            (listener, Some(bound))
+        }
+    };
+    listener.set_nonblocking(true)?;
+    let stop = StopSignals::install()?;
+    // The keeper: open for the daemon's life (created with the schema if new).
+    if let Some(parent) = home.store_path().parent() {
+        agent_contract::home::create_private_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let store = Store::open(&home.store_path())?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let daemon = Arc::new(Daemon {
+        home,
+        admission: Admission::new(options.max_running, options.max_queued),
+        metrics: Metrics::default(),
+        active: Mutex::new(HashMap::new()),
+        connections: Mutex::new(HashMap::new()),
+        next_connection: AtomicU64::new(0),
+        shutting_down: AtomicBool::new(false),
+        store: Mutex::new(store),
+        started: Instant::now(),
+        options,
+    });
+    eprintln!(
+        "spawner serve: listening on {} (pid {}, {} cores, at most {} runs in flight and {} queued)",
+        bound.as_ref().map_or_else(
+            || "a socket from systemd".to_owned(),
+            |b| b.path.display().to_string()
+        ),
+        std::process::id(),
+        cores,
+        daemon.admission.limits().0,
+        daemon.admission.limits().1,
+    );
+
+    let mut workers: Vec<std::thread::JoinHandle<()>> = Vec::new();
+    loop {
+        let mut fds = [
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.read_end.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => bail!("poll: {e}"),
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+        workers.retain(|w| !w.is_finished());
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if let Some(worker) = accept(&daemon, stream) {
+                        workers.push(worker);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: say so, and try again on the next wakeup.
+                    eprintln!("spawner serve: accept: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                    break;
+                }
+            }
+        }
+    }
+    let signal = stop.received();
+    eprintln!("spawner serve: {signal} received, shutting down");
+    drop(listener);
+    if let Some(bound) = bound {
+        bound.remove();
+    }
+    shut_down(&daemon, workers);
+    eprintln!("spawner serve: stopped");
+    Ok(())
+}
+
+/// Let runs in flight finish within the grace period, cancel the rest, end every
+/// connection, and wait for the workers.
+fn shut_down(daemon: &Daemon, workers: Vec<std::thread::JoinHandle<()>>) {
+    daemon.shutting_down.store(true, Ordering::SeqCst);
+    // Idle connections end now (their reads see end of file); a connection with a run in
+    // flight still gets its answer.
+    for conn in daemon
+        .connections
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+    {
+        let _ = conn.shutdown(std::net::Shutdown::Read);
+    }
+    let deadline = Instant::now() + daemon.options.grace;
+    while !daemon.lock_active().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let left: Vec<Arc<EventFd>> = daemon
+        .lock_active()
+        .values()
+        .map(|r| Arc::clone(&r.cancel))
+        .collect();
+    if !left.is_empty() {
+        eprintln!(
+            "spawner serve: grace period over, killing {} run(s)",
+            left.len()
+        );
+    }
+    for cancel in left {
+        let _ = cancel.write(1);
+    }
+    for worker in workers {
+        let _ = worker.join();
+    }
+}
+
+/// Check the peer and start a worker for the connection.
+fn accept(daemon: &Arc<Daemon>, stream: UnixStream) -> Option<std::thread::JoinHandle<()>> {
+    daemon.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    let refuse = |mut stream: UnixStream, error: RpcError| {
+        daemon.metrics.rpc_errors.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = stream.write_all(&rpc::response(&serde_json::Value::Null, Err(error)));
+    };
+    match peer_uid(&stream) {
+        Ok(uid) if uid == nix::unistd::geteuid().as_raw() => {}
+        Ok(uid) => {
+            daemon.metrics.forbidden.fetch_add(1, Ordering::Relaxed);
+            refuse(
+                stream,
+                RpcError::new(
+                    rpc::FORBIDDEN,
+                    format!(
+                        "connections from uid {uid} are refused: this daemon serves only its own user"
+                    ),
+                ),
+            );
+            return None;
+        }
+        Err(e) => {
+            eprintln!("spawner serve: cannot read the peer's credentials: {e}");
+            return None;
+        }
+    }
+    let id = daemon.next_connection.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut conns = daemon
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if conns.len() >= MAX_CONNECTIONS {
+            drop(conns);
+            refuse(
+                stream,
+                RpcError::new(
+                    rpc::BUSY,
+                    format!("too many connections (at most {MAX_CONNECTIONS}); retry later"),
+                ),
+            );
+            return None;
+        }
+        match stream.try_clone() {
+            Ok(clone) => {
+                conns.insert(id, clone);
+            }
+            Err(e) => {
+                eprintln!("spawner serve: cannot register a connection: {e}");
+                return None;
+            }
+        }
+    }
+    let daemon = Arc::clone(daemon);
+    let spawned = std::thread::Builder::new()
+        .name(format!("conn-{id}"))
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            serve_connection(&daemon, stream);
+            daemon
+                .connections
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&id);
+        });
+    match spawned {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            eprintln!("spawner serve: cannot start a connection thread: {e}");
+            None
+        }
+    }
+}
+
+/// Read requests from one connection and answer them, in order, until it closes.
+fn serve_connection(daemon: &Daemon, stream: UnixStream) {
+    if stream.set_nonblocking(false).is_err()
+        || stream
+            .set_read_timeout(Some(daemon.options.client_timeout))
+            .is_err()
+    {
+        return;
+    }
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    let mut conn = methods::Connection { stream };
+    loop {
+        let line = match rpc::read_line(&mut reader, rpc::MAX_LINE_BYTES) {
+            Ok(Line::Complete(line)) => line,
+            Ok(Line::TooLong) => {
+                daemon.metrics.rpc_errors.fetch_add(1, Ordering::Relaxed);
+                let error = RpcError::new(
+                    rpc::TOO_LARGE,
+                    format!(
+                        "request line over the limit of {} bytes (its id could not be read)",
+                        rpc::MAX_LINE_BYTES
+                    ),
+                );
+                if conn
+                    .send(&rpc::response(&serde_json::Value::Null, Err(error)))
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Ok(Line::Closed | Line::Stalled) | Err(_) => return,
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let answer = match rpc::parse(&line) {
+            Ok(request) => {
+                let result = methods::dispatch(daemon, &mut conn, &request);
+                if result.is_err() {
+                    daemon.metrics.rpc_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                // A notification gets no answer.
+                request.id.map(|id| rpc::response(&id, result))
+            }
+            Err((id, error)) => {
+                daemon.metrics.rpc_errors.fetch_add(1, Ordering::Relaxed);
+                Some(rpc::response(&id, Err(error)))
+            }
+        };
+        if let Some(answer) = answer
+            && conn.send(&answer).is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The uid of the process at the other end of `stream`.
+fn peer_uid(stream: &UnixStream) -> nix::Result<u32> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    getsockopt(stream, PeerCredentials).map(|c| c.uid())
+}
+
+/// The listener systemd passed, if this process was socket-activated.
+fn activated_listener() -> anyhow::Result<Option<UnixListener>> {
+    let pid_matches = std::env::var(LISTEN_PID)
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let count: i32 = std::env::var(LISTEN_FDS)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if !pid_matches || count < 1 {
+        return Ok(None);
+    }
+    if count > 1 {
+        bail!("systemd passed {count} sockets; spawner serve takes exactly one (ListenStream=)");
+    }
+    // SAFETY: under socket activation, descriptor 3 is ours and open (LISTEN_PID names
+    // this process); nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
+    nix::fcntl::fcntl(
+        fd.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .context("the socket from systemd is not a valid descriptor")?;
+    Ok(Some(UnixListener::from(fd)))
+}
+
+/// A socket file this daemon bound, with the lock that makes it the only one.
+struct Bound {
+    path: PathBuf,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl Bound {
+    /// Remove the socket file (while still holding the lock).
+    fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Longest socket path the kernel accepts (`sun_path` less its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Bind `path`: directory 0700, socket 0600, one daemon per socket.
+fn bind(path: &Path) -> anyhow::Result<(UnixListener, Bound)> {
+    use nix::fcntl::{Flock, FlockArg};
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        bail!(
+            "socket path {} is longer than {MAX_SOCKET_PATH} bytes; choose a shorter one with --socket",
+            path.display()
+        );
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    agent_contract::home::create_private_dir_all(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let lock_path = path.with_extension("lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+        anyhow::anyhow!(
+            "another spawner serve is running on {} (it holds {}); stop it first",
+            path.display(),
+            lock_path.display()
+        )
+    })?;
+    if path.exists() {
+        // Holding the lock, no spawner daemon owns this socket; but if something answers
+        // on it, it is not ours to take.
+        if UnixStream::connect(path).is_ok() {
+            bail!(
+                "{} is in use by another process; not taking it over",
+                path.display()
+            );
+        }
+        eprintln!(
+            "spawner serve: replacing the stale socket {} of a daemon that did not exit cleanly",
+            path.display()
+        );
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    // The directory is 0700 already; the socket's own mode is the second fence.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    Ok((
+        listener,
+        Bound {
+            path: path.to_owned(),
+            _lock: lock,
+        },
+    ))
+}
+
+/// The write end of the self-pipe the SIGTERM/SIGINT handler writes to.
+static STOP_PIPE: AtomicI32 = AtomicI32::new(-1);
+/// The last stop signal received.
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(sig: nix::libc::c_int) {
+    STOP_SIGNAL.store(sig, Ordering::SeqCst);
+    let fd = STOP_PIPE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: write(2) is async-signal-safe; the byte's address is valid.
+        unsafe {
+            nix::libc::write(fd, [1u8].as_ptr().cast(), 1);
+        }
+    }
+}
+
+/// SIGTERM and SIGINT, turned into a readable pipe for the accept loop. A handler rather
+/// than blocked signals: children inherit a blocked mask, not a handler (exec resets it).
+struct StopSignals {
+    read_end: OwnedFd,
+    _write_end: OwnedFd,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+        let (read_end, write_end) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .context("cannot create the signal pipe")?;
+        STOP_PIPE.store(write_end.as_raw_fd(), Ordering::SeqCst);
+        let action = SigAction::new(
+            SigHandler::Handler(on_stop_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        for sig in [Signal::SIGTERM, Signal::SIGINT] {
+            // SAFETY: the handler only stores an integer and calls write(2).
+            unsafe { sigaction(sig, &action) }.context("cannot install the signal handler")?;
+        }
+        Ok(StopSignals {
+            read_end,
+            _write_end: write_end,
+        })
+    }
+
+    fn received(&self) -> String {
+        nix::sys::signal::Signal::try_from(STOP_SIGNAL.load(Ordering::SeqCst))
+            .map_or_else(|_| "a signal".to_owned(), |s| s.to_string())
+    }
+}

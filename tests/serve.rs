@@ -1,0 +1,783 @@
+//! `spawner serve`: the real daemon on a real socket, real agent-exec runs, and clients
+//! that misbehave.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{TestHome, bin, code, stderr, stdout};
+
+/// A daemon started on a socket in its own temp dir; killed on drop.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(home: &TestHome, extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("run").join("s.sock");
+        let child = Self::spawn(home, &socket, extra);
+        let daemon = Daemon {
+            child,
+            socket,
+            _dir: dir,
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn spawn(home: &TestHome, socket: &Path, extra: &[&str]) -> Child {
+        Command::new(bin("spawner"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["serve", "--socket"])
+            .arg(socket)
+            .args(["--grace", "3s"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("SERVE_DEBUG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::piped()
+            })
+            .spawn()
+            .expect("spawner serve starts")
+    }
+
+    /// Wait until the daemon answers `health` (a handshake, not a sleep).
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(mut c) = Client::connect(&self.socket)
+                && c.call("health", json!({})).get("result").is_some()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("daemon did not become ready on {}", self.socket.display());
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.socket).expect("connect")
+    }
+
+    /// Send SIGTERM and wait for the exit; returns (exit code, stderr).
+    fn terminate(mut self) -> (i32, String) {
+        signal(self.pid(), "TERM");
+        let status = self.child.wait().expect("wait");
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (status.code().unwrap_or(-1), err)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// A JSON-RPC client over one connection.
+struct Client {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+    next_id: u64,
+}
+
+impl Client {
+    fn connect(socket: &Path) -> std::io::Result<Client> {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Client {
+            stream,
+            reader,
+            next_id: 0,
+        })
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// The next line from the daemon, as JSON; `None` at end of stream.
+    fn read(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&line).expect("the daemon sends JSON lines")),
+        }
+    }
+
+    /// Send a request and return its response (skipping notifications).
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+            .to_string()
+            .into_bytes();
+        line.push(b'\n');
+        self.send_raw(&line);
+        loop {
+            let answer = self.read().expect("an answer");
+            if answer.get("id") == Some(&json!(id)) {
+                return answer;
+            }
+        }
+    }
+
+    fn result(&mut self, method: &str, params: Value) -> Value {
+        let answer = self.call(method, params);
+        answer
+            .get("result")
+            .cloned()
+            .unwrap_or_else(|| panic!("{method} failed: {answer}"))
+    }
+
+    fn error_code(&mut self, method: &str, params: Value) -> i64 {
+        let answer = self.call(method, params);
+        answer["error"]["code"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{method} did not fail: {answer}"))
+    }
+}
+
+/// Pids of `pid`'s live or zombie children.
+fn children(pid: u32) -> Vec<(u32, char)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let mut fields = after.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid: u32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        if ppid == pid {
+            out.push((child, state));
+        }
+    }
+    out
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .count()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn every_method_answers_over_the_socket() {
+    let home = TestHome::new();
+    home.install_example("echo");
+    home.install_example("command-guard");
+    let daemon = Daemon::start(&home, &[]);
+    let mut c = daemon.client();
+
+    let run = c.result("run", json!({"agent": "echo", "input": "hello daemon"}));
+    assert_eq!(run["status"], "ok");
+    assert_eq!(run["exit_code"], 0);
+    assert_eq!(run["output"], "hello daemon");
+    assert!(run["timings"]["handler_us"].is_u64(), "{run}");
+    let run_id = run["run_id"].as_str().expect("run id").to_owned();
+
+    let rejected = c.result(
+        "run",
+        json!({"agent": "command-guard", "input": "rm -rf /"}),
+    );
+    assert_eq!(
+        (rejected["status"].as_str(), rejected["exit_code"].as_u64()),
+        (Some("rejected"), Some(7))
+    );
+
+    let agents = c.result("agents.list", json!({}));
+    let names: Vec<&str> = agents["agents"]
+        .as_array()
+        .expect("agents")
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .collect();
+    assert_eq!(names, ["command-guard", "echo"]);
+    let described = c.result("agents.describe", json!({"agent": "command-guard"}));
+    assert_eq!(described["status"], "ok");
+    assert_eq!(described["limits"]["timeout_ms"], 2000);
+    assert!(
+        described["config"]["deny"]
+            .as_str()
+            .expect("deny")
+            .contains("git push --force")
+    );
+
+    let runs = c.result("runs.list", json!({"agent": "echo"}));
+    assert_eq!(runs["runs"][0]["run_id"], run_id.as_str());
+    let got = c.result("runs.get", json!({"run_id": run_id}));
+    assert_eq!(got["run"]["status"], "ok");
+    assert_eq!(c.error_code("runs.get", json!({"run_id": "nope"})), -32005);
+
+    let health = c.result("health", json!({}));
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["pid"], daemon.pid());
+    let caps = c.result("capabilities", json!({}));
+    assert!(caps["cpus"].as_u64().expect("cpus") >= 1);
+    assert!(caps["memory_total_bytes"].as_u64().expect("memory") > 0);
+    assert_eq!(caps["broker"]["status"], "absent");
+    assert_eq!(caps["runnable_agents"], json!(["command-guard", "echo"]));
+
+    let metrics = c.result("metrics", json!({}));
+    let text = metrics["text"].as_str().expect("text");
+    assert!(
+        text.contains("spawner_runs_total{status=\"ok\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spawner_runs_total{status=\"rejected\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spawner_run_duration_seconds_count 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spawner_cold_start_seconds_count 2\n"),
+        "{text}"
+    );
+    assert!(text.contains("spawner_runs_in_flight 0\n"), "{text}");
+}
+
+#[test]
+fn bad_requests_get_the_right_errors_and_the_daemon_keeps_serving() {
+    let home = TestHome::new();
+    home.install_example("echo");
+    let daemon = Daemon::start(&home, &["--client-timeout", "2s"]);
+    let mut c = daemon.client();
+    let mut raw = |bytes: &[u8]| -> Value {
+        c.send_raw(bytes);
+        c.read().expect("an answer")
+    };
+    assert_eq!(raw(b"{not json\n")["error"]["code"], -32700);
+    assert_eq!(raw(b"[1,2]\n")["error"]["code"], -32600);
+    assert_eq!(
+        raw(b"{\"id\":1,\"method\":\"health\"}\n")["error"]["code"],
+        -32600
+    );
+    let answer = raw(b"{\"jsonrpc\":\"2.0\",\"id\":\"x\",\"method\":\"reboot\"}\n");
+    assert_eq!(
+        (answer["id"].as_str(), answer["error"]["code"].as_i64()),
+        (Some("x"), Some(-32601))
+    );
+    // A notification (no id) gets no answer: the next line is the next request's.
+    c.send_raw(b"{\"jsonrpc\":\"2.0\",\"method\":\"health\"}\n");
+    assert_eq!(c.call("health", json!({}))["result"]["status"], "ok");
+
+    assert_eq!(c.error_code("run", json!({"agent": 5})), -32602);
+    assert_eq!(
+        c.error_code("run", json!({"agent": "echo", "colour": "red"})),
+        -32602
+    );
+    assert_eq!(
+        c.error_code(
+            "run",
+            json!({"agent": "echo", "input": "a", "input_base64": "YQ=="})
+        ),
+        -32602
+    );
+    let missing = c.call("run", json!({"agent": "nosuch"}));
+    assert_eq!(missing["error"]["code"], -32000);
+    assert_eq!(missing["error"]["data"]["status"], "not_found");
+    assert_eq!(missing["error"]["data"]["exit_code"], 3);
+    let traversal = c.call("run", json!({"agent": "../etc"}));
+    assert_eq!(traversal["error"]["data"]["status"], "usage_error");
+
+    // A line over the limit is refused, and the same connection goes on.
+    let mut huge = vec![b'x'; 25 * 1024 * 1024];
+    huge.push(b'\n');
+    c.send_raw(&huge);
+    assert_eq!(c.read().expect("answer")["error"]["code"], -32002);
+    assert_eq!(
+        c.result("run", json!({"agent": "echo", "input": "still here"}))["output"],
+        "still here"
+    );
+
+    // A client that sends half a line and stalls holds nobody up, and is dropped after
+    // the client timeout (2 s here).
+    let mut stalled = daemon.client();
+    stalled.send_raw(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"meth");
+    let mut other = daemon.client();
+    assert_eq!(
+        other.result("run", json!({"agent": "echo", "input": "other"}))["output"],
+        "other"
+    );
+    let started = Instant::now();
+    assert!(stalled.read().is_none(), "the stalled connection is closed");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // (`other` idled as long, so it was closed too; a new connection is served.)
+    assert_eq!(daemon.client().result("health", json!({}))["status"], "ok");
+}
+
+#[test]
+fn crashing_hanging_and_hoarding_agents_end_with_their_status() {
+    let home = TestHome::new();
+    home.install_example("echo");
+    home.install_testing("testing", "[limits]\ntimeout_ms = 400\nmemory_mb = 32\n");
+    let daemon = Daemon::start(&home, &[]);
+    let socket = daemon.socket.clone();
+    let statuses: Vec<String> = ["panic", "loop", "alloc"]
+        .into_iter()
+        .map(|fault| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&socket).expect("connect");
+                c.result("run", json!({"agent": "testing", "input": fault}))["status"]
+                    .as_str()
+                    .expect("status")
+                    .to_owned()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("client"))
+        .collect();
+    assert_eq!(statuses, ["trap", "timeout", "memory_limit"]);
+    let mut c = daemon.client();
+    assert_eq!(
+        c.result("run", json!({"agent": "echo", "input": "fine"}))["output"],
+        "fine"
+    );
+    assert!(
+        children(daemon.pid()).is_empty(),
+        "{:?}",
+        children(daemon.pid())
+    );
+}
+
+/// Start a streamed run of the endless `loop` on `c`; returns its run id.
+fn start_loop(c: &mut Client) -> String {
+    let line = json!({"jsonrpc": "2.0", "id": 99, "method": "run",
+                      "params": {"agent": "testing", "input": "loop", "stream": true}});
+    c.send_raw(format!("{line}\n").as_bytes());
+    let started = c.read().expect("run.started");
+    assert_eq!(started["method"], "run.started", "{started}");
+    started["params"]["run_id"]
+        .as_str()
+        .expect("run id")
+        .to_owned()
+}
+
+/// Wait until the run's record is written; returns it.
+fn wait_for_record(daemon: &Daemon, run_id: &str) -> Value {
+    let mut c = daemon.client();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = c.call("runs.get", json!({"run_id": run_id}));
+        if let Some(run) = answer["result"].get("run") {
+            return run.clone();
+        }
+        assert!(Instant::now() < deadline, "no record for {run_id}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_client_that_disconnects_mid_run_has_its_run_killed() {
+    let home = TestHome::new();
+    home.install_testing("testing", "[limits]\ntimeout_ms = 60000\n");
+    let daemon = Daemon::start(&home, &[]);
+    let mut c = daemon.client();
+    let run_id = start_loop(&mut c);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        children(daemon.pid()).len(),
+        1,
+        "the run's agent-exec is running"
+    );
+    drop(c);
+    let record = wait_for_record(&daemon, &run_id);
+    assert_eq!(record["status"], "killed");
+    assert!(
+        record["error"]
+            .as_str()
+            .expect("error")
+            .contains("disconnected"),
+        "{record}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !children(daemon.pid()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        children(daemon.pid()).is_empty(),
+        "the process group is gone and reaped"
+    );
+}
+
+#[test]
+fn cancel_kills_a_run_by_id_and_busy_refuses_beyond_the_queue() {
+    let home = TestHome::new();
+    home.install_testing("testing", "[limits]\ntimeout_ms = 60000\n");
+    home.install_example("echo");
+    let daemon = Daemon::start(&home, &["--max-running", "1", "--max-queued", "0"]);
+    let mut a = daemon.client();
+    let run_id = start_loop(&mut a);
+    let mut b = daemon.client();
+    let active = b.result("runs.active", json!({}));
+    assert_eq!(active["runs"][0]["run_id"], run_id.as_str());
+
+    let busy = b.call("run", json!({"agent": "echo", "input": "x"}));
+    assert_eq!(busy["error"]["code"], -32001, "{busy}");
+    assert_eq!(busy["error"]["data"]["exit_code"], 13);
+
+    assert_eq!(
+        b.result("runs.cancel", json!({"run_id": run_id}))["cancelled"],
+        true
+    );
+    let answer = loop {
+        let line = a.read().expect("the run's answer");
+        if line.get("id").is_some() {
+            break line;
+        }
+    };
+    assert_eq!(answer["result"]["status"], "killed");
+    assert_eq!(answer["result"]["error"], "the run was cancelled");
+    assert_eq!(
+        b.error_code("runs.cancel", json!({"run_id": run_id})),
+        -32005
+    );
+    // The slot is free again.
+    assert_eq!(
+        b.result("run", json!({"agent": "echo", "input": "x"}))["output"],
+        "x"
+    );
+}
+
+#[test]
+fn the_cli_gives_the_same_results_through_the_daemon() {
+    let home = TestHome::new();
+    home.install_example("echo");
+    home.install_example("command-guard");
+    let daemon = Daemon::start(&home, &[]);
+    let socket = daemon.socket.to_str().expect("utf-8").to_owned();
+    for args in [
+        vec!["echo", "same", "answer"],
+        vec!["command-guard", "--", "git push --force"],
+        vec!["nosuch", "x"],
+        vec!["../x"],
+    ] {
+        let mut local = vec!["run"];
+        local.extend(&args);
+        let mut remote = vec!["run", "--daemon", "--socket", &socket];
+        remote.extend(&args);
+        let (l, r) = (home.run(&local), home.run(&remote));
+        assert_eq!(
+            code(&l),
+            code(&r),
+            "{args:?}: {} / {}",
+            stderr(&l),
+            stderr(&r)
+        );
+        assert_eq!(stdout(&l), stdout(&r), "{args:?}");
+        let first_line = |s: String| s.lines().next().unwrap_or("").replace("spawner: ", "");
+        assert_eq!(first_line(stderr(&l)), first_line(stderr(&r)), "{args:?}");
+    }
+    let l = home.run(&["run", "--json", "echo", "j"]);
+    let r = home.run(&[
+        "run", "--daemon", "--socket", &socket, "--json", "echo", "j",
+    ]);
+    let (l, r): (Value, Value) = (
+        serde_json::from_slice(&l.stdout).expect("json"),
+        serde_json::from_slice(&r.stdout).expect("json"),
+    );
+    assert_eq!((&l["status"], &l["output"]), (&r["status"], &r["output"]));
+
+    let out = home.run(&["call", "health", "--socket", &socket]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let health: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(health["status"], "ok");
+    let out = home.run(&["call", "metrics", "--socket", &socket]);
+    assert!(
+        stdout(&out).contains("# TYPE spawner_runs_total counter"),
+        "{}",
+        stdout(&out)
+    );
+    let out = home.run(&["call", "run", "{\"agent\":\"nosuch\"}", "--socket", &socket]);
+    assert_eq!(code(&out), 3, "a run error exits with its outcome's code");
+    let out = home.run(&["call", "health", "not json", "--socket", &socket]);
+    assert_eq!(code(&out), 2);
+    drop(daemon);
+    let out = home.run(&["call", "health", "--socket", &socket]);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("spawner serve"),
+        "says how to start one: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn thirty_two_clients_five_thousand_runs_no_leaks() {
+    let home = TestHome::new();
+    home.install_example("echo");
+    let daemon = Daemon::start(&home, &[]);
+    let pid = daemon.pid();
+    // Warm up (the compiled cache, the store, the allocator), then take the baseline.
+    let mut c = daemon.client();
+    for i in 0..100 {
+        let input = format!("warm {i}");
+        assert_eq!(
+            c.result("run", json!({"agent": "echo", "input": input}))["output"],
+            input.as_str()
+        );
+    }
+    drop(c);
+    std::thread::sleep(Duration::from_millis(100));
+    let (fds_before, rss_before) = (fd_count(pid), rss_kib(pid));
+
+    let clients = 32;
+    let total = 5000;
+    let socket = daemon.socket.clone();
+    let answered: usize = (0..clients)
+        .map(|k| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&socket).expect("connect");
+                let mut ok = 0;
+                for i in (k..total).step_by(clients) {
+                    let input = format!("client {k} request {i}");
+                    let result = c.result("run", json!({"agent": "echo", "input": input}));
+                    assert_eq!(result["output"], input.as_str(), "{result}");
+                    ok += 1;
+                }
+                ok
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .sum();
+    assert_eq!(answered, total);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        children(pid).is_empty(),
+        "no zombies or strays: {:?}",
+        children(pid)
+    );
+    let (fds_after, rss_after) = (fd_count(pid), rss_kib(pid));
+    assert_eq!(fds_after, fds_before, "descriptors leaked");
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "daemon memory grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    let mut c = daemon.client();
+    let text = c.result("metrics", json!({}))["text"]
+        .as_str()
+        .expect("text")
+        .to_owned();
+    assert!(
+        text.contains(&format!(
+            "spawner_runs_total{{status=\"ok\"}} {}\n",
+            total + 100
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn sigterm_lets_runs_finish_within_the_grace_then_kills_the_rest() {
+    let home = TestHome::new();
+    home.install_testing("short", "[limits]\ntimeout_ms = 700\n");
+    home.install_testing("long", "[limits]\ntimeout_ms = 60000\n");
+    let daemon = Daemon::start(&home, &[]);
+    let socket = daemon.socket.clone();
+    // The short run ends by itself (timeout at 0.7 s) within the grace of 3 s: it gets its
+    // own answer. The long one is killed when the grace runs out.
+    let short = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let mut c = Client::connect(&socket).expect("connect");
+            c.result("run", json!({"agent": "short", "input": "loop"}))
+        })
+    };
+    let long = std::thread::spawn(move || {
+        let mut c = Client::connect(&socket).expect("connect");
+        c.result("run", json!({"agent": "long", "input": "loop"}))
+    });
+    let mut c = daemon.client();
+    while c.result("runs.active", json!({}))["runs"]
+        .as_array()
+        .map_or(0, Vec::len)
+        < 2
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let socket = daemon.socket.clone();
+    let started = Instant::now();
+    let (exit, err) = daemon.terminate();
+    assert_eq!(exit, 0, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(err.contains("grace period over, killing 1 run"), "{err}");
+    assert_eq!(short.join().expect("short")["status"], "timeout");
+    assert_eq!(long.join().expect("long")["status"], "killed");
+    assert!(!socket.exists(), "the socket is removed");
+}
+
+#[test]
+fn a_live_daemon_is_not_stolen_and_a_stale_socket_is_replaced() {
+    let home = TestHome::new();
+    home.install_example("echo");
+    let first = Daemon::start(&home, &[]);
+    let out = Command::new(bin("spawner"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["serve", "--socket"])
+        .arg(&first.socket)
+        .output()
+        .expect("second daemon");
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("another spawner serve is running"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(first.client().result("health", json!({}))["status"], "ok");
+
+    // Crash the first: its socket file stays behind, and the next daemon replaces it.
+    let socket = first.socket.clone();
+    let dir = socket.parent().expect("dir").to_owned();
+    signal(first.pid(), "KILL");
+    let mut first = first;
+    let _ = first.child.wait();
+    assert!(socket.exists(), "a crashed daemon leaves its socket");
+    let mut second = Daemon::spawn(&home, &socket, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answered = loop {
+        if let Ok(mut c) = Client::connect(&socket)
+            && let Some(r) = c.call("health", json!({})).get("result")
+        {
+            break r.clone();
+        }
+        assert!(Instant::now() < deadline, "the new daemon did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(answered["pid"], second.id());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&socket), 0o600);
+    assert_eq!(mode(&dir), 0o700);
+    let _ = second.kill();
+    let _ = second.wait();
+}
+
+#[test]
+fn a_socket_handed_over_by_systemd_is_served() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let home = TestHome::new();
+    home.install_example("echo");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("activated.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" --home \"$1\" serve")
+        .arg(bin("spawner"))
+        .arg(home.path())
+        .stdin(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; it puts the listener at descriptor 3, as
+    // systemd does, in the child only.
+    unsafe {
+        cmd.pre_exec(move || {
+            if nix::libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("activated daemon");
+    drop(listener);
+    let mut c = Client::connect(&socket).expect("connect to the activated socket");
+    assert_eq!(
+        c.result("run", json!({"agent": "echo", "input": "activated"}))["output"],
+        "activated"
+    );
+    signal(child.id(), "TERM");
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+    assert!(socket.exists(), "the socket is systemd's: left in place");
+}
+
+#[test]
+fn peers_running_as_another_user_are_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to connect as another user");
+        return;
+    }
+    let home = TestHome::new();
+    let daemon = Daemon::start(&home, &[]);
+    use std::os::unix::fs::PermissionsExt;
+    // Open the fences the daemon put up (0700 dir, 0600 socket), to reach the uid check.
+    let dir = daemon.socket.parent().expect("dir");
+    for (path, mode) in [
+        (daemon._dir.path(), 0o755),
+        (dir, 0o755),
+        (daemon.socket.as_path(), 0o666),
+    ] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin("spawner"))
+        .args(["--home", "/tmp", "call", "health", "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .expect("setpriv");
+    if stderr(&out).contains("Permission denied") && !stderr(&out).contains("-32004") {
+        eprintln!(
+            "skipped: the spawner binary is not reachable as uid 65534: {}",
+            stderr(&out)
+        );
+        return;
+    }
+    assert!(
+        stderr(&out).contains("-32004") && stderr(&out).contains("uid 65534"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(daemon.client().result("health", json!({}))["status"], "ok");
+}
