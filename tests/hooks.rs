@@ -452,12 +452,14 @@ fn hook_agents_see_only_their_declared_work_dir_preopens_read_only() {
     assert!(err.contains("add notes.txt:1:visible to the hook"), "{err}");
 
     // Nothing outside the preopen is visible.
-    home.write_manifest(
-        "reader",
-        "name = \"reader\"\nversion = \"0.1.0\"\ncomponent = \"reader.wasm\"\n\
-         [[preopens]]\nhost = \".\"\nguest = \"/repo\"\nrelative_to = \"work_dir\"\n\
-         [config]\nhook_read = \"/etc/passwd\"\n",
-    );
+    let reader = |config: &str| {
+        format!(
+            "name = \"reader\"\nversion = \"0.1.0\"\ncomponent = \"reader.wasm\"\n\
+             [[preopens]]\nhost = \".\"\nguest = \"/repo\"\nrelative_to = \"work_dir\"\n\
+             [config]\n{config}\n"
+        )
+    };
+    home.write_manifest("reader", &reader("hook_read = \"/etc/passwd\""));
     let out = repo.git(&["commit", "--allow-empty", "-q", "-m", "m"]);
     assert!(
         stderr(&out).contains("cannot read /etc/passwd"),
@@ -466,12 +468,7 @@ fn hook_agents_see_only_their_declared_work_dir_preopens_read_only() {
     );
 
     // And the preopen is read-only.
-    home.write_manifest(
-        "reader",
-        "name = \"reader\"\nversion = \"0.1.0\"\ncomponent = \"reader.wasm\"\n\
-         [[preopens]]\nhost = \".\"\nguest = \"/repo\"\nrelative_to = \"work_dir\"\n\
-         [config]\nhook_write = \"/repo/planted.txt\"\n",
-    );
+    home.write_manifest("reader", &reader("hook_write = \"/repo/planted.txt\""));
     let out = repo.git(&["commit", "--allow-empty", "-q", "-m", "w"]);
     assert!(
         stderr(&out).contains("cannot write /repo/planted.txt"),

@@ -107,6 +107,171 @@ fn hooks(
     Ok(())
 }
 
+/// Target median latency through the daemon at concurrency 1 (issue: management API).
+const DAEMON_P50_TARGET_MS: f64 = 3.0;
+/// Target throughput through the daemon (runs per second, 2 cores).
+const DAEMON_THROUGHPUT_TARGET: f64 = 500.0;
+
+/// One JSON-RPC `run` of echo on `stream`; returns its latency.
+fn daemon_run(
+    reader: &mut std::io::BufReader<std::os::unix::net::UnixStream>,
+    id: usize,
+) -> anyhow::Result<std::time::Duration> {
+    use std::io::{BufRead, Write};
+    let started = std::time::Instant::now();
+    let line = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"run\",\"params\":{{\"agent\":\"echo\",\"input\":\"hello\"}}}}\n"
+    );
+    reader.get_mut().write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    reader.read_line(&mut answer)?;
+    let elapsed = started.elapsed();
+    let value: serde_json::Value = serde_json::from_str(&answer)?;
+    if value["result"]["status"] != "ok" {
+        bail!("a benchmark run failed: {answer}");
+    }
+    Ok(elapsed)
+}
+
+/// `clients` connections doing `total` runs between them; latencies in ms and the wall time.
+fn daemon_load(
+    socket: &Path,
+    clients: usize,
+    total: usize,
+) -> anyhow::Result<(Vec<f64>, std::time::Duration)> {
+    let started = std::time::Instant::now();
+    let workers: Vec<_> = (0..clients)
+        .map(|k| {
+            let socket = socket.to_owned();
+            std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+                let stream = std::os::unix::net::UnixStream::connect(&socket)?;
+                let mut reader = std::io::BufReader::new(stream);
+                (k..total)
+                    .step_by(clients)
+                    .map(|i| daemon_run(&mut reader, i).map(|d| d.as_secs_f64() * 1000.0))
+                    .collect()
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(total);
+    for w in workers {
+        latencies.extend(
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))??,
+        );
+    }
+    Ok((latencies, started.elapsed()))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Through the daemon: latency percentiles at concurrency 1 and 8, throughput at 8 and 32,
+/// idle RSS; side by side in one run, against the same home as the cold-start table.
+fn daemon(
+    md: &mut String,
+    spawner: &Path,
+    home: &Path,
+    results: &Path,
+    quick: bool,
+) -> anyhow::Result<()> {
+    let socket = results.join("d.sock");
+    let _ = std::fs::remove_file(&socket);
+    let mut child = Command::new(spawner)
+        .arg("--home")
+        .arg(home)
+        .arg("serve")
+        .arg("--socket")
+        .arg(&socket)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("cannot start spawner serve")?;
+    let outcome = (|| -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!("spawner serve did not start");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let idle_rss = rss_kib(child.id());
+        let n = if quick { 200 } else { 2000 };
+        daemon_load(&socket, 4, n / 4)?; // warm-up
+        let rows = [(1, n / 2), (8, n), (32, n)];
+        let mut measured = Vec::new();
+        for (clients, total) in rows {
+            let (mut lat, wall) = daemon_load(&socket, clients, total)?;
+            lat.sort_by(f64::total_cmp);
+            measured.push((clients, total, lat, wall));
+        }
+        writeln!(
+            md,
+            "## Through the daemon: `spawner serve`, `run` of echo over the socket\n\n\
+             A client in `cargo xtask bench` sends JSON-RPC `run` requests for `echo` on \
+             `clients` connections at once, each waiting for its answer before sending the \
+             next; latency is from sending the request to reading the answer. Each run is a \
+             fresh agent-exec. Daemon defaults: {} runs in flight at most.\n",
+            2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+        )?;
+        writeln!(
+            md,
+            "| clients | runs | p50 | p95 | p99 | max | throughput |\n|---:|---:|---:|---:|---:|---:|---:|"
+        )?;
+        for (clients, total, lat, wall) in &measured {
+            writeln!(
+                md,
+                "| {clients} | {total} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.0} runs/s |",
+                percentile(lat, 50.0),
+                percentile(lat, 95.0),
+                percentile(lat, 99.0),
+                lat.last().copied().unwrap_or(f64::NAN),
+                *total as f64 / wall.as_secs_f64()
+            )?;
+        }
+        let p50_c1 = percentile(&measured[0].2, 50.0);
+        let best = measured
+            .iter()
+            .map(|(_, total, _, wall)| *total as f64 / wall.as_secs_f64())
+            .fold(0.0, f64::max);
+        let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+        writeln!(
+            md,
+            "\nDaemon idle RSS (after start, before any run): {}.\n\n\
+             - {}: p50 at concurrency 1 is {p50_c1:.2} ms against the target of {DAEMON_P50_TARGET_MS} ms\n\
+             - {}: best throughput {best:.0} runs/s against the target of {DAEMON_THROUGHPUT_TARGET} runs/s\n",
+            idle_rss.map_or_else(
+                || "unknown".to_owned(),
+                |k| format!("{:.1} MiB", k as f64 / 1024.0)
+            ),
+            verdict(p50_c1 < DAEMON_P50_TARGET_MS),
+            verdict(best >= DAEMON_THROUGHPUT_TARGET),
+        )?;
+        Ok(())
+    })();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    outcome
+}
+
 fn ensure_hyperfine() -> anyhow::Result<()> {
     if Command::new("hyperfine").arg("--version").output().is_ok() {
         return Ok(());
@@ -318,6 +483,7 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         )?;
     }
     hooks(&mut md, root, &spawner, &home, &results, warmup, runs)?;
+    daemon(&mut md, &spawner, &home, &results, quick)?;
     std::fs::write(root.join("BENCHMARKS.md"), &md)?;
     print!("{md}");
     Ok(())

@@ -97,6 +97,23 @@ impl Response {
     }
 }
 
+impl FileChange {
+    /// Every line of `text` as added to `path`, numbered from 1.
+    pub fn whole_text(path: impl Into<String>, text: &str) -> FileChange {
+        FileChange {
+            path: path.into(),
+            added: text
+                .lines()
+                .zip(1u32..)
+                .map(|(text, line)| AddedLine {
+                    line,
+                    text: text.to_owned(),
+                })
+                .collect(),
+        }
+    }
+}
+
 impl Verdict {
     /// A verdict with `decision` and, when given, its reason.
     pub fn new(decision: Decision, reason: Option<String>) -> Verdict {

@@ -198,20 +198,7 @@ fn hook(event: &HookEvent, allow: &Allowlist) -> Result<Verdict, AgentError> {
             }
         }
         HookEvent::Assistant(e) if e.event == "UserPromptSubmit" => {
-            let prompt = FileChange {
-                path: "prompt".into(),
-                added: e
-                    .prompt
-                    .as_deref()
-                    .unwrap_or("")
-                    .lines()
-                    .zip(1u32..)
-                    .map(|(text, line)| agent_sdk::AddedLine {
-                        line,
-                        text: text.to_owned(),
-                    })
-                    .collect(),
-            };
+            let prompt = FileChange::whole_text("prompt", e.prompt.as_deref().unwrap_or(""));
             let found = scan_files(&[prompt], allow);
             if found.is_empty() {
                 Ok(Verdict::pass())
@@ -232,18 +219,7 @@ impl Agent for SecretGuard {
             None | Some(HookEvent::Plain) => {}
             Some(event) => return hook(event, &allow).map(Response::verdict),
         }
-        let input = FileChange {
-            path: "(input)".into(),
-            added: request
-                .text()?
-                .lines()
-                .zip(1u32..)
-                .map(|(text, line)| agent_sdk::AddedLine {
-                    line,
-                    text: text.to_owned(),
-                })
-                .collect(),
-        };
+        let input = FileChange::whole_text("(input)", request.text()?);
         let found = scan_files(&[input], &allow);
         if found.is_empty() {
             return Ok(Response::text("no secrets found\n"));
