@@ -356,7 +356,8 @@ fn crashing_hanging_and_hoarding_agents_end_with_their_status() {
     let home = TestHome::new();
     home.install_example("echo");
     home.install_testing("testing", "[limits]\ntimeout_ms = 400\nmemory_mb = 32\n");
-    let daemon = Daemon::start(&home, &[]);
+    // No spares, so that every child of the daemon is a run's.
+    let daemon = Daemon::start(&home, &["--spares", "0"]);
     let socket = daemon.socket.clone();
     let statuses: Vec<String> = ["panic", "loop", "alloc"]
         .into_iter()
@@ -418,7 +419,7 @@ fn wait_for_record(daemon: &Daemon, run_id: &str) -> Value {
 fn a_client_that_disconnects_mid_run_has_its_run_killed() {
     let home = TestHome::new();
     home.install_testing("testing", "[limits]\ntimeout_ms = 60000\n");
-    let daemon = Daemon::start(&home, &[]);
+    let daemon = Daemon::start(&home, &["--spares", "0"]);
     let mut c = daemon.client();
     let run_id = start_loop(&mut c);
     std::thread::sleep(Duration::from_millis(200));
@@ -559,10 +560,8 @@ fn thirty_two_clients_five_thousand_runs_no_leaks() {
     let mut c = daemon.client();
     for i in 0..100 {
         let input = format!("warm {i}");
-        assert_eq!(
-            c.result("run", json!({"agent": "echo", "input": input}))["output"],
-            input.as_str()
-        );
+        let run = c.result("run", json!({"agent": "echo", "input": input}));
+        assert_eq!(run["output"], input.as_str(), "{run}");
     }
     drop(c);
     std::thread::sleep(Duration::from_millis(100));
@@ -592,10 +591,11 @@ fn thirty_two_clients_five_thousand_runs_no_leaks() {
         .sum();
     assert_eq!(answered, total);
     std::thread::sleep(Duration::from_millis(200));
+    // What is left are the idle spares (at most 2 by default), none a zombie.
+    let left = children(pid);
     assert!(
-        children(pid).is_empty(),
-        "no zombies or strays: {:?}",
-        children(pid)
+        left.len() <= 2 && left.iter().all(|(_, state)| *state != 'Z'),
+        "no zombies or strays: {left:?}"
     );
     let (fds_after, rss_after) = (fd_count(pid), rss_kib(pid));
     assert_eq!(fds_after, fds_before, "descriptors leaked");
@@ -614,6 +614,93 @@ fn thirty_two_clients_five_thousand_runs_no_leaks() {
             total + 100
         )),
         "{text}"
+    );
+}
+
+/// Pids of processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+#[test]
+fn spares_serve_one_request_each_and_are_replaced_even_when_killed() {
+    let home = TestHome::new();
+    home.install_example("echo");
+    let daemon = Daemon::start(&home, &["--spares", "2"]);
+    let mut c = daemon.client();
+    let wait_for_spares = |c: &mut Client, n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.result("health", json!({}))["spares_ready"] != n {
+            assert!(Instant::now() < deadline, "the pool did not fill");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for_spares(&mut c, 2);
+    let spares: Vec<u32> = children(daemon.pid()).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(spares.len(), 2);
+    // A spare is a fresh agent-exec: it answers one request and exits.
+    let run = c.result("run", json!({"agent": "echo", "input": "from a spare"}));
+    assert_eq!(run["output"], "from a spare");
+    assert!(run["timings"]["start_to_main_us"].is_null(), "{run}");
+    assert_eq!(
+        run["timings"]["store_us"], 0,
+        "the spare opened the store ahead: {run}"
+    );
+    wait_for_spares(&mut c, 2);
+    let now: Vec<u32> = children(daemon.pid()).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(
+        now.iter().filter(|p| spares.contains(p)).count(),
+        1,
+        "one was used up"
+    );
+    // A spare that died while it waited is not handed a request; the next run still works.
+    for pid in &now {
+        signal(*pid, "KILL");
+    }
+    let dead = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !now.iter().all(dead) {
+        assert!(Instant::now() < deadline, "the killed spares did not die");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for i in 0..5 {
+        let input = format!("after the kill {i}");
+        let run = c.result("run", json!({"agent": "echo", "input": input}));
+        assert_eq!(run["output"], input.as_str(), "{run}");
+    }
+    wait_for_spares(&mut c, 2);
+    assert!(
+        children(daemon.pid())
+            .iter()
+            .all(|(_, state)| *state != 'Z')
+    );
+    // A daemon that stops takes its spares with it.
+    let home_path = home.path().to_str().expect("utf-8").to_owned();
+    let (exit, err) = daemon.terminate();
+    assert_eq!(exit, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_mentioning(&home_path).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        processes_mentioning(&home_path).is_empty(),
+        "spares outlived the daemon"
     );
 }
 

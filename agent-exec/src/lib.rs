@@ -32,12 +32,39 @@ mod logging;
 mod run;
 
 pub use error::ExecError;
-pub use run::{Execution, execute};
+pub use run::{Execution, Prepared, execute};
 
 /// The process entry point: run the request on standard input, answer, return the exit code.
+///
+/// `agent-exec --prepare <home>` is a spare: it sets up what does not depend on the request
+/// ([`Prepared`]) and then waits for its one request on standard input. The `spawner serve`
+/// daemon keeps a few, so that a request does not wait for a process to start.
 pub fn main_entry() -> std::process::ExitCode {
-    let started = std::time::Instant::now();
-    let started_at = std::time::SystemTime::now();
-    let exec = execute(std::io::stdin().lock(), started, started_at);
+    let mut started = std::time::Instant::now();
+    let mut started_at = std::time::SystemTime::now();
+    let mut args = std::env::args_os().skip(1);
+    let prepared = match (args.next(), args.next(), args.next()) {
+        (None, _, _) => None,
+        (Some(flag), Some(home), None) if flag == "--prepare" => match Prepared::new(home.into()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("agent-exec: error: cannot prepare: {e}");
+                return std::process::ExitCode::from(e.outcome().exit_code());
+            }
+        },
+        _ => {
+            eprintln!("agent-exec: usage: agent-exec [--prepare <home>] < envelope");
+            return std::process::ExitCode::from(agent_contract::Outcome::Usage.exit_code());
+        }
+    };
+    let mut stdin = std::io::stdin().lock();
+    if prepared.is_some() {
+        // Wait for the request before starting the clock: the idle wait is not its time.
+        use std::io::BufRead;
+        let _ = stdin.fill_buf();
+        started = std::time::Instant::now();
+        started_at = std::time::SystemTime::now();
+    }
+    let exec = execute(stdin, started, started_at, prepared);
     exec.answer()
 }

@@ -98,13 +98,58 @@ impl Execution {
     }
 }
 
+/// What a spare agent-exec (`agent-exec --prepare <home>`) sets up before its request
+/// arrives: the engine (without fuel metering, the common case), the linker, and the
+/// store connection. None of it depends on the request; a request that needs another
+/// engine or home builds its own.
+pub struct Prepared {
+    home: std::path::PathBuf,
+    engine: wasmtime::Engine,
+    linker: Linker<AgentHost>,
+    store: Option<Store>,
+}
+
+impl Prepared {
+    /// Set up for requests against `home`.
+    pub fn new(home: std::path::PathBuf) -> Result<Prepared, ExecError> {
+        let engine = crate::engine::build(false)
+            .map_err(|e| ExecError::Internal(format!("engine: {e:#}")))?;
+        let linker = linker(&engine)?;
+        // The store may not exist yet; the request then opens (and creates) it.
+        let store = Store::open(&Home::new(&home).store_path()).ok();
+        Ok(Prepared {
+            home,
+            engine,
+            linker,
+            store,
+        })
+    }
+}
+
+/// The linker: WASI and the host interfaces of `wit/agent.wit`.
+fn linker(engine: &wasmtime::Engine) -> Result<Linker<AgentHost>, ExecError> {
+    let mut linker: Linker<AgentHost> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        .and_then(|()| {
+            Agent::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |h| h)
+        })
+        .map_err(|e| ExecError::Internal(format!("linker: {e:#}")))?;
+    Ok(linker)
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Run the request read from `stdin`. `started` and `started_at` are taken first thing in
-/// `main`.
-pub fn execute(stdin: impl Read, started: Instant, started_at: SystemTime) -> Execution {
+/// `main`, or, for a spare, when its request has arrived (its start-to-main is then not
+/// part of the request and is left out).
+pub fn execute(
+    stdin: impl Read,
+    started: Instant,
+    started_at: SystemTime,
+    prepared: Option<Prepared>,
+) -> Execution {
     let (header, input) = match read_envelope(stdin) {
         Ok(envelope) => envelope,
         Err(e) => {
@@ -126,13 +171,17 @@ pub fn execute(stdin: impl Read, started: Instant, started_at: SystemTime) -> Ex
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
         timings: PhaseTimings {
-            start_to_main_us: header.spawned_at_unix_ns.and_then(|ns| {
-                let spawned = UNIX_EPOCH + Duration::from_nanos(ns);
-                started_at.duration_since(spawned).ok().map(micros)
-            }),
+            start_to_main_us: header
+                .spawned_at_unix_ns
+                .filter(|_| prepared.is_none())
+                .and_then(|ns| {
+                    let spawned = UNIX_EPOCH + Duration::from_nanos(ns);
+                    started_at.duration_since(spawned).ok().map(micros)
+                }),
             ..PhaseTimings::default()
         },
         cache_hit: None,
+        prepared,
         home: Home::new(&header.home),
         header,
         input,
@@ -149,6 +198,8 @@ pub fn execute(stdin: impl Read, started: Instant, started_at: SystemTime) -> Ex
 
 /// One request in progress.
 struct Run {
+    /// What a spare set up in advance; its pieces are taken as they are used.
+    prepared: Option<Prepared>,
     header: RequestHeader,
     home: Home,
     input: Vec<u8>,
@@ -175,7 +226,15 @@ impl Run {
         let manifest = Manifest::load(&path).map_err(ExecError::from);
         self.timings.config_us = lap(&mut clock);
 
-        let store = Store::open(&self.home.store_path())?;
+        let prepared_store = self
+            .prepared
+            .as_mut()
+            .filter(|p| p.home == self.header.home)
+            .and_then(|p| p.store.take());
+        let store = match prepared_store {
+            Some(store) => store,
+            None => Store::open(&self.home.store_path())?,
+        };
         self.timings.store_us = lap(&mut clock);
 
         let manifest = match manifest {
@@ -259,9 +318,13 @@ impl Run {
         memory: RunMemory,
         clock: &mut Instant,
     ) -> (Result<Answer, ExecError>, RunMemory) {
-        let engine = match crate::engine::build(manifest.limits.fuel.is_some()) {
-            Ok(e) => e,
-            Err(e) => return (Err(ExecError::Internal(format!("engine: {e:#}"))), memory),
+        let fuel = manifest.limits.fuel.is_some();
+        let engine = match self.prepared.as_ref().filter(|_| !fuel) {
+            Some(p) => p.engine.clone(),
+            None => match crate::engine::build(fuel) {
+                Ok(e) => e,
+                Err(e) => return (Err(ExecError::Internal(format!("engine: {e:#}"))), memory),
+            },
         };
         let component = match self.load_component(&engine, manifest) {
             Ok(c) => c,
@@ -356,12 +419,14 @@ impl Run {
         crate::deadline::arm(engine, timeout)
             .map_err(|e| ExecError::Internal(format!("cannot arm the deadline: {e}")))?;
 
-        let mut linker: Linker<AgentHost> = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .and_then(|()| {
-                Agent::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |h| h)
-            })
-            .map_err(|e| ExecError::Internal(format!("linker: {e:#}")))?;
+        let linker = match self
+            .prepared
+            .take()
+            .filter(|p| wasmtime::Engine::same(&p.engine, engine))
+        {
+            Some(p) => p.linker,
+            None => linker(engine)?,
+        };
         let agent = Agent::instantiate(&mut *store, component, &linker)
             .map_err(|e| self.classify(store, e, timeout, manifest, true))?;
         self.timings.instantiate_us = lap(clock);

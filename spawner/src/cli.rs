@@ -63,6 +63,11 @@ pub struct ServeArgs {
     /// Close a connection that sends nothing, or half a line, for this long.
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
     pub client_timeout: Duration,
+
+    /// agent-execs kept started ahead of requests, each ready for exactly one (0: start
+    /// every run's process when the request comes).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub spares: u8,
 }
 
 /// `spawner call`.

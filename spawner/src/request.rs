@@ -101,12 +101,16 @@ impl Finished {
 }
 
 /// Run `request` in a fresh agent-exec and wait for it. `on_stderr`, when given, gets
-/// agent-exec's standard error as it comes (else it goes to ours).
+/// agent-exec's standard error as it comes (else it goes to ours). `spare`, when given
+/// and still alive, is a fresh agent-exec already started (`--prepare`) that takes the
+/// request instead of a new one; it must have been started with the same output
+/// settings.
 pub fn execute(
     home: &Home,
     request: &Request,
     stop: Stop<'_>,
     on_stderr: Option<StderrSink<'_>>,
+    spare: Option<crate::spawn::Started>,
 ) -> anyhow::Result<Finished> {
     let manifest = Manifest::load(&home.agent_manifest(&request.agent)?)?;
     let timeout = request.timeout.unwrap_or(manifest.limits.timeout);
@@ -148,7 +152,7 @@ pub fn execute(
             fds
         }
     };
-    let exit = crate::spawn::run(Spawn {
+    let spawn = Spawn {
         policy: &policy,
         stdin: &envelope,
         capture_stdout: request.capture_stdout,
@@ -159,7 +163,13 @@ pub fn execute(
         },
         stop_on: &stop_on,
         stop_on_signals: matches!(stop, Stop::Signals),
-    })?;
+    };
+    let exit = match spare {
+        Some(spare) if spare.is_alive() => crate::spawn::feed(spare, spawn)?,
+        // A spare that died while it waited is reaped on drop.
+        Some(_dead) => crate::spawn::run(spawn)?,
+        None => crate::spawn::run(spawn)?,
+    };
     let (termination, stdout) = (exit.termination, exit.stdout);
     let stopped = match (termination, stop) {
         (Termination::Interrupted(sig), _) => Some(StopReason::Signal(sig)),

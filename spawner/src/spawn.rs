@@ -29,6 +29,7 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+
 use std::time::{Duration, Instant};
 
 use nix::libc;
@@ -60,6 +61,8 @@ pub struct ResourceLimits {
 pub struct SpawnPolicy {
     /// The `agent-exec` binary.
     pub program: PathBuf,
+    /// Its arguments (none for a request; `--prepare <home>` for a spare).
+    pub args: Vec<std::ffi::OsString>,
     /// Kill the whole group when the child is still running this long after spawn.
     pub kill_after: Duration,
     /// Limits applied to the child.
@@ -67,11 +70,28 @@ pub struct SpawnPolicy {
 }
 
 impl SpawnPolicy {
+    /// The policy for a spare `agent-exec --prepare <home>`: the CPU limit is a day (it
+    /// can only be lowered later, to the request's, not raised), no deadline until it is
+    /// fed.
+    pub fn spare(program: PathBuf, home: &std::path::Path) -> SpawnPolicy {
+        SpawnPolicy {
+            program,
+            args: vec!["--prepare".into(), home.as_os_str().to_owned()],
+            kill_after: Duration::MAX,
+            limits: ResourceLimits {
+                cpu_seconds: 86_400,
+                open_files: 256,
+                core_bytes: 0,
+            },
+        }
+    }
+
     /// The policy for a request whose agent deadline is `timeout`.
     pub fn for_request(program: PathBuf, timeout: Duration) -> SpawnPolicy {
         let kill_after = timeout.saturating_add(KILL_GRACE);
         SpawnPolicy {
             program,
+            args: Vec::new(),
             kill_after,
             limits: ResourceLimits {
                 cpu_seconds: kill_after.as_secs().saturating_add(1),
@@ -164,17 +184,48 @@ fn os(what: &'static str) -> impl FnOnce(std::io::Error) -> SpawnError {
     move |source| SpawnError::Os { what, source }
 }
 
-/// Start the child, feed it, watch it until it ends (or is killed), reap it.
-pub fn run(spawn: Spawn<'_, '_>) -> Result<Exit, SpawnError> {
-    let Spawn {
-        policy,
-        stdin,
-        capture_stdout,
-        on_stderr,
-        stop_on,
-        stop_on_signals,
-    } = spawn;
-    let started = Instant::now();
+/// A child started but not yet given its input: what [`start`] returns and [`feed`]
+/// takes. The daemon keeps a few as spares (`agent-exec --prepare`), so that a request
+/// does not wait for a process to start. Dropped unfed, it is killed and reaped.
+pub struct Started {
+    inner: Option<StartedChild>,
+}
+
+struct StartedChild {
+    child: Child,
+    pidfd: OwnedFd,
+    /// Where its standard output goes, when captured.
+    captured: Option<std::fs::File>,
+    /// Whether its standard error is a pipe to us.
+    stderr_piped: bool,
+}
+
+impl Started {
+    /// Whether the child is still running (a spare may have died while it waited).
+    pub fn is_alive(&self) -> bool {
+        self.inner.as_ref().is_some_and(|c| {
+            let mut fds = [PollFd::new(c.pidfd.as_fd(), PollFlags::POLLIN)];
+            matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+        })
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.inner.take() {
+            kill_group(c.child.id() as libc::pid_t);
+            let _ = c.child.wait();
+        }
+    }
+}
+
+/// Start a child under `policy`, with its standard output captured or ours, and its
+/// standard error a pipe to us or ours. It waits for its input.
+pub fn start(
+    policy: &SpawnPolicy,
+    capture_stdout: bool,
+    pipe_stderr: bool,
+) -> Result<Started, SpawnError> {
     // The captured output goes to an anonymous in-memory file, not a pipe: nothing to
     // read while the child runs, and a child that writes a lot cannot stall on a full pipe.
     let captured = if capture_stdout {
@@ -190,10 +241,11 @@ pub fn run(spawn: Spawn<'_, '_>) -> Result<Exit, SpawnError> {
         None => Stdio::inherit(),
     };
     let mut child = Command::new(&policy.program)
+        .args(&policy.args)
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(stdout)
-        .stderr(if on_stderr.is_some() {
+        .stderr(if pipe_stderr {
             Stdio::piped()
         } else {
             Stdio::inherit()
@@ -204,6 +256,63 @@ pub fn run(spawn: Spawn<'_, '_>) -> Result<Exit, SpawnError> {
             program: policy.program.clone(),
             source,
         })?;
+    let pid = child.id() as libc::pid_t;
+    apply_limits(pid, &policy.limits);
+    match pidfd_open(pid) {
+        Ok(pidfd) => Ok(Started {
+            inner: Some(StartedChild {
+                child,
+                pidfd,
+                captured,
+                stderr_piped: pipe_stderr,
+            }),
+        }),
+        Err(e) => {
+            kill_group(pid);
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+/// Start the child, feed it, watch it until it ends (or is killed), reap it.
+pub fn run(spawn: Spawn<'_, '_>) -> Result<Exit, SpawnError> {
+    let started = start(
+        spawn.policy,
+        spawn.capture_stdout,
+        spawn.on_stderr.is_some(),
+    )?;
+    feed(started, spawn)
+}
+
+/// Give a started child its input under `spawn`'s policy (its limits applied now, its
+/// deadline counted from now), watch it until it ends (or is killed), reap it. The
+/// child's output goes where [`start`] sent it; `spawn.on_stderr` gets its standard error
+/// only when that is a pipe.
+pub fn feed(mut started: Started, spawn: Spawn<'_, '_>) -> Result<Exit, SpawnError> {
+    let Spawn {
+        policy,
+        stdin,
+        capture_stdout: _,
+        on_stderr,
+        stop_on,
+        stop_on_signals,
+    } = spawn;
+    let Some(StartedChild {
+        mut child,
+        pidfd,
+        captured,
+        stderr_piped,
+    }) = started.inner.take()
+    else {
+        return Err(os("feed agent-exec")(std::io::Error::other(
+            "the child was already fed",
+        )));
+    };
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(policy.kill_after)
+        .unwrap_or(now + Duration::from_secs(365 * 86_400));
     let pid = child.id() as libc::pid_t;
     apply_limits(pid, &policy.limits);
     // Blocked only now that the child runs (it inherits the mask).
@@ -221,17 +330,14 @@ pub fn run(spawn: Spawn<'_, '_>) -> Result<Exit, SpawnError> {
     };
     let mut watched = stop_on.to_vec();
     watched.extend(signals.as_ref().map(InterruptSignals::stop_on));
-    let termination = match pidfd_open(pid) {
-        Ok(pidfd) => watch(
-            &mut child,
-            &pidfd,
-            started + policy.kill_after,
-            stdin,
-            on_stderr,
-            &watched,
-        ),
-        Err(e) => Err(e),
-    };
+    let termination = watch(
+        &mut child,
+        &pidfd,
+        deadline,
+        stdin,
+        on_stderr.filter(|_| stderr_piped),
+        &watched,
+    );
     let termination = match (termination, &signals) {
         (Ok(Termination::Stopped(i)), Some(signals)) if i == stop_on.len() => Ok(
             Termination::Interrupted(signals.received().unwrap_or(Signal::SIGTERM)),
@@ -487,6 +593,7 @@ mod tests {
     fn policy(program: &str, kill_after: Duration) -> SpawnPolicy {
         SpawnPolicy {
             program: program.into(),
+            args: Vec::new(),
             kill_after,
             limits: ResourceLimits {
                 cpu_seconds: 10,

@@ -66,7 +66,7 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
                 hook: Some(event),
                 capture_stdout: true,
             };
-            match crate::request::execute(home, &request, Stop::Signals, None) {
+            match crate::request::execute(home, &request, Stop::Signals, None, None) {
                 Ok(finished) => {
                     if let Some(StopReason::Signal(sig)) = finished.stopped {
                         return Err(Interrupted(sig).into());

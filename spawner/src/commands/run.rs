@@ -34,7 +34,7 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
         hook: None,
         capture_stdout: false,
     };
-    let finished = crate::request::execute(home, &request, Stop::Signals, None)?;
+    let finished = crate::request::execute(home, &request, Stop::Signals, None, None)?;
     // agent-exec answered on our standard output itself.
     let Some(report) = &finished.spawner_report else {
         return Ok(finished.outcome);

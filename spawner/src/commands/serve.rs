@@ -14,6 +14,7 @@ pub fn execute(home: Home, args: ServeArgs) -> anyhow::Result<u8> {
         max_queued: args.max_queued.unwrap_or(64 * max_running),
         grace: args.grace,
         client_timeout: args.client_timeout,
+        spares: usize::from(args.spares),
     };
     crate::serve::serve(home, options)?;
     Ok(0)

@@ -11,6 +11,8 @@
 //!   [`crate::spawn`]'s poll loop, which also watches the client's socket (a client that
 //!   disconnects has its run's process group killed) and the run's cancel eventfd.
 //! - **Admission**: [`admission`] bounds runs in flight and waiting; beyond, `busy`.
+//! - **Spares**: [`spares`] keeps a few agent-execs started ahead (`--prepare`), each
+//!   taking exactly one request, so that a run does not wait for a process to start.
 //! - **Store**: the daemon keeps one connection to the memory store open for its life (a
 //!   "keeper"), so no agent-exec is ever the last connection that checkpoints on close.
 //! - **Shutdown**: SIGTERM or SIGINT stops accepting and removes the socket, lets runs in
@@ -22,6 +24,7 @@ pub mod admission;
 mod methods;
 pub mod metrics;
 pub mod rpc;
+mod spares;
 
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
@@ -56,6 +59,8 @@ pub struct Options {
     pub grace: Duration,
     /// A connection that sends nothing (or half a line) for this long is closed.
     pub client_timeout: Duration,
+    /// Spare agent-execs kept started ahead of requests (0: none).
+    pub spares: usize,
 }
 
 /// One run in flight, as `runs.active` and `runs.cancel` see it.
@@ -78,6 +83,8 @@ struct Daemon {
     shutting_down: AtomicBool,
     /// The keeper connection; also answers `runs.list` and `runs.get`.
     store: Mutex<Store>,
+    /// agent-execs started ahead of requests.
+    spares: spares::Spares,
     started: Instant,
 }
 
@@ -113,6 +120,8 @@ pub fn serve(home: Home, options: Options) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let store = Store::open(&home.store_path())?;
+    let absolute_home = std::path::absolute(home.root())
+        .with_context(|| format!("cannot resolve {}", home.root().display()))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let daemon = Arc::new(Daemon {
         home,
@@ -123,9 +132,17 @@ pub fn serve(home: Home, options: Options) -> anyhow::Result<()> {
         next_connection: AtomicU64::new(0),
         shutting_down: AtomicBool::new(false),
         store: Mutex::new(store),
+        spares: spares::Spares::new(&absolute_home, options.spares),
         started: Instant::now(),
         options,
     });
+    let keeper = {
+        let daemon = Arc::clone(&daemon);
+        std::thread::Builder::new()
+            .name("spares".into())
+            .spawn(move || daemon.spares.keep())
+            .context("cannot start the spare keeper")?
+    };
     eprintln!(
         "spawner serve: listening on {} (pid {}, {} cores, at most {} runs in flight and {} queued)",
         bound.as_ref().map_or_else(
@@ -176,6 +193,8 @@ pub fn serve(home: Home, options: Options) -> anyhow::Result<()> {
     if let Some(bound) = bound {
         bound.remove();
     }
+    daemon.spares.stop();
+    let _ = keeper.join();
     shut_down(&daemon, workers);
     eprintln!("spawner serve: stopped");
     Ok(())
