@@ -565,6 +565,27 @@ fn thirty_two_clients_five_thousand_runs_no_leaks() {
     }
     drop(c);
     std::thread::sleep(Duration::from_millis(100));
+    // Compare at rest: the spare pool full (each spare holds a few of the daemon's
+    // descriptors) and nothing in flight.
+    let at_rest = |daemon: &Daemon| {
+        let mut c = daemon.client();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let health = c.result("health", json!({}));
+            if health["spares_ready"] == 2 && health["in_flight"] == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not settle: {health}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(c);
+        // The health connection's thread ends after its close.
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    at_rest(&daemon);
     let (fds_before, rss_before) = (fd_count(pid), rss_kib(pid));
 
     let clients = 32;
@@ -597,6 +618,7 @@ fn thirty_two_clients_five_thousand_runs_no_leaks() {
         left.len() <= 2 && left.iter().all(|(_, state)| *state != 'Z'),
         "no zombies or strays: {left:?}"
     );
+    at_rest(&daemon);
     let (fds_after, rss_after) = (fd_count(pid), rss_kib(pid));
     assert_eq!(fds_after, fds_before, "descriptors leaked");
     assert!(
@@ -807,11 +829,17 @@ fn a_socket_handed_over_by_systemd_is_served() {
         .arg(home.path())
         .stdin(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: dup2 is async-signal-safe; it puts the listener at descriptor 3, as
-    // systemd does, in the child only.
+    // SAFETY: dup2 and fcntl are async-signal-safe; they put the listener at descriptor 3,
+    // open across exec, as systemd does, in the child only.
     unsafe {
         cmd.pre_exec(move || {
-            if nix::libc::dup2(fd, 3) < 0 {
+            // dup2 onto itself would keep close-on-exec: clear it instead.
+            let rc = if fd == 3 {
+                nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
+            } else {
+                nix::libc::dup2(fd, 3)
+            };
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -5,7 +5,7 @@ use agent_contract::hook::{
     AddedLine, AssistantEvent, Decision, FileChange, HookEvent, Push, PushRef, Verdict,
 };
 
-use crate::host::bindings::spawner::agent::types as wit;
+use crate::host::bindings::spawner::agent::hooks as wit;
 
 /// The agent's view of a hook event.
 pub fn to_wit(event: HookEvent) -> wit::HookEvent {

@@ -21,7 +21,7 @@ pub mod bindings {
 }
 
 pub use bindings::Agent;
-use bindings::spawner::agent::{config, inference, log, memory, types};
+use bindings::spawner::agent::{config, hooks, inference, log, memory, types};
 
 /// Per-request state the host functions work on. Lives in the wasmtime `Store`.
 pub struct AgentHost {
@@ -43,6 +43,10 @@ pub struct AgentHost {
     pub memory_cap: u64,
     /// Set when the agent tried to grow past `memory_cap`: the size it asked for.
     pub memory_cap_hit: Option<u64>,
+    /// The request's hook event, for a hook call.
+    pub hook: Option<agent_contract::hook::HookEvent>,
+    /// The agent's verdict on it, once it has decided.
+    pub verdict: Option<agent_contract::hook::Verdict>,
 }
 
 impl AgentHost {
@@ -102,6 +106,16 @@ fn to_wit(e: MemoryError) -> memory::MemoryError {
 }
 
 impl types::Host for AgentHost {}
+
+impl hooks::Host for AgentHost {
+    fn event(&mut self) -> Option<hooks::HookEvent> {
+        self.hook.clone().map(crate::hook::to_wit)
+    }
+
+    fn decide(&mut self, verdict: hooks::Verdict) {
+        self.verdict = Some(crate::hook::from_wit(verdict));
+    }
+}
 
 impl memory::Host for AgentHost {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, memory::MemoryError> {

@@ -391,6 +391,8 @@ impl Run {
             agent: manifest.name.clone(),
             memory_cap: manifest.limits.memory_bytes,
             memory_cap_hit: None,
+            hook: self.header.hook.clone(),
+            verdict: None,
         };
         let mut store = WasmStore::new(engine, host);
         store.limiter(|h| h);
@@ -435,7 +437,6 @@ impl Run {
             run_id: self.header.run_id.clone(),
             agent: manifest.name.clone(),
             input: std::mem::take(&mut self.input),
-            hook: self.header.hook.clone().map(crate::hook::to_wit),
         };
         let called = agent.call_handle(&mut *store, &request);
         self.input = request.input;
@@ -443,7 +444,7 @@ impl Run {
         match called {
             Ok(Ok(response)) => Ok(Answer {
                 output: response.output,
-                verdict: response.verdict.map(crate::hook::from_wit),
+                verdict: store.data_mut().verdict.take(),
             }),
             Ok(Err(types::AgentError::InvalidInput(m))) => {
                 Err(ExecError::Agent(format!("invalid input: {m}")))

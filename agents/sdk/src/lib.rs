@@ -15,9 +15,10 @@
 //! agent_sdk::export!(Echo);
 //! ```
 //!
-//! Hook agents (`spawner hook`) look at [`Request::hook`], a [`HookEvent`], and answer with
-//! [`Response::verdict`]; an agent that ignores hooks still works as one (its `Ok` passes,
-//! its [`AgentError::Rejected`] blocks).
+//! Hook agents (`spawner hook`) read the event with [`hooks::event`], a [`HookEvent`], and
+//! answer with [`Response::verdict`] (or [`hooks::decide`]); an agent that ignores hooks
+//! still works as one (its `Ok` passes, its [`AgentError::Rejected`] blocks) and carries no
+//! code for them.
 //!
 //! The host interfaces of `wit/agent.wit` are re-exported as [`memory`], [`config`],
 //! [`inference`] and [`log`]. Memory writes become durable when the handler returns
@@ -38,11 +39,11 @@ pub mod bindings {
     });
 }
 
-pub use bindings::spawner::agent::types::{
-    AddedLine, AgentError, AssistantEvent, Decision, FileChange, HookEvent, Push, PushRef, Request,
-    Response, Verdict,
+pub use bindings::spawner::agent::hooks::{
+    AddedLine, AssistantEvent, Decision, FileChange, HookEvent, Push, PushRef, Verdict,
 };
-pub use bindings::spawner::agent::{config, inference, memory};
+pub use bindings::spawner::agent::types::{AgentError, Request, Response};
+pub use bindings::spawner::agent::{config, hooks, inference, memory};
 
 /// What an agent implements: one request in, one response (or typed error) out.
 pub trait Agent {
@@ -82,18 +83,13 @@ impl Response {
 
     /// A response carrying `output` unchanged.
     pub fn bytes(output: Vec<u8>) -> Response {
-        Response {
-            output,
-            verdict: None,
-        }
+        Response { output }
     }
 
-    /// A hook's answer: `verdict` and no output.
+    /// A hook's answer: decide `verdict` ([`hooks::decide`]), with no output.
     pub fn verdict(verdict: Verdict) -> Response {
-        Response {
-            output: Vec::new(),
-            verdict: Some(verdict),
-        }
+        hooks::decide(&verdict);
+        Response { output: Vec::new() }
     }
 }
 

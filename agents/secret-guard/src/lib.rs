@@ -214,10 +214,10 @@ fn hook(event: &HookEvent, allow: &Allowlist) -> Result<Verdict, AgentError> {
 impl Agent for SecretGuard {
     fn handle(request: Request) -> Result<Response, AgentError> {
         let allow = Allowlist::from_config();
-        match &request.hook {
+        match agent_sdk::hooks::event() {
             // A plain hook is its input, as without a hook.
             None | Some(HookEvent::Plain) => {}
-            Some(event) => return hook(event, &allow).map(Response::verdict),
+            Some(event) => return hook(&event, &allow).map(Response::verdict),
         }
         let input = FileChange::whole_text("(input)", request.text()?);
         let found = scan_files(&[input], &allow);

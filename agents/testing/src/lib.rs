@@ -23,7 +23,7 @@
 //! in the verdict's message too, for protocols that show no output (Claude Code).
 
 use agent_sdk::{
-    Agent, AgentError, Decision, FileChange, HookEvent, Request, Response, Verdict, config,
+    Agent, AgentError, Decision, FileChange, HookEvent, Request, Response, Verdict, config, hooks,
     inference, memory,
 };
 
@@ -118,15 +118,13 @@ fn hook(event: &HookEvent) -> Result<Response, AgentError> {
         Some(m) if m == "describe" => Some(output.clone()),
         other => other,
     };
-    Ok(Response {
-        output: output.into_bytes(),
-        verdict: Some(Verdict {
-            decision,
-            reason: config::get("hook_reason"),
-            message,
-            rewrite: config::get("hook_rewrite"),
-        }),
-    })
+    hooks::decide(&Verdict {
+        decision,
+        reason: config::get("hook_reason"),
+        message,
+        rewrite: config::get("hook_rewrite"),
+    });
+    Ok(Response::text(output))
 }
 
 fn words(input: &str) -> (&str, Vec<&str>) {
@@ -136,8 +134,8 @@ fn words(input: &str) -> (&str, Vec<&str>) {
 
 impl Agent for Testing {
     fn handle(request: Request) -> Result<Response, AgentError> {
-        if let Some(event) = &request.hook {
-            return hook(event);
+        if let Some(event) = hooks::event() {
+            return hook(&event);
         }
         let text = request.text()?.to_owned();
         let (command, args) = words(&text);
