@@ -212,6 +212,14 @@ fn daemon(
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
         let idle_rss = rss_kib(child.id());
+        // The spares are the daemon's idle children (agent-exec --prepare).
+        let spares: Vec<u64> =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .filter_map(rss_kib)
+                .collect();
         let n = if quick { 200 } else { 2000 };
         daemon_load(&socket, 4, n / 4)?; // warm-up
         let rows = [(1, n / 2), (8, n), (32, n)];
@@ -253,13 +261,20 @@ fn daemon(
         let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
         writeln!(
             md,
-            "\nDaemon idle RSS (after start, before any run): {}.\n\n\
+            "\nDaemon idle RSS (after start, before any run): {}; its {} spare agent-execs \
+             (started ahead of requests, `--spares`): {} each.\n\n\
              - {}: p50 at concurrency 1 is {p50_c1:.2} ms against the target of {DAEMON_P50_TARGET_MS} ms\n\
              - {}: best throughput {best:.0} runs/s against the target of {DAEMON_THROUGHPUT_TARGET} runs/s\n",
             idle_rss.map_or_else(
                 || "unknown".to_owned(),
                 |k| format!("{:.1} MiB", k as f64 / 1024.0)
             ),
+            spares.len(),
+            spares
+                .iter()
+                .map(|k| format!("{:.1} MiB", *k as f64 / 1024.0))
+                .collect::<Vec<_>>()
+                .join(", "),
             verdict(p50_c1 < DAEMON_P50_TARGET_MS),
             verdict(best >= DAEMON_THROUGHPUT_TARGET),
         )?;
@@ -482,6 +497,7 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
             phase(key)
         )?;
     }
+    writeln!(md)?;
     hooks(&mut md, root, &spawner, &home, &results, warmup, runs)?;
     daemon(&mut md, &spawner, &home, &results, quick)?;
     std::fs::write(root.join("BENCHMARKS.md"), &md)?;
