@@ -212,14 +212,20 @@ fn daemon(
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
         let idle_rss = rss_kib(child.id());
-        // The spares are the daemon's idle children (agent-exec --prepare).
-        let spares: Vec<u64> =
-            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
-                .unwrap_or_default()
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .filter_map(rss_kib)
-                .collect();
+        // The spares are the daemon's idle children (agent-exec --prepare), started by its
+        // keeper thread: /proc lists children per thread.
+        let spares: Vec<u64> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+            .flat_map(|pids| {
+                pids.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .filter_map(rss_kib)
+            .collect();
         let n = if quick { 200 } else { 2000 };
         daemon_load(&socket, 4, n / 4)?; // warm-up
         let rows = [(1, n / 2), (8, n), (32, n)];
