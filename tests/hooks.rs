@@ -486,7 +486,9 @@ fn install_respects_hooks_path_and_existing_hooks_and_uninstall_restores_them() 
     repo.git_ok(&["config", "core.hooksPath", "githooks"]);
     let hooks = repo.path().join("githooks");
     std::fs::create_dir_all(&hooks).expect("mkdir");
-    std::fs::write(hooks.join("pre-commit"), "#!/bin/sh\necho mine\n").expect("write");
+    const MINE: &str = "#!/bin/sh\necho mine\n";
+    std::fs::write(hooks.join("pre-commit"), MINE).expect("write");
+    let pre_commit = || std::fs::read_to_string(hooks.join("pre-commit")).expect("read");
     let repo_dir = repo.path().to_str().expect("utf-8");
 
     let out = home.run(&[
@@ -500,11 +502,7 @@ fn install_respects_hooks_path_and_existing_hooks_and_uninstall_restores_them() 
     ]);
     assert_eq!(code(&out), exit_of(Outcome::Usage));
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
-    assert_eq!(
-        std::fs::read_to_string(hooks.join("pre-commit")).expect("read"),
-        "#!/bin/sh\necho mine\n",
-        "an existing hook is not overwritten"
-    );
+    assert_eq!(pre_commit(), MINE, "an existing hook is not overwritten");
 
     let out = home.run(&[
         "hook",
@@ -517,7 +515,7 @@ fn install_respects_hooks_path_and_existing_hooks_and_uninstall_restores_them() 
         "--force",
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let installed = std::fs::read_to_string(hooks.join("pre-commit")).expect("read");
+    let installed = pre_commit();
     assert!(
         installed.contains("hook 'secret-guard' --protocol pre-commit"),
         "{installed}"
@@ -541,11 +539,7 @@ fn install_respects_hooks_path_and_existing_hooks_and_uninstall_restores_them() 
         repo_dir,
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(
-        std::fs::read_to_string(hooks.join("pre-commit")).expect("read"),
-        "#!/bin/sh\necho mine\n",
-        "the previous hook is back"
-    );
+    assert_eq!(pre_commit(), MINE, "the previous hook is back");
     // A hook spawner did not install is left alone.
     let out = home.run(&[
         "hook",

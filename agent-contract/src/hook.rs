@@ -127,6 +127,14 @@ pub enum Decision {
     Deny,
 }
 
+impl Decision {
+    /// Whether the action is stopped where the caller cannot ask the user (git, plain):
+    /// `deny`, and `ask` too.
+    pub fn blocks(self) -> bool {
+        matches!(self, Decision::Deny | Decision::Ask)
+    }
+}
+
 /// A hook's verdict, as the agent gave it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agent_contract::envelope::read_envelope;
-use agent_contract::hook::Verdict;
+use agent_contract::hook::{Decision, Verdict};
 use agent_contract::manifest::{DEFAULT_KEEP_RUNS, PreopenBase};
 use agent_contract::{
     Home, LogFormat, Manifest, Outcome, OutputFormat, PhaseTimings, RequestHeader, RunReport,
@@ -28,6 +28,8 @@ struct Answer {
 /// The result of one request, ready to be written out.
 pub struct Execution {
     header: Option<RequestHeader>,
+    /// The request was a hook call (its event has been handed to the agent).
+    hook_call: bool,
     result: Result<Answer, ExecError>,
     cache_hit: Option<bool>,
     timings: PhaseTimings,
@@ -67,7 +69,18 @@ impl Execution {
                 let header = self.header.as_ref();
                 let (output, verdict, error) = match result {
                     Ok(answer) => (Some(answer.output), answer.verdict, None),
-                    Err(e) => (None, None, Some(e.to_string())),
+                    Err(e) => {
+                        // To a hook, `rejected` is a denial, in the agent's own words.
+                        let verdict = match &e {
+                            ExecError::Rejected(reason) if self.hook_call => Some(Verdict {
+                                decision: Decision::Deny,
+                                reason: Some(reason.clone()),
+                                ..Verdict::default()
+                            }),
+                            _ => None,
+                        };
+                        (None, verdict, Some(e.to_string()))
+                    }
                 };
                 let report = RunReport {
                     run_id: header.map(|h| h.run_id.clone()).unwrap_or_default(),
@@ -155,6 +168,7 @@ pub fn execute(
         Err(e) => {
             return Execution {
                 header: None,
+                hook_call: false,
                 result: Err(e.into()),
                 cache_hit: None,
                 timings: PhaseTimings {
@@ -182,6 +196,7 @@ pub fn execute(
         },
         cache_hit: None,
         prepared,
+        hook_call: header.hook.is_some(),
         home: Home::new(&header.home),
         header,
         input,
@@ -190,6 +205,7 @@ pub fn execute(
     run.timings.total_us = micros(started.elapsed());
     Execution {
         header: Some(run.header),
+        hook_call: run.hook_call,
         result,
         cache_hit: run.cache_hit,
         timings: run.timings,
@@ -200,6 +216,8 @@ pub fn execute(
 struct Run {
     /// What a spare set up in advance; its pieces are taken as they are used.
     prepared: Option<Prepared>,
+    /// The request is a hook call; its event moves from the header to the agent's host.
+    hook_call: bool,
     header: RequestHeader,
     home: Home,
     input: Vec<u8>,
@@ -375,7 +393,7 @@ impl Run {
     }
 
     fn new_store(
-        &self,
+        &mut self,
         engine: &wasmtime::Engine,
         manifest: &Manifest,
         wasi: wasmtime_wasi::WasiCtx,
@@ -391,7 +409,7 @@ impl Run {
             agent: manifest.name.clone(),
             memory_cap: manifest.limits.memory_bytes,
             memory_cap_hit: None,
-            hook: self.header.hook.clone(),
+            hook: self.header.hook.take(),
             verdict: None,
         };
         let mut store = WasmStore::new(engine, host);

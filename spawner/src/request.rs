@@ -70,6 +70,19 @@ pub enum StopReason {
     ClientGone,
 }
 
+impl StopReason {
+    /// What the run record says.
+    fn describe(self) -> String {
+        match self {
+            StopReason::Signal(sig) => format!("the run was killed because spawner received {sig}"),
+            StopReason::Cancelled => "the run was cancelled".to_owned(),
+            StopReason::ClientGone => {
+                "the client disconnected, so its run was cancelled".to_owned()
+            }
+        }
+    }
+}
+
 /// How a request ended.
 #[derive(Debug)]
 pub struct Finished {
@@ -87,9 +100,9 @@ pub struct Finished {
 impl Finished {
     /// The run's report: agent-exec's own (the captured JSON answer of a request made
     /// with [`OutputFormat::Json`] and `capture_stdout`), or the spawner's.
-    pub fn report(&self) -> anyhow::Result<RunReport> {
-        if let Some(report) = &self.spawner_report {
-            return Ok(report.clone());
+    pub fn into_report(self) -> anyhow::Result<RunReport> {
+        if let Some(report) = self.spawner_report {
+            return Ok(report);
         }
         serde_json::from_slice(&self.stdout).with_context(|| {
             format!(
@@ -101,16 +114,16 @@ impl Finished {
 }
 
 /// Run `request` in a fresh agent-exec and wait for it. `on_stderr`, when given, gets
-/// agent-exec's standard error as it comes (else it goes to ours). `spare`, when given
-/// and still alive, is a fresh agent-exec already started (`--prepare`) that takes the
-/// request instead of a new one; it must have been started with the same output
-/// settings.
+/// agent-exec's standard error as it comes (else it goes to ours). `spare`, when given,
+/// is asked for a fresh agent-exec already started (`--prepare`) to take the request
+/// instead of a new one, once the request is known to be runnable (a bad one does not use
+/// up a spare); a spare must have been started with the same output settings.
 pub fn execute(
     home: &Home,
     request: &Request,
     stop: Stop<'_>,
     on_stderr: Option<StderrSink<'_>>,
-    spare: Option<crate::spawn::Started>,
+    spare: Option<&dyn Fn() -> Option<crate::spawn::Started>>,
 ) -> anyhow::Result<Finished> {
     let manifest = Manifest::load(&home.agent_manifest(&request.agent)?)?;
     let timeout = request.timeout.unwrap_or(manifest.limits.timeout);
@@ -138,6 +151,7 @@ pub fn execute(
     };
     let mut envelope = Vec::with_capacity(request.input.len() + 512);
     write_envelope(&mut envelope, &header, &request.input).context("cannot build the request")?;
+    // The daemon's descriptors: `Termination::Stopped(0)` is the cancel, `(1)` the client.
     let stop_on: Vec<StopOn<'_>> = match stop {
         Stop::Signals => Vec::new(),
         Stop::Fds { cancel, client } => {
@@ -164,17 +178,17 @@ pub fn execute(
         stop_on: &stop_on,
         stop_on_signals: matches!(stop, Stop::Signals),
     };
-    let exit = match spare {
+    let exit = match spare.and_then(|take| take()) {
         Some(spare) if spare.is_alive() => crate::spawn::feed(spare, spawn)?,
         // A spare that died while it waited is reaped on drop.
         Some(_dead) => crate::spawn::run(spawn)?,
         None => crate::spawn::run(spawn)?,
     };
     let (termination, stdout) = (exit.termination, exit.stdout);
-    let stopped = match (termination, stop) {
-        (Termination::Interrupted(sig), _) => Some(StopReason::Signal(sig)),
-        (Termination::Stopped(0), _) => Some(StopReason::Cancelled),
-        (Termination::Stopped(_), _) => Some(StopReason::ClientGone),
+    let stopped = match termination {
+        Termination::Interrupted(sig) => Some(StopReason::Signal(sig)),
+        Termination::Stopped(0) => Some(StopReason::Cancelled),
+        Termination::Stopped(_) => Some(StopReason::ClientGone),
         _ => None,
     };
 
@@ -208,17 +222,9 @@ pub fn execute(
             Outcome::Killed,
             format!("agent-exec was killed by signal {sig}"),
         ),
-        Termination::Stopped(_) | Termination::Interrupted(_) => (
+        Termination::Interrupted(_) | Termination::Stopped(_) => (
             Outcome::Killed,
-            match stopped {
-                Some(StopReason::Signal(sig)) => {
-                    format!("the run was killed because spawner received {sig}")
-                }
-                Some(StopReason::ClientGone) => {
-                    "the client disconnected, so its run was cancelled".to_owned()
-                }
-                _ => "the run was cancelled".to_owned(),
-            },
+            stopped.map_or_else(String::new, StopReason::describe),
         ),
     };
     // agent-exec did not finish, so it may not have recorded the run: record it here.

@@ -1,7 +1,7 @@
 //! `spawner hook`: run an agent as a hook in the caller's protocol ([`crate::hook`]), and
 //! `spawner hook install|uninstall`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use agent_contract::hook::HookEvent;
@@ -24,11 +24,7 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
         .agent
         .clone()
         .ok_or_else(|| UsageError("name the agent: spawner hook <agent>".into()))?;
-    let stdin = if std::io::stdin().is_terminal() {
-        Ok(Vec::new())
-    } else {
-        super::run::read_limited(std::io::stdin().lock())
-    };
+    let stdin = super::run::read_stdin();
     let protocol = match (args.protocol, &stdin) {
         (HookProtocol::Auto, Ok(input)) if claude::looks_like_event(input) => Protocol::ClaudeCode,
         (HookProtocol::Auto, _) | (HookProtocol::Plain, _) => Protocol::Plain,
@@ -40,20 +36,30 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
     let fail = args.fail.unwrap_or(protocol.default_fail_policy());
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
 
-    let mut event_name = String::new();
+    let call = stdin
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|input| normalize(protocol, input, &args.hook_args, &cwd));
+    // Claude Code's reply depends on the event's name.
+    let event_name = match &call {
+        Ok(Call {
+            event: HookEvent::Assistant(e),
+            ..
+        }) => e.event.clone(),
+        _ => String::new(),
+    };
     let mut message_file = None;
-    let result = stdin.map_err(|e| format!("{e:#}")).and_then(|input| {
-        let call = normalize(protocol, input, &args.hook_args, &cwd)?;
-        event_name = call.event_name;
-        message_file = call.message_file;
-        Ok((call.event, call.input, call.work_dir))
-    });
-    let result = match result {
+    let result = match call {
         Err(what) => HookResult::Failed {
             outcome: agent_contract::Outcome::Usage,
             what,
         },
-        Ok((event, input, work_dir)) => {
+        Ok(Call {
+            event,
+            input,
+            work_dir,
+            message_file: file,
+        }) => {
+            message_file = file;
             let request = Request {
                 run_id: crate::run_id::new_run_id(),
                 agent: agent.clone(),
@@ -71,7 +77,7 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
                     if let Some(StopReason::Signal(sig)) = finished.stopped {
                         return Err(Interrupted(sig).into());
                     }
-                    match finished.report() {
+                    match finished.into_report() {
                         Ok(report) => HookResult::from_report(report),
                         Err(e) => HookResult::Failed {
                             outcome: agent_contract::Outcome::Internal,
@@ -98,8 +104,6 @@ struct Call {
     /// The payload as the caller sent it, for agents that read `input`.
     input: Vec<u8>,
     work_dir: PathBuf,
-    /// Claude Code's `hook_event_name`.
-    event_name: String,
     /// commit-msg: the file to rewrite.
     message_file: Option<PathBuf>,
 }
@@ -114,7 +118,6 @@ fn normalize(
         event,
         input,
         work_dir: cwd.to_owned(),
-        event_name: String::new(),
         message_file: None,
     };
     match protocol {
@@ -124,7 +127,6 @@ fn normalize(
                 event: parsed.event,
                 input,
                 work_dir: parsed.work_dir.unwrap_or_else(|| cwd.to_owned()),
-                event_name: parsed.name,
                 message_file: None,
             })
         }
@@ -163,13 +165,10 @@ fn apply_rewrite(result: HookResult, message_file: Option<&Path>) -> HookResult 
     let Some(message) = &verdict.rewrite else {
         return result;
     };
-    if matches!(
-        verdict.decision,
-        agent_contract::hook::Decision::Deny | agent_contract::hook::Decision::Ask
-    ) {
+    if verdict.decision.blocks() {
         return result;
     }
-    match git::rewrite_message(file, message) {
+    match git::replace_file(file, message.as_bytes(), None) {
         Ok(()) => result,
         Err(e) => HookResult::Failed {
             outcome: agent_contract::Outcome::Internal,
@@ -240,7 +239,8 @@ fn install(home: &Home, args: HookInstallArgs) -> anyhow::Result<u8> {
         eprintln!("spawner: kept the previous hook as {}", backup.display());
     }
     let script = git::hook_script(&spawner, &home_dir, &args.agent, hook);
-    write_executable(&path, &script)?;
+    git::replace_file(&path, script.as_bytes(), Some(0o755))
+        .with_context(|| format!("cannot write {}", path.display()))?;
     println!("installed {} (runs agent {})", path.display(), args.agent);
     Ok(0)
 }
@@ -281,18 +281,4 @@ fn repo_dir(repo: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         Some(dir) => Ok(dir),
         None => std::env::current_dir().context("cannot read the current directory"),
     }
-}
-
-/// Write `text` to `path` as an executable file, atomically.
-fn write_executable(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    tmp.write_all(text.as_bytes())?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o755))?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }

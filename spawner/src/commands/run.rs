@@ -70,9 +70,17 @@ pub fn read_input(args: &RunArgs) -> anyhow::Result<Vec<u8>> {
             read_limited(file)
         }
         Some(_) => read_limited(std::io::stdin().lock()),
-        None if std::io::stdin().is_terminal() => Ok(Vec::new()),
-        None => read_limited(std::io::stdin().lock()),
+        None => read_stdin(),
     }
+}
+
+/// Standard input, up to the input limit; nothing when it is a terminal (nobody is going
+/// to type a request).
+pub fn read_stdin() -> anyhow::Result<Vec<u8>> {
+    if std::io::stdin().is_terminal() {
+        return Ok(Vec::new());
+    }
+    read_limited(std::io::stdin().lock())
 }
 
 /// All of `reader`, up to the input limit; over it is a usage error.

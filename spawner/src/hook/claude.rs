@@ -31,10 +31,8 @@ struct WireEvent {
 /// A Claude Code event, normalized.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parsed {
-    /// The event for the agent.
+    /// The event for the agent (its `event` is `hook_event_name`).
     pub event: HookEvent,
-    /// `hook_event_name`, for the reply.
-    pub name: String,
     /// The event's `cwd`, when it names a directory.
     pub work_dir: Option<PathBuf>,
 }
@@ -61,7 +59,6 @@ pub fn parse(input: &[u8]) -> Result<Parsed, String> {
         _ => Vec::new(),
     };
     Ok(Parsed {
-        name: wire.hook_event_name.clone(),
         work_dir,
         event: HookEvent::Assistant(AssistantEvent {
             event: wire.hook_event_name,
@@ -87,32 +84,30 @@ fn tool_writes(tool: &str, input: &Value, cwd: &Path) -> Vec<FileChange> {
         "Write" => text("content")
             .map(|c| vec![FileChange::whole_text(shown, c, 1)])
             .unwrap_or_default(),
-        "Edit" => match (text("old_string"), text("new_string")) {
-            (old, Some(new)) => vec![FileChange::whole_text(
-                shown,
-                new,
-                edit_line(path, cwd, old.unwrap_or("")),
-            )],
-            _ => Vec::new(),
-        },
-        "MultiEdit" => input
-            .get("edits")
-            .and_then(Value::as_array)
-            .map(|edits| {
-                edits
-                    .iter()
-                    .filter_map(|e| {
-                        let new = e.get("new_string")?.as_str()?;
-                        let old = e.get("old_string").and_then(Value::as_str).unwrap_or("");
-                        Some(FileChange::whole_text(
-                            shown.clone(),
-                            new,
-                            edit_line(path, cwd, old),
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
+        // An Edit is a MultiEdit of one; the file is read once for all of them.
+        "Edit" | "MultiEdit" => {
+            let edits = if tool == "Edit" {
+                std::slice::from_ref(input)
+            } else {
+                input
+                    .get("edits")
+                    .and_then(Value::as_array)
+                    .map_or(&[][..], Vec::as_slice)
+            };
+            let content = std::fs::read_to_string(cwd.join(path)).ok();
+            edits
+                .iter()
+                .filter_map(|e| {
+                    let new = e.get("new_string")?.as_str()?;
+                    let old = e.get("old_string").and_then(Value::as_str).unwrap_or("");
+                    Some(FileChange::whole_text(
+                        shown.clone(),
+                        new,
+                        edit_line(content.as_deref(), old),
+                    ))
+                })
+                .collect()
+        }
         "NotebookEdit" => text("new_source")
             .map(|c| vec![FileChange::whole_text(shown, c, 1)])
             .unwrap_or_default(),
@@ -132,13 +127,12 @@ fn shown_path(path: &str, cwd: &Path) -> String {
         .map_or_else(|| path.to_owned(), |p| p.display().to_string())
 }
 
-/// The line where `old` starts in the file at `path`, or 1.
-fn edit_line(path: &str, cwd: &Path, old: &str) -> u32 {
+/// The line where `old` starts in the file's `content`, or 1.
+fn edit_line(content: Option<&str>, old: &str) -> u32 {
     if old.is_empty() {
         return 1;
     }
-    std::fs::read_to_string(cwd.join(path))
-        .ok()
+    content
         .and_then(|content| {
             let at = content.find(old)?;
             u32::try_from(content[..at].matches('\n').count() + 1).ok()

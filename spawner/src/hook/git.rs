@@ -135,14 +135,20 @@ pub fn message_file(args: &[String], dir: &Path) -> Result<PathBuf, String> {
     }
 }
 
-/// Replace the message file's contents: a new file beside it, renamed over it, so that
-/// git never reads half a message.
-pub fn rewrite_message(file: &Path, message: &str) -> std::io::Result<()> {
-    let dir = file.parent().unwrap_or(Path::new("."));
+/// Replace `path` with `bytes` (and `mode`, else the temporary file's 0600): a new file
+/// beside it, synced, then renamed over it, so that git never reads half a file. Used for
+/// the commit-msg rewrite and for installing a hook script.
+pub fn replace_file(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(message.as_bytes())?;
+    tmp.write_all(bytes)?;
+    if let Some(mode) = mode {
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
     tmp.as_file().sync_all()?;
-    tmp.persist(file).map_err(|e| e.error)?;
+    tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 

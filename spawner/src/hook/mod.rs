@@ -86,17 +86,12 @@ impl HookResult {
                 verdict: report.verdict.unwrap_or_default(),
                 output: report.output.unwrap_or_default().into_bytes(),
             },
+            // agent-exec reports a hook's `rejected` as a denial with the agent's reason.
             Outcome::Rejected => HookResult::Decided {
-                verdict: Verdict {
+                verdict: report.verdict.unwrap_or(Verdict {
                     decision: Decision::Deny,
-                    reason: Some(
-                        report
-                            .error
-                            .map(|e| e.strip_prefix("rejected: ").map(str::to_owned).unwrap_or(e))
-                            .unwrap_or_else(|| "rejected".into()),
-                    ),
                     ..Verdict::default()
-                },
+                }),
                 output: Vec::new(),
             },
             status => HookResult::Failed {
@@ -174,7 +169,7 @@ pub fn reply(
             if let Some(message) = &verdict.message {
                 reply.stderr.push_str(&format!("{agent}: {message}\n"));
             }
-            if matches!(verdict.decision, Decision::Deny | Decision::Ask) {
+            if verdict.decision.blocks() {
                 let reason = verdict.reason.as_deref().unwrap_or("no reason given");
                 reply.stderr.push_str(&format!(
                     "spawner hook: {agent} blocked the {action}:\n{reason}\n"
@@ -284,7 +279,12 @@ mod tests {
             error: Some("rejected: not today".into()),
             cache_hit: None,
             timings: Default::default(),
-            verdict: None,
+            // As agent-exec writes it for a hook call.
+            verdict: Some(Verdict {
+                decision: Decision::Deny,
+                reason: Some("not today".into()),
+                ..Verdict::default()
+            }),
         };
         match HookResult::from_report(report) {
             HookResult::Decided { verdict, .. } => {

@@ -59,9 +59,7 @@ pub fn dispatch(daemon: &Daemon, conn: &mut Connection, req: &Request) -> Result
         "runs.list" => {
             let p: RunsList = params(&req.params)?;
             let runs = daemon
-                .store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .lock_store()
                 .runs(&RunFilter {
                     agent: p.agent,
                     limit: p.limit.unwrap_or(20).min(10_000),
@@ -71,12 +69,7 @@ pub fn dispatch(daemon: &Daemon, conn: &mut Connection, req: &Request) -> Result
         }
         "runs.get" => {
             let p: RunId = params(&req.params)?;
-            let run = daemon
-                .store
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .run(&p.run_id)
-                .map_err(internal)?;
+            let run = daemon.lock_store().run(&p.run_id).map_err(internal)?;
             match run {
                 Some(run) => Ok(json!({ "run": run })),
                 None if daemon.lock_active().contains_key(&p.run_id) => Err(RpcError::new(
@@ -284,7 +277,7 @@ fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, Rp
     // Log lines: streamed as notifications, or kept for the result.
     let mut logs: Vec<Value> = Vec::new();
     let mut pending: Vec<u8> = Vec::new();
-    let client = conn.stream.try_clone().map_err(internal)?;
+    let client = &conn.stream;
     let mut on_stderr = |chunk: &[u8]| {
         pending.extend_from_slice(chunk);
         while let Some(i) = pending.iter().position(|b| *b == b'\n') {
@@ -293,7 +286,7 @@ fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, Rp
             let value = serde_json::from_slice::<Value>(line)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(line).into_owned()));
             if p.stream {
-                let _ = (&client).write_all(&rpc::notification(
+                let _ = (&*client).write_all(&rpc::notification(
                     "run.log",
                     json!({"run_id": run_id, "line": value}),
                 ));
@@ -310,7 +303,7 @@ fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, Rp
             client: Some(conn.stream.as_fd()),
         },
         Some(&mut on_stderr),
-        daemon.spares.take(),
+        Some(&|| daemon.spares.take()),
     );
     daemon.lock_active().remove(&run_id);
     let finished = match finished {
@@ -326,7 +319,9 @@ fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, Rp
             return Err(run_failed(outcome, format!("{e:#}")));
         }
     };
-    let report = finished.report().map_err(|e| internal(format!("{e:#}")))?;
+    let report = finished
+        .into_report()
+        .map_err(|e| internal(format!("{e:#}")))?;
     daemon.metrics.run_finished(report.status);
     daemon
         .metrics

@@ -92,6 +92,10 @@ impl Daemon {
     fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<String, ActiveRun>> {
         self.active.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn lock_store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Most connections open at once; more are answered `busy` and closed.
