@@ -130,12 +130,6 @@ impl Verdict {
     pub fn deny(reason: impl Into<String>) -> Verdict {
         Verdict::new(Decision::Deny, Some(reason.into()))
     }
-
-    /// Attach a note shown to the user.
-    pub fn with_message(mut self, message: impl Into<String>) -> Verdict {
-        self.message = Some(message.into());
-        self
-    }
 }
 
 /// Log lines, written by the host to its standard error with the run id attached.

@@ -130,8 +130,6 @@ fn deny(found: &[Reported], what: &str) -> Result<Verdict, AgentError> {
 
 /// A commit message with its secrets redacted, or a denial, as `[config]` says.
 fn commit_msg(message: &str, allow: &Allowlist) -> Result<Verdict, AgentError> {
-    let mut redacted = 0;
-    let mut kinds: Vec<&str> = Vec::new();
     let mut found = Vec::new();
     let mut rewritten = String::with_capacity(message.len());
     for (line, n) in message.split_inclusive('\n').zip(1u32..) {
@@ -145,7 +143,6 @@ fn commit_msg(message: &str, allow: &Allowlist) -> Result<Verdict, AgentError> {
                 .collect()
         };
         for f in &findings {
-            kinds.push(f.kind);
             found.push(Reported {
                 path: "commit message".into(),
                 line: n,
@@ -153,18 +150,19 @@ fn commit_msg(message: &str, allow: &Allowlist) -> Result<Verdict, AgentError> {
                 preview: scan::preview(f, &text[f.start..f.end]),
             });
         }
-        redacted += findings.len();
         rewritten.push_str(&scan::redact(text, &findings));
         rewritten.push_str(&line[text.len()..]);
     }
-    if redacted == 0 {
+    if found.is_empty() {
         return Ok(Verdict::pass());
     }
     if config::get("on_commit_msg").as_deref() == Some("deny") {
         return deny(&found, "the commit message");
     }
+    let mut kinds: Vec<&str> = found.iter().map(|f| f.kind).collect();
     kinds.dedup();
     memory::append_event("redacted", kinds.join("\n").as_bytes())?;
+    let redacted = found.len();
     Ok(Verdict {
         decision: Decision::Pass,
         reason: None,
@@ -177,34 +175,31 @@ fn commit_msg(message: &str, allow: &Allowlist) -> Result<Verdict, AgentError> {
     })
 }
 
+/// Pass `files` when they hold no secret; deny `what` otherwise.
+fn scan_verdict(
+    files: &[FileChange],
+    allow: &Allowlist,
+    what: &str,
+) -> Result<Verdict, AgentError> {
+    let found = scan_files(files, allow);
+    if found.is_empty() {
+        Ok(Verdict::pass())
+    } else {
+        deny(&found, what)
+    }
+}
+
 fn hook(event: &HookEvent, allow: &Allowlist) -> Result<Verdict, AgentError> {
     match event {
-        HookEvent::PreCommit(files) => {
-            let found = scan_files(files, allow);
-            if found.is_empty() {
-                Ok(Verdict::pass())
-            } else {
-                deny(&found, "this commit")
-            }
-        }
+        HookEvent::PreCommit(files) => scan_verdict(files, allow, "this commit"),
         HookEvent::CommitMsg(message) => commit_msg(message, allow),
         HookEvent::Assistant(e) if e.event == "PreToolUse" => {
-            let found = scan_files(&e.writes, allow);
-            if found.is_empty() {
-                Ok(Verdict::pass())
-            } else {
-                let tool = e.tool_name.as_deref().unwrap_or("tool");
-                deny(&found, &format!("this {tool} call"))
-            }
+            let tool = e.tool_name.as_deref().unwrap_or("tool");
+            scan_verdict(&e.writes, allow, &format!("this {tool} call"))
         }
         HookEvent::Assistant(e) if e.event == "UserPromptSubmit" => {
             let prompt = FileChange::whole_text("prompt", e.prompt.as_deref().unwrap_or(""));
-            let found = scan_files(&[prompt], allow);
-            if found.is_empty() {
-                Ok(Verdict::pass())
-            } else {
-                deny(&found, "this prompt")
-            }
+            scan_verdict(&[prompt], allow, "this prompt")
         }
         // Pushes were checked commit by commit; other events carry nothing to scan.
         _ => Ok(Verdict::pass()),
