@@ -5,7 +5,8 @@
 //! - `demo`: `setup`, then run the example agents end to end.
 //! - `test`: everything CI runs: fmt, clippy, the agents, every test.
 //! - `build-agents`: build the guest workspace for wasm32-wasip2.
-//! - `bench`: cold-start benchmark with hyperfine; writes BENCHMARKS.md.
+//! - `bench [--quick|--smoke]`: the benchmark suite (see `bench`); writes BENCHMARKS.md and
+//!   benches/results/.
 
 mod bench;
 
@@ -27,15 +28,17 @@ fn main() -> anyhow::Result<()> {
         Some("demo") => demo(&root),
         Some("test") => test(&root),
         Some("build-agents") => build_agents(&root),
-        Some("bench") => bench::run(&root, args.iter().any(|a| a == "--quick")),
+        Some("bench") => bench::run(&root, bench::Mode::from_args(&args[1..])?),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|demo|test|build-agents|bench [--quick]>\n\n\
+                "usage: cargo xtask <setup|demo|test|build-agents|bench [--quick|--smoke]>\n\n\
                  setup         add the wasm target, build everything, install the example agents\n\
                  demo          setup, then run the example agents end to end\n\
                  test          what CI runs: fmt, clippy, agents, all tests\n\
                  build-agents  build the guest agents for wasm32-wasip2\n\
-                 bench         cold-start benchmark (hyperfine); writes BENCHMARKS.md"
+                 bench         the benchmark suite against the floor and the peers; writes\n\
+                               BENCHMARKS.md (--quick: 30 runs a row, into benches/results;\n\
+                               --smoke: the harness check CI runs)"
             );
             bail!("unknown or missing xtask command")
         }
@@ -120,19 +123,33 @@ pub const DIST_PROFILE: &str = "dist";
 
 /// Build spawner and agent-exec with the dist profile; returns their directory.
 pub fn build_dist(root: &Path) -> anyhow::Result<PathBuf> {
+    build_binaries(root, DIST_PROFILE)
+}
+
+/// Build spawner and agent-exec with the release profile (what the tests run); returns
+/// their directory.
+pub fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
+    build_binaries(root, "release")
+}
+
+fn build_binaries(root: &Path, profile: &str) -> anyhow::Result<PathBuf> {
     run(cargo().args([
         "build",
         "--profile",
-        DIST_PROFILE,
+        profile,
         "-p",
         "spawner",
         "-p",
         "agent-exec",
     ]))?;
-    Ok(std::env::var_os("CARGO_TARGET_DIR")
+    Ok(target_dir(root).join(profile))
+}
+
+/// The host workspace's target directory.
+pub fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
-        .join(DIST_PROFILE))
 }
 
 /// The home the demo uses: the one spawner itself would pick (`$SPAWNER_HOME`, else the
@@ -290,7 +307,8 @@ fn test(root: &Path) -> anyhow::Result<()> {
     // The agents' own unit tests (pure logic) run on the host.
     run(agents_cargo(root, "test").args(["-p", "command-guard", "-p", "secret-guard"]))?;
     // The integration tests run the real binaries; build them first so they are current.
-    run(cargo().args(["build", "--release", "-p", "spawner", "-p", "agent-exec"]))?;
+    build_release(root)?;
     run(cargo().args(["test", "--release", "--workspace"]))?;
-    Ok(())
+    // The benchmark harness, so that it cannot rot; it times nothing against anything.
+    bench::run(root, bench::Mode::Smoke)
 }

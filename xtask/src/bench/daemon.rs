@@ -1,0 +1,222 @@
+//! Through the daemon: `spawner serve` answering JSON-RPC `run` requests for echo on 1, 8
+//! and 32 connections at once; latency percentiles, throughput, and the daemon's idle RSS
+//! beside its spare agent-execs'.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use super::measure::Stats;
+use super::report::{Report, Target};
+
+/// Target median latency through the daemon at concurrency 1 (issue: management API).
+const P50_TARGET_MS: f64 = 3.0;
+/// Target throughput through the daemon (runs per second, 2 cores).
+const THROUGHPUT_TARGET: f64 = 500.0;
+
+/// One JSON-RPC `run` of echo; returns its latency.
+fn run_once(reader: &mut BufReader<UnixStream>, id: usize) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let line = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"run\",\"params\":{{\"agent\":\"echo\",\"input\":\"hello\"}}}}\n"
+    );
+    reader.get_mut().write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    reader.read_line(&mut answer)?;
+    let elapsed = started.elapsed();
+    let value: serde_json::Value = serde_json::from_str(&answer)?;
+    if value["result"]["status"] != "ok" {
+        bail!("a benchmark run failed: {answer}");
+    }
+    Ok(elapsed)
+}
+
+/// `clients` connections doing `total` runs between them; latencies in ms and the wall time.
+fn load(socket: &Path, clients: usize, total: usize) -> anyhow::Result<(Vec<f64>, Duration)> {
+    let started = Instant::now();
+    let workers: Vec<_> = (0..clients)
+        .map(|k| {
+            let socket = socket.to_owned();
+            std::thread::spawn(move || -> anyhow::Result<Vec<f64>> {
+                let mut reader = BufReader::new(UnixStream::connect(&socket)?);
+                (k..total)
+                    .step_by(clients)
+                    .map(|i| run_once(&mut reader, i).map(|d| d.as_secs_f64() * 1000.0))
+                    .collect()
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(total);
+    for w in workers {
+        latencies.extend(
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))??,
+        );
+    }
+    Ok((latencies, started.elapsed()))
+}
+
+/// A process's resident set in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+pub fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Measure the daemon with `runs` runs per row (half at concurrency 1).
+pub fn measure(
+    report: &mut Report,
+    spawner: &Path,
+    home: &Path,
+    out: &Path,
+    runs: usize,
+) -> anyhow::Result<()> {
+    let socket = out.join("d.sock");
+    let _ = std::fs::remove_file(&socket);
+    let mut child = Command::new(spawner)
+        .arg("--home")
+        .arg(home)
+        .arg("serve")
+        .arg("--socket")
+        .arg(&socket)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start spawner serve")?;
+    let outcome = measure_running(report, child.id(), &socket, runs);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    outcome
+}
+
+fn measure_running(
+    report: &mut Report,
+    daemon: u32,
+    socket: &Path,
+    runs: usize,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(socket).is_err() {
+        if Instant::now() > deadline {
+            bail!("spawner serve did not start");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Let the keeper thread start the spares before measuring the idle daemon.
+    std::thread::sleep(Duration::from_millis(200));
+    let idle_rss = rss_kib(daemon);
+    // The spares are the daemon's idle children (agent-exec --prepare), started by its
+    // keeper thread: /proc lists children per thread.
+    let spares: Vec<u64> = std::fs::read_dir(format!("/proc/{daemon}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|pids| {
+            pids.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .filter_map(rss_kib)
+        .collect();
+    load(socket, 4, runs / 4)?; // warm-up
+    let mut measured = Vec::new();
+    for (clients, total) in [(1, runs / 2), (8, runs), (32, runs)] {
+        let (latencies, wall) = load(socket, clients, total)?;
+        measured.push((clients, Stats::new(String::new(), latencies), wall));
+    }
+    report.heading(
+        "Through the daemon: `spawner serve`, `run` of echo over the socket",
+        &format!(
+            "A client in `cargo xtask bench` sends JSON-RPC `run` requests for `echo` on \
+             `clients` connections at once, each waiting for its answer before sending the \
+             next; latency is from sending the request to reading the answer. Each run is a \
+             fresh agent-exec. Daemon defaults: {} runs in flight at most.",
+            2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
+    );
+    let mut table = String::from(
+        "| clients | runs | p50 | p95 | p99 | max | throughput |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut rows = Vec::new();
+    for (clients, stats, wall) in &measured {
+        let throughput = stats.times_ms.len() as f64 / wall.as_secs_f64();
+        table.push_str(&format!(
+            "| {clients} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {throughput:.0} runs/s |\n",
+            stats.times_ms.len(),
+            stats.median(),
+            stats.percentile(95.0),
+            stats.percentile(99.0),
+            stats.max(),
+        ));
+        report.value(
+            &format!("daemon.throughput.clients_{clients}"),
+            throughput,
+            "runs/s",
+        );
+        rows.push(Stats::new(
+            format!("daemon run echo, {clients} clients"),
+            stats.times_ms.clone(),
+        ));
+    }
+    report.text(&table);
+    report.section_rows(
+        "daemon",
+        &rows,
+        "latency per request from the client in xtask",
+    );
+    let spare_text = spares
+        .iter()
+        .map(|k| mib(*k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    report.text(&format!(
+        "Daemon idle RSS (after start, before any run): {}; its {} spare agent-execs \
+         (started ahead of requests, `--spares`): {spare_text} each.",
+        idle_rss.map_or_else(|| "unknown".to_owned(), mib),
+        spares.len(),
+    ));
+    if let Some(kib) = idle_rss {
+        report.value("memory.daemon_idle_rss", kib as f64, "KiB");
+    }
+    for (i, kib) in spares.iter().enumerate() {
+        report.value(&format!("memory.daemon_spare_{i}_rss"), *kib as f64, "KiB");
+    }
+    report.check(
+        "daemon p50 at concurrency 1",
+        measured[0].1.median(),
+        "ms",
+        Target::Below(P50_TARGET_MS),
+    );
+    let best = measured
+        .iter()
+        .map(|(_, s, wall)| s.times_ms.len() as f64 / wall.as_secs_f64())
+        .fold(0.0, f64::max);
+    report.check(
+        "daemon best throughput",
+        best,
+        "runs/s",
+        Target::AtLeast(THROUGHPUT_TARGET),
+    );
+    report.provenance("the client's own clock, one warm-up round of 4 clients first");
+    report.not_measured(
+        "a request with an inference call through the daemon (total time and cold start's \
+         share of it at p95, against the design's budget of 5%)",
+        "there is no gpu-broker yet (issue #3); agents' inference calls answer `unavailable`",
+    );
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! agent-exec alone, without the spawner: fed the request envelope on standard input by the
+//! benchmark's own spawn loop, on echo (14 KB component) and on bulky (echo's job in a
+//! 4 MB component). Shows the per-phase breakdown from the run records these runs wrote,
+//! each run's peak RSS, and how cold start grows with component size.
+
+use std::path::Path;
+use std::process::Command;
+
+use agent_contract::envelope::{ENVELOPE_VERSION, RequestHeader, write_envelope};
+
+use super::daemon::mib;
+use super::measure::{self, Runs, Stats};
+use super::report::Report;
+
+/// One agent measured: its stats, peak RSS, component size and phase medians (µs).
+struct Measured {
+    stats: Stats,
+    peak_rss_kib: u64,
+    component_bytes: u64,
+    phases: Vec<(&'static str, f64)>,
+}
+
+/// The envelope of run `i` of `agent`, written to `path`; opened for reading.
+fn envelope(path: &Path, home: &Path, agent: &str, i: usize) -> anyhow::Result<std::fs::File> {
+    let header = RequestHeader {
+        v: ENVELOPE_VERSION,
+        run_id: format!("bench-alone-{}-{agent}-{i}", std::process::id()),
+        agent: agent.to_owned(),
+        home: home.to_owned(),
+        timeout_ms: None,
+        output: Default::default(),
+        log_format: Default::default(),
+        log_level: None,
+        spawned_at_unix_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| u64::try_from(d.as_nanos()).ok()),
+        work_dir: None,
+        hook: None,
+    };
+    write_envelope(std::fs::File::create(path)?, &header, b"hello")?;
+    Ok(std::fs::File::open(path)?)
+}
+
+/// Median of each phase over the records of this benchmark's own runs of `agent`.
+fn phases(
+    spawner: &Path,
+    home: &Path,
+    agent: &str,
+    runs: usize,
+) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let out = Command::new(spawner)
+        .arg("--home")
+        .arg(home)
+        .args(["runs", "--agent", agent, "--json", "--limit"])
+        .arg(runs.to_string())
+        .output()?;
+    let prefix = format!("bench-alone-{}-{agent}-", std::process::id());
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| {
+            r["run_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with(&prefix))
+        })
+        .collect();
+    Ok(agent_contract::PhaseTimings::FIELDS
+        .iter()
+        .map(|key| {
+            let values: Vec<f64> = records
+                .iter()
+                .filter_map(|r| r["timings"][key].as_f64())
+                .collect();
+            (*key, Stats::new(String::new(), values).median())
+        })
+        .collect())
+}
+
+pub fn measure(
+    report: &mut Report,
+    bin: &Path,
+    spawner: &Path,
+    home: &Path,
+    out: &Path,
+    runs: Runs,
+) -> anyhow::Result<()> {
+    let agent_exec = bin.join("agent-exec");
+    let path = out.join("envelope");
+    // The loop's own floor: /bin/true fed the same envelope.
+    let (floor, _) = measure::spawn_loop(
+        "/bin/true < envelope".into(),
+        Path::new("/bin/true"),
+        &[],
+        runs,
+        |i| envelope(&path, home, "echo", i),
+    )?;
+    let mut measured = Vec::new();
+    for agent in ["echo", "bulky"] {
+        let (stats, peak_rss_kib) = measure::spawn_loop(
+            format!("agent-exec < envelope ({agent})"),
+            &agent_exec,
+            &[],
+            runs,
+            |i| envelope(&path, home, agent, i),
+        )?;
+        let component_bytes = std::fs::metadata(
+            home.join("agents")
+                .join(agent)
+                .join(format!("{agent}.wasm")),
+        )?
+        .len();
+        measured.push(Measured {
+            phases: phases(spawner, home, agent, runs.runs + runs.warmup)?,
+            stats,
+            peak_rss_kib,
+            component_bytes,
+        });
+    }
+
+    report.heading(
+        "agent-exec alone, and how it grows with the component",
+        "The benchmark's own spawn loop starts `agent-exec` with a request envelope on \
+         standard input (as the spawner does, without the spawner), waits for it, and reads \
+         its peak RSS from `wait4`. `echo` is a 14 KB component; `bulky` does echo's job in a \
+         4 MB component (a 4 MiB table in its data segment, as an agent with a vocabulary \
+         would carry). Both are compiled and cached before the clock starts. Phases are \
+         medians, in µs, over the run records these very runs wrote; `exit` is what is left \
+         of the wall time: median wall − start_to_main − total (exit, reap, and the \
+         loop's own spawn).",
+    );
+    let mut table = String::from("| command | component | median | p95 | peak RSS | ÷ first row |");
+    let phase_names: Vec<&str> = measured[0]
+        .phases
+        .iter()
+        .map(|(k, _)| k.trim_end_matches("_us"))
+        .collect();
+    for name in &phase_names {
+        table.push_str(&format!(" {name} |"));
+    }
+    table.push_str(" exit |\n|---|---:|---:|---:|---:|---:|");
+    for _ in 0..=phase_names.len() {
+        table.push_str("---:|");
+    }
+    table.push('\n');
+    table.push_str(&format!(
+        "| `{}` | – | {:.2} ms | {:.2} ms | – | 1.0× |{} – |\n",
+        floor.command,
+        floor.median(),
+        floor.percentile(95.0),
+        " – |".repeat(phase_names.len())
+    ));
+    for m in &measured {
+        let get = |key: &str| {
+            m.phases
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(f64::NAN, |(_, v)| *v)
+        };
+        let exit_us = m.stats.median() * 1000.0 - get("start_to_main_us") - get("total_us");
+        table.push_str(&format!(
+            "| `{}` | {:.1} KB | {:.2} ms | {:.2} ms | {} | {:.1}× |",
+            m.stats.command,
+            m.component_bytes as f64 / 1000.0,
+            m.stats.median(),
+            m.stats.percentile(95.0),
+            mib(m.peak_rss_kib),
+            m.stats.median() / floor.median()
+        ));
+        for (_, v) in &m.phases {
+            table.push_str(&format!(" {v:.0} |"));
+        }
+        table.push_str(&format!(" {exit_us:.0} |\n"));
+        let agent = if m.stats.command.contains("bulky") {
+            "bulky"
+        } else {
+            "echo"
+        };
+        report.value(
+            &format!("memory.agent_exec_peak_rss.{agent}"),
+            m.peak_rss_kib as f64,
+            "KiB",
+        );
+        report.value(
+            &format!("component_bytes.{agent}"),
+            m.component_bytes as f64,
+            "bytes",
+        );
+        for (k, v) in &m.phases {
+            report.value(&format!("phases.{agent}.{k}"), *v, "us");
+        }
+        report.value(&format!("phases.{agent}.exit_us"), exit_us, "us");
+    }
+    report.text(&table);
+    let (echo, bulky) = (&measured[0], &measured[1]);
+    report.text(&format!(
+        "Component {:.0}× larger: cold start {:.2}× ({:+.2} ms at the median), peak RSS {:+.1} MiB.",
+        bulky.component_bytes as f64 / echo.component_bytes as f64,
+        bulky.stats.median() / echo.stats.median(),
+        bulky.stats.median() - echo.stats.median(),
+        (bulky.peak_rss_kib as f64 - echo.peak_rss_kib as f64) / 1024.0,
+    ));
+    report.provenance(&format!(
+        "the spawn loop in xtask, {} warm-up + {} runs of each row, one after another",
+        runs.warmup, runs.runs
+    ));
+    let rows: Vec<Stats> = std::iter::once(floor)
+        .chain(measured.into_iter().map(|m| m.stats))
+        .collect();
+    report.section_rows("agent_exec_alone", &rows, "spawn loop in xtask");
+    Ok(())
+}
