@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 TITLES = {
     "cold_start": "Cold start: spawner run echo, the floor and the peers",
@@ -26,15 +27,15 @@ TITLES = {
 
 
 def label(command: str) -> str:
-    """A short label: the program's name and what follows, at most ~70 characters."""
-    words = command.split()
+    """A short label: paths cut to their last part, at most 60 characters."""
     shown = []
-    for w in words:
-        if "/" in w and not w.startswith("'"):
-            w = w.rsplit("/", 1)[-1]
-        shown.append(w)
+    for word in command.split():
+        key, eq, value = word.rpartition("=")
+        if value.startswith(("/", "./")):
+            value = value.rsplit("/", 1)[-1]
+        shown.append(f"{key}{eq}{value}")
     text = " ".join(shown)
-    return text if len(text) <= 70 else text[:67] + "..."
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def main() -> None:
@@ -52,7 +53,7 @@ def main() -> None:
         rows = [r for r in section["rows"] if r.get("times_ms")]
         ax.boxplot(
             [r["times_ms"] for r in rows],
-            vert=False,
+            orientation="horizontal",
             whis=(5, 95),
             showfliers=False,
             medianprops={"color": "black"},
@@ -60,6 +61,8 @@ def main() -> None:
         ax.set_yticks(range(1, len(rows) + 1), [label(r["command"]) for r in rows], fontsize=7)
         ax.invert_yaxis()
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("ms (log scale)", fontsize=8)
         ax.set_title(TITLES.get(section["id"], section["id"]), fontsize=9, loc="left")
         ax.grid(axis="x", which="both", alpha=0.3)

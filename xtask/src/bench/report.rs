@@ -65,7 +65,7 @@ impl Report {
     pub fn provenance(&mut self, how: &str) {
         let _ = writeln!(
             self.body,
-            "_{}; `{}`, {how}._\n",
+            "\n_{}; `{}`, {how}._\n",
             self.machine, self.command
         );
     }
@@ -118,6 +118,18 @@ impl Report {
     pub fn value(&mut self, id: &str, value: f64, unit: &str) {
         self.values
             .push(json!({"id": id, "value": value, "unit": unit}));
+    }
+
+    /// The figures recorded so far whose id starts with `prefix`.
+    pub fn values_with_prefix(&self, prefix: &str) -> Vec<(String, f64)> {
+        self.values
+            .iter()
+            .filter_map(|v| {
+                let id = v["id"].as_str()?;
+                id.starts_with(prefix)
+                    .then(|| (id.to_owned(), v["value"].as_f64().unwrap_or(f64::NAN)))
+            })
+            .collect()
     }
 
     /// Check `value` against `target`; a PASS/FAIL line here and in the summary. A report,

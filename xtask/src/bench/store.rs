@@ -46,7 +46,12 @@ pub fn measure(
             home.display()
         );
         // Compile the component into this home's cache before the clock starts.
-        crate::run(Command::new("sh").arg("-c").arg(&command))?;
+        crate::run(
+            Command::new("sh")
+                .arg("-c")
+                .arg(&command)
+                .stdout(std::process::Stdio::null()),
+        )?;
         files.push(std::fs::metadata(home.join("memory.db"))?.len());
         commands.push(command);
     }
@@ -67,12 +72,12 @@ pub fn measure(
         if i > 0 {
             sizes_line.push_str(", ");
         }
-        sizes_line.push_str(&format!("{rows} rows {:.1} MB", *bytes as f64 / 1e6));
+        sizes_line.push_str(&format!("{rows} rows {:.0} KB", *bytes as f64 / 1e3));
         report.value(&format!("store_bytes.rows_{rows}"), *bytes as f64, "bytes");
     }
     if let (Some(first), Some(last)) = (stats.first(), stats.last()) {
         sizes_line.push_str(&format!(
-            ". From {} to {} rows the median grows {:.2}× ({:+.2} ms).",
+            ". From {} to {} rows the median changes by a factor of {:.2} ({:+.2} ms).",
             sizes[0],
             sizes[sizes.len() - 1],
             last.median() / first.median(),
