@@ -96,6 +96,17 @@ impl Home {
         }
     }
 
+    /// Where the inference broker (gpu-broker) listens: `$XDG_RUNTIME_DIR/spawner/broker.sock`
+    /// for the default home, `<home>/run/broker.sock` for a chosen one (as [`Home::socket_path`]).
+    pub fn broker_socket_path(&self) -> PathBuf {
+        self.socket_path().with_file_name("broker.sock")
+    }
+
+    /// The model repository: one directory per model, each with a `model.toml`.
+    pub fn models_dir(&self) -> PathBuf {
+        self.root.join("models")
+    }
+
     /// The home directory itself.
     pub fn root(&self) -> &Path {
         &self.root

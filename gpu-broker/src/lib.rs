@@ -1,0 +1,229 @@
+//! gpu-broker: the long-lived process that keeps ONNX Runtime sessions warm and runs
+//! models for agents, which reach it over a local socket (`broker-client`). It is the only
+//! part of the workspace that uses `ort`, and it loads the ONNX Runtime library at run time.
+//!
+//! # Layout
+//! - [`repo`]: the model repository (`<home>/models/<name>/model.toml` + `.onnx`).
+//! - [`runtime`]: finding and loading the library; loading a model onto the provider it
+//!   really runs on (CUDA only when the library has it and registration succeeds; a model
+//!   that requires a GPU fails otherwise); running it on wire tensors.
+//! - [`queue`]: one ordered queue per device, served by one thread; dynamic batching.
+//! - [`stats`]: what `status` reports.
+//! - [`Broker`] (here): connections, the handshake, requests, idleness.
+//!
+//! # Data flow
+//! connection thread: frame -> [`queue::Job`] on the model's device -> device thread
+//! (load on first use, check, batch, run) -> reply channel -> frame.
+
+pub mod queue;
+pub mod repo;
+pub mod runtime;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use broker_client::wire::{self, ErrorCode, Frame, WireError};
+use interprocess::local_socket::Stream;
+use serde_json::json;
+
+use queue::{Device, Job};
+use repo::{Provider, Repo};
+use stats::Stats;
+
+/// The broker's shared state.
+pub struct Broker {
+    repo: Repo,
+    cpu: Device,
+    cuda: Option<Device>,
+    stats: Arc<Mutex<Stats>>,
+    /// Which device each model's requests go to, decided on first sight.
+    routes: Mutex<HashMap<String, &'static str>>,
+    started: Instant,
+    last_activity: Mutex<Instant>,
+    connections: AtomicUsize,
+    library: String,
+    idle_ttl: Option<Duration>,
+}
+
+impl Broker {
+    /// A broker serving `repo`, with ONNX Runtime already initialised from `library`.
+    pub fn new(repo: Repo, library: String, idle_ttl: Option<Duration>) -> Broker {
+        let stats = Arc::new(Mutex::new(Stats::default()));
+        let cuda = runtime::cuda_compiled_in().then(|| Device::start("cuda", repo.clone(), stats.clone()));
+        Broker {
+            cpu: Device::start("cpu", repo.clone(), stats.clone()),
+            cuda,
+            repo,
+            stats,
+            routes: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            last_activity: Mutex::new(Instant::now()),
+            connections: AtomicUsize::new(0),
+            library,
+            idle_ttl,
+        }
+    }
+
+    fn device(&self, model: &str) -> &Device {
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let route = *routes.entry(model.to_owned()).or_insert_with(|| {
+            let wants_gpu = self
+                .repo
+                .spec(model)
+                .is_ok_and(|s| s.require_gpu || s.providers.first() == Some(&Provider::Cuda));
+            if wants_gpu && self.cuda.is_some() { "cuda" } else { "cpu" }
+        });
+        match (&self.cuda, route) {
+            (Some(cuda), "cuda") => cuda,
+            _ => &self.cpu,
+        }
+    }
+
+    /// Load the models whose manifests ask for warm-up; returns the failures.
+    pub fn warm_up(&self) -> Vec<String> {
+        self.repo
+            .names()
+            .into_iter()
+            .filter(|name| self.repo.spec(name).is_ok_and(|s| s.warmup))
+            .filter_map(|name| self.device(&name).warm_up(&name).err().map(|f| f.message))
+            .collect()
+    }
+
+    /// How long the broker has had no connection and no request; None while a client is
+    /// connected.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.connections.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        Some(self.last_activity.lock().unwrap_or_else(|p| p.into_inner()).elapsed())
+    }
+
+    fn touch(&self) {
+        *self.last_activity.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    fn models_json(&self) -> serde_json::Value {
+        self.repo
+            .names()
+            .into_iter()
+            .map(|name| match self.repo.spec(&name) {
+                Ok(s) => json!({
+                    "name": name,
+                    "inputs": s.inputs.iter().map(|t| json!({"name": t.name, "dtype": t.dtype, "shape": t.shape})).collect::<Vec<_>>(),
+                    "outputs": s.outputs.iter().map(|t| json!({"name": t.name, "dtype": t.dtype, "shape": t.shape})).collect::<Vec<_>>(),
+                    "providers": s.providers,
+                    "require_gpu": s.require_gpu,
+                    "warmup": s.warmup,
+                    "max_batch": s.max_batch(),
+                    "max_delay_us": s.batching.map_or(0, |b| b.max_delay_us),
+                }),
+                Err(e) => json!({"name": name, "error": e.to_string()}),
+            })
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let mut devices = vec![json!({"name": "cpu", "queue_depth": self.cpu.depth()})];
+        if let Some(cuda) = &self.cuda {
+            devices.push(json!({"name": "cuda", "queue_depth": cuda.depth()}));
+        }
+        json!({
+            "protocol": wire::PROTOCOL_VERSION,
+            "pid": std::process::id(),
+            "uptime_s": self.started.elapsed().as_secs_f64(),
+            "library": self.library,
+            "onnxruntime": runtime::ORT_VERSION,
+            "cuda_in_library": self.cuda.is_some(),
+            "devices": devices,
+            "queue_depth": self.cpu.depth() + self.cuda.as_ref().map_or(0, Device::depth),
+            "connections": self.connections.load(Ordering::SeqCst),
+            "served": stats.served_total(),
+            "idle_ttl_s": self.idle_ttl.map(|d| d.as_secs()),
+            "models": stats.models_json(),
+        })
+    }
+
+    /// Serve one connection until it closes.
+    pub fn handle(&self, mut stream: Stream) {
+        self.connections.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+        let _ = self.converse(&mut stream);
+        self.touch();
+        self.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn converse(&self, stream: &mut Stream) -> Result<(), WireError> {
+        let error = |id, code, message: String| Frame::Error { id, code, message };
+        match Frame::read_from(stream) {
+            Ok(Frame::Hello { version }) if version == wire::PROTOCOL_VERSION => {
+                Frame::Welcome { version }.write_to(stream)?;
+            }
+            Ok(Frame::Hello { version }) => {
+                return error(
+                    0,
+                    ErrorCode::Version,
+                    format!("protocol version {version} is not supported; this broker speaks {}", wire::PROTOCOL_VERSION),
+                )
+                .write_to(stream);
+            }
+            Ok(_) => {
+                return error(0, ErrorCode::Malformed, "a connection must start with a hello".into()).write_to(stream);
+            }
+            Err(e) => return error(0, e.code(), e.to_string()).write_to(stream),
+        }
+        loop {
+            let frame = match Frame::read_from(stream) {
+                Ok(frame) => frame,
+                Err(WireError::Io(e)) => return Err(WireError::Io(e)),
+                // The frame was consumed whole: answer and go on.
+                Err(e) => {
+                    error(0, e.code(), e.to_string()).write_to(stream)?;
+                    continue;
+                }
+            };
+            self.touch();
+            let answer = match frame {
+                Frame::Infer { id, model, inputs } => {
+                    let (reply, answer) = mpsc::channel();
+                    self.device(&model).submit(Job {
+                        model,
+                        inputs,
+                        reply,
+                        queued: Instant::now(),
+                    });
+                    match answer.recv() {
+                        Ok(Ok(outputs)) => Frame::Outputs { id, outputs },
+                        Ok(Err(f)) => error(id, f.code, f.message),
+                        Err(_) => error(id, ErrorCode::ShuttingDown, "the broker is stopping".into()),
+                    }
+                }
+                Frame::ListModels { id } => Frame::Json {
+                    id,
+                    json: self.models_json().to_string(),
+                },
+                Frame::Status { id } => Frame::Json {
+                    id,
+                    json: self.status_json().to_string(),
+                },
+                other => error(0, ErrorCode::Malformed, format!("not a request: {other:?}")),
+            };
+            if let Err(WireError::TooLarge(n)) = answer.write_to(stream) {
+                let id = match answer {
+                    Frame::Outputs { id, .. } => id,
+                    _ => 0,
+                };
+                error(
+                    id,
+                    ErrorCode::TooLarge,
+                    format!("the answer of {n} bytes is over the frame limit of {} bytes", wire::MAX_FRAME_BYTES),
+                )
+                .write_to(stream)?;
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! gpu-broker: serve ONNX Runtime inference to agents over a local socket. Usually started
+//! on demand by the first agent that needs it (see `broker-client`); exits after an idle
+//! time-to-live unless `--persistent`.
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use interprocess::local_socket::prelude::*;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use nix::fcntl::{Flock, FlockArg};
+
+use gpu_broker::{Broker, repo::Repo, runtime};
+
+/// Serve ONNX Runtime inference over a local socket.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The runtime's home (default: $SPAWNER_HOME, else the XDG data home).
+    #[arg(long)]
+    home: Option<PathBuf>,
+    /// Socket to listen on (default: the home's broker socket).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The model repository (default: <home>/models).
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// libonnxruntime.so (default: $ORT_DYLIB_PATH, else beside this executable).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+    /// Exit after this many seconds with no client.
+    #[arg(long, default_value_t = 300)]
+    idle_ttl: u64,
+    /// Never exit for idleness.
+    #[arg(long)]
+    persistent: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    // SAFETY: the first thing main does, before any thread exists. The PyPI build of ONNX
+    // Runtime otherwise writes a device id under ~/.cache and tries to send telemetry.
+    unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The starter reads this line from our standard output.
+            println!("error: {e:#}");
+            eprintln!("gpu-broker: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let home = agent_contract::Home::resolve(args.home.clone())?;
+    let socket = args.socket.clone().unwrap_or_else(|| home.broker_socket_path());
+    let models = args.models.clone().unwrap_or_else(|| home.models_dir());
+    let dir = socket.parent().context("the socket path has no directory")?;
+    agent_contract::home::create_private_dir_all(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+
+    // One broker per socket for as long as it lives. A broker that is just exiting for
+    // idleness still holds it for a moment: wait a little rather than fail.
+    let lock_path = socket.with_extension("lock");
+    let mut lock_file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    let mut tries = 0;
+    let _lock = loop {
+        match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => break lock,
+            Err((file, _)) if tries < 200 => {
+                lock_file = file;
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => bail!("another gpu-broker is serving {}", socket.display()),
+        }
+    };
+
+    let library = runtime::find_library(args.ort_lib.as_deref()).map_err(anyhow::Error::msg)?;
+    runtime::init(&library).map_err(anyhow::Error::msg)?;
+
+    let name = socket.as_path().to_fs_name::<GenericFilePath>()?;
+    let listener = ListenerOptions::new()
+        .name(name)
+        .mode(0o600)
+        .try_overwrite(true)
+        .create_sync()
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let idle_ttl = (!args.persistent).then(|| Duration::from_secs(args.idle_ttl));
+    let broker = Arc::new(Broker::new(Repo::new(&models), library.display().to_string(), idle_ttl));
+    for failure in broker.warm_up() {
+        tracing::warn!("warm-up: {failure}");
+    }
+
+    {
+        let broker = broker.clone();
+        std::thread::Builder::new().name("accept".into()).spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let broker = broker.clone();
+                let _ = std::thread::Builder::new()
+                    .name("connection".into())
+                    .spawn(move || broker.handle(stream));
+            }
+        })?;
+    }
+    tracing::info!(socket = %socket.display(), models = %models.display(), library = %library.display(), "ready");
+    println!("ready {}", std::process::id());
+    std::io::stdout().flush()?;
+    // Nothing more goes to the starter's pipe (it may be closed by now).
+    let null = std::fs::File::options().write(true).open("/dev/null")?;
+    nix::unistd::dup2_stdout(&null)?;
+    let _ = null.as_raw_fd();
+
+    match idle_ttl {
+        None => loop {
+            std::thread::park();
+        },
+        Some(ttl) => loop {
+            std::thread::sleep(Duration::from_millis(200).min(ttl));
+            if broker.idle_for().is_some_and(|idle| idle >= ttl) {
+                tracing::info!("idle for {ttl:?}: exiting");
+                let _ = std::fs::remove_file(&socket);
+                return Ok(());
+            }
+        },
+    }
+}

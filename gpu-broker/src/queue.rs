@@ -1,0 +1,286 @@
+//! One ordered queue per device, served by one thread that owns the device's sessions, so
+//! work on a device runs one job at a time in arrival order. A model with batching on
+//! stacks the compatible requests that arrive within its `max_delay_us` (up to
+//! `max_batch`) along the first dimension into one run, and splits the outputs back;
+//! requests for other models keep their place in the queue meanwhile.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use broker_client::{ErrorCode, Tensor};
+
+use crate::repo::Repo;
+use crate::runtime::{self, Failure, Loaded};
+use crate::stats::Stats;
+
+/// The answer to one job.
+pub type Reply = Result<Vec<Tensor>, Failure>;
+
+/// One inference request waiting for its device.
+pub struct Job {
+    /// The model's name.
+    pub model: String,
+    /// Its inputs, not yet checked.
+    pub inputs: Vec<Tensor>,
+    /// Where the answer goes.
+    pub reply: Sender<Reply>,
+    /// When it was queued.
+    pub queued: Instant,
+}
+
+/// The sending side of a device's queue.
+#[derive(Clone)]
+pub struct Device {
+    /// "cpu" or "cuda".
+    pub name: &'static str,
+    sender: Sender<Job>,
+    depth: Arc<AtomicUsize>,
+}
+
+impl Device {
+    /// Start the device's thread.
+    pub fn start(name: &'static str, repo: Repo, stats: Arc<Mutex<Stats>>) -> Device {
+        let (sender, receiver) = mpsc::channel();
+        let depth = Arc::new(AtomicUsize::new(0));
+        let worker = Worker {
+            repo,
+            stats,
+            models: HashMap::new(),
+            receiver,
+            pending: VecDeque::new(),
+            depth: depth.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("device-{name}"))
+            .spawn(move || worker.serve())
+            .expect("cannot start a device thread");
+        Device { name, sender, depth }
+    }
+
+    /// Queue a job; its answer arrives on the job's reply channel.
+    pub fn submit(&self, job: Job) {
+        self.depth.fetch_add(1, Ordering::SeqCst);
+        if let Err(mpsc::SendError(job)) = self.sender.send(job) {
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+            let _ = job.reply.send(Err(Failure::new(ErrorCode::ShuttingDown, "the broker is stopping")));
+        }
+    }
+
+    /// Jobs queued and not yet started.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::SeqCst)
+    }
+
+    /// Load `model` now (warm-up); the answer says whether it worked.
+    pub fn warm_up(&self, model: &str) -> Result<(), Failure> {
+        let (reply, answer) = mpsc::channel();
+        self.submit(Job {
+            model: model.to_owned(),
+            inputs: Vec::new(),
+            reply,
+            queued: Instant::now(),
+        });
+        answer
+            .recv()
+            .map_err(|_| Failure::new(ErrorCode::ShuttingDown, "the device thread stopped"))?
+            .map(|_| ())
+    }
+}
+
+struct Worker {
+    repo: Repo,
+    stats: Arc<Mutex<Stats>>,
+    /// Loaded models, or why one could not be loaded (retried when its files change
+    /// would be nicer; for now a restart of the broker retries).
+    models: HashMap<String, Result<Loaded, Failure>>,
+    receiver: Receiver<Job>,
+    /// Jobs taken off the channel while a batch was being gathered, in arrival order.
+    pending: VecDeque<Job>,
+    depth: Arc<AtomicUsize>,
+}
+
+/// Stack the inputs of `jobs` along the first dimension.
+fn stack(jobs: &[(Job, Vec<Tensor>)]) -> Vec<Tensor> {
+    let first = &jobs[0].1;
+    (0..first.len())
+        .map(|i| {
+            let mut t = first[i].clone();
+            t.shape[0] = jobs.iter().map(|(_, ins)| ins[i].shape[0]).sum();
+            t.data = jobs.iter().flat_map(|(_, ins)| ins[i].data.iter().copied()).collect();
+            t
+        })
+        .collect()
+}
+
+/// Split batched `outputs` back into one set per job, by each job's first dimension.
+fn split(outputs: &[Tensor], sizes: &[u64]) -> Vec<Vec<Tensor>> {
+    let total: u64 = sizes.iter().sum();
+    let mut starts = vec![0u64; outputs.len()];
+    sizes
+        .iter()
+        .map(|&rows| {
+            outputs
+                .iter()
+                .zip(starts.iter_mut())
+                .map(|(o, start)| {
+                    let row_bytes = o.data.len() as u64 / total.max(1);
+                    let from = (*start * row_bytes) as usize;
+                    let to = ((*start + rows) * row_bytes) as usize;
+                    *start += rows;
+                    let mut t = o.clone();
+                    t.shape[0] = rows;
+                    t.data = o.data[from..to].to_vec();
+                    t
+                })
+                .collect()
+        })
+        .collect()
+}
+
+impl Worker {
+    fn next(&mut self) -> Option<Job> {
+        let job = match self.pending.pop_front() {
+            Some(job) => job,
+            None => self.receiver.recv().ok()?,
+        };
+        self.depth.fetch_sub(1, Ordering::SeqCst);
+        Some(job)
+    }
+
+    fn model(&mut self, name: &str) -> &mut Result<Loaded, Failure> {
+        if !self.models.contains_key(name) {
+            let loaded = self
+                .repo
+                .spec(name)
+                .map_err(|e| match e {
+                    crate::repo::RepoError::Unknown { .. } => Failure::new(ErrorCode::UnknownModel, e.to_string()),
+                    crate::repo::RepoError::Invalid { .. } => Failure::new(ErrorCode::LoadFailed, e.to_string()),
+                })
+                .and_then(runtime::load);
+            if let Ok(l) = &loaded {
+                tracing::info!(model = name, provider = l.provider, load_ms = l.load_ms, "model loaded");
+                if let Some(why) = &l.fallback {
+                    tracing::warn!(model = name, "running on the CPU: {why}");
+                }
+            }
+            self.stats.lock().unwrap_or_else(|p| p.into_inner()).loaded(name, &loaded);
+            self.models.insert(name.to_owned(), loaded);
+        }
+        self.models.get_mut(name).expect("inserted above")
+    }
+
+    fn serve(mut self) {
+        while let Some(job) = self.next() {
+            let model = job.model.clone();
+            let (max_batch, max_delay) = match self.model(&model) {
+                Err(f) => {
+                    let _ = job.reply.send(Err(f.clone()));
+                    continue;
+                }
+                Ok(loaded) if job.inputs.is_empty() => {
+                    // A warm-up: loading was the point.
+                    let _ = loaded;
+                    let _ = job.reply.send(Ok(Vec::new()));
+                    continue;
+                }
+                Ok(loaded) => (
+                    loaded.spec.max_batch(),
+                    Duration::from_micros(loaded.spec.batching.map_or(0, |b| b.max_delay_us)),
+                ),
+            };
+            let Some(first) = self.checked(job) else { continue };
+            let mut batch = vec![first];
+            if max_batch > 1 {
+                self.gather(&model, &mut batch, max_batch, max_delay);
+            }
+            self.run(&model, batch);
+        }
+    }
+
+    /// Check a job's inputs; answer it at once when they are wrong.
+    fn checked(&mut self, mut job: Job) -> Option<(Job, Vec<Tensor>)> {
+        let Ok(loaded) = self.model(&job.model) else { return None };
+        match runtime::check_inputs(&loaded.spec, std::mem::take(&mut job.inputs)) {
+            Ok(inputs) => Some((job, inputs)),
+            Err(f) => {
+                let _ = job.reply.send(Err(f));
+                None
+            }
+        }
+    }
+
+    /// Add to `batch` the jobs for `model` with the same non-batch dimensions that arrive
+    /// before `max_delay` has passed, up to `max_batch`; others wait in `pending`.
+    fn gather(&mut self, model: &str, batch: &mut Vec<(Job, Vec<Tensor>)>, max_batch: usize, max_delay: Duration) {
+        let deadline = Instant::now() + max_delay;
+        let fits = |a: &[Tensor], b: &[Tensor]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.shape[1..] == y.shape[1..])
+        };
+        // Jobs already waiting at the front of the queue for the same model come first.
+        while batch.len() < max_batch && self.pending.front().is_some_and(|j| j.model == model) {
+            let Some(job) = self.pending.pop_front() else { break };
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+            self.join(model, batch, job, &fits);
+        }
+        while batch.len() < max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.receiver.recv_timeout(left) {
+                Ok(job) if job.model == model && self.pending.is_empty() => {
+                    self.depth.fetch_sub(1, Ordering::SeqCst);
+                    self.join(model, batch, job, &fits);
+                }
+                Ok(job) => self.pending.push_back(job),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+
+    /// Add `job` to `batch` when its shapes fit; otherwise run it on its own first (it
+    /// arrived after the batch's first job, so order is kept within the model).
+    fn join(
+        &mut self,
+        model: &str,
+        batch: &mut Vec<(Job, Vec<Tensor>)>,
+        job: Job,
+        fits: &dyn Fn(&[Tensor], &[Tensor]) -> bool,
+    ) {
+        if let Some((job, inputs)) = self.checked(job) {
+            if fits(&batch[0].1, &inputs) {
+                batch.push((job, inputs));
+            } else {
+                self.run(model, vec![(job, inputs)]);
+            }
+        }
+    }
+
+    fn run(&mut self, model: &str, batch: Vec<(Job, Vec<Tensor>)>) {
+        let started = Instant::now();
+        let Ok(loaded) = self.model(model) else { return };
+        let result = if batch.len() == 1 {
+            loaded.run(&batch[0].1).map(|o| vec![o])
+        } else {
+            let sizes: Vec<u64> = batch.iter().map(|(_, ins)| ins[0].shape[0]).collect();
+            loaded.run(&stack(&batch)).map(|o| split(&o, &sizes))
+        };
+        let run_us = started.elapsed().as_micros() as u64;
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.batch(model, batch.len());
+        match result {
+            Ok(per_job) => {
+                for ((job, _), outputs) in batch.into_iter().zip(per_job) {
+                    stats.served(model, job.queued.elapsed().as_micros() as u64, run_us, true);
+                    let _ = job.reply.send(Ok(outputs));
+                }
+            }
+            Err(f) => {
+                for (job, _) in batch {
+                    stats.served(model, job.queued.elapsed().as_micros() as u64, run_us, false);
+                    let _ = job.reply.send(Err(f.clone()));
+                }
+            }
+        }
+    }
+}
