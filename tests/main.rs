@@ -5,6 +5,8 @@
 
 mod harness;
 
+/// gpu-broker: inference from agents, answers against Python onnxruntime's, faults, lifecycle.
+mod broker;
 /// `spawner agents` and `spawner runs`.
 mod cli;
 /// command-guard: allow, deny, rules read fresh on every run.

@@ -116,16 +116,17 @@ fn config_values_are_read_fresh_on_every_run() {
 }
 
 #[test]
-fn inference_is_refused_for_unlisted_models_and_unavailable_otherwise() {
+fn inference_is_refused_for_unlisted_models_and_unknown_ones() {
     let home = TestHome::new();
     home.install_testing("lab", "[models]\nallowed = [\"sentiment\"]\n");
     let out = home.run(&["run", "lab", "infer", "other-model"]);
     assert_eq!(code(&out), exit_of(Outcome::AgentError));
     assert!(stderr(&out).contains("NotAllowed"), "{}", stderr(&out));
+    // Allowed, but this home's repository has no such model: the broker says so.
     let out = home.run(&["run", "lab", "infer", "sentiment"]);
     assert_eq!(code(&out), exit_of(Outcome::AgentError));
     assert!(
-        stderr(&out).contains("inference is unavailable"),
+        stderr(&out).contains("UnknownModel") && stderr(&out).contains("no model named"),
         "{}",
         stderr(&out)
     );

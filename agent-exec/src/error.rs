@@ -67,6 +67,9 @@ pub enum ExecError {
         /// The cap.
         cap: u64,
     },
+    /// An inference call found no broker, and the agent failed.
+    #[error("{0}")]
+    BrokerUnavailable(String),
     /// Anything else: a bug or unexpected I/O failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -89,6 +92,7 @@ impl ExecError {
             ExecError::Trap(_) => Outcome::Trap,
             ExecError::Timeout(_) => Outcome::Timeout,
             ExecError::MemoryLimit { .. } => Outcome::MemoryLimit,
+            ExecError::BrokerUnavailable(_) => Outcome::BrokerUnavailable,
             ExecError::Internal(_) => Outcome::Internal,
         }
     }

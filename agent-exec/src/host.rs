@@ -35,6 +35,11 @@ pub struct AgentHost {
     pub config: BTreeMap<String, String>,
     /// Models this agent may call.
     pub allowed_models: Vec<String>,
+    /// Where inference calls go (the gpu-broker).
+    pub inference: Box<dyn crate::inference::Inference>,
+    /// Set when an inference call found no broker: a run that then fails is reported as
+    /// `broker_unavailable`, not as the agent's own error.
+    pub broker_unavailable: Option<String>,
     /// Attached to every log line.
     pub run_id: String,
     /// Attached to every log line.
@@ -214,16 +219,27 @@ impl inference::Host for AgentHost {
     fn infer(
         &mut self,
         model: String,
-        _inputs: Vec<inference::Tensor>,
+        inputs: Vec<inference::Tensor>,
     ) -> Result<Vec<inference::Tensor>, inference::InferenceError> {
         if !self.allowed_models.contains(&model) {
             return Err(inference::InferenceError::NotAllowed(format!(
-                "model {model:?} is not in [models] allowed of agent {:?}",
+                "model {model:?} is not in [models] allowed of agent {:?} (add it to agent.toml to use it)",
                 self.agent
             )));
         }
-        Err(inference::InferenceError::Unavailable(
-            "inference is unavailable: this build has no inference broker (gpu-broker) yet".into(),
-        ))
+        let inputs = inputs.into_iter().map(crate::inference::to_wire).collect();
+        match self.inference.infer(&model, inputs) {
+            Ok(outputs) => Ok(outputs
+                .into_iter()
+                .map(crate::inference::from_wire)
+                .collect()),
+            Err(e) => {
+                let e = crate::inference::to_wit_error(e);
+                if let inference::InferenceError::Unavailable(m) = &e {
+                    self.broker_unavailable = Some(m.clone());
+                }
+                Err(e)
+            }
+        }
     }
 }

@@ -28,6 +28,7 @@ pub mod engine;
 mod error;
 mod hook;
 pub mod host;
+pub mod inference;
 mod logging;
 mod run;
 

@@ -405,6 +405,8 @@ impl Run {
             memory: Some(memory),
             config: manifest.config.clone(),
             allowed_models: manifest.allowed_models.clone(),
+            inference: Box::new(crate::inference::Broker::for_home(&self.home)),
+            broker_unavailable: None,
             run_id: self.header.run_id.clone(),
             agent: manifest.name.clone(),
             memory_cap: manifest.limits.memory_bytes,
@@ -459,17 +461,25 @@ impl Run {
         let called = agent.call_handle(&mut *store, &request);
         self.input = request.input;
         self.timings.handler_us = lap(clock);
-        match called {
+        let answered = match called {
             Ok(Ok(response)) => Ok(Answer {
                 output: response.output,
                 verdict: store.data_mut().verdict.take(),
             }),
+            Ok(Err(types::AgentError::Rejected(m))) => Err(ExecError::Rejected(m)),
             Ok(Err(types::AgentError::InvalidInput(m))) => {
                 Err(ExecError::Agent(format!("invalid input: {m}")))
             }
             Ok(Err(types::AgentError::Failed(m))) => Err(ExecError::Agent(format!("failed: {m}"))),
-            Ok(Err(types::AgentError::Rejected(m))) => Err(ExecError::Rejected(m)),
             Err(e) => Err(self.classify(store, e, timeout, manifest, false)),
+        };
+        // An agent that fails (or panics) after an inference call found no broker failed
+        // because of it: its own exit code, so callers can tell and retry.
+        match (answered, store.data_mut().broker_unavailable.take()) {
+            (Err(ExecError::Agent(_) | ExecError::Trap(_)), Some(why)) => {
+                Err(ExecError::BrokerUnavailable(why))
+            }
+            (answered, _) => answered,
         }
     }
 

@@ -30,7 +30,7 @@ def features(text: bytes) -> np.ndarray:
 
 def main() -> None:
     text = " ".join(sys.argv[1:]).encode()
-    model = pathlib.Path(__file__).with_name("scorer.onnx")
+    model = pathlib.Path(__file__).parents[2] / "models" / "scorer" / "scorer.onnx"
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])

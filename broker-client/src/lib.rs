@@ -91,7 +91,8 @@ impl Client {
             return Ok(client);
         }
         let dir = socket.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| unavailable("cannot create the socket directory", e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| unavailable("cannot create the socket directory", e))?;
         let lock_path = socket.with_extension("start");
         let lock_file = File::options()
             .create(true)
@@ -223,7 +224,10 @@ fn start(launch: &Launch) -> Result<(), ClientError> {
     } else {
         let _ = child.wait();
         Err(ClientError::Unavailable(if line.is_empty() {
-            format!("gpu-broker exited before it was ready (see {})", launch.log.display())
+            format!(
+                "gpu-broker exited before it was ready (see {})",
+                launch.log.display()
+            )
         } else {
             line.trim_start_matches("error: ").to_owned()
         }))

@@ -516,7 +516,13 @@ mod tests {
         big.resize(4 + MAX_FRAME_BYTES as usize + 1, 0);
         big.extend_from_slice(&Frame::Status { id: 9 }.encode());
         let mut r = &big[..];
-        assert!(matches!(Frame::read_from(&mut r), Err(WireError::TooLarge(_))));
-        assert_eq!(Frame::read_from(&mut r).expect("next"), Frame::Status { id: 9 });
+        assert!(matches!(
+            Frame::read_from(&mut r),
+            Err(WireError::TooLarge(_))
+        ));
+        assert_eq!(
+            Frame::read_from(&mut r).expect("next"),
+            Frame::Status { id: 9 }
+        );
     }
 }

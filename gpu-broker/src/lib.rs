@@ -52,7 +52,8 @@ impl Broker {
     /// A broker serving `repo`, with ONNX Runtime already initialised from `library`.
     pub fn new(repo: Repo, library: String, idle_ttl: Option<Duration>) -> Broker {
         let stats = Arc::new(Mutex::new(Stats::default()));
-        let cuda = runtime::cuda_compiled_in().then(|| Device::start("cuda", repo.clone(), stats.clone()));
+        let cuda =
+            runtime::cuda_compiled_in().then(|| Device::start("cuda", repo.clone(), stats.clone()));
         Broker {
             cpu: Device::start("cpu", repo.clone(), stats.clone()),
             cuda,
@@ -74,7 +75,11 @@ impl Broker {
                 .repo
                 .spec(model)
                 .is_ok_and(|s| s.require_gpu || s.providers.first() == Some(&Provider::Cuda));
-            if wants_gpu && self.cuda.is_some() { "cuda" } else { "cpu" }
+            if wants_gpu && self.cuda.is_some() {
+                "cuda"
+            } else {
+                "cpu"
+            }
         });
         match (&self.cuda, route) {
             (Some(cuda), "cuda") => cuda,
@@ -98,7 +103,12 @@ impl Broker {
         if self.connections.load(Ordering::SeqCst) > 0 {
             return None;
         }
-        Some(self.last_activity.lock().unwrap_or_else(|p| p.into_inner()).elapsed())
+        Some(
+            self.last_activity
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed(),
+        )
     }
 
     fn touch(&self) {
@@ -167,12 +177,20 @@ impl Broker {
                 return error(
                     0,
                     ErrorCode::Version,
-                    format!("protocol version {version} is not supported; this broker speaks {}", wire::PROTOCOL_VERSION),
+                    format!(
+                        "protocol version {version} is not supported; this broker speaks {}",
+                        wire::PROTOCOL_VERSION
+                    ),
                 )
                 .write_to(stream);
             }
             Ok(_) => {
-                return error(0, ErrorCode::Malformed, "a connection must start with a hello".into()).write_to(stream);
+                return error(
+                    0,
+                    ErrorCode::Malformed,
+                    "a connection must start with a hello".into(),
+                )
+                .write_to(stream);
             }
             Err(e) => return error(0, e.code(), e.to_string()).write_to(stream),
         }
@@ -199,7 +217,9 @@ impl Broker {
                     match answer.recv() {
                         Ok(Ok(outputs)) => Frame::Outputs { id, outputs },
                         Ok(Err(f)) => error(id, f.code, f.message),
-                        Err(_) => error(id, ErrorCode::ShuttingDown, "the broker is stopping".into()),
+                        Err(_) => {
+                            error(id, ErrorCode::ShuttingDown, "the broker is stopping".into())
+                        }
                     }
                 }
                 Frame::ListModels { id } => Frame::Json {
@@ -220,7 +240,10 @@ impl Broker {
                 error(
                     id,
                     ErrorCode::TooLarge,
-                    format!("the answer of {n} bytes is over the frame limit of {} bytes", wire::MAX_FRAME_BYTES),
+                    format!(
+                        "the answer of {n} bytes is over the frame limit of {} bytes",
+                        wire::MAX_FRAME_BYTES
+                    ),
                 )
                 .write_to(stream)?;
             }

@@ -45,7 +45,9 @@ fn main() -> std::process::ExitCode {
     // SAFETY: the first thing main does, before any thread exists. The PyPI build of ONNX
     // Runtime otherwise writes a device id under ~/.cache and tries to send telemetry.
     unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
+    // ONNX Runtime logs every session's options at info: keep the log to what matters.
     tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -62,9 +64,14 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let home = agent_contract::Home::resolve(args.home.clone())?;
-    let socket = args.socket.clone().unwrap_or_else(|| home.broker_socket_path());
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| home.broker_socket_path());
     let models = args.models.clone().unwrap_or_else(|| home.models_dir());
-    let dir = socket.parent().context("the socket path has no directory")?;
+    let dir = socket
+        .parent()
+        .context("the socket path has no directory")?;
     agent_contract::home::create_private_dir_all(dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
 
@@ -101,21 +108,27 @@ fn run(args: Args) -> anyhow::Result<()> {
         .create_sync()
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     let idle_ttl = (!args.persistent).then(|| Duration::from_secs(args.idle_ttl));
-    let broker = Arc::new(Broker::new(Repo::new(&models), library.display().to_string(), idle_ttl));
+    let broker = Arc::new(Broker::new(
+        Repo::new(&models),
+        library.display().to_string(),
+        idle_ttl,
+    ));
     for failure in broker.warm_up() {
         tracing::warn!("warm-up: {failure}");
     }
 
     {
         let broker = broker.clone();
-        std::thread::Builder::new().name("accept".into()).spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let broker = broker.clone();
-                let _ = std::thread::Builder::new()
-                    .name("connection".into())
-                    .spawn(move || broker.handle(stream));
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let broker = broker.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("connection".into())
+                        .spawn(move || broker.handle(stream));
+                }
+            })?;
     }
     tracing::info!(socket = %socket.display(), models = %models.display(), library = %library.display(), "ready");
     println!("ready {}", std::process::id());
@@ -134,6 +147,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             if broker.idle_for().is_some_and(|idle| idle >= ttl) {
                 tracing::info!("idle for {ttl:?}: exiting");
                 let _ = std::fs::remove_file(&socket);
+                return Ok(());
+            }
+            // The home (or just the socket) was removed: nobody can reach this broker.
+            if !socket.exists() {
+                tracing::warn!("{} is gone: exiting", socket.display());
                 return Ok(());
             }
         },

@@ -57,7 +57,11 @@ impl Device {
             .name(format!("device-{name}"))
             .spawn(move || worker.serve())
             .expect("cannot start a device thread");
-        Device { name, sender, depth }
+        Device {
+            name,
+            sender,
+            depth,
+        }
     }
 
     /// Queue a job; its answer arrives on the job's reply channel.
@@ -65,7 +69,10 @@ impl Device {
         self.depth.fetch_add(1, Ordering::SeqCst);
         if let Err(mpsc::SendError(job)) = self.sender.send(job) {
             self.depth.fetch_sub(1, Ordering::SeqCst);
-            let _ = job.reply.send(Err(Failure::new(ErrorCode::ShuttingDown, "the broker is stopping")));
+            let _ = job.reply.send(Err(Failure::new(
+                ErrorCode::ShuttingDown,
+                "the broker is stopping",
+            )));
         }
     }
 
@@ -109,7 +116,10 @@ fn stack(jobs: &[(Job, Vec<Tensor>)]) -> Vec<Tensor> {
         .map(|i| {
             let mut t = first[i].clone();
             t.shape[0] = jobs.iter().map(|(_, ins)| ins[i].shape[0]).sum();
-            t.data = jobs.iter().flat_map(|(_, ins)| ins[i].data.iter().copied()).collect();
+            t.data = jobs
+                .iter()
+                .flat_map(|(_, ins)| ins[i].data.iter().copied())
+                .collect();
             t
         })
         .collect()
@@ -156,17 +166,29 @@ impl Worker {
                 .repo
                 .spec(name)
                 .map_err(|e| match e {
-                    crate::repo::RepoError::Unknown { .. } => Failure::new(ErrorCode::UnknownModel, e.to_string()),
-                    crate::repo::RepoError::Invalid { .. } => Failure::new(ErrorCode::LoadFailed, e.to_string()),
+                    crate::repo::RepoError::Unknown { .. } => {
+                        Failure::new(ErrorCode::UnknownModel, e.to_string())
+                    }
+                    crate::repo::RepoError::Invalid { .. } => {
+                        Failure::new(ErrorCode::LoadFailed, e.to_string())
+                    }
                 })
                 .and_then(runtime::load);
             if let Ok(l) = &loaded {
-                tracing::info!(model = name, provider = l.provider, load_ms = l.load_ms, "model loaded");
+                tracing::info!(
+                    model = name,
+                    provider = l.provider,
+                    load_ms = l.load_ms,
+                    "model loaded"
+                );
                 if let Some(why) = &l.fallback {
                     tracing::warn!(model = name, "running on the CPU: {why}");
                 }
             }
-            self.stats.lock().unwrap_or_else(|p| p.into_inner()).loaded(name, &loaded);
+            self.stats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .loaded(name, &loaded);
             self.models.insert(name.to_owned(), loaded);
         }
         self.models.get_mut(name).expect("inserted above")
@@ -191,7 +213,9 @@ impl Worker {
                     Duration::from_micros(loaded.spec.batching.map_or(0, |b| b.max_delay_us)),
                 ),
             };
-            let Some(first) = self.checked(job) else { continue };
+            let Some(first) = self.checked(job) else {
+                continue;
+            };
             let mut batch = vec![first];
             if max_batch > 1 {
                 self.gather(&model, &mut batch, max_batch, max_delay);
@@ -202,7 +226,9 @@ impl Worker {
 
     /// Check a job's inputs; answer it at once when they are wrong.
     fn checked(&mut self, mut job: Job) -> Option<(Job, Vec<Tensor>)> {
-        let Ok(loaded) = self.model(&job.model) else { return None };
+        let Ok(loaded) = self.model(&job.model) else {
+            return None;
+        };
         match runtime::check_inputs(&loaded.spec, std::mem::take(&mut job.inputs)) {
             Ok(inputs) => Some((job, inputs)),
             Err(f) => {
@@ -214,14 +240,22 @@ impl Worker {
 
     /// Add to `batch` the jobs for `model` with the same non-batch dimensions that arrive
     /// before `max_delay` has passed, up to `max_batch`; others wait in `pending`.
-    fn gather(&mut self, model: &str, batch: &mut Vec<(Job, Vec<Tensor>)>, max_batch: usize, max_delay: Duration) {
+    fn gather(
+        &mut self,
+        model: &str,
+        batch: &mut Vec<(Job, Vec<Tensor>)>,
+        max_batch: usize,
+        max_delay: Duration,
+    ) {
         let deadline = Instant::now() + max_delay;
         let fits = |a: &[Tensor], b: &[Tensor]| {
             a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.shape[1..] == y.shape[1..])
         };
         // Jobs already waiting at the front of the queue for the same model come first.
         while batch.len() < max_batch && self.pending.front().is_some_and(|j| j.model == model) {
-            let Some(job) = self.pending.pop_front() else { break };
+            let Some(job) = self.pending.pop_front() else {
+                break;
+            };
             self.depth.fetch_sub(1, Ordering::SeqCst);
             self.join(model, batch, job, &fits);
         }
@@ -258,7 +292,9 @@ impl Worker {
 
     fn run(&mut self, model: &str, batch: Vec<(Job, Vec<Tensor>)>) {
         let started = Instant::now();
-        let Ok(loaded) = self.model(model) else { return };
+        let Ok(loaded) = self.model(model) else {
+            return;
+        };
         let result = if batch.len() == 1 {
             loaded.run(&batch[0].1).map(|o| vec![o])
         } else {
@@ -277,7 +313,12 @@ impl Worker {
             }
             Err(f) => {
                 for (job, _) in batch {
-                    stats.served(model, job.queued.elapsed().as_micros() as u64, run_us, false);
+                    stats.served(
+                        model,
+                        job.queued.elapsed().as_micros() as u64,
+                        run_us,
+                        false,
+                    );
                     let _ = job.reply.send(Err(f.clone()));
                 }
             }

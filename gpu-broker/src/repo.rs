@@ -188,7 +188,9 @@ impl Repo {
             )));
         }
         if spec.inputs.is_empty() || spec.outputs.is_empty() {
-            return Err(invalid("a model needs at least one input and one output".into()));
+            return Err(invalid(
+                "a model needs at least one input and one output".into(),
+            ));
         }
         for t in spec.inputs.iter().chain(&spec.outputs) {
             if t.shape.len() > broker_client::wire::MAX_RANK || t.shape.iter().any(|d| *d < -1) {

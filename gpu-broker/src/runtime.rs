@@ -44,7 +44,10 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, String> {
         if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
             candidates.push(PathBuf::from(p));
         }
-        if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_owned)) {
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_owned))
+        {
             candidates.push(dir.join(format!("libonnxruntime.so.{ORT_VERSION}")));
         }
     }
@@ -58,7 +61,11 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, String> {
         "the ONNX Runtime library was not found (tried: {}); run `cargo xtask setup`, which \
          fetches onnxruntime {ORT_VERSION} from PyPI, or point ORT_DYLIB_PATH or --ort-lib at \
          libonnxruntime.so",
-        if tried.is_empty() { "nothing".to_owned() } else { tried.join(", ") }
+        if tried.is_empty() {
+            "nothing".to_owned()
+        } else {
+            tried.join(", ")
+        }
     ))
 }
 
@@ -136,7 +143,10 @@ fn check_outlets(
         let (ty, shape) = match r.dtype() {
             ValueType::Tensor { ty, shape, .. } => (*ty, shape.to_vec()),
             other => {
-                return Err(load_failed(spec, format!("{what} {:?} is not a tensor ({other})", r.name())));
+                return Err(load_failed(
+                    spec,
+                    format!("{what} {:?} is not a tensor ({other})", r.name()),
+                ));
             }
         };
         let mismatch = d.name != r.name()
@@ -164,7 +174,10 @@ pub fn load(spec: ModelSpec) -> Result<Loaded, Failure> {
     let started = Instant::now();
     let path = spec.model_path();
     if !path.is_file() {
-        return Err(load_failed(&spec, format!("{} does not exist", path.display())));
+        return Err(load_failed(
+            &spec,
+            format!("{} does not exist", path.display()),
+        ));
     }
     let environment = ENVIRONMENT
         .get()
@@ -176,7 +189,10 @@ pub fn load(spec: ModelSpec) -> Result<Loaded, Failure> {
     let mut fallback = None;
     if spec.providers.first() == Some(&Provider::Cuda) || spec.require_gpu {
         let why_not = if !cuda_compiled_in() {
-            Some("this ONNX Runtime library has no CUDA provider (the CPU wheel from PyPI)".to_owned())
+            Some(
+                "this ONNX Runtime library has no CUDA provider (the CPU wheel from PyPI)"
+                    .to_owned(),
+            )
         } else {
             match ep::CUDA::default().register(&mut builder) {
                 Ok(()) => None,
@@ -188,7 +204,10 @@ pub fn load(spec: ModelSpec) -> Result<Loaded, Failure> {
             Some(why) if spec.require_gpu => {
                 return Err(Failure::new(
                     ErrorCode::GpuRequired,
-                    format!("model {:?} requires a GPU and none can be used: {why}", spec.name),
+                    format!(
+                        "model {:?} requires a GPU and none can be used: {why}",
+                        spec.name
+                    ),
                 ));
             }
             Some(why) => fallback = Some(why),
@@ -221,7 +240,11 @@ pub fn check_inputs(spec: &ModelSpec, inputs: Vec<Tensor>) -> Result<Vec<Tensor>
                 "model {:?} has no input {:?} (its inputs: {})",
                 spec.name,
                 t.name,
-                spec.inputs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                spec.inputs
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         };
         let s = &spec.inputs[i];
@@ -235,7 +258,10 @@ pub fn check_inputs(spec: &ModelSpec, inputs: Vec<Tensor>) -> Result<Vec<Tensor>
             )));
         }
         let fits = t.shape.len() == s.shape.len()
-            && t.shape.iter().zip(&s.shape).all(|(got, want)| *want < 0 || *got == *want as u64);
+            && t.shape
+                .iter()
+                .zip(&s.shape)
+                .all(|(got, want)| *want < 0 || *got == *want as u64);
         if !fits || t.shape.contains(&0) {
             return Err(invalid(format!(
                 "input {:?} of model {:?} must have shape {:?} (-1: any size, at least 1), got {:?}",
@@ -248,7 +274,14 @@ pub fn check_inputs(spec: &ModelSpec, inputs: Vec<Tensor>) -> Result<Vec<Tensor>
     by_name
         .into_iter()
         .zip(&spec.inputs)
-        .map(|(t, s)| t.ok_or_else(|| invalid(format!("input {:?} of model {:?} is missing", s.name, spec.name))))
+        .map(|(t, s)| {
+            t.ok_or_else(|| {
+                invalid(format!(
+                    "input {:?} of model {:?} is missing",
+                    s.name, spec.name
+                ))
+            })
+        })
         .collect()
 }
 
@@ -264,14 +297,20 @@ macro_rules! from_le {
 fn to_value(t: &Tensor) -> ort::Result<DynValue> {
     let shape: Vec<i64> = t.shape.iter().map(|d| *d as i64).collect();
     Ok(match t.dtype {
-        Dtype::Float32 => ort::value::Tensor::from_array((shape, from_le!(t.data, f32)))?.into_dyn(),
-        Dtype::Float64 => ort::value::Tensor::from_array((shape, from_le!(t.data, f64)))?.into_dyn(),
+        Dtype::Float32 => {
+            ort::value::Tensor::from_array((shape, from_le!(t.data, f32)))?.into_dyn()
+        }
+        Dtype::Float64 => {
+            ort::value::Tensor::from_array((shape, from_le!(t.data, f64)))?.into_dyn()
+        }
         Dtype::Int32 => ort::value::Tensor::from_array((shape, from_le!(t.data, i32)))?.into_dyn(),
         Dtype::Int64 => ort::value::Tensor::from_array((shape, from_le!(t.data, i64)))?.into_dyn(),
         Dtype::Uint8 => ort::value::Tensor::from_array((shape, t.data.clone()))?.into_dyn(),
-        Dtype::Bool => {
-            ort::value::Tensor::from_array((shape, t.data.iter().map(|b| *b != 0).collect::<Vec<bool>>()))?.into_dyn()
-        }
+        Dtype::Bool => ort::value::Tensor::from_array((
+            shape,
+            t.data.iter().map(|b| *b != 0).collect::<Vec<bool>>(),
+        ))?
+        .into_dyn(),
     })
 }
 
@@ -320,9 +359,13 @@ impl Loaded {
             .iter()
             .map(|o| {
                 let v = outputs.get(&o.name).ok_or_else(|| {
-                    Failure::new(ErrorCode::Failed, format!("model {name:?} gave no output {:?}", o.name))
+                    Failure::new(
+                        ErrorCode::Failed,
+                        format!("model {name:?} gave no output {:?}", o.name),
+                    )
                 })?;
-                from_value(&o.name, o.dtype, v).map_err(|e| Failure::new(ErrorCode::Failed, format!("model {name:?}: {e}")))
+                from_value(&o.name, o.dtype, v)
+                    .map_err(|e| Failure::new(ErrorCode::Failed, format!("model {name:?}: {e}")))
             })
             .collect()
     }

@@ -17,7 +17,19 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 /// The example agents `setup` installs.
-const EXAMPLE_AGENTS: &[&str] = &["echo", "notes", "command-guard", "secret-guard"];
+const EXAMPLE_AGENTS: &[&str] = &[
+    "echo",
+    "notes",
+    "command-guard",
+    "secret-guard",
+    "sentiment",
+];
+
+/// The models setup installs into the home's model repository (from models/).
+const MODELS: &[&str] = &["scorer", "sentiment", "counter"];
+
+/// The ONNX Runtime release the broker is built against (ort's `api-31`), from PyPI.
+const ONNXRUNTIME_VERSION: &str = "1.31.1";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -132,6 +144,8 @@ pub fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
     build_binaries(root, "release")
 }
 
+/// Build the three binaries with `profile`, and put the ONNX Runtime library beside
+/// gpu-broker (where it looks for it); returns their directory.
 fn build_binaries(root: &Path, profile: &str) -> anyhow::Result<PathBuf> {
     run(cargo().args([
         "build",
@@ -141,8 +155,82 @@ fn build_binaries(root: &Path, profile: &str) -> anyhow::Result<PathBuf> {
         "spawner",
         "-p",
         "agent-exec",
+        "-p",
+        "gpu-broker",
     ]))?;
-    Ok(target_dir(root).join(profile))
+    let bin = target_dir(root).join(profile);
+    let library = fetch_onnxruntime(root)?;
+    let beside = bin.join(library.file_name().context("library name")?);
+    if !beside.exists() {
+        std::fs::copy(&library, &beside).with_context(|| {
+            format!("cannot copy {} to {}", library.display(), beside.display())
+        })?;
+    }
+    Ok(bin)
+}
+
+/// The ONNX Runtime shared library from PyPI's `onnxruntime` wheel (the ONNX Runtime CDN
+/// that ort would download from is not reachable everywhere; PyPI is), kept in
+/// `target/onnxruntime/`. Needs python3 with pip.
+pub fn fetch_onnxruntime(root: &Path) -> anyhow::Result<PathBuf> {
+    let dir = target_dir(root).join("onnxruntime");
+    let library = dir.join(format!("libonnxruntime.so.{ONNXRUNTIME_VERSION}"));
+    if library.is_file() {
+        return Ok(library);
+    }
+    let wheels = dir.join("wheel");
+    std::fs::create_dir_all(&wheels)?;
+    run(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+        ])
+        .arg(&wheels)
+        .arg(format!("onnxruntime=={ONNXRUNTIME_VERSION}")))
+    .context("cannot download the onnxruntime wheel from PyPI (needs python3 with pip)")?;
+    let wheel = std::fs::read_dir(&wheels)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with(&format!("onnxruntime-{ONNXRUNTIME_VERSION}-")) && n.ends_with(".whl")
+            })
+        })
+        .context("pip downloaded no onnxruntime wheel")?;
+    // A wheel is a zip; Python's zipfile reads it without another tool.
+    let partial = library.with_extension("partial");
+    run(Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile; open(sys.argv[3], 'wb').write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))",
+        ])
+        .arg(&wheel)
+        .arg(format!("onnxruntime/capi/libonnxruntime.so.{ONNXRUNTIME_VERSION}"))
+        .arg(&partial))?;
+    std::fs::rename(&partial, &library)?;
+    Ok(library)
+}
+
+/// Install the test models into `<home>/models/`: each model's files but its expected
+/// outputs (always: a model file may have been remade).
+pub fn install_models(root: &Path, home: &Path) -> anyhow::Result<()> {
+    for name in MODELS {
+        let from = root.join("models").join(name);
+        let to = home.join("models").join(name);
+        agent_contract::home::create_private_dir_all(&to)?;
+        for entry in std::fs::read_dir(&from)? {
+            let path = entry?.path();
+            if path.file_name().is_some_and(|n| n != "expected.json") {
+                std::fs::copy(&path, to.join(path.file_name().context("file name")?))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The host workspace's target directory.
@@ -181,10 +269,13 @@ fn setup(root: &Path) -> anyhow::Result<PathBuf> {
     for name in EXAMPLE_AGENTS {
         install_agent(root, &home, name)?;
     }
+    install_models(root, &home)?;
     eprintln!(
-        "\ninstalled {} into {}; the binaries are in {}",
+        "\ninstalled {} into {}, the models {} into {}; the binaries are in {}",
         EXAMPLE_AGENTS.join(", "),
         home.join("agents").display(),
+        MODELS.join(", "),
+        home.join("models").display(),
         bin.display()
     );
     Ok(bin)
@@ -212,6 +303,19 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     if show(&["run", "command-guard", "git push --force origin main"])? {
         bail!("command-guard allowed a forced push");
     }
+    // The first inference starts the broker (it then stays for its idle TTL).
+    if !show(&[
+        "run",
+        "sentiment",
+        "the new release is great, thanks for the fix",
+    ])? {
+        bail!("sentiment failed");
+    }
+    show(&[
+        "run",
+        "sentiment",
+        "the build is broken again and the tests are slow",
+    ])?;
     demo_hooks(&spawner)?;
     show(&["runs", "--limit", "8"])?;
     eprintln!(

@@ -160,3 +160,41 @@ impl From<memory::MemoryError> for AgentError {
         AgentError::Failed(format!("memory: {e:?}"))
     }
 }
+
+/// Turn an inference error into an agent error, for `?` in handlers. An `unavailable`
+/// broker makes the run end `broker_unavailable` (exit 12) whatever the agent answers
+/// after it, unless the agent handles it and answers `Ok`.
+impl From<inference::InferenceError> for AgentError {
+    fn from(e: inference::InferenceError) -> Self {
+        use inference::InferenceError as E;
+        match e {
+            E::InvalidInput(m) => AgentError::Failed(format!("inference: invalid input: {m}")),
+            E::Unavailable(m) => AgentError::Failed(format!("inference: {m}")),
+            E::NotAllowed(m) => AgentError::Failed(format!("inference: not allowed: {m}")),
+            E::UnknownModel(m) => AgentError::Failed(format!("inference: unknown model: {m}")),
+            E::Failed(m) => AgentError::Failed(format!("inference: {m}")),
+        }
+    }
+}
+
+impl inference::Tensor {
+    /// A float32 tensor named `name` of `shape` holding `values` (row-major).
+    pub fn from_f32(name: &str, shape: &[u64], values: &[f32]) -> inference::Tensor {
+        inference::Tensor {
+            name: name.into(),
+            dtype: inference::Dtype::Float32,
+            shape: shape.to_vec(),
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    /// The values of a float32 tensor; None for another dtype.
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        (self.dtype == inference::Dtype::Float32).then(|| {
+            self.data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        })
+    }
+}

@@ -12,7 +12,11 @@
 //! - `write <path> <text>`: write a file through WASI
 //! - `connect <addr>`: open a TCP connection (the sandbox has no network)
 //! - `fail`, `reject`: return those errors after a `put` of key `attempt`
-//! - `infer <model>`: call inference with an empty input
+//! - `infer <model>`: call inference with no inputs
+//! - `infer <model> <input> <dtype> <d1,d2,..> <value>`: call inference with one input of
+//!   that dtype and shape, every element `value` (a number; `+i` adds the element's index);
+//!   answers each output as `<name> <dtype> <shape> <values, comma-separated>`
+//! - `infer-bytes <model> <input> <megabytes>`: one uint8 input of that size
 //! - anything else: echoed back
 //!
 //! As a hook (`spawner hook testing`), it describes the normalized event it received, one
@@ -203,9 +207,63 @@ impl Agent for Testing {
                 Ok(_) => Ok(Response::text("inferred")),
                 Err(e) => Err(AgentError::Failed(format!("{e:?}"))),
             },
+            ("infer", [model, input, dtype, shape, value]) => {
+                let tensor = fill(input, dtype, shape, value)?;
+                let outputs = inference::infer(model, &[tensor]).map_err(|e| AgentError::Failed(format!("{e:?}")))?;
+                Ok(Response::text(outputs.iter().map(describe_tensor).collect::<String>()))
+            }
+            ("infer-bytes", [model, input, megabytes]) => {
+                let mb: usize = megabytes.parse().map_err(|_| AgentError::InvalidInput("megabytes".into()))?;
+                let tensor = inference::Tensor {
+                    name: (*input).into(),
+                    dtype: inference::Dtype::Uint8,
+                    shape: vec![(mb * 1024 * 1024) as u64],
+                    data: vec![0; mb * 1024 * 1024],
+                };
+                match inference::infer(model, &[tensor]) {
+                    Ok(_) => Ok(Response::text("inferred")),
+                    Err(e) => Err(AgentError::Failed(format!("{e:?}"))),
+                }
+            }
             _ => Ok(Response::text(text)),
         }
     }
+}
+
+/// A tensor of `shape` (comma-separated) with every element `value`, `+i`: plus its index.
+fn fill(input: &str, dtype: &str, shape: &str, value: &str) -> Result<inference::Tensor, AgentError> {
+    let bad = |what: &str| AgentError::InvalidInput(format!("bad {what}"));
+    let shape: Vec<u64> = shape
+        .split(',')
+        .map(|d| d.parse().map_err(|_| bad("shape")))
+        .collect::<Result<_, _>>()?;
+    let (value, plus_index) = match value.strip_suffix("+i") {
+        Some(v) => (v, true),
+        None => (value, false),
+    };
+    let value: f64 = value.parse().map_err(|_| bad("value"))?;
+    let n = shape.iter().product::<u64>() as usize;
+    let at = |i: usize| if plus_index { value + i as f64 } else { value };
+    let (dtype, data): (inference::Dtype, Vec<u8>) = match dtype {
+        "float32" => (inference::Dtype::Float32, (0..n).flat_map(|i| (at(i) as f32).to_le_bytes()).collect()),
+        "float64" => (inference::Dtype::Float64, (0..n).flat_map(|i| at(i).to_le_bytes()).collect()),
+        "int32" => (inference::Dtype::Int32, (0..n).flat_map(|i| (at(i) as i32).to_le_bytes()).collect()),
+        "int64" => (inference::Dtype::Int64, (0..n).flat_map(|i| (at(i) as i64).to_le_bytes()).collect()),
+        "uint8" => (inference::Dtype::Uint8, (0..n).map(|i| at(i) as u8).collect()),
+        _ => return Err(bad("dtype")),
+    };
+    Ok(inference::Tensor { name: input.into(), dtype, shape, data })
+}
+
+/// `<name> <dtype> <shape> <values>`: values exactly (shortest round-trip form).
+fn describe_tensor(t: &inference::Tensor) -> String {
+    let shape = t.shape.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let values: Vec<String> = match t.dtype {
+        inference::Dtype::Float32 => t.data.chunks_exact(4).map(|c| format!("{:?}", f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect(),
+        inference::Dtype::Int64 => t.data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()).to_string()).collect(),
+        _ => t.data.iter().map(u8::to_string).collect(),
+    };
+    format!("{} {:?} {shape} {}\n", t.name, t.dtype, values.join(","))
 }
 
 agent_sdk::export!(Testing);
