@@ -601,3 +601,37 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         })
         .collect()
 }
+
+#[test]
+fn doctor_shows_the_broker_and_its_models() {
+    let home = TestHome::new();
+    install_models(&home, &["sentiment", "scorer"]);
+    home.install_example("sentiment");
+    let out = home.run(&["doctor"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("broker   not running"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("models   2 in") && stdout(&out).contains(": scorer, sentiment"),
+        "{}",
+        stdout(&out)
+    );
+    let out = home.run(&["run", "sentiment", "great"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = home.run(&["doctor"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("broker   running, pid ") && text.contains("CUDA in the library: no"),
+        "{text}"
+    );
+    assert!(text.contains("model sentiment: on cpu, served 1"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&home.run(&["doctor", "--json"]).stdout).expect("json");
+    assert_eq!(
+        json["broker"]["broker"]["models"]["sentiment"]["provider"],
+        "cpu"
+    );
+}

@@ -257,7 +257,7 @@ fn every_method_answers_over_the_socket() {
     let caps = c.result("capabilities", json!({}));
     assert!(caps["cpus"].as_u64().expect("cpus") >= 1);
     assert!(caps["memory_total_bytes"].as_u64().expect("memory") > 0);
-    assert_eq!(caps["broker"]["status"], "absent");
+    assert_eq!(caps["broker"]["status"], "not running");
     assert_eq!(caps["runnable_agents"], json!(["command-guard", "echo"]));
 
     let metrics = c.result("metrics", json!({}));

@@ -36,6 +36,17 @@ pub enum Command {
     Serve(ServeArgs),
     /// Call a method of the `spawner serve` daemon and print its result.
     Call(CallArgs),
+    /// Show what this installation has and whether its parts answer: agents, the
+    /// daemon, the inference broker and its models.
+    Doctor(DoctorArgs),
+}
+
+/// `spawner doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `spawner serve`.

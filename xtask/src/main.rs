@@ -29,7 +29,7 @@ const EXAMPLE_AGENTS: &[&str] = &[
 const MODELS: &[&str] = &["scorer", "sentiment", "counter"];
 
 /// The ONNX Runtime release the broker is built against (ort's `api-31`), from PyPI.
-const ONNXRUNTIME_VERSION: &str = "1.31.1";
+pub const ONNXRUNTIME_VERSION: &str = "1.31.1";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -57,7 +57,8 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn project_root() -> PathBuf {
+/// The project root (the parent of xtask/).
+pub fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives one level below the project root")
@@ -84,7 +85,8 @@ fn display(cmd: &Command) -> String {
         .join(" ")
 }
 
-fn cargo() -> Command {
+/// The cargo that runs this xtask.
+pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 

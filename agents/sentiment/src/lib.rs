@@ -18,7 +18,10 @@ impl Agent for Sentiment {
         let vocabulary: Vec<&str> = VOCABULARY.lines().filter(|w| !w.is_empty()).collect();
         let mut counts = vec![0f32; vocabulary.len()];
         let mut known = Vec::new();
-        for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+        for word in text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
             if let Some(i) = vocabulary.iter().position(|v| *v == word) {
                 counts[i] += 1.0;
                 if !known.contains(&word) {
@@ -35,9 +38,18 @@ impl Agent for Sentiment {
             .first()
             .and_then(|t| t.to_f32())
             .filter(|p| p.len() == 2)
-            .ok_or_else(|| AgentError::Failed("the sentiment model gave no [negative, positive] pair".into()))?;
-        let (label, confidence) = if p[1] >= p[0] { ("positive", p[1]) } else { ("negative", p[0]) };
-        Ok(Response::text(format!("{label} {confidence:.2} ({})\n", known.join(", "))))
+            .ok_or_else(|| {
+                AgentError::Failed("the sentiment model gave no [negative, positive] pair".into())
+            })?;
+        let (label, confidence) = if p[1] >= p[0] {
+            ("positive", p[1])
+        } else {
+            ("negative", p[0])
+        };
+        Ok(Response::text(format!(
+            "{label} {confidence:.2} ({})\n",
+            known.join(", ")
+        )))
     }
 }
 

@@ -209,11 +209,16 @@ impl Agent for Testing {
             },
             ("infer", [model, input, dtype, shape, value]) => {
                 let tensor = fill(input, dtype, shape, value)?;
-                let outputs = inference::infer(model, &[tensor]).map_err(|e| AgentError::Failed(format!("{e:?}")))?;
-                Ok(Response::text(outputs.iter().map(describe_tensor).collect::<String>()))
+                let outputs = inference::infer(model, &[tensor])
+                    .map_err(|e| AgentError::Failed(format!("{e:?}")))?;
+                Ok(Response::text(
+                    outputs.iter().map(describe_tensor).collect::<String>(),
+                ))
             }
             ("infer-bytes", [model, input, megabytes]) => {
-                let mb: usize = megabytes.parse().map_err(|_| AgentError::InvalidInput("megabytes".into()))?;
+                let mb: usize = megabytes
+                    .parse()
+                    .map_err(|_| AgentError::InvalidInput("megabytes".into()))?;
                 let tensor = inference::Tensor {
                     name: (*input).into(),
                     dtype: inference::Dtype::Uint8,
@@ -231,7 +236,12 @@ impl Agent for Testing {
 }
 
 /// A tensor of `shape` (comma-separated) with every element `value`, `+i`: plus its index.
-fn fill(input: &str, dtype: &str, shape: &str, value: &str) -> Result<inference::Tensor, AgentError> {
+fn fill(
+    input: &str,
+    dtype: &str,
+    shape: &str,
+    value: &str,
+) -> Result<inference::Tensor, AgentError> {
     let bad = |what: &str| AgentError::InvalidInput(format!("bad {what}"));
     let shape: Vec<u64> = shape
         .split(',')
@@ -245,22 +255,55 @@ fn fill(input: &str, dtype: &str, shape: &str, value: &str) -> Result<inference:
     let n = shape.iter().product::<u64>() as usize;
     let at = |i: usize| if plus_index { value + i as f64 } else { value };
     let (dtype, data): (inference::Dtype, Vec<u8>) = match dtype {
-        "float32" => (inference::Dtype::Float32, (0..n).flat_map(|i| (at(i) as f32).to_le_bytes()).collect()),
-        "float64" => (inference::Dtype::Float64, (0..n).flat_map(|i| at(i).to_le_bytes()).collect()),
-        "int32" => (inference::Dtype::Int32, (0..n).flat_map(|i| (at(i) as i32).to_le_bytes()).collect()),
-        "int64" => (inference::Dtype::Int64, (0..n).flat_map(|i| (at(i) as i64).to_le_bytes()).collect()),
-        "uint8" => (inference::Dtype::Uint8, (0..n).map(|i| at(i) as u8).collect()),
+        "float32" => (
+            inference::Dtype::Float32,
+            (0..n).flat_map(|i| (at(i) as f32).to_le_bytes()).collect(),
+        ),
+        "float64" => (
+            inference::Dtype::Float64,
+            (0..n).flat_map(|i| at(i).to_le_bytes()).collect(),
+        ),
+        "int32" => (
+            inference::Dtype::Int32,
+            (0..n).flat_map(|i| (at(i) as i32).to_le_bytes()).collect(),
+        ),
+        "int64" => (
+            inference::Dtype::Int64,
+            (0..n).flat_map(|i| (at(i) as i64).to_le_bytes()).collect(),
+        ),
+        "uint8" => (
+            inference::Dtype::Uint8,
+            (0..n).map(|i| at(i) as u8).collect(),
+        ),
         _ => return Err(bad("dtype")),
     };
-    Ok(inference::Tensor { name: input.into(), dtype, shape, data })
+    Ok(inference::Tensor {
+        name: input.into(),
+        dtype,
+        shape,
+        data,
+    })
 }
 
 /// `<name> <dtype> <shape> <values>`: values exactly (shortest round-trip form).
 fn describe_tensor(t: &inference::Tensor) -> String {
-    let shape = t.shape.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let shape = t
+        .shape
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let values: Vec<String> = match t.dtype {
-        inference::Dtype::Float32 => t.data.chunks_exact(4).map(|c| format!("{:?}", f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect(),
-        inference::Dtype::Int64 => t.data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()).to_string()).collect(),
+        inference::Dtype::Float32 => t
+            .data
+            .chunks_exact(4)
+            .map(|c| format!("{:?}", f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        inference::Dtype::Int64 => t
+            .data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()).to_string())
+            .collect(),
         _ => t.data.iter().map(u8::to_string).collect(),
     };
     format!("{} {:?} {shape} {}\n", t.name, t.dtype, values.join(","))

@@ -405,10 +405,7 @@ fn capabilities(daemon: &Daemon) -> Result<Value, RpcError> {
         "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "memory_total_bytes": kib("MemTotal:"),
         "memory_available_bytes": kib("MemAvailable:"),
-        "broker": {
-            "status": "absent",
-            "detail": "this build has no inference broker (gpu-broker); agents' inference calls answer `unavailable`",
-        },
+        "broker": crate::commands::doctor::broker_status(&daemon.home),
         "runnable_agents": agents.iter().filter(|a| a.status == "ok").map(|a| a.name.as_str()).collect::<Vec<_>>(),
         "max_running": max_running,
         "max_queued": max_queued,

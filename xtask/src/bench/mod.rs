@@ -18,6 +18,7 @@
 //!   peers, small stores, into `target/bench-smoke/`; then checks the results file is whole.
 //!   It times nothing against anything.
 
+mod broker;
 mod daemon;
 mod exec;
 mod hooks;
@@ -136,6 +137,15 @@ pub fn run(root: &Path, mode: Mode) -> anyhow::Result<()> {
     exec::measure(&mut report, &bin, &spawner, &home, &out, runs)?;
     store::measure(&mut report, root, &spawner, &out, mode.store_sizes(), runs)?;
     hooks::measure(&mut report, root, &spawner, &home, &out, runs)?;
+    broker::measure(
+        &mut report,
+        root,
+        &bin,
+        profile,
+        &home,
+        runs.runs,
+        if mode == Mode::Smoke { 1 } else { 5 },
+    )?;
     daemon::measure(&mut report, &spawner, &home, &out, mode.daemon_runs())?;
     let mut memory = String::from("| process | RSS |\n|---|---:|\n");
     for (id, kib) in report.values_with_prefix("memory.") {
@@ -143,6 +153,7 @@ pub fn run(root: &Path, mode: Mode) -> anyhow::Result<()> {
             "agent_exec_peak_rss.echo" => "agent-exec on echo, peak".to_owned(),
             "agent_exec_peak_rss.bulky" => "agent-exec on bulky (4 MB component), peak".to_owned(),
             "daemon_idle_rss" => "`spawner serve`, idle".to_owned(),
+            "broker_rss_models_loaded" => "`gpu-broker` with two models loaded".to_owned(),
             other => other
                 .replace("daemon_spare_", "daemon spare agent-exec ")
                 .replace("_rss", ", idle"),
@@ -155,10 +166,6 @@ pub fn run(root: &Path, mode: Mode) -> anyhow::Result<()> {
          `/proc/<pid>/status` VmRSS for the daemon and its spares (the daemon section).",
     );
     report.text(&memory);
-    report.not_measured(
-        "broker RSS with one model loaded",
-        "there is no gpu-broker yet (issue #3)",
-    );
 
     let mode_name = match mode {
         Mode::Full => "full",

@@ -1,0 +1,145 @@
+//! `spawner doctor`: what this installation has and whether its parts answer: the home,
+//! the agents, the daemon's socket, the inference broker and its models.
+
+use std::io::Write;
+
+use agent_contract::{Home, Outcome};
+use serde_json::{Value, json};
+
+use crate::cli::DoctorArgs;
+
+/// The broker's state, without starting it: its own `status` when it answers.
+pub fn broker_status(home: &Home) -> Value {
+    let socket = home.broker_socket_path();
+    match broker_client::Client::connect(&socket) {
+        Ok(mut client) => match client.status() {
+            Ok(status) => json!({"status": "running", "socket": socket, "broker": status}),
+            Err(e) => json!({"status": "broken", "socket": socket, "detail": e.to_string()}),
+        },
+        Err(_) => json!({
+            "status": "not running",
+            "socket": socket,
+            "detail": "gpu-broker starts on the first inference call and exits when idle",
+        }),
+    }
+}
+
+/// Everything the report shows, as JSON.
+pub fn report(home: &Home) -> anyhow::Result<Value> {
+    let agents = crate::commands::agents::list(home)?;
+    let daemon_socket = home.socket_path();
+    let daemon = if std::os::unix::net::UnixStream::connect(&daemon_socket).is_ok() {
+        "running"
+    } else {
+        "not running"
+    };
+    let mut models: Vec<String> = std::fs::read_dir(home.models_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("model.toml").is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    models.sort();
+    Ok(json!({
+        "home": home.root(),
+        "agents": agents.iter().map(|a| json!({"name": a.name, "status": a.status, "error": a.error})).collect::<Vec<_>>(),
+        "daemon": {"status": daemon, "socket": daemon_socket},
+        "broker": broker_status(home),
+        "models": {"dir": home.models_dir(), "names": models},
+    }))
+}
+
+/// Print the report.
+pub fn execute(home: &Home, args: DoctorArgs) -> anyhow::Result<Outcome> {
+    let report = report(home)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{report}")?;
+        return Ok(Outcome::Ok);
+    }
+    let agents = report["agents"].as_array().map_or(&[][..], Vec::as_slice);
+    let runnable = agents.iter().filter(|a| a["status"] == "ok").count();
+    writeln!(out, "home     {}", report["home"].as_str().unwrap_or("?"))?;
+    writeln!(
+        out,
+        "agents   {} installed, {runnable} runnable",
+        agents.len()
+    )?;
+    for a in agents.iter().filter(|a| a["status"] != "ok") {
+        writeln!(
+            out,
+            "         {}: {}",
+            a["name"].as_str().unwrap_or("?"),
+            a["error"].as_str().unwrap_or("")
+        )?;
+    }
+    writeln!(
+        out,
+        "daemon   {} ({})",
+        report["daemon"]["status"].as_str().unwrap_or("?"),
+        report["daemon"]["socket"].as_str().unwrap_or("?")
+    )?;
+    let broker = &report["broker"];
+    match broker["status"].as_str() {
+        Some("running") => {
+            let b = &broker["broker"];
+            writeln!(
+                out,
+                "broker   running, pid {}, up {:.0} s, ONNX Runtime {} from {}; CUDA in the library: {}; queue {}, served {}",
+                b["pid"],
+                b["uptime_s"].as_f64().unwrap_or(0.0),
+                b["onnxruntime"].as_str().unwrap_or("?"),
+                b["library"].as_str().unwrap_or("?"),
+                if b["cuda_in_library"] == true {
+                    "yes"
+                } else {
+                    "no"
+                },
+                b["queue_depth"],
+                b["served"]
+            )?;
+            for (name, m) in b["models"].as_object().into_iter().flatten() {
+                match m["load_error"].as_str() {
+                    Some(e) => writeln!(out, "         model {name}: failed to load: {e}")?,
+                    None => writeln!(
+                        out,
+                        "         model {name}: on {}, served {}, p50 {} µs{}",
+                        m["provider"].as_str().unwrap_or("?"),
+                        m["served"],
+                        m["latency_us"]["p50"],
+                        m["fallback"]
+                            .as_str()
+                            .map(|f| format!(" (not on CUDA: {f})"))
+                            .unwrap_or_default()
+                    )?,
+                }
+            }
+        }
+        status => writeln!(
+            out,
+            "broker   {} ({}): {}",
+            status.unwrap_or("?"),
+            broker["socket"].as_str().unwrap_or("?"),
+            broker["detail"].as_str().unwrap_or("")
+        )?,
+    }
+    let names: Vec<&str> = report["models"]["names"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    writeln!(
+        out,
+        "models   {} in {}{}",
+        names.len(),
+        report["models"]["dir"].as_str().unwrap_or("?"),
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", names.join(", "))
+        }
+    )?;
+    Ok(Outcome::Ok)
+}
