@@ -3,6 +3,11 @@
 //! stacks the compatible requests that arrive within its `max_delay_us` (up to
 //! `max_batch`) along the first dimension into one run, and splits the outputs back;
 //! requests for other models keep their place in the queue meanwhile.
+//!
+//! The fast path: a request that finds its device idle (nothing queued, nobody running)
+//! for a model without batching runs at once on the connection's own thread, under the
+//! device's lock; it is first in line, so the order is the same, and it saves the two
+//! thread hand-offs that are most of a small model's round trip.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,6 +43,7 @@ pub struct Device {
     pub name: &'static str,
     sender: Sender<Job>,
     depth: Arc<AtomicUsize>,
+    core: Arc<Mutex<Core>>,
 }
 
 impl Device {
@@ -45,10 +51,13 @@ impl Device {
     pub fn start(name: &'static str, repo: Repo, stats: Arc<Mutex<Stats>>) -> Device {
         let (sender, receiver) = mpsc::channel();
         let depth = Arc::new(AtomicUsize::new(0));
-        let worker = Worker {
+        let core = Arc::new(Mutex::new(Core {
             repo,
             stats,
             models: HashMap::new(),
+        }));
+        let worker = Worker {
+            core: core.clone(),
             receiver,
             pending: VecDeque::new(),
             depth: depth.clone(),
@@ -61,11 +70,17 @@ impl Device {
             name,
             sender,
             depth,
+            core,
         }
     }
 
-    /// Queue a job; its answer arrives on the job's reply channel.
+    /// Queue a job; its answer arrives on the job's reply channel. Runs it at once on
+    /// this thread when the device is idle and the model does not batch (the fast path).
     pub fn submit(&self, job: Job) {
+        let job = match self.run_if_idle(job) {
+            None => return,
+            Some(job) => job,
+        };
         self.depth.fetch_add(1, Ordering::SeqCst);
         if let Err(mpsc::SendError(job)) = self.sender.send(job) {
             self.depth.fetch_sub(1, Ordering::SeqCst);
@@ -74,6 +89,29 @@ impl Device {
                 "the broker is stopping",
             )));
         }
+    }
+
+    /// The fast path; gives the job back when it must be queued.
+    fn run_if_idle(&self, job: Job) -> Option<Job> {
+        if job.inputs.is_empty() || self.depth.load(Ordering::SeqCst) > 0 {
+            return Some(job);
+        }
+        let Ok(mut core) = self.core.try_lock() else {
+            return Some(job);
+        };
+        // Queued while the lock was taken: they were first.
+        if self.depth.load(Ordering::SeqCst) > 0 {
+            return Some(job);
+        }
+        match core.model(&job.model) {
+            Ok(loaded) if loaded.spec.max_batch() == 1 => {}
+            _ => return Some(job),
+        }
+        let model = job.model.clone();
+        if let Some(checked) = core.checked(job) {
+            core.run(&model, vec![checked]);
+        }
+        None
     }
 
     /// Jobs queued and not yet started.
@@ -97,12 +135,18 @@ impl Device {
     }
 }
 
-struct Worker {
+/// What running needs: the device's sessions. Behind the device's lock, so one job runs
+/// at a time, on the device thread or on the fast path.
+struct Core {
     repo: Repo,
     stats: Arc<Mutex<Stats>>,
-    /// Loaded models, or why one could not be loaded (retried when its files change
-    /// would be nicer; for now a restart of the broker retries).
+    /// Loaded models, or why one could not be loaded (a restart of the broker retries).
     models: HashMap<String, Result<Loaded, Failure>>,
+}
+
+/// The device thread's side of the queue.
+struct Worker {
+    core: Arc<Mutex<Core>>,
     receiver: Receiver<Job>,
     /// Jobs taken off the channel while a batch was being gathered, in arrival order.
     pending: VecDeque<Job>,
@@ -150,16 +194,7 @@ fn split(outputs: &[Tensor], sizes: &[u64]) -> Vec<Vec<Tensor>> {
         .collect()
 }
 
-impl Worker {
-    fn next(&mut self) -> Option<Job> {
-        let job = match self.pending.pop_front() {
-            Some(job) => job,
-            None => self.receiver.recv().ok()?,
-        };
-        self.depth.fetch_sub(1, Ordering::SeqCst);
-        Some(job)
-    }
-
+impl Core {
     fn model(&mut self, name: &str) -> &mut Result<Loaded, Failure> {
         if !self.models.contains_key(name) {
             let loaded = self
@@ -194,98 +229,20 @@ impl Worker {
         self.models.get_mut(name).expect("inserted above")
     }
 
-    fn serve(mut self) {
-        while let Some(job) = self.next() {
-            let model = job.model.clone();
-            let (max_batch, max_delay) = match self.model(&model) {
-                Err(f) => {
-                    let _ = job.reply.send(Err(f.clone()));
-                    continue;
-                }
-                Ok(loaded) if job.inputs.is_empty() => {
-                    // A warm-up: loading was the point.
-                    let _ = loaded;
-                    let _ = job.reply.send(Ok(Vec::new()));
-                    continue;
-                }
-                Ok(loaded) => (
-                    loaded.spec.max_batch(),
-                    Duration::from_micros(loaded.spec.batching.map_or(0, |b| b.max_delay_us)),
-                ),
-            };
-            let Some(first) = self.checked(job) else {
-                continue;
-            };
-            let mut batch = vec![first];
-            if max_batch > 1 {
-                self.gather(&model, &mut batch, max_batch, max_delay);
-            }
-            self.run(&model, batch);
-        }
-    }
-
-    /// Check a job's inputs; answer it at once when they are wrong.
+    /// Check a job's inputs; answer it at once when they are wrong (or its model failed).
     fn checked(&mut self, mut job: Job) -> Option<(Job, Vec<Tensor>)> {
-        let Ok(loaded) = self.model(&job.model) else {
-            return None;
+        let loaded = match self.model(&job.model) {
+            Ok(loaded) => loaded,
+            Err(f) => {
+                let _ = job.reply.send(Err(f.clone()));
+                return None;
+            }
         };
         match runtime::check_inputs(&loaded.spec, std::mem::take(&mut job.inputs)) {
             Ok(inputs) => Some((job, inputs)),
             Err(f) => {
                 let _ = job.reply.send(Err(f));
                 None
-            }
-        }
-    }
-
-    /// Add to `batch` the jobs for `model` with the same non-batch dimensions that arrive
-    /// before `max_delay` has passed, up to `max_batch`; others wait in `pending`.
-    fn gather(
-        &mut self,
-        model: &str,
-        batch: &mut Vec<(Job, Vec<Tensor>)>,
-        max_batch: usize,
-        max_delay: Duration,
-    ) {
-        let deadline = Instant::now() + max_delay;
-        let fits = |a: &[Tensor], b: &[Tensor]| {
-            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.shape[1..] == y.shape[1..])
-        };
-        // Jobs already waiting at the front of the queue for the same model come first.
-        while batch.len() < max_batch && self.pending.front().is_some_and(|j| j.model == model) {
-            let Some(job) = self.pending.pop_front() else {
-                break;
-            };
-            self.depth.fetch_sub(1, Ordering::SeqCst);
-            self.join(model, batch, job, &fits);
-        }
-        while batch.len() < max_batch {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.receiver.recv_timeout(left) {
-                Ok(job) if job.model == model && self.pending.is_empty() => {
-                    self.depth.fetch_sub(1, Ordering::SeqCst);
-                    self.join(model, batch, job, &fits);
-                }
-                Ok(job) => self.pending.push_back(job),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-            }
-        }
-    }
-
-    /// Add `job` to `batch` when its shapes fit; otherwise run it on its own first (it
-    /// arrived after the batch's first job, so order is kept within the model).
-    fn join(
-        &mut self,
-        model: &str,
-        batch: &mut Vec<(Job, Vec<Tensor>)>,
-        job: Job,
-        fits: &dyn Fn(&[Tensor], &[Tensor]) -> bool,
-    ) {
-        if let Some((job, inputs)) = self.checked(job) {
-            if fits(&batch[0].1, &inputs) {
-                batch.push((job, inputs));
-            } else {
-                self.run(model, vec![(job, inputs)]);
             }
         }
     }
@@ -322,6 +279,99 @@ impl Worker {
                     let _ = job.reply.send(Err(f.clone()));
                 }
             }
+        }
+    }
+}
+
+impl Worker {
+    /// The next job; still counted in the depth until the caller holds the device's lock,
+    /// so that no fast-path request can overtake it.
+    fn next(&mut self) -> Option<Job> {
+        match self.pending.pop_front() {
+            Some(job) => Some(job),
+            None => self.receiver.recv().ok(),
+        }
+    }
+
+    fn serve(mut self) {
+        let core = self.core.clone();
+        while let Some(job) = self.next() {
+            let mut core = core.lock().unwrap_or_else(|p| p.into_inner());
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+            let model = job.model.clone();
+            let (max_batch, max_delay) = match core.model(&model) {
+                Err(f) => {
+                    let _ = job.reply.send(Err(f.clone()));
+                    continue;
+                }
+                Ok(_) if job.inputs.is_empty() => {
+                    // A warm-up: loading was the point.
+                    let _ = job.reply.send(Ok(Vec::new()));
+                    continue;
+                }
+                Ok(loaded) => (
+                    loaded.spec.max_batch(),
+                    Duration::from_micros(loaded.spec.batching.map_or(0, |b| b.max_delay_us)),
+                ),
+            };
+            let Some(first) = core.checked(job) else {
+                continue;
+            };
+            let mut batch = vec![first];
+            if max_batch > 1 {
+                self.gather(&mut core, &model, &mut batch, max_batch, max_delay);
+            }
+            core.run(&model, batch);
+        }
+    }
+
+    /// Add to `batch` the jobs for `model` with the same non-batch dimensions that arrive
+    /// before `max_delay` has passed, up to `max_batch`; others wait in `pending`.
+    fn gather(
+        &mut self,
+        core: &mut Core,
+        model: &str,
+        batch: &mut Vec<(Job, Vec<Tensor>)>,
+        max_batch: usize,
+        max_delay: Duration,
+    ) {
+        let deadline = Instant::now() + max_delay;
+        // Jobs already waiting at the front of the queue for the same model come first.
+        while batch.len() < max_batch && self.pending.front().is_some_and(|j| j.model == model) {
+            let Some(job) = self.pending.pop_front() else {
+                break;
+            };
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+            join(core, model, batch, job);
+        }
+        while batch.len() < max_batch {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.receiver.recv_timeout(left) {
+                Ok(job) if job.model == model && self.pending.is_empty() => {
+                    self.depth.fetch_sub(1, Ordering::SeqCst);
+                    join(core, model, batch, job);
+                }
+                Ok(job) => self.pending.push_back(job),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+    }
+}
+
+/// Add `job` to `batch` when its shapes fit; otherwise run it on its own first (it arrived
+/// after the batch's first job, so order is kept within the model).
+fn join(core: &mut Core, model: &str, batch: &mut Vec<(Job, Vec<Tensor>)>, job: Job) {
+    if let Some((job, inputs)) = core.checked(job) {
+        let fits = batch[0].1.len() == inputs.len()
+            && batch[0]
+                .1
+                .iter()
+                .zip(&inputs)
+                .all(|(x, y)| x.shape[1..] == y.shape[1..]);
+        if fits {
+            batch.push((job, inputs));
+        } else {
+            core.run(model, vec![(job, inputs)]);
         }
     }
 }
