@@ -22,7 +22,9 @@ TITLES = {
     "agent_exec_alone": "agent-exec alone (echo 14 KB, bulky 4 MB)",
     "store_scaling": "spawner run testing get, by store size",
     "hooks": "Hook round trip (sh -c, as Claude Code runs hooks)",
+    "broker": "Inference: in-process ort vs a round trip through gpu-broker",
     "daemon": "Through the daemon (run of echo), by clients",
+    "daemon_inference": "Through the daemon: run of sentiment (one inference)",
 }
 
 
@@ -62,7 +64,12 @@ def main() -> None:
         ax.invert_yaxis()
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        # Within one decade there is no major tick to label: label the minor ones then.
+        low, high = ax.get_xlim()
+        narrow = high / low < 10
+        ax.xaxis.set_minor_formatter(
+            ticker.FuncFormatter(lambda v, _: f"{v:g}") if narrow else ticker.NullFormatter()
+        )
         ax.set_xlabel("ms (log scale)", fontsize=8)
         ax.set_title(TITLES.get(section["id"], section["id"]), fontsize=9, loc="left")
         ax.grid(axis="x", which="both", alpha=0.3)
