@@ -46,6 +46,14 @@ fn stop(client: &mut Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Stop the broker of `home` if one runs, so that no benchmark leaves one behind for its
+/// idle time-to-live.
+pub fn stop_home_broker(home: &Path) {
+    if let Ok(mut client) = Client::connect(&home.join("run/broker.sock")) {
+        let _ = stop(&mut client);
+    }
+}
+
 /// `clients` connections sending `per_client` requests each to `model`; requests/s.
 fn throughput(
     socket: &Path,

@@ -295,6 +295,7 @@ fn inference_share(
         "%",
         Target::Below(COLD_SHARE_TARGET),
     );
+    super::broker::stop_home_broker(home);
     report.section_rows(
         "daemon_inference",
         &[latency],
