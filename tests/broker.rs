@@ -29,17 +29,9 @@ fn socket(home: &TestHome) -> PathBuf {
 }
 
 fn launch(home: &TestHome) -> Launch {
-    Launch {
-        program: bin("gpu-broker"),
-        args: vec![
-            "--home".into(),
-            home.path().display().to_string(),
-            "--socket".into(),
-            socket(home).display().to_string(),
-        ],
-        log: home.path().join("run/broker.log"),
-        ready_timeout: Duration::from_secs(30),
-    }
+    let mut launch = Launch::new(bin("gpu-broker"), home.path(), &socket(home));
+    launch.ready_timeout = Duration::from_secs(30);
+    launch
 }
 
 /// A client of the home's broker, starting it when needed.

@@ -3,34 +3,36 @@
 //! call, and the connection serves the rest of the run.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use agent_contract::Home;
 use broker_client::{Client, ClientError, Dtype, ErrorCode, Launch, Tensor};
 
 use crate::host::bindings::spawner::agent::inference as wit;
 
-/// Where inference requests go. The broker client in agent-exec; a double in unit tests.
+/// Where inference requests go: the broker client in agent-exec; a trait so that a test
+/// double can stand in for it.
 pub trait Inference: Send {
     /// Run `model` on `inputs`.
     fn infer(&mut self, model: &str, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ClientError>;
 }
 
-/// The gpu-broker of a home, connected on first use.
+/// The gpu-broker of a home, connected on first use. Made for every run, so it does
+/// nothing until an agent calls a model: most runs never do.
 pub struct Broker {
-    socket: PathBuf,
-    launch: Launch,
+    home: Home,
     client: Option<Client>,
 }
 
-/// How long a starter waits for a new broker's `ready` line.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
-
 impl Broker {
-    /// The broker of `home`: the executable `$SPAWNER_GPU_BROKER`, else `gpu-broker` beside
-    /// this one.
-    pub fn for_home(home: &Home) -> Broker {
-        let socket = home.broker_socket_path();
+    /// The broker of `home`.
+    pub fn for_home(home: Home) -> Broker {
+        Broker { home, client: None }
+    }
+
+    /// Connect, starting the broker when none answers: the executable
+    /// `$SPAWNER_GPU_BROKER`, else `gpu-broker` beside this one.
+    fn connect(&self) -> Result<Client, ClientError> {
+        let socket = self.home.broker_socket_path();
         let program = std::env::var_os("SPAWNER_GPU_BROKER")
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
@@ -40,22 +42,7 @@ impl Broker {
                     .and_then(|e| e.parent().map(|d| d.join("gpu-broker")))
             })
             .unwrap_or_else(|| PathBuf::from("gpu-broker"));
-        let launch = Launch {
-            program,
-            args: vec![
-                "--home".into(),
-                home.root().display().to_string(),
-                "--socket".into(),
-                socket.display().to_string(),
-            ],
-            log: socket.with_extension("log"),
-            ready_timeout: READY_TIMEOUT,
-        };
-        Broker {
-            socket,
-            launch,
-            client: None,
-        }
+        Client::connect_or_start(&socket, &Launch::new(program, self.home.root(), &socket))
     }
 }
 
@@ -63,9 +50,10 @@ impl Inference for Broker {
     fn infer(&mut self, model: &str, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ClientError> {
         let client = match &mut self.client {
             Some(client) => client,
-            None => self
-                .client
-                .insert(Client::connect_or_start(&self.socket, &self.launch)?),
+            None => {
+                let client = self.connect()?;
+                self.client.insert(client)
+            }
         };
         let answer = client.infer(model, inputs);
         if matches!(answer, Err(ClientError::Unavailable(_))) {

@@ -405,7 +405,7 @@ impl Run {
             memory: Some(memory),
             config: manifest.config.clone(),
             allowed_models: manifest.allowed_models.clone(),
-            inference: Box::new(crate::inference::Broker::for_home(&self.home)),
+            inference: Box::new(crate::inference::Broker::for_home(self.home.clone())),
             broker_unavailable: None,
             run_id: self.header.run_id.clone(),
             agent: manifest.name.clone(),

@@ -56,6 +56,24 @@ pub struct Launch {
     pub ready_timeout: Duration,
 }
 
+impl Launch {
+    /// How a home's broker is started: `program --home <home> --socket <socket>`, its log
+    /// beside the socket (`broker.log`), 20 s to get ready. The one place these agree.
+    pub fn new(program: PathBuf, home: &Path, socket: &Path) -> Launch {
+        Launch {
+            program,
+            args: vec![
+                "--home".into(),
+                home.display().to_string(),
+                "--socket".into(),
+                socket.display().to_string(),
+            ],
+            log: socket.with_extension("log"),
+            ready_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
 /// A connection to the broker, past the handshake.
 pub struct Client {
     stream: Stream,
@@ -218,8 +236,9 @@ fn start(launch: &Launch) -> Result<(), ClientError> {
     let _ = reader.read_line(&mut line);
     let line = line.trim();
     if line.starts_with("ready") {
-        // The broker lives on; it is reaped by whoever inherits it.
-        std::mem::forget(child);
+        // The broker lives on (dropping a Child neither kills nor waits for it); it is
+        // reaped by whoever inherits it.
+        drop(child);
         Ok(())
     } else {
         let _ = child.wait();
