@@ -3,7 +3,6 @@
 //! time-to-live unless `--persistent`.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,7 +135,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Nothing more goes to the starter's pipe (it may be closed by now).
     let null = std::fs::File::options().write(true).open("/dev/null")?;
     nix::unistd::dup2_stdout(&null)?;
-    let _ = null.as_raw_fd();
 
     match idle_ttl {
         None => loop {

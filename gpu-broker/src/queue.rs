@@ -93,7 +93,7 @@ impl Device {
 
     /// The fast path; gives the job back when it must be queued.
     fn run_if_idle(&self, job: Job) -> Option<Job> {
-        if job.inputs.is_empty() || self.depth.load(Ordering::SeqCst) > 0 {
+        if self.depth.load(Ordering::SeqCst) > 0 {
             return Some(job);
         }
         let Ok(mut core) = self.core.try_lock() else {
@@ -119,19 +119,13 @@ impl Device {
         self.depth.load(Ordering::SeqCst)
     }
 
-    /// Load `model` now (warm-up); the answer says whether it worked.
+    /// Load `model` now (warm-up, before the broker serves); says whether it worked.
     pub fn warm_up(&self, model: &str) -> Result<(), Failure> {
-        let (reply, answer) = mpsc::channel();
-        self.submit(Job {
-            model: model.to_owned(),
-            inputs: Vec::new(),
-            reply,
-            queued: Instant::now(),
-        });
-        answer
-            .recv()
-            .map_err(|_| Failure::new(ErrorCode::ShuttingDown, "the device thread stopped"))?
-            .map(|_| ())
+        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        match core.model(model) {
+            Ok(_) => Ok(()),
+            Err(f) => Err(f.clone()),
+        }
     }
 }
 
@@ -302,11 +296,6 @@ impl Worker {
             let (max_batch, max_delay) = match core.model(&model) {
                 Err(f) => {
                     let _ = job.reply.send(Err(f.clone()));
-                    continue;
-                }
-                Ok(_) if job.inputs.is_empty() => {
-                    // A warm-up: loading was the point.
-                    let _ = job.reply.send(Ok(Vec::new()));
                     continue;
                 }
                 Ok(loaded) => (
