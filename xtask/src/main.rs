@@ -57,8 +57,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The project root (the parent of xtask/).
-pub fn project_root() -> PathBuf {
+fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives one level below the project root")

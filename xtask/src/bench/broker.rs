@@ -16,20 +16,6 @@ use super::report::{Report, Target};
 /// Target: what the socket adds to an inference, at the median (issue: gpu-broker).
 const OVERHEAD_TARGET_US: f64 = 100.0;
 
-fn launch(bin: &Path, home: &Path, socket: &Path) -> Launch {
-    Launch {
-        program: bin.join("gpu-broker"),
-        args: vec![
-            "--home".into(),
-            home.display().to_string(),
-            "--socket".into(),
-            socket.display().to_string(),
-        ],
-        log: socket.with_extension("log"),
-        ready_timeout: Duration::from_secs(30),
-    }
-}
-
 fn input(rows: u64) -> Vec<Tensor> {
     let values: Vec<f32> = (0..64 * rows as usize)
         .map(|i| (i % 64) as f32 / 64.0)
@@ -95,14 +81,12 @@ fn throughput(
 )]
 pub fn measure(
     report: &mut Report,
-    root: &Path,
     bin: &Path,
     profile: &str,
     home: &Path,
     runs: usize,
     starts: usize,
 ) -> anyhow::Result<()> {
-    crate::install_models(root, home)?;
     // The same model with batching on.
     let batched = home.join("models/scorer-batched");
     std::fs::create_dir_all(&batched)?;
@@ -116,7 +100,7 @@ pub fn measure(
     std::fs::write(batched.join("model.toml"), manifest)?;
     let socket = home.join("run/broker.sock");
     agent_contract::home::create_private_dir_all(&home.join("run"))?;
-    let launch = launch(bin, home, &socket);
+    let launch = Launch::new(bin.join("gpu-broker"), home, &socket);
 
     // Cold start: from spawning gpu-broker to a finished handshake, `starts` times.
     let mut cold = Vec::new();

@@ -245,7 +245,6 @@ fn inference_share(
     socket: &Path,
     runs: usize,
 ) -> anyhow::Result<()> {
-    crate::install_agent(&crate::project_root(), home, "sentiment")?;
     let mut reader = BufReader::new(UnixStream::connect(socket)?);
     // Warm: the broker starts, the model loads, the component compiles.
     for i in 0..5 {
@@ -256,15 +255,8 @@ fn inference_share(
         let took = run_agent(&mut reader, 100 + i, "sentiment", "great work, thanks")?;
         latencies.push(took.as_secs_f64() * 1000.0);
     }
-    let out = Command::new(spawner)
-        .arg("--home")
-        .arg(home)
-        .args(["runs", "--agent", "sentiment", "--json", "--limit"])
-        .arg(runs.to_string())
-        .output()?;
-    let mut shares: Vec<f64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    let mut shares: Vec<f64> = super::run_records(spawner, home, "sentiment", runs)?
+        .into_iter()
         .filter_map(|r| {
             let t = &r["timings"];
             let us = |k: &str| t[k].as_f64();

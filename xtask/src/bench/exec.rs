@@ -4,7 +4,6 @@
 //! each run's peak RSS, and how cold start grows with component size.
 
 use std::path::Path;
-use std::process::Command;
 
 use agent_contract::envelope::{ENVELOPE_VERSION, RequestHeader, write_envelope};
 
@@ -49,16 +48,9 @@ fn phases(
     agent: &str,
     runs: usize,
 ) -> anyhow::Result<Vec<(&'static str, f64)>> {
-    let out = Command::new(spawner)
-        .arg("--home")
-        .arg(home)
-        .args(["runs", "--agent", agent, "--json", "--limit"])
-        .arg(runs.to_string())
-        .output()?;
     let prefix = format!("bench-alone-{}-{agent}-", std::process::id());
-    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    let records: Vec<serde_json::Value> = super::run_records(spawner, home, agent, runs)?
+        .into_iter()
         .filter(|r| {
             r["run_id"]
                 .as_str()

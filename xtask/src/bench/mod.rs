@@ -117,7 +117,8 @@ pub fn run(root: &Path, mode: Mode) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     let home = out.join("home");
     let _ = std::fs::remove_dir_all(&home);
-    for agent in ["echo", "bulky"] {
+    crate::install_models(root, &home)?;
+    for agent in ["echo", "bulky", "sentiment"] {
         crate::install_agent(root, &home, agent)?;
         // The first run compiles the component into the cache; the benchmark measures
         // warm starts.
@@ -139,7 +140,6 @@ pub fn run(root: &Path, mode: Mode) -> anyhow::Result<()> {
     hooks::measure(&mut report, root, &spawner, &home, &out, runs)?;
     broker::measure(
         &mut report,
-        root,
         &bin,
         profile,
         &home,
@@ -225,6 +225,31 @@ pub fn run(root: &Path, mode: Mode) -> anyhow::Result<()> {
         eprintln!("bench smoke: the results file is whole");
     }
     Ok(())
+}
+
+/// The run records `spawner runs --json` lists for `agent`: newest first, at most `limit`.
+fn run_records(
+    spawner: &Path,
+    home: &Path,
+    agent: &str,
+    limit: usize,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let out = Command::new(spawner)
+        .arg("--home")
+        .arg(home)
+        .args(["runs", "--agent", agent, "--json", "--limit"])
+        .arg(limit.to_string())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "spawner runs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
 }
 
 /// The cold-start table: the floor, the structural floor, `spawner run echo`, and the peers.
