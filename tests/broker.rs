@@ -216,6 +216,10 @@ fn bad_requests_get_clear_errors_and_the_broker_keeps_serving() {
             "has no input \\\"other\\\"",
         ),
         (
+            &["infer", "scorer"],
+            "input \\\"features\\\" of model \\\"scorer\\\" is missing",
+        ),
+        (
             &["infer-bytes", "scorer", "features", "65"],
             "over the broker's frame limit",
         ),
