@@ -13,9 +13,12 @@ pub const ENVELOPE_VERSION: u32 = 1;
 /// Largest input accepted, so a runaway producer cannot exhaust memory.
 pub const MAX_INPUT_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Largest header line accepted. A hook's event travels in the header and may carry the
-/// lines of a whole commit, so it gets the same room as an input.
-const MAX_HEADER_BYTES: u64 = MAX_INPUT_BYTES + 64 * 1024;
+/// Largest header line accepted. A hook's event travels in the header, normalized from a
+/// caller's payload of up to [`MAX_INPUT_BYTES`]: the payload's text appears in it at most
+/// about 3.5 times over (a tool's input as JSON text, escaped once more; the lines it
+/// writes, a few bytes a line: see `hook::FileChange`), so any event from a payload within
+/// the limit fits.
+pub const MAX_HEADER_BYTES: u64 = 4 * MAX_INPUT_BYTES + 64 * 1024;
 
 /// Everything about a request except its input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,13 +104,31 @@ pub enum EnvelopeError {
     },
 }
 
-/// Write an envelope: the header line, then `input`.
-pub fn write_envelope(mut w: impl Write, header: &RequestHeader, input: &[u8]) -> io::Result<()> {
-    let mut line = serde_json::to_vec(header).map_err(io::Error::other)?;
+/// Write an envelope: the header line, then `input`. A header or an input over its limit is
+/// refused here, before anything is written, with the limit named.
+pub fn write_envelope(
+    mut w: impl Write,
+    header: &RequestHeader,
+    input: &[u8],
+) -> Result<(), EnvelopeError> {
+    let mut line = serde_json::to_vec(header)?;
     line.push(b'\n');
+    if line.len() as u64 > MAX_HEADER_BYTES {
+        return Err(EnvelopeError::TooLarge {
+            what: "header",
+            limit: MAX_HEADER_BYTES,
+        });
+    }
+    if input.len() as u64 > MAX_INPUT_BYTES {
+        return Err(EnvelopeError::TooLarge {
+            what: "input",
+            limit: MAX_INPUT_BYTES,
+        });
+    }
     w.write_all(&line)?;
     w.write_all(input)?;
-    w.flush()
+    w.flush()?;
+    Ok(())
 }
 
 /// Read an envelope: the header line, then the input until end of file.

@@ -143,13 +143,57 @@ impl Home {
 }
 
 /// Create `dir` and any missing parents with mode 0700: the home holds agents' memory,
-/// which is nobody else's business.
+/// which is nobody else's business. A `dir` that already exists (made with a plain
+/// `mkdir`, say) and that others can read or enter is made private, and that is said on
+/// standard error; one that belongs to another user is refused.
 pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)
+        .create(dir)?;
+    if let Some(old) = make_private(dir)? {
+        eprintln!(
+            "spawner: {} was open to other users (mode {old:o}); made it private (0700)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Take group and other permissions off `dir` when it has any; returns its old mode when
+/// it changed. A directory owned by another user is an error: its owner decides who
+/// reads it, so nothing private belongs there.
+pub fn make_private(dir: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(dir)?;
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} belongs to uid {}, not to this user: choose a directory of your own",
+                dir.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
+    Ok(Some(mode))
+}
+
+/// Open `path` for appending, creating it with mode 0600 (a lock or a log: private like
+/// everything else in the home).
+pub fn open_private_append(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::File::options()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// Check that `name` is a plain agent name that cannot leave the agents directory.
@@ -191,6 +235,19 @@ mod tests {
         for good in ["echo", "notes", "command-guard", "a_1", "9lives"] {
             assert!(validate_agent_name(good).is_ok(), "{good:?} was refused");
         }
+    }
+
+    #[test]
+    fn an_open_directory_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).expect("mkdir");
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        create_private_dir_all(&home).expect("private");
+        let mode = std::fs::metadata(&home).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert_eq!(make_private(&home).expect("again"), None);
     }
 
     #[test]

@@ -55,8 +55,47 @@ pub struct AssistantEvent {
 pub struct FileChange {
     /// The file, relative to the repository root (or as the tool named it).
     pub path: String,
-    /// The added lines, in order.
+    /// The added lines, in order. On the wire as runs of consecutive lines
+    /// (`[first_line, ["text", ...]]`), so that a file of many short lines costs three
+    /// bytes a line in the request header rather than a record a line.
+    #[serde(with = "line_runs")]
     pub added: Vec<AddedLine>,
+}
+
+/// [`FileChange::added`] on the wire: runs of consecutive line numbers, each
+/// `[first_line, [texts]]`.
+mod line_runs {
+    use serde::ser::SerializeSeq;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::AddedLine;
+
+    pub fn serialize<S: Serializer>(lines: &[AddedLine], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        let mut rest = lines;
+        while let Some(first) = rest.first() {
+            let run = rest
+                .windows(2)
+                .take_while(|w| w[0].line.checked_add(1) == Some(w[1].line))
+                .count()
+                + 1;
+            let texts: Vec<&str> = rest[..run].iter().map(|l| l.text.as_str()).collect();
+            seq.serialize_element(&(first.line, texts))?;
+            rest = &rest[run..];
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<AddedLine>, D::Error> {
+        let runs = Vec::<(u32, Vec<String>)>::deserialize(d)?;
+        let mut lines = Vec::with_capacity(runs.iter().map(|(_, t)| t.len()).sum());
+        for (first, texts) in runs {
+            for (text, line) in texts.into_iter().zip(first..) {
+                lines.push(AddedLine { line, text });
+            }
+        }
+        Ok(lines)
+    }
 }
 
 /// One added line and its 1-based number in the new file.
@@ -181,6 +220,22 @@ mod tests {
             let back: HookEvent = serde_json::from_str(&json).expect("deserialize");
             assert_eq!(back, e);
         }
+    }
+
+    #[test]
+    fn added_lines_travel_as_runs_of_consecutive_lines() {
+        let mut change = FileChange::whole_text("f", "a\nb\nc", 1);
+        change.added.push(AddedLine {
+            line: 10,
+            text: "d".into(),
+        });
+        let json = serde_json::to_string(&change).expect("serialize");
+        assert_eq!(
+            json,
+            r#"{"path":"f","added":[[1,["a","b","c"]],[10,["d"]]]}"#
+        );
+        let back: FileChange = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, change);
     }
 
     #[test]

@@ -109,6 +109,8 @@ struct RawPreopen {
     #[serde(default)]
     writable: bool,
     relative_to: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_outside: bool,
 }
 
 /// Where an agent may run.
@@ -183,6 +185,37 @@ pub struct Preopen {
     pub guest: String,
     /// Whether the agent may write there.
     pub writable: bool,
+    /// The manifest says `allow_outside = true`: the directory may lie outside its base
+    /// (an absolute path elsewhere, `..` above the base, a symlink out of it, the root).
+    /// Without it, such a preopen is refused.
+    pub allow_outside: bool,
+}
+
+impl Preopen {
+    /// Whether this preopen reaches beyond its base or is writable: what `spawner agents`
+    /// shows beside the agent, so that a broad grant is never quiet.
+    pub fn is_broad(&self) -> bool {
+        self.allow_outside || self.writable
+    }
+}
+
+/// Whether the relative path `path` stays within the directory it is relative to, by its
+/// components alone (`a/../b` does, `../b` and `a/../../b` do not).
+pub fn stays_within(path: &Path) -> bool {
+    use std::path::Component;
+    let mut depth: usize = 0;
+    for c in path.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
 }
 
 /// What a preopen's relative `host` path is relative to.
@@ -248,6 +281,43 @@ pub enum ComponentError {
     },
 }
 
+/// The largest component file read (the biggest agents seen, Python ones, are ~40 MB).
+pub const MAX_COMPONENT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The whole of `path` when it is a regular file of at most `limit` bytes. A FIFO, a
+/// device (`/dev/zero`, through a symlink or not) or a directory is refused without
+/// blocking: the file is opened non-blocking and checked before it is read.
+pub fn read_regular_file(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, device or directory is never read)",
+        ));
+    }
+    if meta.len() > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} bytes, over the limit of {limit} bytes", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("over the limit of {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// A component file read and checked against its pin.
 pub struct ComponentBytes {
     /// The file's contents.
@@ -261,9 +331,11 @@ impl Manifest {
     pub fn read_component(&self) -> Result<ComponentBytes, ComponentError> {
         use sha2::{Digest, Sha256};
         let path = &self.component;
-        let bytes = std::fs::read(path).map_err(|source| ComponentError::Read {
-            path: path.clone(),
-            source,
+        let bytes = read_regular_file(path, MAX_COMPONENT_BYTES).map_err(|source| {
+            ComponentError::Read {
+                path: path.clone(),
+                source,
+            }
         })?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         if let Some(pin) = self.sha256
@@ -431,6 +503,25 @@ impl RawManifest {
                     ));
                 }
             };
+            let outside = match host.strip_prefix(&dir) {
+                _ if host.is_relative() => !stays_within(host),
+                Ok(inside) => !stays_within(inside),
+                Err(_) => true,
+            };
+            if outside && !p.allow_outside {
+                return Err(invalid(
+                    p.host.span(),
+                    format!(
+                        "preopens.host {:?} is outside the {} (the root, an absolute path elsewhere, or `..` above it); \
+                         set `allow_outside = true` in this [[preopens]] to grant it",
+                        p.host.get_ref(),
+                        match base {
+                            PreopenBase::AgentDir => "agent's directory",
+                            PreopenBase::WorkDir => "work directory",
+                        }
+                    ),
+                ));
+            }
             preopens.push(Preopen {
                 host: match base {
                     PreopenBase::AgentDir if host.is_relative() => dir.join(host),
@@ -439,6 +530,7 @@ impl RawManifest {
                 base,
                 guest: p.guest.into_inner(),
                 writable: p.writable,
+                allow_outside: p.allow_outside,
             });
         }
 

@@ -107,7 +107,9 @@ pub fn to_wit_error(e: ClientError) -> wit::InferenceError {
             ErrorCode::InvalidInput | ErrorCode::TooLarge => {
                 wit::InferenceError::InvalidInput(message)
             }
-            ErrorCode::ShuttingDown => wit::InferenceError::Unavailable(message),
+            ErrorCode::ShuttingDown | ErrorCode::Busy | ErrorCode::Forbidden => {
+                wit::InferenceError::Unavailable(message)
+            }
             ErrorCode::Malformed
             | ErrorCode::Version
             | ErrorCode::LoadFailed

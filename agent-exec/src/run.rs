@@ -375,14 +375,14 @@ impl Run {
         let wasm = manifest.read_component()?;
         let entry =
             crate::cache::entry_path(&self.home.component_cache_dir(), &wasm.sha256_hex, engine);
-        let loaded =
-            crate::cache::load_or_compile(engine, &entry, &wasm.bytes).map_err(|e| match e {
-                crate::cache::CacheError::Compile(message) => ExecError::InvalidComponent {
-                    path: manifest.component.clone(),
-                    message,
-                },
-                other => ExecError::Internal(other.to_string()),
-            })?;
+        let loaded = crate::cache::load_or_compile(engine, &entry, &wasm.bytes, &wasm.sha256_hex)
+            .map_err(|e| match e {
+            crate::cache::CacheError::Compile(message) => ExecError::InvalidComponent {
+                path: manifest.component.clone(),
+                message,
+            },
+            other => ExecError::Internal(other.to_string()),
+        })?;
         if let Some(why) = &loaded.rejected_entry
             && crate::logging::enabled(tracing::Level::WARN)
         {
@@ -517,6 +517,26 @@ impl Run {
     }
 }
 
+/// Refuse a preopen whose real directory (symlinks resolved) lies outside `base`: the
+/// manifest checked its path, but a symlink on the way can still lead elsewhere.
+fn check_within(host: &std::path::Path, base: &std::path::Path) -> Result<(), ExecError> {
+    let refuse = |message: String| ExecError::Preopen {
+        path: host.to_owned(),
+        message,
+    };
+    let real = std::fs::canonicalize(host).map_err(|e| refuse(e.to_string()))?;
+    let real_base = std::fs::canonicalize(base).map_err(|e| refuse(e.to_string()))?;
+    if real.starts_with(&real_base) {
+        Ok(())
+    } else {
+        Err(refuse(format!(
+            "it resolves to {}, outside {} (set `allow_outside = true` in its [[preopens]] to grant it)",
+            real.display(),
+            real_base.display()
+        )))
+    }
+}
+
 /// The agent's WASI context: no environment, no network (wasmtime-wasi denies sockets
 /// unless allowed), its name as the only argument, only the declared preopens, and both
 /// output streams on our standard error so they cannot corrupt the answer. Preopens
@@ -536,10 +556,18 @@ fn wasi_ctx(
         } else {
             FsPerms::ReadOnly
         };
-        let host = match (p.base, work_dir) {
-            (PreopenBase::WorkDir, Some(dir)) => dir.join(&p.host),
-            _ => p.host.clone(),
+        let base = match (p.base, work_dir) {
+            (PreopenBase::WorkDir, Some(dir)) => dir.to_owned(),
+            (PreopenBase::WorkDir, None) => std::path::PathBuf::from("."),
+            (PreopenBase::AgentDir, _) => manifest.dir.clone(),
         };
+        let host = match p.base {
+            PreopenBase::WorkDir => base.join(&p.host),
+            PreopenBase::AgentDir => p.host.clone(),
+        };
+        if !p.allow_outside {
+            check_within(&host, &base)?;
+        }
         wasi.preopened_dir(&host, &p.guest, perms)
             .map_err(|e| ExecError::Preopen {
                 path: host.clone(),

@@ -13,7 +13,6 @@
 
 pub mod wire;
 
-use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
@@ -109,14 +108,10 @@ impl Client {
             return Ok(client);
         }
         let dir = socket.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)
+        agent_contract::home::create_private_dir_all(dir)
             .map_err(|e| unavailable("cannot create the socket directory", e))?;
         let lock_path = socket.with_extension("start");
-        let lock_file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
+        let lock_file = agent_contract::home::open_private_append(&lock_path)
             .map_err(|e| unavailable(&format!("cannot open {}", lock_path.display()), e))?;
         let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
             .map_err(|(_, e)| unavailable("cannot lock the broker's start lock", e))?;
@@ -190,10 +185,7 @@ impl Client {
 
 /// Spawn the broker and wait for its `ready` line.
 fn start(launch: &Launch) -> Result<(), ClientError> {
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(&launch.log)
+    let log = agent_contract::home::open_private_append(&launch.log)
         .map_err(|e| unavailable(&format!("cannot open {}", launch.log.display()), e))?;
     let mut child = Command::new(&launch.program)
         .args(&launch.args)

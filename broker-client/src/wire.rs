@@ -153,6 +153,10 @@ pub enum ErrorCode {
     Failed = 8,
     /// The broker is stopping.
     ShuttingDown = 9,
+    /// The broker serves as many connections as it takes: try again later.
+    Busy = 10,
+    /// The connection comes from another user, whom this broker does not serve.
+    Forbidden = 11,
 }
 
 impl ErrorCode {
@@ -166,6 +170,8 @@ impl ErrorCode {
             7 => ErrorCode::GpuRequired,
             8 => ErrorCode::Failed,
             9 => ErrorCode::ShuttingDown,
+            10 => ErrorCode::Busy,
+            11 => ErrorCode::Forbidden,
             _ => ErrorCode::Malformed,
         }
     }

@@ -9,7 +9,8 @@
 //!   that requires a GPU fails otherwise); running it on wire tensors.
 //! - [`queue`]: one ordered queue per device, served by one thread; dynamic batching.
 //! - [`stats`]: what `status` reports.
-//! - [`Broker`] (here): connections, the handshake, requests, idleness.
+//! - [`Broker`] (here): connections (who may connect, how many, how long they may stall),
+//!   the handshake, requests, idleness.
 //!
 //! # Data flow
 //! connection thread: frame -> [`queue::Job`] on the model's device -> device thread
@@ -27,11 +28,21 @@ use std::time::{Duration, Instant};
 
 use broker_client::wire::{self, ErrorCode, Frame, WireError};
 use interprocess::local_socket::Stream;
+use interprocess::local_socket::traits::{Stream as _, StreamCommon as _};
 use serde_json::json;
 
 use queue::{Device, Job};
 use repo::{Provider, Repo};
 use stats::Stats;
+
+/// The most connections served at once. Past it a new connection is answered `busy` and
+/// closed, so that a flood of clients cannot exhaust the broker's threads or descriptors.
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// How long a client may take to send a whole frame (its hello, or its next request) or
+/// to read an answer. A client that stalls, or trickles a frame a byte at a time, is
+/// closed when it runs out, so no client can hold the broker's idle TTL off forever.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(120);
 
 /// The broker's shared state.
 pub struct Broker {
@@ -158,17 +169,75 @@ impl Broker {
         })
     }
 
-    /// Serve one connection until it closes.
-    pub fn handle(&self, mut stream: Stream) {
+    /// Take a new connection: refuse a peer running as another user (`SO_PEERCRED`, as
+    /// the daemon does) and connections past [`MAX_CONNECTIONS`], each with an error frame
+    /// that says why; serve the rest, each on a thread of its own.
+    pub fn accept(self: &Arc<Self>, mut stream: Stream) {
+        let _ = stream.set_send_timeout(Some(FRAME_DEADLINE));
+        let own = nix::unistd::geteuid().as_raw();
+        let refuse = |stream: &mut Stream, code, message: String| {
+            let _ = Frame::Error {
+                id: 0,
+                code,
+                message,
+            }
+            .write_to(stream);
+        };
+        match stream.peer_creds().map(|c| c.euid()) {
+            Ok(Some(uid)) if uid == own => {}
+            Ok(Some(uid)) => {
+                tracing::warn!("refused a connection from uid {uid}");
+                return refuse(
+                    &mut stream,
+                    ErrorCode::Forbidden,
+                    format!("this broker serves uid {own} only; uid {uid} is refused"),
+                );
+            }
+            _ => {
+                return refuse(
+                    &mut stream,
+                    ErrorCode::Forbidden,
+                    "the peer's credentials cannot be read".into(),
+                );
+            }
+        }
+        if self.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            self.connections.fetch_sub(1, Ordering::SeqCst);
+            return refuse(
+                &mut stream,
+                ErrorCode::Busy,
+                format!(
+                    "the broker is serving its limit of {MAX_CONNECTIONS} connections; try again"
+                ),
+            );
+        }
+        let broker = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("connection".into())
+            .spawn(move || broker.serve_counted(stream));
+        if spawned.is_err() {
+            // The stream went down with the closure: the client sees the connection close.
+            self.connections.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Serve one connection until it closes (counted as one of the connections).
+    pub fn handle(&self, stream: Stream) {
         self.connections.fetch_add(1, Ordering::SeqCst);
+        self.serve_counted(stream);
+    }
+
+    /// Serve a connection already counted in `connections`; uncount it at the end.
+    fn serve_counted(&self, stream: Stream) {
         self.touch();
-        let _ = self.converse(&mut stream);
+        let _ = self.converse(&mut Deadlined::new(stream));
         self.touch();
         self.connections.fetch_sub(1, Ordering::SeqCst);
     }
 
-    fn converse(&self, stream: &mut Stream) -> Result<(), WireError> {
+    fn converse(&self, stream: &mut Deadlined) -> Result<(), WireError> {
         let error = |id, code, message: String| Frame::Error { id, code, message };
+        stream.start_frame();
         match Frame::read_from(stream) {
             Ok(Frame::Hello { version }) if version == wire::PROTOCOL_VERSION => {
                 Frame::Welcome { version }.write_to(stream)?;
@@ -195,6 +264,7 @@ impl Broker {
             Err(e) => return error(0, e.code(), e.to_string()).write_to(stream),
         }
         loop {
+            stream.start_frame();
             let frame = match Frame::read_from(stream) {
                 Ok(frame) => frame,
                 Err(WireError::Io(e)) => return Err(WireError::Io(e)),
@@ -248,5 +318,51 @@ impl Broker {
                 .write_to(stream)?;
             }
         }
+    }
+}
+
+/// A connection whose every frame must arrive within [`FRAME_DEADLINE`] of when the broker
+/// began to wait for it: each read is given only the time left (`SO_RCVTIMEO`), so a
+/// client that trickles bytes cannot stretch a frame forever.
+struct Deadlined {
+    stream: Stream,
+    deadline: Instant,
+}
+
+impl Deadlined {
+    fn new(stream: Stream) -> Deadlined {
+        Deadlined {
+            stream,
+            deadline: Instant::now() + FRAME_DEADLINE,
+        }
+    }
+
+    /// The broker now waits for a new frame.
+    fn start_frame(&mut self) {
+        self.deadline = Instant::now() + FRAME_DEADLINE;
+    }
+}
+
+impl std::io::Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took too long to send a frame",
+            ));
+        }
+        self.stream.set_recv_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
+}
+
+impl std::io::Write for Deadlined {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
     }
 }

@@ -61,7 +61,29 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// How long the accept loop waits after a failed accept (out of descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A long-lived service sets its own limits rather than keep those of whoever started it
+/// (often a request's agent-exec, with a CPU-time backstop of a few seconds and a small
+/// descriptor limit): the soft CPU and open-file limits are raised to their hard limits.
+/// Returns the open-file limit now in force.
+fn own_limits() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    for resource in [Resource::RLIMIT_CPU, Resource::RLIMIT_NOFILE] {
+        if let Ok((soft, hard)) = getrlimit(resource)
+            && soft < hard
+            && let Err(e) = setrlimit(resource, hard, hard)
+        {
+            tracing::warn!("cannot raise {resource:?} to {hard}: {e}");
+        }
+    }
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft)
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
+    let open_files = own_limits();
+    tracing::debug!(open_files, "limits set");
     let home = agent_contract::Home::resolve(args.home.clone())?;
     let socket = args
         .socket
@@ -77,11 +99,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     // One broker per socket for as long as it lives. A broker that is just exiting for
     // idleness still holds it for a moment: wait a little rather than fail.
     let lock_path = socket.with_extension("lock");
-    let mut lock_file = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
+    let mut lock_file = agent_contract::home::open_private_append(&lock_path)
         .with_context(|| format!("cannot open {}", lock_path.display()))?;
     let mut tries = 0;
     let _lock = loop {
@@ -121,11 +139,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("accept".into())
             .spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    let broker = broker.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("connection".into())
-                        .spawn(move || broker.handle(stream));
+                for stream in listener.incoming() {
+                    match stream {
+                        Ok(stream) => broker.accept(stream),
+                        // Out of descriptors (EMFILE, ENFILE) or memory: the pending
+                        // connection stays queued, so accepting again at once would spin.
+                        // Back off and let connections in flight finish.
+                        Err(e) => {
+                            tracing::warn!("accept failed: {e}; backing off");
+                            std::thread::sleep(ACCEPT_BACKOFF);
+                        }
+                    }
                 }
             })?;
     }

@@ -105,6 +105,18 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             agent_contract::home::create_private_dir_all(dir).map_err(|e| open_err(e.into()))?;
         }
+        // SQLite gives the `-wal` and `-shm` files the mode of the database file: create
+        // that 0600 first, so none of the three is ever readable by others.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::File::options()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| open_err(e.into()))?;
+        }
         let conn = Connection::open(path).map_err(|e| open_err(e.into()))?;
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");

@@ -49,6 +49,9 @@ fn outcome_of(cause: &(dyn std::error::Error + 'static)) -> Option<Outcome> {
     if cause.is::<StoreError>() {
         return Some(Outcome::Store);
     }
+    if let Some(agent_contract::envelope::EnvelopeError::TooLarge { .. }) = cause.downcast_ref() {
+        return Some(Outcome::Usage);
+    }
     if cause.is::<UsageError>() || cause.is::<NoHome>() {
         return Some(Outcome::Usage);
     }

@@ -10,8 +10,10 @@
 //!   reaches everything it may have started.
 //! - **Resource limits**: applied to the child with `prlimit(2)` right after spawn; since
 //!   posix_spawn returns only once the child has exec'd, they are in place while
-//!   agent-exec is still starting, long before it runs any agent code. No core dumps, a
-//!   bounded number of open files, and a CPU-time backstop behind the wall deadline.
+//!   agent-exec is still starting, long before it runs any agent code. No core dumps (soft
+//!   and hard), a bounded number of open files, and a CPU-time backstop behind the wall
+//!   deadline (soft limits: the hard ones stay, so an inference broker that a request
+//!   starts can raise its own limits back, as a long-lived service must).
 //! - **Environment**: cleared; agent-exec needs none and agents must not see it.
 //! - **Watching**: one `poll(2)` loop, no extra thread, no signal handler: a pidfd tells
 //!   when the child exits; the envelope goes to its standard input as the pipe accepts it
@@ -514,9 +516,28 @@ fn apply_limits(pid: libc::pid_t, limits: &ResourceLimits) {
         (libc::RLIMIT_NOFILE, limits.open_files),
         (libc::RLIMIT_CPU, limits.cpu_seconds),
     ] {
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: prlimit with a null new limit only writes the child's current limits
+        // into `old`, which outlives the call. It acts only on our own child.
+        let rc = unsafe { libc::prlimit(pid, resource, std::ptr::null(), &mut old) };
+        // The soft limit only (the core limit excepted): agent-exec is ours and agents
+        // cannot change limits from inside the sandbox, while a long-lived broker that a
+        // request starts must be able to raise its own back to the hard limit.
+        let value = value as libc::rlim_t;
         let limit = libc::rlimit {
-            rlim_cur: value as libc::rlim_t,
-            rlim_max: value as libc::rlim_t,
+            rlim_cur: if rc == 0 {
+                value.min(old.rlim_max)
+            } else {
+                value
+            },
+            rlim_max: if rc != 0 || resource == libc::RLIMIT_CORE {
+                value
+            } else {
+                old.rlim_max
+            },
         };
         // SAFETY: prlimit reads `limit`, which outlives the call, and is given a null
         // old-limit pointer, which it allows. It acts only on our own child.

@@ -104,6 +104,11 @@ pub fn scan_line(line: &str) -> Vec<Finding> {
 }
 
 /// Tokens with a known prefix and shape, starting at a word boundary.
+///
+/// The scan walks bytes, and compares bytes: every prefix and body character is ASCII, so
+/// a match starts and ends on a character boundary whatever the rest of the line holds
+/// (the line itself is never sliced at a byte position, which may fall inside a
+/// multi-byte character).
 fn fixed_format_tokens(line: &str) -> Vec<Finding> {
     let bytes = line.as_bytes();
     let mut found = Vec::new();
@@ -114,11 +119,11 @@ fn fixed_format_tokens(line: &str) -> Vec<Finding> {
             i += 1;
             continue;
         }
-        let rest = &line[i..];
+        let rest = &bytes[i..];
         let mut matched = None;
         for &(prefix, kind, body, min) in TOKEN_FORMATS {
-            if rest.starts_with(prefix) {
-                let len = rest.as_bytes()[prefix.len()..]
+            if rest.starts_with(prefix.as_bytes()) {
+                let len = rest[prefix.len()..]
                     .iter()
                     .take_while(|b| body(**b))
                     .count();
@@ -130,8 +135,8 @@ fn fixed_format_tokens(line: &str) -> Vec<Finding> {
         }
         if matched.is_none() {
             for prefix in AWS_KEY_PREFIXES {
-                if rest.starts_with(prefix) {
-                    let body = &rest.as_bytes()[prefix.len()..];
+                if rest.starts_with(prefix.as_bytes()) {
+                    let body = &rest[prefix.len()..];
                     let len = body
                         .iter()
                         .take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
@@ -372,6 +377,39 @@ mod tests {
             "ls -la && git status",
         ] {
             assert!(kinds(line).is_empty(), "{line:?} gave {:?}", kinds(line));
+        }
+    }
+
+    /// Text in several scripts, emoji (4-byte and joined sequences) and combining marks,
+    /// around secrets and without them: findings start and end on character boundaries.
+    #[test]
+    fn text_of_any_script_is_scanned_without_slicing_a_character() {
+        let key = "AKIAZ7VQ3KQ2LMNOPQRS";
+        let texts = [
+            "naïve café",
+            "日本語のテキスト",
+            "Привет, мир",
+            "مرحبا بالعالم",
+            "👩‍👩‍👧‍👦 family 🏳️‍🌈",
+            "e\u{301}e\u{301} n\u{303}",
+            "ÅÄÖ€£¥",
+        ];
+        for text in texts {
+            assert!(kinds(text).is_empty(), "{text:?} gave {:?}", kinds(text));
+            for line in [
+                format!("{text} {key}"),
+                format!("{key} {text}"),
+                format!("{text}{key}"),
+                format!("«{key}» {text}"),
+                format!("token = \"k9X2mQzLr8Wp\" # {text}"),
+            ] {
+                let found = scan_line(&line);
+                assert!(!found.is_empty(), "nothing found in {line:?}");
+                for f in &found {
+                    assert!(line.is_char_boundary(f.start) && line.is_char_boundary(f.end));
+                }
+                assert!(redact(&line, &found).contains("[redacted]"));
+            }
         }
     }
 

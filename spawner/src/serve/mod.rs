@@ -357,24 +357,55 @@ fn serve_connection(daemon: &Daemon, stream: UnixStream) {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let answer = match rpc::parse(&line) {
-            Ok(request) => {
-                let result = methods::dispatch(daemon, &mut conn, &request);
-                if result.is_err() {
-                    daemon.metrics.rpc_errors.fetch_add(1, Ordering::Relaxed);
-                }
-                // A notification gets no answer.
-                request.id.map(|id| rpc::response(&id, result))
+        let answer = match rpc::parse_line(&line) {
+            Ok(rpc::Incoming::Single(message)) => {
+                answer_one(daemon, &mut conn, message).map(|a| rpc::line_of(&a))
             }
-            Err((id, error)) => {
+            Ok(rpc::Incoming::Batch(messages)) if messages.is_empty() => {
                 daemon.metrics.rpc_errors.fetch_add(1, Ordering::Relaxed);
-                Some(rpc::response(&id, Err(error)))
+                let error = RpcError::new(rpc::INVALID_REQUEST, "an empty batch");
+                Some(rpc::response(&serde_json::Value::Null, Err(error)))
+            }
+            // Each in order, one array of answers for them all.
+            Ok(rpc::Incoming::Batch(messages)) => {
+                let answers: Vec<serde_json::Value> = messages
+                    .into_iter()
+                    .filter_map(|m| answer_one(daemon, &mut conn, m))
+                    .collect();
+                rpc::batch_response(&answers)
+            }
+            Err(error) => {
+                daemon.metrics.rpc_errors.fetch_add(1, Ordering::Relaxed);
+                Some(rpc::response(&serde_json::Value::Null, Err(error)))
             }
         };
         if let Some(answer) = answer
             && conn.send(&answer).is_err()
         {
             return;
+        }
+    }
+}
+
+/// Answer one message (alone on its line or in a batch): the response object, or none for
+/// a notification.
+fn answer_one(
+    daemon: &Daemon,
+    conn: &mut methods::Connection,
+    message: serde_json::Value,
+) -> Option<serde_json::Value> {
+    match rpc::request(message) {
+        Ok(request) => {
+            let result = methods::dispatch(daemon, conn, &request);
+            if result.is_err() {
+                daemon.metrics.rpc_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            // A notification gets no answer.
+            request.id.map(|id| rpc::response_value(&id, result))
+        }
+        Err((id, error)) => {
+            daemon.metrics.rpc_errors.fetch_add(1, Ordering::Relaxed);
+            Some(rpc::response_value(&id, Err(error)))
         }
     }
 }
@@ -444,11 +475,7 @@ fn bind(path: &Path) -> anyhow::Result<(UnixListener, Bound)> {
     agent_contract::home::create_private_dir_all(dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let lock_path = path.with_extension("lock");
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
+    let lock_file = agent_contract::home::open_private_append(&lock_path)
         .with_context(|| format!("cannot open {}", lock_path.display()))?;
     let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
         anyhow::anyhow!(

@@ -73,33 +73,59 @@ pub struct Request {
     pub params: Value,
 }
 
-/// Parse one line into a request, or the error response to send (with the id, when one
-/// could be read).
+/// What one line holds: a single message, or a batch (a JSON array of them).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// One request or notification (not yet checked).
+    Single(Value),
+    /// A batch: each element is answered in the one array of answers.
+    Batch(Vec<Value>),
+}
+
+/// Parse one line as JSON; a parse error is answered with id `null`.
+pub fn parse_line(line: &[u8]) -> Result<Incoming, RpcError> {
+    match serde_json::from_slice(line) {
+        Ok(Value::Array(items)) => Ok(Incoming::Batch(items)),
+        Ok(value) => Ok(Incoming::Single(value)),
+        Err(e) => Err(RpcError::new(PARSE_ERROR, format!("not JSON: {e}"))),
+    }
+}
+
+/// Parse one line holding a single request, or the error response to send (with the id,
+/// when one could be read).
 pub fn parse(line: &[u8]) -> Result<Request, (Value, RpcError)> {
-    let value: Value = serde_json::from_slice(line).map_err(|e| {
-        (
+    match parse_line(line).map_err(|e| (Value::Null, e))? {
+        Incoming::Single(value) => request(value),
+        Incoming::Batch(_) => Err((
             Value::Null,
-            RpcError::new(PARSE_ERROR, format!("not JSON: {e}")),
-        )
-    })?;
+            RpcError::new(INVALID_REQUEST, "expected one request, not a batch"),
+        )),
+    }
+}
+
+/// Check one message of a line (or of a batch) as a JSON-RPC 2.0 request. The error
+/// carries the id to answer with: the request's own when it is a valid id (a string, a
+/// number or null), else `null`, as the specification says.
+pub fn request(value: Value) -> Result<Request, (Value, RpcError)> {
     let Value::Object(mut object) = value else {
-        let what = if value.is_array() {
-            "batches are not supported: send one request per line"
-        } else {
-            "a request must be a JSON object"
-        };
-        return Err((Value::Null, RpcError::new(INVALID_REQUEST, what)));
+        return Err((
+            Value::Null,
+            RpcError::new(INVALID_REQUEST, "a request must be a JSON object"),
+        ));
     };
     let id = object.remove("id");
+    if let Some(id) = &id
+        && !(id.is_string() || id.is_number() || id.is_null())
+    {
+        return Err((
+            Value::Null,
+            RpcError::new(INVALID_REQUEST, "\"id\" must be a string, a number or null"),
+        ));
+    }
     let reply_id = id.clone().unwrap_or(Value::Null);
     let invalid = |message: &str| (reply_id.clone(), RpcError::new(INVALID_REQUEST, message));
     if object.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err(invalid("missing \"jsonrpc\": \"2.0\""));
-    }
-    if let Some(id) = &id
-        && !(id.is_string() || id.is_number() || id.is_null())
-    {
-        return Err(invalid("\"id\" must be a string or a number"));
     }
     let Some(Value::String(method)) = object.remove("method") else {
         return Err(invalid("missing \"method\" (a string)"));
@@ -107,26 +133,45 @@ pub fn parse(line: &[u8]) -> Result<Request, (Value, RpcError)> {
     let params = match object.remove("params") {
         None | Some(Value::Null) => json!({}),
         Some(p @ Value::Object(_)) => p,
+        Some(Value::Array(_)) => {
+            return Err((
+                reply_id,
+                RpcError::params(format!(
+                    "{method} takes its params by name (an object), not by position (an array)"
+                )),
+            ));
+        }
         Some(_) => return Err(invalid("\"params\" must be an object (by-name params)")),
     };
     Ok(Request { id, method, params })
 }
 
-/// A response line for `id`.
-pub fn response(id: &Value, result: Result<Value, RpcError>) -> Vec<u8> {
-    let value = match result {
+/// The response object for `id`.
+pub fn response_value(id: &Value, result: Result<Value, RpcError>) -> Value {
+    match result {
         Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
         Err(error) => json!({"jsonrpc": "2.0", "id": id, "error": error}),
-    };
-    line(&value)
+    }
+}
+
+/// The line answering a batch: the array of its answers (a batch of notifications only
+/// gets none).
+pub fn batch_response(answers: &[Value]) -> Option<Vec<u8>> {
+    (!answers.is_empty()).then(|| line_of(&Value::Array(answers.to_vec())))
+}
+
+/// A response line for `id`.
+pub fn response(id: &Value, result: Result<Value, RpcError>) -> Vec<u8> {
+    line_of(&response_value(id, result))
 }
 
 /// A notification line.
 pub fn notification(method: &str, params: Value) -> Vec<u8> {
-    line(&json!({"jsonrpc": "2.0", "method": method, "params": params}))
+    line_of(&json!({"jsonrpc": "2.0", "method": method, "params": params}))
 }
 
-fn line(value: &Value) -> Vec<u8> {
+/// `value` as one line, newline included.
+pub fn line_of(value: &Value) -> Vec<u8> {
     let mut out = value.to_string().into_bytes();
     out.push(b'\n');
     out
@@ -203,8 +248,13 @@ mod tests {
         assert_eq!(code(br#"{"jsonrpc":"2.0","id":1}"#), INVALID_REQUEST);
         assert_eq!(
             code(br#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#),
-            INVALID_REQUEST
+            INVALID_PARAMS
         );
+        for bad_id in [r#"{"a":1}"#, "[1]", "true"] {
+            let line = format!(r#"{{"jsonrpc":"2.0","id":{bad_id},"method":"x"}}"#);
+            let (id, e) = parse(line.as_bytes()).expect_err("bad id");
+            assert_eq!((id, e.code), (Value::Null, INVALID_REQUEST), "{line}");
+        }
         // The id is kept for the error when it could be read.
         let (id, _) = parse(br#"{"jsonrpc":"1.0","id":"a","method":"x"}"#).expect_err("bad");
         assert_eq!(id, json!("a"));
