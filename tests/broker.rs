@@ -631,3 +631,163 @@ fn doctor_shows_the_broker_and_its_models() {
         "cpu"
     );
 }
+
+/// The soft and hard limits `/proc/<pid>/limits` shows for `what` ("Max open files").
+fn proc_limits(pid: i32, what: &str) -> (String, String) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(what))
+        .unwrap_or_else(|| panic!("no {what:?} in {text}"));
+    let mut fields = line[what.len()..].split_whitespace();
+    (
+        fields.next().expect("soft").to_owned(),
+        fields.next().expect("hard").to_owned(),
+    )
+}
+
+#[test]
+fn a_broker_started_by_a_request_takes_its_own_limits_not_the_requests() {
+    let home = TestHome::new();
+    install_models(&home, &["scorer"]);
+    home.install_testing("lab", "[models]\nallowed = [\"scorer\"]\n");
+    // The run's agent-exec (CPU-time backstop, 256 files) starts the broker.
+    let out = home.run(&[
+        "run", "lab", "infer", "scorer", "features", "float32", "1,64", "0.5",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let pid = broker_pid(&home);
+    let (soft, hard) = proc_limits(pid, "Max open files");
+    assert_eq!(soft, hard, "open files: soft limit raised to the hard one");
+    assert_ne!(soft, "256");
+    let (soft, hard) = proc_limits(pid, "Max cpu time");
+    assert_eq!(soft, hard, "no CPU-time backstop of a request");
+}
+
+/// A raw connection to the broker's socket that sends nothing.
+fn raw_connection(home: &TestHome) -> std::os::unix::net::UnixStream {
+    std::os::unix::net::UnixStream::connect(socket(home)).expect("connect")
+}
+
+/// The error code of the first frame `stream` gets (an error frame: kind 8, id, code).
+fn first_error_code(stream: &mut std::os::unix::net::UnixStream) -> Option<u8> {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+    stream.read_exact(&mut body).ok()?;
+    (body.first() == Some(&8)).then(|| body[9])
+}
+
+#[test]
+fn connections_past_the_bound_are_answered_busy_and_the_broker_keeps_serving() {
+    let home = TestHome::new();
+    let pid = broker_pid(&home);
+    // Hold the broker's limit of connections (each waiting for a hello).
+    let held: Vec<_> = (0..gpu_broker::MAX_CONNECTIONS)
+        .map(|_| raw_connection(&home))
+        .collect();
+    // Wait until the broker counts them all, then one more is refused with `busy`.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut extra = raw_connection(&home);
+        match first_error_code(&mut extra) {
+            Some(code) if code == ErrorCode::Busy as u8 => break,
+            _ => assert!(Instant::now() < deadline, "no connection was refused"),
+        }
+    }
+    drop(held);
+    // Served again once they close; the same broker.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        match Client::connect(&socket(&home)).and_then(|mut c| c.status()) {
+            Ok(status) => break status,
+            Err(e) => assert!(Instant::now() < deadline, "not served again: {e}"),
+        }
+    };
+    assert_eq!(status["pid"].as_i64(), Some(i64::from(pid)));
+}
+
+#[test]
+fn a_stalled_client_is_closed_and_cannot_hold_off_the_idle_ttl() {
+    let home = TestHome::new();
+    std::fs::create_dir_all(home.path().join("run")).expect("mkdir");
+    let mut launch = launch(&home);
+    launch.args.extend(
+        ["--idle-ttl", "1", "--client-timeout", "1"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let pid = Client::connect_or_start(&socket(&home), &launch)
+        .expect("start")
+        .status()
+        .expect("status")["pid"]
+        .as_i64()
+        .expect("pid");
+    // Half a frame, then nothing: the broker closes this connection at its deadline.
+    let mut stalled = raw_connection(&home);
+    std::io::Write::write_all(&mut stalled, &[9, 0]).expect("write");
+    let mut rest = Vec::new();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let closed = std::io::Read::read_to_end(&mut stalled, &mut rest);
+    assert!(closed.is_ok(), "the broker closed the stalled connection");
+    // With the stalled client gone, the broker goes idle and exits.
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !gone() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gone(), "the broker is still running");
+    drop(stalled);
+}
+
+#[test]
+fn a_peer_running_as_another_user_gets_no_welcome() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to connect as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let home = TestHome::new();
+    broker_pid(&home);
+    // A misconfigured home: the directory and the socket open to everyone.
+    for (path, mode) in [
+        (home.path().to_owned(), 0o755),
+        (home.path().join("run"), 0o755),
+        (socket(&home), 0o777),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    // Debian's python3 (reachable by any user) speaks the hello as uid 65534.
+    let hello = "import socket,struct,sys\n\
+        s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n\
+        body=bytes([1])+b'SPBK'+struct.pack('<H',1); s.sendall(struct.pack('<I',len(body))+body)\n\
+        n=struct.unpack('<I',s.recv(4))[0]; b=s.recv(n)\n\
+        print('kind', b[0], 'code', b[9] if b[0]==8 else '-', b[10:].decode(errors='replace'))\n";
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", hello])
+        .arg(socket(&home))
+        .output()
+        .expect("setpriv");
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("kind 8 code {}", ErrorCode::Forbidden as u8))
+            && text.contains("uid 65534 is refused"),
+        "{text}{}",
+        stderr(&out)
+    );
+    // Its own user is still served.
+    assert!(client(&home).status().is_ok());
+}

@@ -334,3 +334,48 @@ fn an_agent_exec_failing_with_a_foreign_exit_code_is_recorded_as_internal() {
         .expect("spawner recorded the run");
     assert_eq!(record.status, Outcome::Internal);
 }
+
+#[test]
+fn another_components_valid_cache_entry_under_an_agents_name_is_not_trusted() {
+    let home = TestHome::new();
+    home.install_example("echo");
+    home.install_testing("lab", "");
+    assert_eq!(code(&home.run(&["run", "echo", "a"])), 0);
+    assert_eq!(code(&home.run(&["run", "lab", "hello"])), 0);
+    let cache = home.path().join("cache/components");
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .expect("cache dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let echo_sha = {
+        use sha2::Digest;
+        let wasm = std::fs::read(home.agent_dir("echo").join("echo.wasm")).expect("wasm");
+        sha2::Sha256::digest(&wasm)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let (echo_entry, lab_entry): (Vec<_>, Vec<_>) = entries.iter().partition(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&echo_sha))
+    });
+    // The testing agent's valid entry, put in place of echo's.
+    std::fs::copy(lab_entry[0], echo_entry[0]).expect("copy");
+    let out = home.run(&["run", "--json", "echo", "who runs?"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let r = report(&out);
+    assert_eq!(
+        r["output"], "who runs?",
+        "echo ran, not the other component"
+    );
+    assert_eq!(r["cache_hit"], false);
+    assert!(
+        stderr(&out).contains("compiled from another component"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -624,3 +624,87 @@ fn plain_hooks_answer_on_stdout_with_the_verdict_as_exit_code() {
         stderr(&out)
     );
 }
+
+/// Text in several scripts, emoji (a joined family, a flag sequence) and combining marks.
+const ANY_SCRIPT: &str =
+    "naïve café · 日本語のテキスト · Привет · مرحبا · 👩‍👩‍👧‍👦 🏳️‍🌈 · e\u{301}n\u{303}";
+
+#[test]
+fn secret_guard_scans_text_of_any_script_in_claude_code_and_git() {
+    let home = TestHome::new();
+    home.install_example("secret-guard");
+    // Claude Code: an AWS key beside non-ASCII text is found (the hook used to trap and
+    // fail open, allowing the write).
+    let write = claude_event(
+        "PreToolUse",
+        json!({"tool_name": "Write", "tool_input": {
+            "file_path": "/tmp/notes.md",
+            "content": format!("{ANY_SCRIPT}\n{ANY_SCRIPT} {} {ANY_SCRIPT}\n", "AKIAZ7VQ3KQ2LMNOPQRS"),
+        }}),
+    );
+    let out = home.run_with_stdin(&["hook", "secret-guard"], &write);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let answer = json_out(&out);
+    assert_eq!(
+        answer["hookSpecificOutput"]["permissionDecision"], "deny",
+        "{answer}"
+    );
+    assert!(
+        answer["hookSpecificOutput"]["permissionDecisionReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("notes.md:2: AWS access key id")),
+        "{answer}"
+    );
+    // git: a clean commit of such text, with such a message, goes through (it used to
+    // fail closed), and a key among it is still stopped.
+    let repo = Repo::new();
+    install(&home, &repo, "secret-guard", "pre-commit");
+    install(&home, &repo, "secret-guard", "commit-msg");
+    repo.write("README.md", &format!("{ANY_SCRIPT}\n"));
+    repo.git_ok(&["add", "README.md"]);
+    repo.git_ok(&["commit", "-q", "-m", &format!("naïve café: {ANY_SCRIPT}")]);
+    assert_eq!(repo.commit_count(), 1);
+    assert!(
+        repo.git_ok(&["log", "-1", "--format=%s"])
+            .contains(ANY_SCRIPT)
+    );
+    repo.write(
+        "keys.txt",
+        &format!("{ANY_SCRIPT}{}\n", "AKIAZ7VQ3KQ2LMNOPQRS"),
+    );
+    repo.git_ok(&["add", "keys.txt"]);
+    let out = repo.git(&["commit", "-q", "-m", "key"]);
+    assert_ne!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("keys.txt:1: AWS access key id"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_large_write_of_short_lines_is_scanned_whole_below_the_input_limit() {
+    let home = TestHome::new();
+    home.install_example("secret-guard");
+    // 3.5 MB of 4-character lines (about 700,000 of them), the secret on the last one.
+    let mut content = "abc\n".repeat(875_000);
+    content.push_str(&format!("key = {}\n", "AKIAZ7VQ3KQ2LMNOPQRS"));
+    let write = claude_event(
+        "PreToolUse",
+        json!({"tool_name": "Write", "tool_input": {"file_path": "/tmp/big.txt", "content": content}}),
+    );
+    assert!(write.len() > 3_500_000);
+    let out = home.run_with_stdin(&["hook", "secret-guard"], &write);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let answer = json_out(&out);
+    assert_eq!(
+        answer["hookSpecificOutput"]["permissionDecision"], "deny",
+        "{answer}"
+    );
+    assert!(
+        answer["hookSpecificOutput"]["permissionDecisionReason"]
+            .as_str()
+            .is_some_and(|r| r.contains("big.txt:875001: AWS access key id")),
+        "{answer}"
+    );
+}

@@ -157,3 +157,38 @@ fn a_bad_envelope_is_a_usage_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_component_that_is_a_fifo_or_a_device_is_refused_without_blocking() {
+    let home = TestHome::new();
+    home.install_example("echo");
+    let component = home.agent_dir("echo").join("echo.wasm");
+    for make in ["fifo", "/dev/zero"] {
+        std::fs::remove_file(&component).expect("rm");
+        if make == "fifo" {
+            nix::unistd::mkfifo(&component, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        } else {
+            std::os::unix::fs::symlink(make, &component).expect("symlink");
+        }
+        // Each would block (a FIFO with no writer) or never end (/dev/zero) if read.
+        let listed = home.run(&["agents"]);
+        assert_eq!(code(&listed), 0, "{}", stderr(&listed));
+        assert!(
+            String::from_utf8_lossy(&listed.stdout).contains("not a regular file"),
+            "{make}: {}",
+            String::from_utf8_lossy(&listed.stdout)
+        );
+        let out = home.run(&["run", "echo", "hi"]);
+        assert_eq!(
+            code(&out),
+            exit_of(Outcome::Component),
+            "{make}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("not a regular file"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}

@@ -131,3 +131,114 @@ fn inference_is_refused_for_unlisted_models_and_unknown_ones() {
         stderr(&out)
     );
 }
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn the_store_and_its_files_are_private_and_an_open_home_is_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = TestHome::new();
+    // A home made with a plain `mkdir` (0755 under the usual umask).
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    home.install_example("notes");
+    let out = home.run(&["run", "notes", "add", "a private note"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("made it private"),
+        "the fix is said: {}",
+        stderr(&out)
+    );
+    assert_eq!(mode_of(home.path()), 0o700);
+    let db = home.path().join("memory.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let path = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        if path.exists() {
+            assert_eq!(mode_of(&path), 0o600, "{}", path.display());
+        }
+    }
+    assert_eq!(mode_of(&db), 0o600);
+    for entry in std::fs::read_dir(home.path().join("cache/components")).expect("cache") {
+        let path = entry.expect("entry").path();
+        assert_eq!(mode_of(&path), 0o600, "{}", path.display());
+    }
+}
+
+#[test]
+fn preopens_outside_their_base_are_refused_unless_allowed_and_always_shown() {
+    let home = TestHome::new();
+    for (preopen, needle) in [
+        (
+            "host = \"/\"\nguest = \"/host\"\nwritable = true\n",
+            "outside the agent's directory",
+        ),
+        (
+            "host = \"../..\"\nguest = \"/up\"\n",
+            "outside the agent's directory",
+        ),
+        (
+            "host = \"data/../../x\"\nguest = \"/up\"\n",
+            "outside the agent's directory",
+        ),
+        (
+            "host = \"/etc\"\nguest = \"/etc\"\n",
+            "outside the agent's directory",
+        ),
+        (
+            "host = \"..\"\nguest = \"/up\"\nrelative_to = \"work_dir\"\n",
+            "outside the work directory",
+        ),
+    ] {
+        home.install_testing("lab", &format!("[[preopens]]\n{preopen}"));
+        let out = home.run(&["run", "lab", "hello"]);
+        assert_eq!(
+            code(&out),
+            exit_of(Outcome::Config),
+            "{preopen}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(needle) && stderr(&out).contains("allow_outside = true"),
+            "{preopen}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stdout(&home.run(&["agents"])).contains("invalid"),
+            "{preopen}"
+        );
+    }
+    // A symlink inside the agent's directory that leads out of it is refused at run time.
+    let outside = tempfile::tempdir().expect("tempdir");
+    std::fs::write(outside.path().join("secret.txt"), "not yours").expect("write");
+    home.install_testing("lab", "[[preopens]]\nhost = \"data\"\nguest = \"/data\"\n");
+    std::os::unix::fs::symlink(outside.path(), home.agent_dir("lab").join("data"))
+        .expect("symlink");
+    let out = home.run(&["run", "lab", "read", "/data/secret.txt"]);
+    assert_eq!(code(&out), exit_of(Outcome::Component), "{}", stderr(&out));
+    assert!(stderr(&out).contains("outside"), "{}", stderr(&out));
+    // With `allow_outside = true`, the grant is made, and `spawner agents` shows it.
+    home.install_testing(
+        "lab",
+        &format!(
+            "[[preopens]]\nhost = \"{}\"\nguest = \"/out\"\nwritable = true\nallow_outside = true\n",
+            outside.path().display()
+        ),
+    );
+    let out = home.run(&["run", "lab", "read", "/out/secret.txt"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "not yours");
+    let listed = stdout(&home.run(&["agents"]));
+    assert!(
+        listed.contains(&format!(
+            "filesystem: rw {} -> /out (outside)",
+            outside.path().display()
+        )),
+        "{listed}"
+    );
+}

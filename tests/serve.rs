@@ -292,7 +292,57 @@ fn bad_requests_get_the_right_errors_and_the_daemon_keeps_serving() {
         c.read().expect("an answer")
     };
     assert_eq!(raw(b"{not json\n")["error"]["code"], -32700);
-    assert_eq!(raw(b"[1,2]\n")["error"]["code"], -32600);
+    // JSON-RPC 2.0 batches: an array of answers, in order; none for notifications.
+    let batch = raw(b"[1,2]\n");
+    assert_eq!(batch.as_array().map(Vec::len), Some(2), "{batch}");
+    assert!(
+        batch
+            .as_array()
+            .expect("array")
+            .iter()
+            .all(|a| a["error"]["code"] == -32600 && a["id"].is_null())
+    );
+    let batch = raw(b"[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"health\"},\
+        {\"jsonrpc\":\"2.0\",\"method\":\"health\"},\
+        {\"jsonrpc\":\"2.0\",\"id\":\"b\",\"method\":\"nope\"}]\n");
+    assert_eq!(batch[0]["id"], 1, "{batch}");
+    assert_eq!(batch[0]["result"]["status"], "ok", "{batch}");
+    assert_eq!(
+        (batch[1]["id"].as_str(), batch[1]["error"]["code"].as_i64()),
+        (Some("b"), Some(-32601))
+    );
+    assert_eq!(
+        batch.as_array().map(Vec::len),
+        Some(2),
+        "the notification got no answer"
+    );
+    assert_eq!(
+        raw(b"[]\n")["error"]["code"],
+        -32600,
+        "an empty batch is invalid"
+    );
+    // A batch of notifications only gets no answer: the next line is the next request's.
+    let mut other = daemon.client();
+    other.send_raw(b"[{\"jsonrpc\":\"2.0\",\"method\":\"health\"}]\n");
+    assert_eq!(other.call("health", json!({}))["result"]["status"], "ok");
+    // An id that is an object, an array or a boolean is answered with id null.
+    for bad_id in ["{\"a\":1}", "[7]", "true"] {
+        let answer = raw(format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{bad_id},\"method\":\"health\"}}\n"
+        )
+        .as_bytes());
+        assert_eq!(
+            (answer["id"].is_null(), answer["error"]["code"].as_i64()),
+            (true, Some(-32600)),
+            "{bad_id}: {answer}"
+        );
+    }
+    // Positional params are invalid params, with the request's id.
+    let answer = raw(b"{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"health\",\"params\":[1]}\n");
+    assert_eq!(
+        (answer["id"].as_i64(), answer["error"]["code"].as_i64()),
+        (Some(9), Some(-32602))
+    );
     assert_eq!(
         raw(b"{\"id\":1,\"method\":\"health\"}\n")["error"]["code"],
         -32600

@@ -39,9 +39,10 @@ use stats::Stats;
 /// closed, so that a flood of clients cannot exhaust the broker's threads or descriptors.
 pub const MAX_CONNECTIONS: usize = 512;
 
-/// How long a client may take to send a whole frame (its hello, or its next request) or
-/// to read an answer. A client that stalls, or trickles a frame a byte at a time, is
-/// closed when it runs out, so no client can hold the broker's idle TTL off forever.
+/// How long a client may take, by default, to send a whole frame (its hello, or its next
+/// request) or to read an answer. A client that stalls, or trickles a frame a byte at a
+/// time, is closed when it runs out, so no client can hold the broker's idle TTL off
+/// forever. (`gpu-broker --client-timeout`.)
 pub const FRAME_DEADLINE: Duration = Duration::from_secs(120);
 
 /// The broker's shared state.
@@ -57,6 +58,8 @@ pub struct Broker {
     connections: AtomicUsize,
     library: String,
     idle_ttl: Option<Duration>,
+    /// How long a client may take to send one frame ([`FRAME_DEADLINE`] by default).
+    frame_deadline: Duration,
 }
 
 impl Broker {
@@ -76,7 +79,14 @@ impl Broker {
             connections: AtomicUsize::new(0),
             library,
             idle_ttl,
+            frame_deadline: FRAME_DEADLINE,
         }
+    }
+
+    /// The same broker, giving each client `deadline` to send a frame.
+    pub fn with_frame_deadline(mut self, deadline: Duration) -> Broker {
+        self.frame_deadline = deadline;
+        self
     }
 
     fn device(&self, model: &str) -> &Device {
@@ -173,7 +183,7 @@ impl Broker {
     /// the daemon does) and connections past [`MAX_CONNECTIONS`], each with an error frame
     /// that says why; serve the rest, each on a thread of its own.
     pub fn accept(self: &Arc<Self>, mut stream: Stream) {
-        let _ = stream.set_send_timeout(Some(FRAME_DEADLINE));
+        let _ = stream.set_send_timeout(Some(self.frame_deadline));
         let own = nix::unistd::geteuid().as_raw();
         let refuse = |stream: &mut Stream, code, message: String| {
             let _ = Frame::Error {
@@ -230,7 +240,7 @@ impl Broker {
     /// Serve a connection already counted in `connections`; uncount it at the end.
     fn serve_counted(&self, stream: Stream) {
         self.touch();
-        let _ = self.converse(&mut Deadlined::new(stream));
+        let _ = self.converse(&mut Deadlined::new(stream, self.frame_deadline));
         self.touch();
         self.connections.fetch_sub(1, Ordering::SeqCst);
     }
@@ -321,25 +331,27 @@ impl Broker {
     }
 }
 
-/// A connection whose every frame must arrive within [`FRAME_DEADLINE`] of when the broker
-/// began to wait for it: each read is given only the time left (`SO_RCVTIMEO`), so a
-/// client that trickles bytes cannot stretch a frame forever.
+/// A connection whose every frame must arrive within `allowed` of when the broker began
+/// to wait for it: each read is given only the time left (`SO_RCVTIMEO`), so a client
+/// that trickles bytes cannot stretch a frame forever.
 struct Deadlined {
     stream: Stream,
+    allowed: Duration,
     deadline: Instant,
 }
 
 impl Deadlined {
-    fn new(stream: Stream) -> Deadlined {
+    fn new(stream: Stream, allowed: Duration) -> Deadlined {
         Deadlined {
             stream,
-            deadline: Instant::now() + FRAME_DEADLINE,
+            allowed,
+            deadline: Instant::now() + allowed,
         }
     }
 
     /// The broker now waits for a new frame.
     fn start_frame(&mut self) {
-        self.deadline = Instant::now() + FRAME_DEADLINE;
+        self.deadline = Instant::now() + self.allowed;
     }
 }
 

@@ -38,6 +38,9 @@ struct Args {
     /// Never exit for idleness.
     #[arg(long)]
     persistent: bool,
+    /// Seconds a client may take to send one frame (a stalled client is closed).
+    #[arg(long, default_value_t = gpu_broker::FRAME_DEADLINE.as_secs())]
+    client_timeout: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -125,11 +128,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         .create_sync()
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     let idle_ttl = (!args.persistent).then(|| Duration::from_secs(args.idle_ttl));
-    let broker = Arc::new(Broker::new(
-        Repo::new(&models),
-        library.display().to_string(),
-        idle_ttl,
-    ));
+    let broker = Arc::new(
+        Broker::new(Repo::new(&models), library.display().to_string(), idle_ttl)
+            .with_frame_deadline(Duration::from_secs(args.client_timeout.max(1))),
+    );
     for failure in broker.warm_up() {
         tracing::warn!("warm-up: {failure}");
     }

@@ -21,6 +21,10 @@ pub struct AgentStatus {
     pub status: &'static str,
     /// What is wrong, when `status` is `invalid`.
     pub error: Option<String>,
+    /// The broad filesystem grants of its manifest (writable preopens, preopens outside
+    /// their base), so that none is ever quiet: e.g. `rw /srv/data -> /data (outside)`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<String>,
 }
 
 /// Check the agent in directory `name`: manifest valid, component present, pin matching.
@@ -31,6 +35,7 @@ pub fn check(home: &Home, name: &str) -> AgentStatus {
         description: None,
         status: "invalid",
         error: None,
+        grants: Vec::new(),
     };
     let manifest = match home
         .agent_manifest(name)
@@ -45,6 +50,20 @@ pub fn check(home: &Home, name: &str) -> AgentStatus {
     };
     status.version = Some(manifest.version.clone());
     status.description = manifest.description.clone();
+    status.grants = manifest
+        .preopens
+        .iter()
+        .filter(|p| p.is_broad())
+        .map(|p| {
+            format!(
+                "{} {} -> {}{}",
+                if p.writable { "rw" } else { "ro" },
+                p.host.display(),
+                p.guest,
+                if p.allow_outside { " (outside)" } else { "" }
+            )
+        })
+        .collect();
     status.error = manifest.read_component().err().map(|e| e.to_string());
     if status.error.is_none() {
         status.status = "ok";
@@ -112,6 +131,9 @@ pub fn execute(home: &Home, args: AgentsArgs) -> anyhow::Result<Outcome> {
             s.version.as_deref().unwrap_or("-"),
             s.status
         )?;
+        for grant in &s.grants {
+            writeln!(out, "{:width$}  filesystem: {grant}", "")?;
+        }
     }
     Ok(Outcome::Ok)
 }
