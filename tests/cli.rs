@@ -1,4 +1,6 @@
-use crate::harness::{TestHome, code, stderr, stdout};
+use agent_contract::Outcome;
+
+use crate::harness::{TestHome, code, exit_of, stderr, stdout};
 
 #[test]
 fn agents_lists_each_agent_with_its_validation_status() {
@@ -75,5 +77,43 @@ fn runs_lists_recent_runs_newest_first_with_filters() {
             .lines()
             .count(),
         1
+    );
+}
+
+#[test]
+fn a_closed_standard_error_is_no_panic_and_call_says_the_daemon_is_not_running() {
+    let home = TestHome::new();
+    // stderr a pipe whose reader is gone: the exit code is the outcome's, not a panic's.
+    let mut child = home
+        .spawner(&["run", "nosuch"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stderr.take());
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(exit_of(Outcome::NotFound)));
+    // stderr closed altogether (descriptor 2 not open at all).
+    let mut cmd = home.spawner(&["run", "nosuch"]);
+    // SAFETY: close(2) is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let _ = nix::unistd::close(2);
+            Ok(())
+        });
+    }
+    let status = cmd.status().expect("run");
+    assert_eq!(status.code(), Some(exit_of(Outcome::NotFound)));
+
+    let out = home.run(&["call", "health"]);
+    assert_ne!(code(&out), 0);
+    let text = stderr(&out);
+    assert!(
+        text.contains("the daemon is not running") && text.contains("spawner serve"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("No such file or directory").count(),
+        0,
+        "said once, in words: {text}"
     );
 }

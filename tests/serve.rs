@@ -946,3 +946,81 @@ fn peers_running_as_another_user_are_refused() {
     );
     assert_eq!(daemon.client().result("health", json!({}))["status"], "ok");
 }
+
+/// `spawner serve` started under `prlimit --nofile=<soft>:<hard>`.
+fn daemon_with_open_files(home: &TestHome, soft: u64, hard: u64) -> Daemon {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("run").join("s.sock");
+    let child = Command::new("prlimit")
+        .arg(format!("--nofile={soft}:{hard}"))
+        .arg(bin("spawner"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["serve", "--spares", "0", "--socket"])
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prlimit spawner serve");
+    let daemon = Daemon {
+        child,
+        socket,
+        _dir: dir,
+    };
+    daemon.wait_ready();
+    daemon
+}
+
+#[test]
+fn the_daemon_raises_its_open_file_limit_and_answers_busy_before_running_out() {
+    let home = TestHome::new();
+    home.install_example("echo");
+    // Raised to the hard limit at start.
+    let daemon = daemon_with_open_files(&home, 256, 8192);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid())).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files");
+    assert!(
+        line.split_whitespace().filter(|f| *f == "8192").count() == 2,
+        "{line}"
+    );
+    drop(daemon);
+    // Where the hard limit is low, the connection past what fits gets `busy`, not silence.
+    let daemon = daemon_with_open_files(&home, 128, 128);
+    let mut held = Vec::new();
+    let busy = loop {
+        let mut c = daemon.client();
+        // A refused connection is answered (id null) and closed: read its first line.
+        c.send_raw(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"health\"}\n");
+        let answer = c.read().expect("an answer, never silence");
+        if answer["error"]["code"] == -32001 {
+            break answer;
+        }
+        assert_eq!(answer["result"]["status"], "ok", "{answer}");
+        held.push(c);
+        assert!(held.len() < 128, "no connection was refused");
+    };
+    assert!(
+        busy["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too many connections")),
+        "{busy}"
+    );
+    // Every held connection still works, and one freed makes room.
+    for c in &mut held {
+        assert_eq!(c.result("health", json!({}))["status"], "ok");
+    }
+    held.pop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = daemon.client().call("health", json!({}));
+        if answer.get("result").is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no room after a close: {answer}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

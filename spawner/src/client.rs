@@ -10,17 +10,29 @@ use serde_json::{Value, json};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing listens on the socket.
-    #[error("no daemon answers on {socket}: {source} (start one with `spawner serve`)")]
+    #[error("{}", connect_message(socket, error))]
     Connect {
         /// The socket.
         socket: String,
-        /// What the OS said.
-        #[source]
-        source: std::io::Error,
+        /// What the OS said (in the message, once).
+        error: std::io::Error,
     },
     /// The connection broke or the answer was not JSON-RPC.
     #[error("the daemon's answer could not be read: {0}")]
     Protocol(String),
+}
+
+/// What a failed connection means, said once: no socket, or nobody listening on it, is a
+/// daemon that is not running.
+fn connect_message(socket: &str, error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::NotFound | ErrorKind::ConnectionRefused => format!(
+            "the daemon is not running (nothing listens on {socket}); start it with \
+             `spawner serve` (or the systemd units in contrib/systemd), or pass --socket"
+        ),
+        _ => format!("cannot connect to the daemon at {socket}: {error}"),
+    }
 }
 
 /// The daemon's error object.
@@ -42,9 +54,9 @@ pub fn call(
     params: Value,
     mut on_notification: impl FnMut(&Value),
 ) -> Result<Result<Value, CallError>, ClientError> {
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+    let mut stream = UnixStream::connect(socket).map_err(|error| ClientError::Connect {
         socket: socket.display().to_string(),
-        source,
+        error,
     })?;
     let mut line = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
         .to_string()

@@ -26,6 +26,46 @@
 //! exit code becomes the spawner's. If the child outlives its deadline, the spawner kills
 //! its process group and records the run as `timeout` itself.
 
+/// `eprintln!` that never panics. Standard error may be a pipe whose reader went away (an
+/// editor that gave up on its hook, `2>&-` in a script): that is no bug, and must not turn
+/// the run's outcome into a panic's exit code 101. What cannot be said is dropped.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics (see [`say!`]).
+#[macro_export]
+macro_rules! say_text {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Make sure standard input, output and error are open (on `/dev/null` when the caller
+/// closed them): otherwise the first file this process opens (the memory store, a lock)
+/// would take descriptor 2, and every message meant for standard error would land in it.
+pub fn ensure_standard_fds() {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl, open};
+    use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd};
+    for fd in 0..=2 {
+        // SAFETY: 0, 1 and 2 are only borrowed for the check; an invalid one fails with EBADF.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        if fcntl(borrowed, FcntlArg::F_GETFD) == Err(nix::errno::Errno::EBADF) {
+            // The lowest free descriptor is the one that is closed.
+            if let Ok(null) = open("/dev/null", OFlag::O_RDWR, nix::sys::stat::Mode::empty())
+                && null.as_raw_fd() == fd
+            {
+                let _ = null.into_raw_fd();
+            }
+        }
+    }
+}
+
 pub mod cli;
 pub mod client;
 pub mod commands;

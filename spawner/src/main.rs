@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    spawner::ensure_standard_fds();
     let cli = spawner::cli::Cli::parse();
     match spawner::commands::dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("spawner: error: {e:#}");
+            spawner::say!("spawner: error: {e:#}");
             ExitCode::from(spawner::exit::exit_code(&e))
         }
     }

@@ -245,7 +245,7 @@ pub fn execute(
     if let Err(e) = Store::open(&home.store_path())
         .and_then(|mut store| store.record_run(&record, manifest.memory.keep_runs))
     {
-        eprintln!("spawner: warning: could not record run {run_id}: {e}");
+        crate::say!("spawner: warning: could not record run {run_id}: {e}");
     }
     Ok(Finished {
         outcome,

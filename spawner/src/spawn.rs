@@ -546,7 +546,7 @@ fn apply_limits(pid: libc::pid_t, limits: &ResourceLimits) {
             // ESRCH: the child already exited, nothing left to limit.
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() != Some(libc::ESRCH) {
-                eprintln!("spawner: warning: cannot limit agent-exec: {err}");
+                crate::say!("spawner: warning: cannot limit agent-exec: {err}");
             }
         }
     }

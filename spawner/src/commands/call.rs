@@ -34,7 +34,7 @@ pub fn execute(home: &Home, args: CallArgs) -> anyhow::Result<u8> {
             Ok(0)
         }
         Err(e) => {
-            eprintln!("spawner: error {}: {}", e.code, e.message);
+            crate::say!("spawner: error {}: {}", e.code, e.message);
             Ok(exit_code_of(&e))
         }
     }
@@ -70,7 +70,7 @@ pub fn run_through_daemon(home: &Home, args: &RunArgs, input: Vec<u8>) -> anyhow
     let result = match answer {
         Ok(result) => result,
         Err(e) => {
-            eprintln!("spawner: error: {}", e.message);
+            crate::say!("spawner: error: {}", e.message);
             return Ok(exit_code_of(&e));
         }
     };
@@ -81,7 +81,7 @@ pub fn run_through_daemon(home: &Home, args: &RunArgs, input: Vec<u8>) -> anyhow
         && args.log_level.is_some()
     {
         for line in lines {
-            eprintln!("{line}");
+            crate::say!("{line}");
         }
     }
     let mut stdout = std::io::stdout().lock();
@@ -99,7 +99,7 @@ pub fn run_through_daemon(home: &Home, args: &RunArgs, input: Vec<u8>) -> anyhow
         stdout.write_all(&bytes)?;
     }
     if let Some(error) = &report.error {
-        eprintln!("error: {}: {error}", report.agent);
+        crate::say!("error: {}: {error}", report.agent);
     }
     Ok(report.exit_code)
 }

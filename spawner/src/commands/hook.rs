@@ -179,7 +179,7 @@ fn apply_rewrite(result: HookResult, message_file: Option<&Path>) -> HookResult 
 
 fn answer(reply: &Reply) -> anyhow::Result<()> {
     if !reply.stderr.is_empty() {
-        eprint!("{}", reply.stderr);
+        crate::say_text!("{}", reply.stderr);
     }
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&reply.stdout)?;
@@ -209,7 +209,7 @@ fn install(home: &Home, args: HookInstallArgs) -> anyhow::Result<u8> {
             }
         });
         println!("{}", serde_json::to_string_pretty(&snippet)?);
-        eprintln!(
+        crate::say!(
             "spawner: merge this into .claude/settings.json (this project) or ~/.claude/settings.json \
              (all projects); remove the entry to uninstall."
         );
@@ -236,7 +236,7 @@ fn install(home: &Home, args: HookInstallArgs) -> anyhow::Result<u8> {
         let backup = dir.join(format!("{}{}", hook.file_name(), git::BACKUP_SUFFIX));
         std::fs::rename(&path, &backup)
             .with_context(|| format!("cannot move {} aside", path.display()))?;
-        eprintln!("spawner: kept the previous hook as {}", backup.display());
+        crate::say!("spawner: kept the previous hook as {}", backup.display());
     }
     let script = git::hook_script(&spawner, &home_dir, &args.agent, hook);
     git::replace_file(&path, script.as_bytes(), Some(0o755))

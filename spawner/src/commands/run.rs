@@ -48,7 +48,7 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
         return Err(Interrupted(sig).into());
     }
     if !args.json {
-        eprintln!(
+        crate::say!(
             "spawner: error: {}",
             report.error.as_deref().unwrap_or("the run failed")
         );

@@ -79,6 +79,8 @@ struct Daemon {
     active: Mutex<HashMap<String, ActiveRun>>,
     /// Open connections (clones), so that shutdown can end their reads.
     connections: Mutex<HashMap<u64, UnixStream>>,
+    /// How many may be open at once ([`connection_bound`]).
+    max_connections: usize,
     next_connection: AtomicU64,
     shutting_down: AtomicBool,
     /// The keeper connection; also answers `runs.list` and `runs.get`.
@@ -98,8 +100,39 @@ impl Daemon {
     }
 }
 
-/// Most connections open at once; more are answered `busy` and closed.
+/// Most connections open at once; more are answered `busy` and closed. Fewer when the
+/// open-file limit is too low to serve that many (see [`connection_bound`]).
 const MAX_CONNECTIONS: usize = 1024;
+
+/// Descriptors one connection may hold: its socket, the clone its reader uses, and a run's
+/// pidfd, pipes and cancel eventfd while one is in flight.
+const FDS_PER_CONNECTION: u64 = 8;
+
+/// Descriptors kept for everything else: the listener, the store, spares, logs.
+const FDS_RESERVED: u64 = 64;
+
+/// Raise the soft open-file limit to the hard one (the default soft limit of 1,024 is too
+/// low for a daemon that holds a few descriptors a connection), and return how many
+/// connections fit in what there is, so that the one past it is answered `busy` rather
+/// than dropped for want of a descriptor.
+fn connection_bound() -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                crate::say!("spawner serve: cannot raise the open-file limit to {hard}: {e}");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    };
+    let fit = soft.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION;
+    usize::try_from(fit)
+        .unwrap_or(usize::MAX)
+        .clamp(1, MAX_CONNECTIONS)
+}
 
 /// Environment variables of systemd socket activation.
 const LISTEN_PID: &str = "LISTEN_PID";
@@ -127,7 +160,9 @@ pub fn serve(home: Home, options: Options) -> anyhow::Result<()> {
     let absolute_home = std::path::absolute(home.root())
         .with_context(|| format!("cannot resolve {}", home.root().display()))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let max_connections = connection_bound();
     let daemon = Arc::new(Daemon {
+        max_connections,
         home,
         admission: Admission::new(options.max_running, options.max_queued),
         metrics: Metrics::default(),
@@ -147,8 +182,8 @@ pub fn serve(home: Home, options: Options) -> anyhow::Result<()> {
             .spawn(move || daemon.spares.keep())
             .context("cannot start the spare keeper")?
     };
-    eprintln!(
-        "spawner serve: listening on {} (pid {}, {} cores, at most {} runs in flight and {} queued)",
+    crate::say!(
+        "spawner serve: listening on {} (pid {}, {} cores, at most {} runs in flight and {} queued, {} connections)",
         bound.as_ref().map_or_else(
             || "a socket from systemd".to_owned(),
             |b| b.path.display().to_string()
@@ -157,6 +192,7 @@ pub fn serve(home: Home, options: Options) -> anyhow::Result<()> {
         cores,
         daemon.admission.limits().0,
         daemon.admission.limits().1,
+        daemon.max_connections,
     );
 
     let mut workers: Vec<std::thread::JoinHandle<()>> = Vec::new();
@@ -184,7 +220,7 @@ pub fn serve(home: Home, options: Options) -> anyhow::Result<()> {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // EMFILE and friends: say so, and try again on the next wakeup.
-                    eprintln!("spawner serve: accept: {e}");
+                    crate::say!("spawner serve: accept: {e}");
                     std::thread::sleep(Duration::from_millis(50));
                     break;
                 }
@@ -192,7 +228,7 @@ pub fn serve(home: Home, options: Options) -> anyhow::Result<()> {
         }
     }
     let signal = stop.received();
-    eprintln!("spawner serve: {signal} received, shutting down");
+    crate::say!("spawner serve: {signal} received, shutting down");
     drop(listener);
     if let Some(bound) = bound {
         bound.remove();
@@ -200,7 +236,7 @@ pub fn serve(home: Home, options: Options) -> anyhow::Result<()> {
     daemon.spares.stop();
     let _ = keeper.join();
     shut_down(&daemon, workers);
-    eprintln!("spawner serve: stopped");
+    crate::say!("spawner serve: stopped");
     Ok(())
 }
 
@@ -228,7 +264,7 @@ fn shut_down(daemon: &Daemon, workers: Vec<std::thread::JoinHandle<()>>) {
         .map(|r| Arc::clone(&r.cancel))
         .collect();
     if !left.is_empty() {
-        eprintln!(
+        crate::say!(
             "spawner serve: grace period over, killing {} run(s)",
             left.len()
         );
@@ -266,7 +302,7 @@ fn accept(daemon: &Arc<Daemon>, stream: UnixStream) -> Option<std::thread::JoinH
             return None;
         }
         Err(e) => {
-            eprintln!("spawner serve: cannot read the peer's credentials: {e}");
+            crate::say!("spawner serve: cannot read the peer's credentials: {e}");
             return None;
         }
     }
@@ -276,13 +312,16 @@ fn accept(daemon: &Arc<Daemon>, stream: UnixStream) -> Option<std::thread::JoinH
             .connections
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if conns.len() >= MAX_CONNECTIONS {
+        if conns.len() >= daemon.max_connections {
             drop(conns);
             refuse(
                 stream,
                 RpcError::new(
                     rpc::BUSY,
-                    format!("too many connections (at most {MAX_CONNECTIONS}); retry later"),
+                    format!(
+                        "too many connections (at most {}); retry later",
+                        daemon.max_connections
+                    ),
                 ),
             );
             return None;
@@ -292,7 +331,7 @@ fn accept(daemon: &Arc<Daemon>, stream: UnixStream) -> Option<std::thread::JoinH
                 conns.insert(id, clone);
             }
             Err(e) => {
-                eprintln!("spawner serve: cannot register a connection: {e}");
+                crate::say!("spawner serve: cannot register a connection: {e}");
                 return None;
             }
         }
@@ -312,7 +351,7 @@ fn accept(daemon: &Arc<Daemon>, stream: UnixStream) -> Option<std::thread::JoinH
     match spawned {
         Ok(handle) => Some(handle),
         Err(e) => {
-            eprintln!("spawner serve: cannot start a connection thread: {e}");
+            crate::say!("spawner serve: cannot start a connection thread: {e}");
             None
         }
     }
@@ -493,7 +532,7 @@ fn bind(path: &Path) -> anyhow::Result<(UnixListener, Bound)> {
                 path.display()
             );
         }
-        eprintln!(
+        crate::say!(
             "spawner serve: replacing the stale socket {} of a daemon that did not exit cleanly",
             path.display()
         );

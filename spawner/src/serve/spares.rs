@@ -80,7 +80,7 @@ impl Spares {
                     }
                     Err(e) => {
                         if !warned {
-                            eprintln!("spawner serve: cannot start a spare agent-exec: {e:#}");
+                            crate::say!("spawner serve: cannot start a spare agent-exec: {e:#}");
                             warned = true;
                         }
                         break;
