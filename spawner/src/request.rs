@@ -242,11 +242,33 @@ pub fn execute(
             ..PhaseTimings::default()
         },
     };
-    if let Err(e) = Store::open(&home.store_path())
-        .and_then(|mut store| store.record_run(&record, manifest.memory.keep_runs))
-    {
-        crate::say!("spawner: warning: could not record run {run_id}: {e}");
-    }
+    // agent-exec may have committed its record (and the run's memory writes) just before it
+    // was killed: then that record is the run's outcome, and the caller must see the same,
+    // so that one who retries on `killed` does not apply the writes twice.
+    let committed = Store::open(&home.store_path()).and_then(|mut store| {
+        if store.record_run(&record, manifest.memory.keep_runs)? {
+            Ok(None)
+        } else {
+            store.run(&run_id)
+        }
+    });
+    let (outcome, error, stopped) = match committed {
+        Ok(Some(existing)) => (
+            existing.status,
+            existing.error.unwrap_or_else(|| {
+                format!(
+                    "the run had finished ({}) when it was stopped",
+                    existing.status
+                )
+            }),
+            None,
+        ),
+        Ok(None) => (outcome, error, stopped),
+        Err(e) => {
+            crate::say!("spawner: warning: could not record run {run_id}: {e}");
+            (outcome, error, stopped)
+        }
+    };
     Ok(Finished {
         outcome,
         stdout,
