@@ -58,3 +58,42 @@ fn a_rule_change_applies_to_the_very_next_run() {
     let out = home.run(&["run", "command-guard", "make deploy"]);
     assert_eq!(code(&out), exit_of(Outcome::Rejected), "{}", stderr(&out));
 }
+
+#[test]
+fn as_a_claude_code_hook_it_objects_only_to_a_bash_command_about_to_run() {
+    let home = TestHome::new();
+    home.install_example("command-guard");
+    let event = |fields: serde_json::Value| {
+        let mut e = serde_json::json!({"session_id": "s", "cwd": "/tmp", "transcript_path": "/tmp/t.jsonl"});
+        e.as_object_mut()
+            .expect("object")
+            .extend(fields.as_object().expect("object").clone());
+        e.to_string().into_bytes()
+    };
+    let answer = |input: &[u8]| {
+        let out = home.run_with_stdin(&["hook", "command-guard"], input);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out)
+    };
+    // The command about to run is denied, naming the rule.
+    let denied = answer(&event(serde_json::json!({
+        "hook_event_name": "PreToolUse", "tool_name": "Bash",
+        "tool_input": {"command": "git push --force origin main"}})));
+    assert!(
+        denied.contains("\"permissionDecision\":\"deny\"") && denied.contains("git push --force"),
+        "{denied}"
+    );
+    // A prompt that mentions a denied command, a command that already ran, and another
+    // tool: nothing to block, and the payload is never echoed back as a reason.
+    for fields in [
+        serde_json::json!({"hook_event_name": "UserPromptSubmit",
+            "prompt": "why does git push --force need care?"}),
+        serde_json::json!({"hook_event_name": "PostToolUse", "tool_name": "Bash",
+            "tool_input": {"command": "git push --force"}, "tool_response": {"stdout": ""}}),
+        serde_json::json!({"hook_event_name": "PreToolUse", "tool_name": "Write",
+            "tool_input": {"file_path": "/tmp/notes.md", "content": "never rm -rf / here"}}),
+    ] {
+        let out = answer(&event(fields.clone()));
+        assert!(out.is_empty(), "{fields}: {out}");
+    }
+}

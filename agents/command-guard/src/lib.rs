@@ -2,15 +2,18 @@
 //! agent.toml, and keeps an audit log of every decision.
 //!
 //! Useful on its own in scripts (`spawner run command-guard -- "$cmd" && eval "$cmd"`)
-//! and as a coding assistant's pre-tool hook: the input is either the command text or a
-//! Claude Code `PreToolUse` event (`{"tool_name": "Bash", "tool_input": {"command": ...}}`).
+//! and as a coding assistant's pre-tool hook. As a hook it reads the normalized event, and
+//! objects only where that stops something: a `PreToolUse` of `Bash` (the command it would
+//! run). Every other event passes: a prompt that mentions a denied command is no command,
+//! and a `PostToolUse` comes after the command already ran. Without a hook, the input is
+//! the command text (or a `PreToolUse` event's JSON, as a convenience).
 //!
 //! Rules come from `[config] deny`, one per line; `*` matches any text, and a rule matches
 //! anywhere in the command (whitespace is collapsed first). An edit to the rules applies
 //! to the very next run. Allowed: answers `allow`. Denied: a `rejected` error naming the
 //! rule (exit code 7). Every decision is appended to the event log as a `decision` event.
 
-use agent_sdk::{Agent, AgentError, Request, Response, config, memory};
+use agent_sdk::{Agent, AgentError, HookEvent, Request, Response, Verdict, config, memory};
 
 struct CommandGuard;
 
@@ -69,9 +72,34 @@ fn matches_anywhere(pattern: &str, text: &str) -> bool {
     true
 }
 
+/// What a hook event asks to be checked: the command of a `PreToolUse` of `Bash`; `None`
+/// for every event where blocking means nothing (it passes).
+fn hook_command(event: &HookEvent) -> Option<String> {
+    match event {
+        HookEvent::Assistant(e)
+            if e.event == "PreToolUse" && e.tool_name.as_deref() == Some("Bash") =>
+        {
+            let lines: Vec<&str> = e
+                .writes
+                .iter()
+                .flat_map(|w| w.added.iter().map(|l| l.text.as_str()))
+                .collect();
+            Some(lines.join("\n"))
+        }
+        _ => None,
+    }
+}
+
 impl Agent for CommandGuard {
     fn handle(request: Request) -> Result<Response, AgentError> {
-        let command = collapse_whitespace(&command_of(request.text()?));
+        let command = match agent_sdk::hooks::event() {
+            None | Some(HookEvent::Plain) => command_of(request.text()?),
+            Some(event) => match hook_command(&event) {
+                Some(command) => command,
+                None => return Ok(Response::verdict(Verdict::pass())),
+            },
+        };
+        let command = collapse_whitespace(&command);
         if command.is_empty() {
             return Err(AgentError::InvalidInput(
                 "no command given: send the command text or a PreToolUse event".into(),
