@@ -102,6 +102,29 @@ impl Home {
         self.socket_path().with_file_name("broker.sock")
     }
 
+    /// The directory of the home's sockets, locks and the broker's log: the parent of
+    /// [`Home::socket_path`].
+    pub fn runtime_dir(&self) -> PathBuf {
+        let socket = self.socket_path();
+        socket.parent().map_or(socket.clone(), Path::to_path_buf)
+    }
+
+    /// Make the directory of `socket` ready: when it is this home's own runtime directory,
+    /// private ([`ensure_private_dir`]: returns the old mode when it had to be fixed); any
+    /// other directory (`--socket /tmp/x.sock`) is the user's, created 0700 if missing and
+    /// otherwise left alone.
+    pub fn prepare_socket_dir(&self, socket: &Path) -> std::io::Result<Option<u32>> {
+        let dir = socket
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if dir == self.runtime_dir() {
+            ensure_private_dir(dir)
+        } else {
+            create_private_dir_all(dir).map(|()| None)
+        }
+    }
+
     /// The model repository: one directory per model, each with a `model.toml`.
     pub fn models_dir(&self) -> PathBuf {
         self.root.join("models")
@@ -143,46 +166,65 @@ impl Home {
 }
 
 /// Create `dir` and any missing parents with mode 0700: the home holds agents' memory,
-/// which is nobody else's business. A `dir` that already exists (made with a plain
-/// `mkdir`, say) and that others can read or enter is made private, and that is said on
-/// standard error; one that belongs to another user is refused.
+/// which is nobody else's business. A directory that exists is left as it is: it may be
+/// one the user named for another purpose (`--socket /tmp/x.sock`). The home's own
+/// directories are made private by [`ensure_private_dir`].
 pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)?;
-    if let Some(old) = make_private(dir)? {
-        eprintln!(
-            "spawner: {} was open to other users (mode {old:o}); made it private (0700)",
-            dir.display()
-        );
-    }
-    Ok(())
+        .create(dir)
 }
 
-/// Take group and other permissions off `dir` when it has any; returns its old mode when
-/// it changed. A directory owned by another user is an error: its owner decides who
-/// reads it, so nothing private belongs there.
-pub fn make_private(dir: &Path) -> std::io::Result<Option<u32>> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+/// Make sure `dir` exists and is private: created 0700 (with any missing parents) when
+/// absent; when it exists open to other users (a home made with a plain `mkdir`, say),
+/// made 0700, returning its old mode so that the caller can say so. A directory owned by
+/// another user is an error: its owner decides who reads it, so nothing private belongs
+/// there. For the directories of a home only (the home itself, its runtime directory), never
+/// for one the user named for another purpose. Costs what [`create_private_dir_all`] does
+/// for a directory that exists: one `mkdir` and one `stat`.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return create_private_dir_all(dir).map(|()| None);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
     let meta = std::fs::metadata(dir)?;
-    let mode = meta.mode() & 0o7777;
+    if !meta.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a directory", dir.display()),
+        ));
+    }
     if meta.uid() != nix::unistd::geteuid().as_raw() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             format!(
-                "{} belongs to uid {}, not to this user: choose a directory of your own",
+                "{} belongs to uid {}, not to this user: choose a directory of your own (--home)",
                 dir.display(),
                 meta.uid()
             ),
         ));
     }
+    let mode = meta.mode() & 0o7777;
     if mode & 0o077 == 0 {
         return Ok(None);
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
     Ok(Some(mode))
+}
+
+/// What to say when [`ensure_private_dir`] made `dir` private.
+pub fn made_private_notice(dir: &Path, old_mode: u32) -> String {
+    format!(
+        "{} was open to other users (mode {old_mode:o}); made it private (0700)",
+        dir.display()
+    )
 }
 
 /// Open `path` for appending, creating it with mode 0600 (a lock or a log: private like
@@ -244,10 +286,20 @@ mod tests {
         let home = dir.path().join("home");
         std::fs::create_dir(&home).expect("mkdir");
         std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        create_private_dir_all(&home).expect("private");
+        let old = ensure_private_dir(&home)
+            .expect("private")
+            .expect("it was open");
+        assert!(made_private_notice(&home, old).contains("(mode 755); made it private"));
         let mode = std::fs::metadata(&home).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
-        assert_eq!(make_private(&home).expect("again"), None);
+        assert_eq!(ensure_private_dir(&home).expect("again"), None);
+        let fresh = dir.path().join("a/b");
+        assert_eq!(ensure_private_dir(&fresh).expect("created"), None);
+        let mode = std::fs::metadata(&fresh)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]

@@ -253,6 +253,14 @@ impl Run {
             Some(store) => store,
             None => Store::open(&self.home.store_path())?,
         };
+        if let Some(old) = store.made_private()
+            && crate::logging::enabled(tracing::Level::WARN)
+        {
+            tracing::warn!(
+                "{}",
+                agent_contract::home::made_private_notice(self.home.root(), old)
+            );
+        }
         self.timings.store_us = lap(&mut clock);
 
         let manifest = match manifest {

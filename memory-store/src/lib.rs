@@ -88,11 +88,39 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// Open the store file, creating it 0600 when it is new: SQLite gives the `-wal` and `-shm`
+/// files the mode of the database file, so none of the three is ever readable by others.
+/// The usual case, a store that exists, costs one open, as before: the file is created
+/// (and opened again) only when that open finds none.
+fn open_private(path: &Path) -> Result<Connection, Box<dyn std::error::Error + Send + Sync>> {
+    use rusqlite::OpenFlags;
+    let existing = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    match Connection::open_with_flags(path, existing) {
+        Ok(conn) => Ok(conn),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::CannotOpen => {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::File::options()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)?;
+            Ok(Connection::open(path)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// An open memory store: one SQLite connection, configured for many short-lived processes.
 pub struct Store {
     conn: Connection,
     /// The `-wal` file, watched to keep it short; `None` for in-memory stores.
     wal_path: Option<PathBuf>,
+    /// The old mode of the store's directory (the home) when opening found it open to
+    /// other users and made it private, for the opener to say so.
+    made_private: Option<u32>,
 }
 
 impl Store {
@@ -102,25 +130,24 @@ impl Store {
             path: path.to_owned(),
             source,
         };
+        let mut made_private = None;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            agent_contract::home::create_private_dir_all(dir).map_err(|e| open_err(e.into()))?;
+            // The store's directory is the home: private, whoever made it.
+            made_private =
+                agent_contract::home::ensure_private_dir(dir).map_err(|e| open_err(e.into()))?;
         }
-        // SQLite gives the `-wal` and `-shm` files the mode of the database file: create
-        // that 0600 first, so none of the three is ever readable by others.
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::File::options()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| open_err(e.into()))?;
-        }
-        let conn = Connection::open(path).map_err(|e| open_err(e.into()))?;
+        let conn = open_private(path).map_err(open_err)?;
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
-        Store::configure(conn, Some(PathBuf::from(wal)))
+        let mut store = Store::configure(conn, Some(PathBuf::from(wal)))?;
+        store.made_private = made_private;
+        Ok(store)
+    }
+
+    /// The old mode of the store's directory when [`Store::open`] found it open to other
+    /// users and made it 0700 (say so: see [`agent_contract::home::made_private_notice`]).
+    pub fn made_private(&self) -> Option<u32> {
+        self.made_private
     }
 
     /// A private in-memory store, for tests.
@@ -133,7 +160,11 @@ impl Store {
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
         schema::migrate(&mut conn)?;
-        Ok(Store { conn, wal_path })
+        Ok(Store {
+            conn,
+            wal_path,
+            made_private: None,
+        })
     }
 
     /// Checkpoint and truncate the WAL when it has grown past [`WAL_TRUNCATE_BYTES`].
