@@ -10,6 +10,8 @@
 //! - [`hook`]: hook calls in one normalized form, and an agent's verdict on them.
 //! - [`outcome`]: the one table of run outcomes, their exit codes and status names.
 //! - [`report`]: the JSON report of a run (`--json`) and its phase timings.
+//! - [`service`]: what the home's long-lived processes (daemon, broker) set up for
+//!   themselves at start: their own resource limits.
 
 pub mod envelope;
 pub mod home;
@@ -17,6 +19,7 @@ pub mod hook;
 pub mod manifest;
 pub mod outcome;
 pub mod report;
+pub mod service;
 
 pub use envelope::{LogFormat, OutputFormat, RequestHeader};
 pub use home::{AgentLookupError, Home};

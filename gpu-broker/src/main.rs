@@ -70,23 +70,17 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// A long-lived service sets its own limits rather than keep those of whoever started it
 /// (often a request's agent-exec, with a CPU-time backstop of a few seconds and a small
 /// descriptor limit): the soft CPU and open-file limits are raised to their hard limits.
-/// Returns the open-file limit now in force.
-fn own_limits() -> u64 {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+fn own_limits() {
+    use nix::sys::resource::Resource;
     for resource in [Resource::RLIMIT_CPU, Resource::RLIMIT_NOFILE] {
-        if let Ok((soft, hard)) = getrlimit(resource)
-            && soft < hard
-            && let Err(e) = setrlimit(resource, hard, hard)
-        {
-            tracing::warn!("cannot raise {resource:?} to {hard}: {e}");
+        if let (_, Some(e)) = agent_contract::service::raise_soft_limit(resource) {
+            tracing::warn!("cannot raise {resource:?} to its hard limit: {e}");
         }
     }
-    getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let open_files = own_limits();
-    tracing::debug!(open_files, "limits set");
+    own_limits();
     let home = agent_contract::Home::resolve(args.home.clone())?;
     let socket = args
         .socket
@@ -96,8 +90,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     let dir = socket
         .parent()
         .context("the socket path has no directory")?;
-    agent_contract::home::create_private_dir_all(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(old) = home
+        .prepare_socket_dir(&socket)
+        .with_context(|| format!("cannot create {}", dir.display()))?
+    {
+        tracing::warn!("{}", agent_contract::home::made_private_notice(dir, old));
+    }
 
     // One broker per socket for as long as it lives. A broker that is just exiting for
     // idleness still holds it for a moment: wait a little rather than fail.

@@ -116,18 +116,11 @@ const FDS_RESERVED: u64 = 64;
 /// connections fit in what there is, so that the one past it is answered `busy` rather
 /// than dropped for want of a descriptor.
 fn connection_bound() -> usize {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => hard,
-            Err(e) => {
-                crate::say!("spawner serve: cannot raise the open-file limit to {hard}: {e}");
-                soft
-            }
-        },
-        Ok((soft, _)) => soft,
-        Err(_) => 1024,
-    };
+    let (soft, error) =
+        agent_contract::service::raise_soft_limit(nix::sys::resource::Resource::RLIMIT_NOFILE);
+    if let Some(e) = error {
+        crate::say!("spawner serve: cannot raise the open-file limit to its hard limit: {e}");
+    }
     let fit = soft.saturating_sub(FDS_RESERVED) / FDS_PER_CONNECTION;
     usize::try_from(fit)
         .unwrap_or(usize::MAX)
@@ -145,16 +138,21 @@ pub fn serve(home: Home, options: Options) -> anyhow::Result<()> {
     let (listener, bound) = match activated_listener()? {
         Some(listener) => (listener, None),
         None => {
-            let (listener, bound) = bind(&options.socket)?;
+            let (listener, bound) = bind(&home, &options.socket)?;
             (listener, Some(bound))
         }
     };
     listener.set_nonblocking(true)?;
     let stop = StopSignals::install()?;
-    // The keeper: open for the daemon's life (created with the schema if new).
-    if let Some(parent) = home.store_path().parent() {
-        agent_contract::home::create_private_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
+    // The keeper: open for the daemon's life (created with the schema if new), in a home
+    // that is private whoever made it.
+    if let Some(old) = agent_contract::home::ensure_private_dir(home.root())
+        .with_context(|| format!("cannot create {}", home.root().display()))?
+    {
+        crate::say!(
+            "spawner serve: {}",
+            agent_contract::home::made_private_notice(home.root(), old)
+        );
     }
     let store = Store::open(&home.store_path())?;
     let absolute_home = std::path::absolute(home.root())
@@ -499,7 +497,7 @@ impl Bound {
 const MAX_SOCKET_PATH: usize = 107;
 
 /// Bind `path`: directory 0700, socket 0600, one daemon per socket.
-fn bind(path: &Path) -> anyhow::Result<(UnixListener, Bound)> {
+fn bind(home: &Home, path: &Path) -> anyhow::Result<(UnixListener, Bound)> {
     use nix::fcntl::{Flock, FlockArg};
     if path.as_os_str().len() > MAX_SOCKET_PATH {
         bail!(
@@ -511,8 +509,15 @@ fn bind(path: &Path) -> anyhow::Result<(UnixListener, Bound)> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    agent_contract::home::create_private_dir_all(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(old) = home
+        .prepare_socket_dir(path)
+        .with_context(|| format!("cannot create {}", dir.display()))?
+    {
+        crate::say!(
+            "spawner serve: {}",
+            agent_contract::home::made_private_notice(dir, old)
+        );
+    }
     let lock_path = path.with_extension("lock");
     let lock_file = agent_contract::home::open_private_append(&lock_path)
         .with_context(|| format!("cannot open {}", lock_path.display()))?;
