@@ -200,6 +200,9 @@ struct StartedChild {
     captured: Option<std::fs::File>,
     /// Whether its standard error is a pipe to us.
     stderr_piped: bool,
+    /// The limits [`start`] applied: [`feed`] applies its own only when they differ (a
+    /// spare started ahead of the request it serves), not a second time for a plain run.
+    limits: ResourceLimits,
 }
 
 impl Started {
@@ -267,6 +270,7 @@ pub fn start(
                 pidfd,
                 captured,
                 stderr_piped: pipe_stderr,
+                limits: policy.limits,
             }),
         }),
         Err(e) => {
@@ -287,10 +291,10 @@ pub fn run(spawn: Spawn<'_, '_>) -> Result<Exit, SpawnError> {
     feed(started, spawn)
 }
 
-/// Give a started child its input under `spawn`'s policy (its limits applied now, its
-/// deadline counted from now), watch it until it ends (or is killed), reap it. The
-/// child's output goes where [`start`] sent it; `spawn.on_stderr` gets its standard error
-/// only when that is a pipe.
+/// Give a started child its input under `spawn`'s policy (its limits applied now when they
+/// differ from those [`start`] applied, its deadline counted from now), watch it until it
+/// ends (or is killed), reap it. The child's output goes where [`start`] sent it;
+/// `spawn.on_stderr` gets its standard error only when that is a pipe.
 pub fn feed(mut started: Started, spawn: Spawn<'_, '_>) -> Result<Exit, SpawnError> {
     let Spawn {
         policy,
@@ -305,6 +309,7 @@ pub fn feed(mut started: Started, spawn: Spawn<'_, '_>) -> Result<Exit, SpawnErr
         pidfd,
         captured,
         stderr_piped,
+        limits,
     }) = started.inner.take()
     else {
         return Err(os("feed agent-exec")(std::io::Error::other(
@@ -316,7 +321,9 @@ pub fn feed(mut started: Started, spawn: Spawn<'_, '_>) -> Result<Exit, SpawnErr
         .checked_add(policy.kill_after)
         .unwrap_or(now + Duration::from_secs(365 * 86_400));
     let pid = child.id() as libc::pid_t;
-    apply_limits(pid, &policy.limits);
+    if limits != policy.limits {
+        apply_limits(pid, &policy.limits);
+    }
     // Blocked only now that the child runs (it inherits the mask).
     let signals = if stop_on_signals {
         match InterruptSignals::block() {
@@ -509,35 +516,40 @@ fn kill_group(pid: libc::pid_t) {
     let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
 }
 
-/// Apply `limits` to the running child `pid`.
-fn apply_limits(pid: libc::pid_t, limits: &ResourceLimits) {
-    for (resource, value) in [
-        (libc::RLIMIT_CORE, limits.core_bytes),
-        (libc::RLIMIT_NOFILE, limits.open_files),
-        (libc::RLIMIT_CPU, limits.cpu_seconds),
-    ] {
-        let mut old = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
+/// This process's hard limits for CPU time and open files, read once: a child inherits
+/// them, so they are the child's hard limits too, and a daemon need not ask per run.
+/// `None` where one cannot be read (then the child's hard limit is set to its soft one).
+fn own_hard_limits() -> (Option<libc::rlim_t>, Option<libc::rlim_t>) {
+    type Hard = (Option<libc::rlim_t>, Option<libc::rlim_t>);
+    static HARD: std::sync::OnceLock<Hard> = std::sync::OnceLock::new();
+    *HARD.get_or_init(|| {
+        let hard = |resource| {
+            nix::sys::resource::getrlimit(resource)
+                .ok()
+                .map(|(_, hard)| hard)
         };
-        // SAFETY: prlimit with a null new limit only writes the child's current limits
-        // into `old`, which outlives the call. It acts only on our own child.
-        let rc = unsafe { libc::prlimit(pid, resource, std::ptr::null(), &mut old) };
-        // The soft limit only (the core limit excepted): agent-exec is ours and agents
-        // cannot change limits from inside the sandbox, while a long-lived broker that a
-        // request starts must be able to raise its own back to the hard limit.
+        (
+            hard(nix::sys::resource::Resource::RLIMIT_CPU),
+            hard(nix::sys::resource::Resource::RLIMIT_NOFILE),
+        )
+    })
+}
+
+/// Apply `limits` to the running child `pid`. The core limit is set soft and hard (no core
+/// dumps, ever); CPU time and open files only soft, under the inherited hard limits:
+/// agent-exec is ours and agents cannot change limits from inside the sandbox, while a
+/// long-lived broker that a request starts must be able to raise its own back.
+fn apply_limits(pid: libc::pid_t, limits: &ResourceLimits) {
+    let (cpu_hard, files_hard) = own_hard_limits();
+    for (resource, value, hard) in [
+        (libc::RLIMIT_CORE, limits.core_bytes, None),
+        (libc::RLIMIT_NOFILE, limits.open_files, files_hard),
+        (libc::RLIMIT_CPU, limits.cpu_seconds, cpu_hard),
+    ] {
         let value = value as libc::rlim_t;
         let limit = libc::rlimit {
-            rlim_cur: if rc == 0 {
-                value.min(old.rlim_max)
-            } else {
-                value
-            },
-            rlim_max: if rc != 0 || resource == libc::RLIMIT_CORE {
-                value
-            } else {
-                old.rlim_max
-            },
+            rlim_cur: hard.map_or(value, |hard| value.min(hard)),
+            rlim_max: hard.unwrap_or(value),
         };
         // SAFETY: prlimit reads `limit`, which outlives the call, and is given a null
         // old-limit pointer, which it allows. It acts only on our own child.
