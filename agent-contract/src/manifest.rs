@@ -201,7 +201,7 @@ impl Preopen {
 
 /// Whether the relative path `path` stays within the directory it is relative to, by its
 /// components alone (`a/../b` does, `../b` and `a/../../b` do not).
-pub fn stays_within(path: &Path) -> bool {
+fn stays_within(path: &Path) -> bool {
     use std::path::Component;
     let mut depth: usize = 0;
     for c in path.components() {

@@ -231,12 +231,6 @@ impl Broker {
         }
     }
 
-    /// Serve one connection until it closes (counted as one of the connections).
-    pub fn handle(&self, stream: Stream) {
-        self.connections.fetch_add(1, Ordering::SeqCst);
-        self.serve_counted(stream);
-    }
-
     /// Serve a connection already counted in `connections`; uncount it at the end.
     fn serve_counted(&self, stream: Stream) {
         self.touch();

@@ -91,18 +91,6 @@ pub fn parse_line(line: &[u8]) -> Result<Incoming, RpcError> {
     }
 }
 
-/// Parse one line holding a single request, or the error response to send (with the id,
-/// when one could be read).
-pub fn parse(line: &[u8]) -> Result<Request, (Value, RpcError)> {
-    match parse_line(line).map_err(|e| (Value::Null, e))? {
-        Incoming::Single(value) => request(value),
-        Incoming::Batch(_) => Err((
-            Value::Null,
-            RpcError::new(INVALID_REQUEST, "expected one request, not a batch"),
-        )),
-    }
-}
-
 /// Check one message of a line (or of a batch) as a JSON-RPC 2.0 request. The error
 /// carries the id to answer with: the request's own when it is a valid id (a string, a
 /// number or null), else `null`, as the specification says.
@@ -233,6 +221,15 @@ pub fn read_line(reader: &mut impl BufRead, max: usize) -> std::io::Result<Line>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The request of a line, as the daemon reads it: the line's message, or the first
+    /// message of a batch.
+    fn parse(line: &[u8]) -> Result<Request, (Value, RpcError)> {
+        match parse_line(line).map_err(|e| (Value::Null, e))? {
+            Incoming::Single(value) => request(value),
+            Incoming::Batch(mut items) => request(items.swap_remove(0)),
+        }
+    }
 
     #[test]
     fn requests_are_parsed_and_bad_ones_classified() {
