@@ -516,6 +516,23 @@ fn many_starters_at_once_make_exactly_one_broker() {
     );
 }
 
+/// Whether process `pid` exits within `limit`: gone, or a zombie of this test process (which
+/// started it and never waits for it). Polls /proc: an exit has no other signal here.
+fn exits_within(pid: i64, limit: Duration) -> bool {
+    let exited = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = Instant::now() + limit;
+    while !exited() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    exited()
+}
+
 #[test]
 fn an_idle_broker_exits_and_removes_its_socket() {
     let home = TestHome::new();
@@ -526,19 +543,7 @@ fn an_idle_broker_exits_and_removes_its_socket() {
     let mut c = Client::connect_or_start(&socket(&home), &launch).expect("start");
     let pid = c.status().expect("status")["pid"].as_i64().expect("pid");
     drop(c);
-    // Gone, or a zombie of this test process (which started it and never waits for it).
-    let exited = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-            stat.rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !exited() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(exited(), "still running");
+    assert!(exits_within(pid, Duration::from_secs(10)), "still running");
     assert!(!socket(&home).exists());
 }
 
@@ -737,18 +742,10 @@ fn a_stalled_client_is_closed_and_cannot_hold_off_the_idle_ttl() {
     let closed = std::io::Read::read_to_end(&mut stalled, &mut rest);
     assert!(closed.is_ok(), "the broker closed the stalled connection");
     // With the stalled client gone, the broker goes idle and exits.
-    let gone = || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-            stat.rsplit(')')
-                .next()
-                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !gone() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(gone(), "the broker is still running");
+    assert!(
+        exits_within(pid, Duration::from_secs(60)),
+        "the broker is still running"
+    );
     drop(stalled);
 }
 

@@ -12,6 +12,7 @@ use crate::harness::{
 fn lab() -> TestHome {
     let home = TestHome::new();
     home.install_testing("lab", "[limits]\ntimeout_ms = 300\nmemory_mb = 32\n");
+    home.precompile_testing("lab");
     let out = home.run(&["run", "lab", "put", "kept", "before"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     home

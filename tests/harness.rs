@@ -97,6 +97,14 @@ impl TestHome {
         );
     }
 
+    /// Run the testing agent installed as `name` once with a generous deadline, so that its
+    /// component is compiled and cached before a test's short deadline starts: a cold
+    /// compile on a loaded machine can take seconds, and must not count as the agent's time.
+    pub fn precompile_testing(&self, name: &str) {
+        let out = self.run(&["run", "--timeout", "120s", name, "put", "precompiled", "1"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+
     /// `spawner --home <home> <args>`, with standard input closed.
     pub fn spawner(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin("spawner"));

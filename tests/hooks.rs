@@ -625,6 +625,20 @@ fn plain_hooks_answer_on_stdout_with_the_verdict_as_exit_code() {
     );
 }
 
+/// A Claude Code PreToolUse answer that denies, with a reason containing `needle`.
+fn assert_pre_tool_use_denied(out: &Output, needle: &str) {
+    assert_eq!(code(out), 0, "{}", stderr(out));
+    let answer = json_out(out);
+    let specific = &answer["hookSpecificOutput"];
+    assert_eq!(specific["permissionDecision"], "deny", "{answer}");
+    assert!(
+        specific["permissionDecisionReason"]
+            .as_str()
+            .is_some_and(|r| r.contains(needle)),
+        "{answer}"
+    );
+}
+
 /// Text in several scripts, emoji (a joined family, a flag sequence) and combining marks.
 const ANY_SCRIPT: &str =
     "naïve café · 日本語のテキスト · Привет · مرحبا · 👩‍👩‍👧‍👦 🏳️‍🌈 · e\u{301}n\u{303}";
@@ -643,18 +657,7 @@ fn secret_guard_scans_text_of_any_script_in_claude_code_and_git() {
         }}),
     );
     let out = home.run_with_stdin(&["hook", "secret-guard"], &write);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let answer = json_out(&out);
-    assert_eq!(
-        answer["hookSpecificOutput"]["permissionDecision"], "deny",
-        "{answer}"
-    );
-    assert!(
-        answer["hookSpecificOutput"]["permissionDecisionReason"]
-            .as_str()
-            .is_some_and(|r| r.contains("notes.md:2: AWS access key id")),
-        "{answer}"
-    );
+    assert_pre_tool_use_denied(&out, "notes.md:2: AWS access key id");
     // git: a clean commit of such text, with such a message, goes through (it used to
     // fail closed), and a key among it is still stopped.
     let repo = Repo::new();
@@ -686,7 +689,7 @@ fn secret_guard_scans_text_of_any_script_in_claude_code_and_git() {
 fn a_large_write_of_short_lines_is_scanned_whole_below_the_input_limit() {
     let home = TestHome::new();
     home.install_example("secret-guard");
-    // 3.5 MB of 4-character lines (about 700,000 of them), the secret on the last one.
+    // 3.5 MB of 4-byte lines (875,000 of them), the secret on the line after them.
     let mut content = "abc\n".repeat(875_000);
     content.push_str(&format!("key = {}\n", "AKIAZ7VQ3KQ2LMNOPQRS"));
     let write = claude_event(
@@ -695,16 +698,5 @@ fn a_large_write_of_short_lines_is_scanned_whole_below_the_input_limit() {
     );
     assert!(write.len() > 3_500_000);
     let out = home.run_with_stdin(&["hook", "secret-guard"], &write);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let answer = json_out(&out);
-    assert_eq!(
-        answer["hookSpecificOutput"]["permissionDecision"], "deny",
-        "{answer}"
-    );
-    assert!(
-        answer["hookSpecificOutput"]["permissionDecisionReason"]
-            .as_str()
-            .is_some_and(|r| r.contains("big.txt:875001: AWS access key id")),
-        "{answer}"
-    );
+    assert_pre_tool_use_denied(&out, "big.txt:875001: AWS access key id");
 }

@@ -20,9 +20,17 @@ struct Daemon {
 
 impl Daemon {
     fn start(home: &TestHome, extra: &[&str]) -> Daemon {
+        Self::start_under(home, None, extra)
+    }
+
+    /// `start`, with the daemon run by `wrapper` (e.g. `prlimit --nofile=...`), which must
+    /// exec it.
+    fn start_under(home: &TestHome, wrapper: Option<Command>, extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("run").join("s.sock");
-        let child = Self::spawn(home, &socket, extra);
+        let child = Self::command(home, &socket, wrapper, extra)
+            .spawn()
+            .expect("spawner serve starts");
         let daemon = Daemon {
             child,
             socket,
@@ -33,8 +41,25 @@ impl Daemon {
     }
 
     fn spawn(home: &TestHome, socket: &Path, extra: &[&str]) -> Child {
-        Command::new(bin("spawner"))
-            .arg("--home")
+        Self::command(home, socket, None, extra)
+            .spawn()
+            .expect("spawner serve starts")
+    }
+
+    fn command(
+        home: &TestHome,
+        socket: &Path,
+        wrapper: Option<Command>,
+        extra: &[&str],
+    ) -> Command {
+        let mut cmd = match wrapper {
+            Some(mut wrapper) => {
+                wrapper.arg(bin("spawner"));
+                wrapper
+            }
+            None => Command::new(bin("spawner")),
+        };
+        cmd.arg("--home")
             .arg(home.path())
             .args(["serve", "--socket"])
             .arg(socket)
@@ -46,9 +71,8 @@ impl Daemon {
                 Stdio::inherit()
             } else {
                 Stdio::piped()
-            })
-            .spawn()
-            .expect("spawner serve starts")
+            });
+        cmd
     }
 
     /// Wait until the daemon answers `health` (a handshake, not a sleep).
@@ -406,6 +430,7 @@ fn crashing_hanging_and_hoarding_agents_end_with_their_status() {
     let home = TestHome::new();
     home.install_example("echo");
     home.install_testing("testing", "[limits]\ntimeout_ms = 400\nmemory_mb = 32\n");
+    home.precompile_testing("testing");
     // No spares, so that every child of the daemon is a run's.
     let daemon = Daemon::start(&home, &["--spares", "0"]);
     let socket = daemon.socket.clone();
@@ -781,6 +806,8 @@ fn sigterm_lets_runs_finish_within_the_grace_then_kills_the_rest() {
     let home = TestHome::new();
     home.install_testing("short", "[limits]\ntimeout_ms = 700\n");
     home.install_testing("long", "[limits]\ntimeout_ms = 60000\n");
+    // One component for both: compiled once, before the 0.7 s deadline counts.
+    home.precompile_testing("short");
     let daemon = Daemon::start(&home, &[]);
     let socket = daemon.socket.clone();
     // The short run ends by itself (timeout at 0.7 s) within the grace of 3 s: it gets its
@@ -947,29 +974,11 @@ fn peers_running_as_another_user_are_refused() {
     assert_eq!(daemon.client().result("health", json!({}))["status"], "ok");
 }
 
-/// `spawner serve` started under `prlimit --nofile=<soft>:<hard>`.
+/// `spawner serve` started under `prlimit --nofile=<soft>:<hard>`, without spares.
 fn daemon_with_open_files(home: &TestHome, soft: u64, hard: u64) -> Daemon {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("run").join("s.sock");
-    let child = Command::new("prlimit")
-        .arg(format!("--nofile={soft}:{hard}"))
-        .arg(bin("spawner"))
-        .arg("--home")
-        .arg(home.path())
-        .args(["serve", "--spares", "0", "--socket"])
-        .arg(&socket)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prlimit spawner serve");
-    let daemon = Daemon {
-        child,
-        socket,
-        _dir: dir,
-    };
-    daemon.wait_ready();
-    daemon
+    let mut prlimit = Command::new("prlimit");
+    prlimit.arg(format!("--nofile={soft}:{hard}"));
+    Daemon::start_under(home, Some(prlimit), &["--spares", "0"])
 }
 
 #[test]
