@@ -98,6 +98,13 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// Whether the run finished `ok` (agent-exec committed it) but was killed before its
+    /// answer reached the spawner: the outcome is the recorded one, the output is lost.
+    /// Callers that act on the answer itself (a hook's verdict) cannot take it as given.
+    pub fn answer_lost(&self) -> bool {
+        self.outcome == Outcome::Ok && self.spawner_report.is_some()
+    }
+
     /// The run's report: agent-exec's own (the captured JSON answer of a request made
     /// with [`OutputFormat::Json`] and `capture_stdout`), or the spawner's.
     pub fn into_report(self) -> anyhow::Result<RunReport> {
@@ -257,7 +264,7 @@ pub fn execute(
             existing.status,
             existing.error.unwrap_or_else(|| {
                 format!(
-                    "the run had finished ({}) when it was stopped",
+                    "the run had finished ({}) when it was stopped; its answer was lost",
                     existing.status
                 )
             }),

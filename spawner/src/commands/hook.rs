@@ -77,7 +77,14 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
                     if let Some(StopReason::Signal(sig)) = finished.stopped {
                         return Err(Interrupted(sig).into());
                     }
+                    let lost = finished.answer_lost();
                     match finished.into_report() {
+                        // Its verdict never arrived: not a pass, a failed hook.
+                        Ok(_) if lost => HookResult::Failed {
+                            outcome: agent_contract::Outcome::Killed,
+                            what: "the agent finished but was killed before its verdict arrived"
+                                .into(),
+                        },
                         Ok(report) => HookResult::from_report(report),
                         Err(e) => HookResult::Failed {
                             outcome: agent_contract::Outcome::Internal,

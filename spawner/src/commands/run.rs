@@ -49,7 +49,12 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
     }
     if !args.json {
         crate::say!(
-            "spawner: error: {}",
+            "spawner: {}: {}",
+            if finished.answer_lost() {
+                "warning"
+            } else {
+                "error"
+            },
             report.error.as_deref().unwrap_or("the run failed")
         );
     }
