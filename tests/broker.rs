@@ -667,6 +667,15 @@ fn a_broker_started_by_a_request_takes_its_own_limits_not_the_requests() {
     assert_ne!(soft, "256");
     let (soft, hard) = proc_limits(pid, "Max cpu time");
     assert_eq!(soft, hard, "no CPU-time backstop of a request");
+    // Nor the request's working directory, nor the caller's environment.
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd");
+    assert_eq!(cwd, Path::new("/"));
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.contains("CARGO") && !environ.contains("PATH="),
+        "{environ}"
+    );
 }
 
 /// A raw connection to the broker's socket that sends nothing.

@@ -58,14 +58,16 @@ pub struct Launch {
 impl Launch {
     /// How a home's broker is started: `program --home <home> --socket <socket>`, its log
     /// beside the socket (`broker.log`), 20 s to get ready. The one place these agree.
+    /// Paths are made absolute: the broker runs in `/`, not in its starter's directory.
     pub fn new(program: PathBuf, home: &Path, socket: &Path) -> Launch {
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
         Launch {
-            program,
+            program: absolute(&program),
             args: vec![
                 "--home".into(),
-                home.display().to_string(),
+                absolute(home).display().to_string(),
                 "--socket".into(),
-                socket.display().to_string(),
+                absolute(socket).display().to_string(),
             ],
             log: socket.with_extension("log"),
             ready_timeout: Duration::from_secs(20),
@@ -194,6 +196,9 @@ fn start(launch: &Launch) -> Result<(), ClientError> {
         .stderr(log)
         // Its own process group: a run's deadline kills the run's group, not the broker.
         .process_group(0)
+        // Not the starting request's working directory (a repository, a mount point): a
+        // long-lived process must not pin it. Its paths are all absolute or its own.
+        .current_dir("/")
         .spawn()
         .map_err(|e| unavailable(&format!("cannot start {}", launch.program.display()), e))?;
     let stdout = child
