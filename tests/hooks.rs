@@ -689,8 +689,9 @@ fn secret_guard_scans_text_of_any_script_in_claude_code_and_git() {
 fn a_large_write_of_short_lines_is_scanned_whole_below_the_input_limit() {
     let home = TestHome::new();
     home.install_example("secret-guard");
-    // 3.5 MB of 4-byte lines (875,000 of them), the secret on the line after them.
-    let mut content = "abc\n".repeat(875_000);
+    // 3.5 MB of 4-byte lines (875,000 of them, ASCII and two-byte letters by turns), the
+    // secret on the line after them.
+    let mut content = "abc\naé\n".repeat(437_500);
     content.push_str(&format!("key = {}\n", "AKIAZ7VQ3KQ2LMNOPQRS"));
     let write = claude_event(
         "PreToolUse",
