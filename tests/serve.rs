@@ -419,6 +419,8 @@ fn bad_requests_get_the_right_errors_and_the_daemon_keeps_serving() {
         "other"
     );
     let started = Instant::now();
+    let answer = stalled.read().expect("the stalled connection is told why");
+    assert_eq!(answer["error"]["code"], -32006, "{answer}");
     assert!(stalled.read().is_none(), "the stalled connection is closed");
     assert!(started.elapsed() < Duration::from_secs(10));
     // (`other` idled as long, so it was closed too; a new connection is served.)
@@ -1034,4 +1036,94 @@ fn the_daemon_raises_its_open_file_limit_and_answers_busy_before_running_out() {
         assert!(Instant::now() < deadline, "no room after a close: {answer}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_trickling_client_is_closed_at_its_lines_deadline() {
+    let home = TestHome::new();
+    let daemon = Daemon::start(&home, &["--client-timeout", "1s"]);
+    let mut client = daemon.client();
+    let mut writer = client.stream.try_clone().expect("clone");
+    // A byte every 50 ms: each read of the daemon's gets something well within its
+    // timeout, so only a deadline for the whole line ends this.
+    let trickle = std::thread::spawn(move || {
+        let started = Instant::now();
+        let line = br#"{"jsonrpc":"2.0","id":1,"method":"health","params":{"pad":""#;
+        for byte in line.iter().chain(std::iter::repeat(&b'x')) {
+            if writer.write_all(&[*byte]).is_err() || started.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        started.elapsed()
+    });
+    let answer = client.read().expect("an answer before the close");
+    assert_eq!(answer["error"]["code"], -32006, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("client-timeout"),
+        "{answer}"
+    );
+    assert!(client.read().is_none(), "then the connection is closed");
+    let trickled = trickle.join().expect("trickle");
+    assert!(
+        trickled < Duration::from_secs(60),
+        "the daemon kept reading a trickle for {trickled:?}"
+    );
+    assert_eq!(daemon.client().result("health", json!({}))["status"], "ok");
+}
+
+#[test]
+fn unfinished_lines_of_all_connections_share_one_memory_bound() {
+    let home = TestHome::new();
+    home.install_example("echo");
+    let daemon = Daemon::start(&home, &[]);
+    let limits = daemon.client().result("capabilities", json!({}));
+    let budget = limits["max_pending_bytes"]
+        .as_u64()
+        .expect("max_pending_bytes");
+    let rss_before = rss_kib(daemon.pid());
+    // 24 connections each send 20 MiB of a line and hold it unfinished: 480 MiB in all,
+    // over three times what the daemon may hold for them.
+    let part = vec![b'x'; 20 << 20];
+    let mut clients: Vec<Client> = (0..24).map(|_| daemon.client()).collect();
+    for c in &mut clients {
+        let _ = c.stream.write_all(&part);
+    }
+    let grown = (rss_kib(daemon.pid()).saturating_sub(rss_before)) * 1024;
+    assert!(
+        grown < budget + budget / 2,
+        "the daemon grew by {} MiB holding unfinished lines (bound {} MiB)",
+        grown >> 20,
+        budget >> 20
+    );
+    // It still serves others meanwhile.
+    assert_eq!(
+        daemon
+            .client()
+            .result("run", json!({"agent": "echo", "input": "others"}))["output"],
+        "others"
+    );
+    // Each connection was either told busy (and closed) or holds its line: finished now,
+    // it is read whole (and, 20 MiB of x, is not JSON).
+    let (mut busy, mut held) = (0, 0);
+    for c in &mut clients {
+        let _ = c.stream.write_all(b"\n");
+        let answer = c.read().expect("an answer");
+        match answer["error"]["code"].as_i64() {
+            Some(-32001) => busy += 1,
+            Some(-32700) => held += 1,
+            _ => panic!("unexpected answer {answer}"),
+        }
+    }
+    assert_eq!(busy + held, 24);
+    assert!(held >= 1, "the first line fits");
+    let fit = budget / (20 << 20);
+    assert!(
+        busy >= 24 - fit,
+        "{busy} busy, {held} held; at most {fit} fit"
+    );
+    assert_eq!(daemon.client().result("health", json!({}))["status"], "ok");
 }

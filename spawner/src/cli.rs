@@ -71,7 +71,8 @@ pub struct ServeArgs {
     #[arg(long, value_parser = parse_duration, default_value = "10s", value_name = "DURATION")]
     pub grace: Duration,
 
-    /// Close a connection that sends nothing, or half a line, for this long.
+    /// Close a connection that sends nothing for this long, or that does not finish a
+    /// request line within this long of its first byte.
     #[arg(long, value_parser = parse_duration, default_value = "60s", value_name = "DURATION")]
     pub client_timeout: Duration,
 

@@ -410,6 +410,7 @@ fn capabilities(daemon: &Daemon) -> Result<Value, RpcError> {
         "max_running": max_running,
         "max_queued": max_queued,
         "max_line_bytes": rpc::MAX_LINE_BYTES,
+        "max_pending_bytes": rpc::MAX_PENDING_BYTES,
         "max_input_bytes": agent_contract::envelope::MAX_INPUT_BYTES,
         "methods": METHODS,
     }))

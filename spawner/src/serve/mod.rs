@@ -57,7 +57,8 @@ pub struct Options {
     pub max_queued: usize,
     /// How long in-flight runs may go on after SIGTERM before they are killed.
     pub grace: Duration,
-    /// A connection that sends nothing (or half a line) for this long is closed.
+    /// A connection that sends nothing for this long is closed, and so is one that does not
+    /// finish a line within this long of its first byte (however its bytes trickle in).
     pub client_timeout: Duration,
     /// Spare agent-execs kept started ahead of requests (0: none).
     pub spares: usize,
@@ -83,6 +84,8 @@ struct Daemon {
     max_connections: usize,
     next_connection: AtomicU64,
     shutting_down: AtomicBool,
+    /// What the unfinished request lines of all connections hold together.
+    pending: rpc::LineBudget,
     /// The keeper connection; also answers `runs.list` and `runs.get`.
     store: Mutex<Store>,
     /// agent-execs started ahead of requests.
@@ -127,6 +130,17 @@ fn connection_bound() -> usize {
         .clamp(1, MAX_CONNECTIONS)
 }
 
+/// Serve large allocations (request lines, captured output) from their own mappings, so
+/// that freeing one gives its memory back to the system. glibc otherwise raises its mmap
+/// threshold after the first such free, and later ones stay resident in its heaps after a
+/// burst of large requests is over.
+fn keep_large_buffers_returnable() {
+    // SAFETY: mallopt only sets a tunable of the allocator; called before other threads.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 /// Environment variables of systemd socket activation.
 const LISTEN_PID: &str = "LISTEN_PID";
 const LISTEN_FDS: &str = "LISTEN_FDS";
@@ -143,6 +157,7 @@ pub fn serve(home: Home, options: Options) -> anyhow::Result<()> {
         }
     };
     listener.set_nonblocking(true)?;
+    keep_large_buffers_returnable();
     let stop = StopSignals::install()?;
     // The keeper: open for the daemon's life (created with the schema if new), in a home
     // that is private whoever made it.
@@ -167,6 +182,7 @@ pub fn serve(home: Home, options: Options) -> anyhow::Result<()> {
         active: Mutex::new(HashMap::new()),
         connections: Mutex::new(HashMap::new()),
         next_connection: AtomicU64::new(0),
+        pending: rpc::LineBudget::new(rpc::MAX_PENDING_BYTES),
         shutting_down: AtomicBool::new(false),
         store: Mutex::new(store),
         spares: spares::Spares::new(&absolute_home, options.spares),
@@ -357,11 +373,7 @@ fn accept(daemon: &Arc<Daemon>, stream: UnixStream) -> Option<std::thread::JoinH
 
 /// Read requests from one connection and answer them, in order, until it closes.
 fn serve_connection(daemon: &Daemon, stream: UnixStream) {
-    if stream.set_nonblocking(false).is_err()
-        || stream
-            .set_read_timeout(Some(daemon.options.client_timeout))
-            .is_err()
-    {
+    if stream.set_nonblocking(false).is_err() {
         return;
     }
     let Ok(read_half) = stream.try_clone() else {
@@ -370,57 +382,83 @@ fn serve_connection(daemon: &Daemon, stream: UnixStream) {
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
     let mut conn = methods::Connection { stream };
     loop {
-        let line = match rpc::read_line(&mut reader, rpc::MAX_LINE_BYTES) {
-            Ok(Line::Complete(line)) => line,
-            Ok(Line::TooLong) => {
-                daemon.metrics.rpc_errors.fetch_add(1, Ordering::Relaxed);
-                let error = RpcError::new(
-                    rpc::TOO_LARGE,
-                    format!(
-                        "request line over the limit of {} bytes (its id could not be read)",
-                        rpc::MAX_LINE_BYTES
-                    ),
-                );
-                if conn
-                    .send(&rpc::response(&serde_json::Value::Null, Err(error)))
-                    .is_err()
-                {
+        let timeout = daemon.options.client_timeout;
+        let read = rpc::read_line(&mut reader, rpc::MAX_LINE_BYTES, timeout, &daemon.pending);
+        let (code, message) = match read {
+            Ok(Line::Complete(line)) => {
+                if answer_line(daemon, &mut conn, &line).is_err() {
                     return;
                 }
                 continue;
             }
-            Ok(Line::Closed | Line::Stalled) | Err(_) => return,
+            Ok(Line::TooLong) => (
+                rpc::TOO_LARGE,
+                format!(
+                    "request line over the limit of {} bytes (its id could not be read)",
+                    rpc::MAX_LINE_BYTES
+                ),
+            ),
+            Ok(Line::Stalled) => (
+                rpc::CLIENT_TIMEOUT,
+                format!(
+                    "the request line was not finished within {timeout:?} of its first byte (--client-timeout); closing the connection"
+                ),
+            ),
+            Ok(Line::OverBudget) => (
+                rpc::BUSY,
+                format!(
+                    "busy: unfinished requests of all connections hold the daemon's {} MiB for them; closing the connection, retry later",
+                    rpc::MAX_PENDING_BYTES >> 20
+                ),
+            ),
+            Ok(Line::Closed | Line::Idle) | Err(_) => return,
         };
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let answer = match rpc::parse_line(&line) {
-            Ok(rpc::Incoming::Single(message)) => {
-                answer_one(daemon, &mut conn, message).map(|a| rpc::line_of(&a))
-            }
-            Ok(rpc::Incoming::Batch(messages)) if messages.is_empty() => {
-                daemon.metrics.rpc_errors.fetch_add(1, Ordering::Relaxed);
-                let error = RpcError::new(rpc::INVALID_REQUEST, "an empty batch");
-                Some(rpc::response(&serde_json::Value::Null, Err(error)))
-            }
-            // Each in order, one array of answers for them all.
-            Ok(rpc::Incoming::Batch(messages)) => {
-                let answers: Vec<serde_json::Value> = messages
-                    .into_iter()
-                    .filter_map(|m| answer_one(daemon, &mut conn, m))
-                    .collect();
-                rpc::batch_response(&answers)
-            }
-            Err(error) => {
-                daemon.metrics.rpc_errors.fetch_add(1, Ordering::Relaxed);
-                Some(rpc::response(&serde_json::Value::Null, Err(error)))
-            }
-        };
-        if let Some(answer) = answer
-            && conn.send(&answer).is_err()
-        {
+        daemon.metrics.rpc_errors.fetch_add(1, Ordering::Relaxed);
+        let sent = conn.send(&rpc::response(
+            &serde_json::Value::Null,
+            Err(RpcError::new(code, message)),
+        ));
+        // After a line too long the stream is still in step; after the others it is not.
+        if sent.is_err() || code != rpc::TOO_LARGE {
             return;
         }
+    }
+}
+
+/// Answer one complete request line; an error when the answer cannot be sent.
+fn answer_line(
+    daemon: &Daemon,
+    conn: &mut methods::Connection,
+    line: &[u8],
+) -> std::io::Result<()> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let answer = match rpc::parse_line(line) {
+        Ok(rpc::Incoming::Single(message)) => {
+            answer_one(daemon, conn, message).map(|a| rpc::line_of(&a))
+        }
+        Ok(rpc::Incoming::Batch(messages)) if messages.is_empty() => {
+            daemon.metrics.rpc_errors.fetch_add(1, Ordering::Relaxed);
+            let error = RpcError::new(rpc::INVALID_REQUEST, "an empty batch");
+            Some(rpc::response(&serde_json::Value::Null, Err(error)))
+        }
+        // Each in order, one array of answers for them all.
+        Ok(rpc::Incoming::Batch(messages)) => {
+            let answers: Vec<serde_json::Value> = messages
+                .into_iter()
+                .filter_map(|m| answer_one(daemon, conn, m))
+                .collect();
+            rpc::batch_response(&answers)
+        }
+        Err(error) => {
+            daemon.metrics.rpc_errors.fetch_add(1, Ordering::Relaxed);
+            Some(rpc::response(&serde_json::Value::Null, Err(error)))
+        }
+    };
+    match answer {
+        Some(answer) => conn.send(&answer),
+        None => Ok(()),
     }
 }
 

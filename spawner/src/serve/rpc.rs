@@ -2,7 +2,9 @@
 //! the headers): requests, responses, notifications, error codes, and a line reader that
 //! never holds more than its limit.
 
-use std::io::{BufRead, ErrorKind};
+use std::io::{BufRead, BufReader, ErrorKind, Read};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -33,6 +35,9 @@ pub const SHUTTING_DOWN: i64 = -32003;
 pub const FORBIDDEN: i64 = -32004;
 /// No such run (cancel, get).
 pub const NOT_FOUND: i64 = -32005;
+/// A request line was begun and not finished within the client timeout; the connection
+/// is closed.
+pub const CLIENT_TIMEOUT: i64 = -32006;
 
 /// An error object.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -165,6 +170,98 @@ pub fn line_of(value: &Value) -> Vec<u8> {
     out
 }
 
+/// Bytes that unfinished request lines of all connections may hold together: room for a
+/// few lines at [`MAX_LINE_BYTES`] at once (a line's buffer grows by doubling, so one can
+/// hold up to twice its length), and no more, whatever the number of connections.
+pub const MAX_PENDING_BYTES: usize = 6 * MAX_LINE_BYTES;
+
+/// The budget of bytes that unfinished lines hold, shared by every connection.
+#[derive(Debug)]
+pub struct LineBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl LineBudget {
+    /// A budget of `max` bytes.
+    pub fn new(max: usize) -> LineBudget {
+        LineBudget {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Take `n` bytes, or nothing when that would go over the budget.
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// What one line holds of a [`LineBudget`]; given back when the line is done with.
+struct Charge<'a> {
+    budget: &'a LineBudget,
+    bytes: usize,
+}
+
+/// Bytes of a line that are not charged to the budget, so that small requests (health, a
+/// short run) are served even while large unfinished lines hold all of it. Bounded by the
+/// number of connections: 1,024 x 64 KiB at most.
+pub const UNCHARGED_LINE_BYTES: usize = 64 * 1024;
+
+impl Charge<'_> {
+    /// Cover a line buffer of `capacity` bytes; false when the budget has no room for it.
+    fn cover(&mut self, capacity: usize) -> bool {
+        let capacity = capacity.saturating_sub(UNCHARGED_LINE_BYTES);
+        if capacity <= self.bytes {
+            return true;
+        }
+        let more = capacity - self.bytes;
+        if !self.budget.take(more) {
+            return false;
+        }
+        self.bytes = capacity;
+        true
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        self.budget.give_back(self.bytes);
+    }
+}
+
+/// A reader whose blocking reads can be bounded in time (a socket), so that a line has a
+/// deadline however its bytes trickle in.
+pub trait TimedRead: Read {
+    /// Make the next reads give up after `timeout` (`ErrorKind::WouldBlock`/`TimedOut`).
+    fn set_read_timeout(&self, timeout: Duration) -> std::io::Result<()>;
+}
+
+impl TimedRead for std::os::unix::net::UnixStream {
+    fn set_read_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        std::os::unix::net::UnixStream::set_read_timeout(self, Some(timeout))
+    }
+}
+
+impl TimedRead for &[u8] {
+    fn set_read_timeout(&self, _: Duration) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// One line read from a client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line {
@@ -174,25 +271,52 @@ pub enum Line {
     TooLong,
     /// The client closed the connection (a partial last line is dropped).
     Closed,
-    /// No complete line within the read timeout: a stalled client.
+    /// Nothing came within the timeout: an idle client.
+    Idle,
+    /// A line was begun but not finished within the timeout of its first byte: a stalled
+    /// or trickling client.
     Stalled,
+    /// The unfinished lines of all connections together hold the whole [`LineBudget`];
+    /// this one was dropped.
+    OverBudget,
 }
 
 /// Read one line of at most `max` bytes from `reader`, discarding the rest of a longer one.
-pub fn read_line(reader: &mut impl BufRead, max: usize) -> std::io::Result<Line> {
+/// The line must begin within `timeout` and end within `timeout` of its first byte; its
+/// buffer is charged to `budget` while it is read.
+pub fn read_line<R: TimedRead>(
+    reader: &mut BufReader<R>,
+    max: usize,
+    timeout: Duration,
+    budget: &LineBudget,
+) -> std::io::Result<Line> {
     let mut line = Vec::new();
+    let mut charge = Charge { budget, bytes: 0 };
     let mut too_long = false;
+    let mut deadline = Instant::now() + timeout;
+    let mut begun = false;
     loop {
+        if reader.buffer().is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(if begun { Line::Stalled } else { Line::Idle });
+            }
+            reader.get_ref().set_read_timeout(left)?;
+        }
         let available = match reader.fill_buf() {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return Ok(Line::Stalled);
+                return Ok(if begun { Line::Stalled } else { Line::Idle });
             }
             Err(e) => return Err(e),
         };
         if available.is_empty() {
             return Ok(Line::Closed);
+        }
+        if !begun {
+            begun = true;
+            deadline = Instant::now() + timeout;
         }
         let (chunk, done) = match available.iter().position(|b| *b == b'\n') {
             Some(i) => (&available[..i], Some(i + 1)),
@@ -203,6 +327,15 @@ pub fn read_line(reader: &mut impl BufRead, max: usize) -> std::io::Result<Line>
                 too_long = true;
                 line = Vec::new();
             } else {
+                let needed = line.len() + chunk.len();
+                if needed > line.capacity() {
+                    // Grow by doubling (up to the limit), charged before it is allocated.
+                    let want = needed.max(line.capacity() * 2).min(max);
+                    if !charge.cover(want) {
+                        return Ok(Line::OverBudget);
+                    }
+                    line.reserve_exact(want - line.len());
+                }
                 line.extend_from_slice(chunk);
             }
         }
@@ -260,12 +393,40 @@ mod tests {
     #[test]
     fn long_lines_are_dropped_whole_and_reading_goes_on() {
         let input = format!("{}\nshort\npartial", "x".repeat(100));
-        let mut reader = std::io::BufReader::with_capacity(16, input.as_bytes());
-        assert_eq!(read_line(&mut reader, 50).expect("read"), Line::TooLong);
+        let budget = LineBudget::new(1 << 20);
+        let mut reader = BufReader::with_capacity(16, input.as_bytes());
+        let mut read =
+            || read_line(&mut reader, 50, Duration::from_secs(5), &budget).expect("read");
+        assert_eq!(read(), Line::TooLong);
+        assert_eq!(read(), Line::Complete(b"short".to_vec()));
+        assert_eq!(read(), Line::Closed);
+        assert_eq!(budget.used(), 0, "every line gave its bytes back");
+    }
+
+    #[test]
+    fn a_line_past_the_shared_budget_is_dropped_and_its_bytes_given_back() {
+        let budget = LineBudget::new(1 << 20);
+        // Another connection's unfinished line holds most of the budget.
+        assert!(budget.take((1 << 20) - 40));
+        let input = format!("{}\n", "y".repeat(UNCHARGED_LINE_BYTES + 30));
+        let mut reader = BufReader::with_capacity(8, input.as_bytes());
         assert_eq!(
-            read_line(&mut reader, 50).expect("read"),
+            read_line(&mut reader, 1 << 20, Duration::from_secs(5), &budget).expect("read"),
+            Line::OverBudget
+        );
+        // A short line needs nothing of the budget.
+        let mut reader = BufReader::with_capacity(8, &b"short\n"[..]);
+        assert_eq!(
+            read_line(&mut reader, 1 << 20, Duration::from_secs(5), &budget).expect("read"),
             Line::Complete(b"short".to_vec())
         );
-        assert_eq!(read_line(&mut reader, 50).expect("read"), Line::Closed);
+        assert_eq!(budget.used(), (1 << 20) - 40);
+        budget.give_back((1 << 20) - 40);
+        let mut reader = BufReader::with_capacity(8, input.as_bytes());
+        assert!(matches!(
+            read_line(&mut reader, 1 << 20, Duration::from_secs(5), &budget).expect("read"),
+            Line::Complete(line) if line.len() == UNCHARGED_LINE_BYTES + 30
+        ));
+        assert_eq!(budget.used(), 0);
     }
 }
