@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{TestHome, bin, code, stderr, stdout};
+use agent_contract::Outcome;
+
+use crate::harness::{TestHome, bin, code, exit_of, stderr, stdout};
 
 /// A daemon started on a socket in its own temp dir; killed on drop.
 struct Daemon {
@@ -1126,4 +1128,73 @@ fn unfinished_lines_of_all_connections_share_one_memory_bound() {
         "{busy} busy, {held} held; at most {fit} fit"
     );
     assert_eq!(daemon.client().result("health", json!({}))["status"], "ok");
+}
+
+#[test]
+fn a_large_answer_of_control_bytes_is_the_same_through_the_cli_and_the_daemon() {
+    let home = TestHome::new();
+    home.install_testing("big", "[limits]\nmemory_mb = 256\ntimeout_ms = 60000\n");
+    home.precompile_testing("big");
+    let daemon = Daemon::start(&home, &[]);
+    let socket = daemon.socket.to_str().expect("utf-8").to_owned();
+    // 30 MiB of 0x01: valid UTF-8, but six bytes each as a JSON string.
+    let count = 30 << 20;
+    let args = ["big", "bytes", &count.to_string(), "1"];
+    let local = home.run(&[&["run"][..], &args].concat());
+    assert_eq!(code(&local), 0, "{}", stderr(&local));
+    assert!(local.stdout.len() == count && local.stdout.iter().all(|b| *b == 1));
+    let remote = home.run(&[&["run", "--daemon", "--socket", &socket][..], &args].concat());
+    assert_eq!(code(&remote), 0, "{}", stderr(&remote));
+    assert!(
+        remote.stdout == local.stdout,
+        "the same bytes through the daemon"
+    );
+    // Over JSON-RPC the answer is base64: 4/3 of it, not 6x.
+    let mut client = daemon.client();
+    client.send_raw(
+        format!(
+            "{}\n",
+            json!({"jsonrpc": "2.0", "id": 1, "method": "run",
+                   "params": {"agent": "big", "input": args[1..].join(" ")}})
+        )
+        .as_bytes(),
+    );
+    let mut line = Vec::new();
+    client.reader.read_until(b'\n', &mut line).expect("answer");
+    assert!(
+        line.len() < count / 3 * 4 + (1 << 20),
+        "{} bytes",
+        line.len()
+    );
+    let answer: Value = serde_json::from_slice(&line).expect("json");
+    let result = &answer["result"];
+    assert_eq!(result["status"], "ok", "{}", answer["error"]);
+    let b64 = result["output_base64"].as_str().expect("output_base64");
+    assert_eq!(b64.len(), count.div_ceil(3) * 4);
+    assert!(result.get("output").is_none());
+
+    // Past the output limit: the same agent error, named, on both paths, and recorded.
+    let over = (64 << 20) + 1;
+    let args = ["big", "bytes", &over.to_string(), "0"];
+    let local = home.run(&[&["run"][..], &args].concat());
+    let remote = home.run(&[&["run", "--daemon", "--socket", &socket][..], &args].concat());
+    for out in [&local, &remote] {
+        assert_eq!(code(out), exit_of(Outcome::AgentError), "{}", stderr(out));
+        assert!(out.stdout.is_empty());
+        assert!(
+            stderr(out).contains("over the limit of 64 MiB"),
+            "{}",
+            stderr(out)
+        );
+    }
+    let run = daemon
+        .client()
+        .call("run", json!({"agent": "big", "input": args[1..].join(" ")}));
+    assert_eq!(run["result"]["status"], "agent_error", "{run}");
+    let records = daemon
+        .client()
+        .result("runs.list", json!({"agent": "big", "limit": 3}));
+    for record in records["runs"].as_array().expect("runs") {
+        assert_eq!(record["status"], "agent_error", "{record}");
+    }
 }

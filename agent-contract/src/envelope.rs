@@ -13,6 +13,17 @@ pub const ENVELOPE_VERSION: u32 = 1;
 /// Largest input accepted, so a runaway producer cannot exhaust memory.
 pub const MAX_INPUT_BYTES: u64 = 16 * 1024 * 1024;
 
+/// Largest answer an agent may give. A run whose answer is larger fails as an agent error
+/// naming the limit, on every path (`spawner run`, the daemon, hooks) alike. In a JSON
+/// report the answer travels as text or as base64, whichever is smaller, so a report of an
+/// answer within this limit is at most 4/3 of it plus a little: see
+/// [`MAX_REPORT_BYTES`].
+pub const MAX_OUTPUT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Largest JSON report of one run: the answer at its limit as base64 (4/3), and 1 MiB for
+/// the rest (error, verdict, timings). What a reader of reports needs to keep.
+pub const MAX_REPORT_BYTES: u64 = MAX_OUTPUT_BYTES / 3 * 4 + 4 + 1024 * 1024;
+
 /// Largest header line accepted. A hook's event travels in the header, normalized from a
 /// caller's payload of up to [`MAX_INPUT_BYTES`]: the payload's text appears in it at most
 /// about 3.5 times over (a tool's input as JSON text, escaped once more; the lines it

@@ -69,23 +69,100 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// Attach `output`, as text when it is UTF-8 and as base64 otherwise.
+    /// Attach `output`: as text when it is UTF-8 and its JSON string is no longer than its
+    /// base64 would be, otherwise as base64. Text that is mostly control characters
+    /// (each escaped as `\u00XX`, six bytes for one) goes as base64, so no answer's report
+    /// is more than 4/3 of the answer.
     pub fn with_output(mut self, output: Vec<u8>) -> RunReport {
+        use base64::Engine as _;
         match String::from_utf8(output) {
-            Ok(text) => self.output = Some(text),
+            Ok(text) if json_string_len(&text) <= base64_len(text.len()) => {
+                self.output = Some(text);
+            }
+            Ok(text) => {
+                self.output_base64 =
+                    Some(base64::engine::general_purpose::STANDARD.encode(text.as_bytes()));
+            }
             Err(e) => {
-                use base64::Engine as _;
                 self.output_base64 =
                     Some(base64::engine::general_purpose::STANDARD.encode(e.as_bytes()));
             }
         }
         self
     }
+
+    /// The answer's bytes, from `output` or `output_base64`; `None` when the report has
+    /// neither, an error when the base64 is invalid.
+    pub fn output_bytes(&self) -> Result<Option<Vec<u8>>, base64::DecodeError> {
+        use base64::Engine as _;
+        match (&self.output, &self.output_base64) {
+            (Some(text), _) => Ok(Some(text.clone().into_bytes())),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Length of `text` as a JSON string, quotes excluded (as serde_json escapes it).
+fn json_string_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// Length of `n` bytes as padded base64.
+fn base64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report() -> RunReport {
+        RunReport {
+            run_id: "r".into(),
+            agent: "a".into(),
+            status: Outcome::Ok,
+            exit_code: 0,
+            output: None,
+            output_base64: None,
+            error: None,
+            cache_hit: None,
+            timings: PhaseTimings::default(),
+            verdict: None,
+        }
+    }
+
+    #[test]
+    fn an_answer_travels_as_text_or_base64_whichever_is_smaller_and_round_trips() {
+        let cases: [(&[u8], bool); 5] = [
+            (b"plain text \"quoted\"\nand lines", true),
+            ("naïve café, 日本語, 🏳️‍🌈".as_bytes(), true),
+            (&[1u8; 300], false),
+            (&[0xff, 0xfe, 0x00], false),
+            (b"", true),
+        ];
+        for (bytes, as_text) in cases {
+            let r = report().with_output(bytes.to_vec());
+            assert_eq!(r.output.is_some(), as_text, "{bytes:?}");
+            let json = serde_json::to_vec(&r).expect("serialize");
+            let back: RunReport = serde_json::from_slice(&json).expect("parse");
+            assert_eq!(back.output_bytes().expect("decode").as_deref(), Some(bytes));
+            // The answer's part of the report is at most 4/3 of it (and 4 bytes of padding).
+            let part = r.output.as_ref().map_or_else(
+                || r.output_base64.as_ref().map_or(0, String::len),
+                |t| serde_json::to_string(t).expect("json").len() - 2,
+            );
+            assert!(part <= bytes.len().div_ceil(3) * 4, "{bytes:?}");
+        }
+    }
 
     #[test]
     fn fields_lists_exactly_the_serialized_names() {

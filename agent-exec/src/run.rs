@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agent_contract::envelope::read_envelope;
+use agent_contract::envelope::{MAX_OUTPUT_BYTES, read_envelope};
 use agent_contract::hook::{Decision, Verdict};
 use agent_contract::manifest::{DEFAULT_KEEP_RUNS, PreopenBase};
 use agent_contract::{
@@ -18,6 +18,16 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use crate::ExecError;
 use crate::host::bindings::spawner::agent::types;
 use crate::host::{Agent, AgentHost};
+
+/// How many bytes one call between guest and host may copy (wasmtime's "hostcall fuel",
+/// 128 MiB by default, also spent lifting the handler's answer). Tied to the agent's own
+/// memory cap, which bounds what it can hand over anyway, so that an answer over the
+/// output limit is refused by name rather than trapping while it is copied.
+fn hostcall_fuel(memory_cap: u64) -> usize {
+    usize::try_from(memory_cap.saturating_mul(2))
+        .unwrap_or(usize::MAX)
+        .max(128 << 20)
+}
 
 /// What the agent answered: its output and, for a hook, its verdict.
 struct Answer {
@@ -424,6 +434,7 @@ impl Run {
         };
         let mut store = WasmStore::new(engine, host);
         store.limiter(|h| h);
+        store.set_hostcall_fuel(hostcall_fuel(manifest.limits.memory_bytes));
         store.set_epoch_deadline(1);
         store.epoch_deadline_trap();
         if let Some(fuel) = manifest.limits.fuel {
@@ -470,6 +481,13 @@ impl Run {
         self.input = request.input;
         self.timings.handler_us = lap(clock);
         let answered = match called {
+            Ok(Ok(response)) if response.output.len() as u64 > MAX_OUTPUT_BYTES => {
+                Err(ExecError::Agent(format!(
+                    "the answer is {} bytes, over the limit of {} MiB on an agent's output; answer less, or keep large results in memory or a preopened directory",
+                    response.output.len(),
+                    MAX_OUTPUT_BYTES >> 20
+                )))
+            }
             Ok(Ok(response)) => Ok(Answer {
                 output: response.output,
                 verdict: store.data_mut().verdict.take(),

@@ -44,8 +44,10 @@ use nix::unistd::Pid;
 /// backstop for when it cannot.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
 
-/// Largest standard output kept when it is captured.
-pub const MAX_CAPTURED_BYTES: u64 = 128 * 1024 * 1024;
+/// Largest standard output kept when it is captured: a JSON report, which agent-exec keeps
+/// within this by refusing answers over the output limit. More is an error, not a
+/// truncated report.
+pub const MAX_CAPTURED_BYTES: u64 = agent_contract::envelope::MAX_REPORT_BYTES;
 
 /// Resource limits for a child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,10 +369,15 @@ pub fn feed(mut started: Started, spawn: Spawn<'_, '_>) -> Result<Exit, SpawnErr
         file.rewind()
             .and_then(|()| {
                 (&mut file)
-                    .take(MAX_CAPTURED_BYTES)
+                    .take(MAX_CAPTURED_BYTES + 1)
                     .read_to_end(&mut stdout)
             })
             .map_err(os("read agent-exec's output"))?;
+        if stdout.len() as u64 > MAX_CAPTURED_BYTES {
+            return Err(os("read agent-exec's output")(std::io::Error::other(
+                format!("its report is over {MAX_CAPTURED_BYTES} bytes"),
+            )));
+        }
     }
     Ok(Exit {
         termination,

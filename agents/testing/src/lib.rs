@@ -175,6 +175,12 @@ impl Agent for Testing {
             ("get", [key]) => Ok(Response::bytes(
                 memory::get(key)?.unwrap_or_else(|| b"(none)".to_vec()),
             )),
+            ("bytes", [count, value]) => {
+                let bad = |what: &str| AgentError::InvalidInput(format!("bad {what}"));
+                let count: usize = count.parse().map_err(|_| bad("count"))?;
+                let value: u8 = value.parse().map_err(|_| bad("byte value"))?;
+                Ok(Response::bytes(vec![value; count]))
+            }
             ("config", [key]) => Ok(Response::text(
                 config::get(key).unwrap_or_else(|| "(none)".into()),
             )),

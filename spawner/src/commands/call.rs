@@ -75,7 +75,7 @@ pub fn run_through_daemon(home: &Home, args: &RunArgs, input: Vec<u8>) -> anyhow
         }
     };
     let logs = result.get("logs").cloned();
-    let mut report: RunReport =
+    let report: RunReport =
         serde_json::from_value(result).context("the daemon's run report is not valid")?;
     if let Some(Value::Array(lines)) = logs
         && args.log_level.is_some()
@@ -90,12 +90,10 @@ pub fn run_through_daemon(home: &Home, args: &RunArgs, input: Vec<u8>) -> anyhow
         stdout.write_all(b"\n")?;
         return Ok(report.exit_code);
     }
-    if let Some(output) = report.output.take() {
-        stdout.write_all(output.as_bytes())?;
-    } else if let Some(b64) = report.output_base64.take() {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .context("the daemon's output is not valid base64")?;
+    if let Some(bytes) = report
+        .output_bytes()
+        .context("the daemon's output is not valid base64")?
+    {
         stdout.write_all(&bytes)?;
     }
     if let Some(error) = &report.error {

@@ -83,8 +83,9 @@ impl HookResult {
     pub fn from_report(report: RunReport) -> HookResult {
         match report.status {
             Outcome::Ok => HookResult::Decided {
+                // (A report's base64 is agent-exec's own; invalid, the output is dropped.)
+                output: report.output_bytes().ok().flatten().unwrap_or_default(),
                 verdict: report.verdict.unwrap_or_default(),
-                output: report.output.unwrap_or_default().into_bytes(),
             },
             // agent-exec reports a hook's `rejected` as a denial with the agent's reason.
             Outcome::Rejected => HookResult::Decided {
