@@ -12,7 +12,7 @@ use crate::harness::{
 fn lab() -> TestHome {
     let home = TestHome::new();
     home.install_testing("lab", "[limits]\ntimeout_ms = 300\nmemory_mb = 32\n");
-    home.precompile_testing("lab");
+    home.precompile("lab");
     let out = home.run(&["run", "lab", "put", "kept", "before"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     home
@@ -202,6 +202,8 @@ fn agent_exec_killed_mid_run_leaves_the_store_intact_with_no_partial_write() {
 fn spawner_reports_an_agent_exec_killed_from_outside() {
     let home = TestHome::new();
     home.install_testing("lab", "[limits]\ntimeout_ms = 60000\n");
+    // Compiled ahead: the first child is then the run's own agent-exec.
+    home.precompile("lab");
     let mut spawner = home
         .spawner(&[
             "run",

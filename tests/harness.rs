@@ -97,11 +97,17 @@ impl TestHome {
         );
     }
 
-    /// Run the testing agent installed as `name` once with a generous deadline, so that its
-    /// component is compiled and cached before a test's short deadline starts: a cold
-    /// compile on a loaded machine can take seconds, and must not count as the agent's time.
-    pub fn precompile_testing(&self, name: &str) {
-        let out = self.run(&["run", "--timeout", "120s", name, "put", "precompiled", "1"]);
+    /// Compile the agent installed as `name` into the compiled cache (`agent-exec
+    /// --compile`, the step the spawner takes on a request's cache miss), so that a test
+    /// about something else starts from a warm cache: its first run is then a plain run.
+    pub fn precompile(&self, name: &str) {
+        let out = Command::new(bin("agent-exec"))
+            .arg("--compile")
+            .arg(self.path())
+            .arg(name)
+            .stdin(Stdio::null())
+            .output()
+            .expect("agent-exec --compile runs");
         assert_eq!(code(&out), 0, "{}", stderr(&out));
     }
 
@@ -207,6 +213,7 @@ pub fn start_agent_exec(
         spawned_at_unix_ns: None,
         work_dir: None,
         hook: None,
+        compile: Default::default(),
     };
     let mut envelope = Vec::new();
     write_envelope(&mut envelope, &header, input.as_bytes()).expect("envelope");

@@ -21,6 +21,8 @@ mod hooks;
 mod manifests;
 /// notes: memory that outlives the process; concurrent writers.
 mod notes;
+/// shout-py: a Python agent, compiled outside its first run's deadline.
+mod python_agent;
 /// What an agent can and cannot see: environment, filesystem, inference.
 mod sandbox;
 /// `spawner serve`: the daemon, its methods, misbehaving clients and agents, load.

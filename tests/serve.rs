@@ -434,7 +434,7 @@ fn crashing_hanging_and_hoarding_agents_end_with_their_status() {
     let home = TestHome::new();
     home.install_example("echo");
     home.install_testing("testing", "[limits]\ntimeout_ms = 400\nmemory_mb = 32\n");
-    home.precompile_testing("testing");
+    home.precompile("testing");
     // No spares, so that every child of the daemon is a run's.
     let daemon = Daemon::start(&home, &["--spares", "0"]);
     let socket = daemon.socket.clone();
@@ -735,6 +735,9 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
 fn spares_serve_one_request_each_and_are_replaced_even_when_killed() {
     let home = TestHome::new();
     home.install_example("echo");
+    // Compiled ahead: a run that finds no compiled entry compiles first and then runs in
+    // a fresh agent-exec, not in a spare.
+    home.precompile("echo");
     let daemon = Daemon::start(&home, &["--spares", "2"]);
     let mut c = daemon.client();
     let wait_for_spares = |c: &mut Client, n: u64| {
@@ -811,7 +814,7 @@ fn sigterm_lets_runs_finish_within_the_grace_then_kills_the_rest() {
     home.install_testing("short", "[limits]\ntimeout_ms = 700\n");
     home.install_testing("long", "[limits]\ntimeout_ms = 60000\n");
     // One component for both: compiled once, before the 0.7 s deadline counts.
-    home.precompile_testing("short");
+    home.precompile("short");
     let daemon = Daemon::start(&home, &[]);
     let socket = daemon.socket.clone();
     // The short run ends by itself (timeout at 0.7 s) within the grace of 3 s: it gets its
@@ -1134,7 +1137,7 @@ fn unfinished_lines_of_all_connections_share_one_memory_bound() {
 fn a_large_answer_of_control_bytes_is_the_same_through_the_cli_and_the_daemon() {
     let home = TestHome::new();
     home.install_testing("big", "[limits]\nmemory_mb = 256\ntimeout_ms = 60000\n");
-    home.precompile_testing("big");
+    home.precompile("big");
     let daemon = Daemon::start(&home, &[]);
     let socket = daemon.socket.to_str().expect("utf-8").to_owned();
     // 30 MiB of 0x01: valid UTF-8, but six bytes each as a JSON string.

@@ -66,7 +66,32 @@ pub struct RequestHeader {
     /// Set for a hook call: the caller's event, normalized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook: Option<crate::hook::HookEvent>,
+    /// Who compiles the component on a compiled-cache miss.
+    #[serde(default)]
+    pub compile: CompileStep,
 }
+
+/// Who compiles an agent's component when the compiled cache has no entry for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompileStep {
+    /// agent-exec, within the request.
+    #[default]
+    Here,
+    /// The caller, outside the request's deadline: agent-exec exits with
+    /// [`COMPILE_FIRST_EXIT_CODE`] before anything is recorded, the caller runs
+    /// `agent-exec --compile`, then sends the request again with [`CompileStep::Done`].
+    Defer,
+    /// The caller has just compiled it for this request: the run is reported as a cache
+    /// miss (it paid for a compile), and a missing entry is compiled here.
+    Done,
+}
+
+/// agent-exec's exit code for "the component is not compiled yet" under
+/// [`CompileStep::Defer`]: nothing ran and nothing was recorded. Not an outcome
+/// (callers never see it): a word between spawner and agent-exec, outside the outcome
+/// table's codes and the shell's (126 and up).
+pub const COMPILE_FIRST_EXIT_CODE: u8 = 75;
 
 /// How `agent-exec` writes its answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,6 +216,7 @@ mod tests {
             hook: Some(crate::hook::HookEvent::CommitMsg {
                 message: "m".into(),
             }),
+            compile: CompileStep::Defer,
         }
     }
 

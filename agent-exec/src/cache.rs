@@ -42,6 +42,12 @@ pub enum CacheError {
     /// The component does not compile (not a component, or invalid).
     #[error("{0}")]
     Compile(String),
+    /// There is no usable entry and the caller asked not to compile ([`OnMiss::Refuse`]).
+    #[error("the component is not compiled yet{}", .rejected.as_ref().map_or(String::new(), |r| format!(" (its entry was rejected: {r})")))]
+    Missing {
+        /// Why an existing entry was rejected, if one was.
+        rejected: Option<String>,
+    },
     /// The cache directory or entry could not be written.
     #[error("cannot write compiled-component cache entry {}: {source}", path.display())]
     Write {
@@ -61,13 +67,23 @@ pub fn entry_path(cache_dir: &Path, component_sha256: &str, engine: &Engine) -> 
     ))
 }
 
-/// Load the component from its cache entry, or compile `wasm` (whose SHA-256 in hex is
-/// `component_sha256`) and write the entry.
+/// What to do when the cache has no usable entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMiss {
+    /// Compile the component and write its entry.
+    Compile,
+    /// Fail with [`CacheError::Missing`]: the caller compiles it elsewhere, in its own time.
+    Refuse,
+}
+
+/// Load the component from its cache entry, or (per `on_miss`) compile `wasm` (whose
+/// SHA-256 in hex is `component_sha256`) and write the entry.
 pub fn load_or_compile(
     engine: &Engine,
     entry: &Path,
     wasm: &[u8],
     component_sha256: &str,
+    on_miss: OnMiss,
 ) -> Result<Loaded, CacheError> {
     let rejected_entry = match std::fs::read(entry) {
         Ok(bytes) => match verified(&bytes, component_sha256) {
@@ -92,6 +108,11 @@ pub fn load_or_compile(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => Some(format!("unreadable: {e}")),
     };
+    if on_miss == OnMiss::Refuse {
+        return Err(CacheError::Missing {
+            rejected: rejected_entry,
+        });
+    }
     let component =
         Component::new(engine, wasm).map_err(|e| CacheError::Compile(format!("{e:#}")))?;
     let serialized = component

@@ -70,6 +70,10 @@ pub enum ExecError {
     /// An inference call found no broker, and the agent failed.
     #[error("{0}")]
     BrokerUnavailable(String),
+    /// The component has no compiled-cache entry and the request asked agent-exec not to
+    /// compile it (`CompileStep::Defer`): nothing ran and nothing was recorded.
+    #[error("{0}")]
+    NotCompiled(String),
     /// Anything else: a bug or unexpected I/O failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -93,7 +97,8 @@ impl ExecError {
             ExecError::Timeout(_) => Outcome::Timeout,
             ExecError::MemoryLimit { .. } => Outcome::MemoryLimit,
             ExecError::BrokerUnavailable(_) => Outcome::BrokerUnavailable,
-            ExecError::Internal(_) => Outcome::Internal,
+            // Never an outcome a caller sees: agent-exec exits with COMPILE_FIRST_EXIT_CODE.
+            ExecError::NotCompiled(_) | ExecError::Internal(_) => Outcome::Internal,
         }
     }
 }

@@ -10,7 +10,10 @@
 //!    every request: an edit applies to the next request, no restart).
 //! 2. **store**: open the SQLite memory store (WAL, no checkpoint on close).
 //! 3. **load**: hash the component, check its sha256 pin, and load the precompiled
-//!    component from the cache ([`cache`]), compiling it on a miss.
+//!    component from the cache ([`cache`]). On a miss the spawner's requests
+//!    (`CompileStep::Defer`) exit at once, unrecorded, for the spawner to compile the
+//!    component (`agent-exec --compile`) outside the deadline and ask again; a request
+//!    sent otherwise compiles it here.
 //! 4. **instantiate**: link WASI (no network, no environment, only declared preopens) and
 //!    the host interfaces of `wit/agent.wit` ([`host`]), with the limits applied: a
 //!    wall-clock deadline by epoch interruption, a linear-memory cap, optional fuel.
@@ -33,19 +36,32 @@ mod logging;
 mod run;
 
 pub use error::ExecError;
-pub use run::{Execution, Prepared, execute};
+pub use run::{Execution, Prepared, compile, execute};
 
 /// The process entry point: run the request on standard input, answer, return the exit code.
 ///
 /// `agent-exec --prepare <home>` is a spare: it sets up what does not depend on the request
 /// ([`Prepared`]) and then waits for its one request on standard input. The `spawner serve`
 /// daemon keeps a few, so that a request does not wait for a process to start.
+///
+/// `agent-exec --compile <home> <agent>` compiles an agent's component into the compiled
+/// cache and exits: the spawner's step, outside a request's deadline, for a request that
+/// found no entry.
 pub fn main_entry() -> std::process::ExitCode {
     let mut started = std::time::Instant::now();
     let mut started_at = std::time::SystemTime::now();
     let mut args = std::env::args_os().skip(1);
     let prepared = match (args.next(), args.next(), args.next()) {
         (None, _, _) => None,
+        (Some(flag), Some(home), Some(agent)) if flag == "--compile" => {
+            return match compile(std::path::Path::new(&home), &agent.to_string_lossy()) {
+                Ok(_) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("agent-exec: error: cannot compile {}: {e}", agent.display());
+                    std::process::ExitCode::from(e.outcome().exit_code())
+                }
+            };
+        }
         (Some(flag), Some(home), None) if flag == "--prepare" => match Prepared::new(home.into()) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -54,7 +70,9 @@ pub fn main_entry() -> std::process::ExitCode {
             }
         },
         _ => {
-            eprintln!("agent-exec: usage: agent-exec [--prepare <home>] < envelope");
+            eprintln!(
+                "agent-exec: usage: agent-exec [--prepare <home>] < envelope\n       agent-exec --compile <home> <agent>"
+            );
             return std::process::ExitCode::from(agent_contract::Outcome::Usage.exit_code());
         }
     };

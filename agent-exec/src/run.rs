@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agent_contract::envelope::{MAX_OUTPUT_BYTES, read_envelope};
+use agent_contract::envelope::{CompileStep, MAX_OUTPUT_BYTES, read_envelope};
 use agent_contract::hook::{Decision, Verdict};
 use agent_contract::manifest::{DEFAULT_KEEP_RUNS, PreopenBase};
 use agent_contract::{
@@ -16,6 +16,7 @@ use wasmtime::{Store as WasmStore, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::ExecError;
+use crate::cache::{CacheError, OnMiss, load_or_compile};
 use crate::host::bindings::spawner::agent::types;
 use crate::host::{Agent, AgentHost};
 
@@ -27,6 +28,45 @@ fn hostcall_fuel(memory_cap: u64) -> usize {
     usize::try_from(memory_cap.saturating_mul(2))
         .unwrap_or(usize::MAX)
         .max(128 << 20)
+}
+
+/// The error for a component the cache could not provide.
+fn cache_error(e: CacheError, manifest: &Manifest) -> ExecError {
+    match e {
+        CacheError::Compile(message) => ExecError::InvalidComponent {
+            path: manifest.component.clone(),
+            message,
+        },
+        e @ CacheError::Missing { .. } => ExecError::NotCompiled(e.to_string()),
+        e @ CacheError::Write { .. } => ExecError::Internal(e.to_string()),
+    }
+}
+
+/// `agent-exec --compile <home> <agent>`: compile the agent's component into the home's
+/// compiled cache, unless an entry is there already; true when it was. The spawner runs
+/// this, outside any request's deadline, when a request found no entry (`CompileStep::Defer`).
+pub fn compile(home: &std::path::Path, agent: &str) -> Result<bool, ExecError> {
+    let home = Home::new(home);
+    let manifest = Manifest::load(&home.agent_manifest(agent)?)?;
+    let engine = crate::engine::build(manifest.limits.fuel.is_some())
+        .map_err(|e| ExecError::Internal(format!("engine: {e:#}")))?;
+    let wasm = manifest.read_component()?;
+    let entry = crate::cache::entry_path(&home.component_cache_dir(), &wasm.sha256_hex, &engine);
+    let loaded = load_or_compile(
+        &engine,
+        &entry,
+        &wasm.bytes,
+        &wasm.sha256_hex,
+        OnMiss::Compile,
+    )
+    .map_err(|e| cache_error(e, &manifest))?;
+    if let Some(why) = &loaded.rejected_entry {
+        eprintln!(
+            "agent-exec: warning: compiled-cache entry {} rejected and rebuilt: {why}",
+            entry.display()
+        );
+    }
+    Ok(loaded.cache_hit)
 }
 
 /// What the agent answered: its output and, for a hook, its verdict.
@@ -57,6 +97,13 @@ impl Execution {
     /// Write the answer (standard output) or the error (standard error, or the JSON report)
     /// and return the exit code.
     pub fn answer(self) -> ExitCode {
+        if let Err(ExecError::NotCompiled(why)) = &self.result {
+            // Nothing to answer: the spawner compiles the component and asks again.
+            if crate::logging::enabled(tracing::Level::DEBUG) {
+                tracing::debug!("{why}; leaving the compile to the caller");
+            }
+            return ExitCode::from(agent_contract::envelope::COMPILE_FIRST_EXIT_CODE);
+        }
         let outcome = self.outcome();
         let format = self.header.as_ref().map_or(OutputFormat::Raw, |h| h.output);
         let mut stdout = std::io::stdout().lock();
@@ -286,6 +333,8 @@ impl Run {
         let (result, memory) = self.run_component(&manifest, memory, &mut clock);
         let keep = manifest.memory.keep_runs;
         match result {
+            // Nothing ran: nothing to record (the request runs again once compiled).
+            Err(e @ ExecError::NotCompiled(_)) => Err(e),
             Ok(output) => self
                 .record(memory, &Ok(()), keep, manifest.memory.retain_input)
                 .map(|()| output),
@@ -393,20 +442,19 @@ impl Run {
         let wasm = manifest.read_component()?;
         let entry =
             crate::cache::entry_path(&self.home.component_cache_dir(), &wasm.sha256_hex, engine);
-        let loaded = crate::cache::load_or_compile(engine, &entry, &wasm.bytes, &wasm.sha256_hex)
-            .map_err(|e| match e {
-            crate::cache::CacheError::Compile(message) => ExecError::InvalidComponent {
-                path: manifest.component.clone(),
-                message,
-            },
-            other => ExecError::Internal(other.to_string()),
-        })?;
+        let on_miss = match self.header.compile {
+            CompileStep::Defer => OnMiss::Refuse,
+            CompileStep::Here | CompileStep::Done => OnMiss::Compile,
+        };
+        let loaded = load_or_compile(engine, &entry, &wasm.bytes, &wasm.sha256_hex, on_miss)
+            .map_err(|e| cache_error(e, manifest))?;
         if let Some(why) = &loaded.rejected_entry
             && crate::logging::enabled(tracing::Level::WARN)
         {
             tracing::warn!(entry = %entry.display(), "compiled-cache entry rejected and rebuilt: {why}");
         }
-        self.cache_hit = Some(loaded.cache_hit);
+        // Compiled by the caller for this very request: it was a miss all the same.
+        self.cache_hit = Some(loaded.cache_hit && self.header.compile != CompileStep::Done);
         Ok(loaded.component)
     }
 

@@ -6,7 +6,9 @@ use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agent_contract::envelope::{ENVELOPE_VERSION, write_envelope};
+use agent_contract::envelope::{
+    COMPILE_FIRST_EXIT_CODE, CompileStep, ENVELOPE_VERSION, write_envelope,
+};
 use agent_contract::hook::HookEvent;
 use agent_contract::{
     Home, LogFormat, Manifest, Outcome, OutputFormat, PhaseTimings, RequestHeader, RunReport,
@@ -155,6 +157,9 @@ pub fn execute(
             .and_then(|d| u64::try_from(d.as_nanos()).ok()),
         work_dir: request.work_dir.clone(),
         hook: request.hook.clone(),
+        // A compile must not eat the request's deadline: on a cache miss agent-exec leaves
+        // it to `compile_first` below.
+        compile: CompileStep::Defer,
     };
     let mut envelope = Vec::with_capacity(request.input.len() + 512);
     write_envelope(&mut envelope, &header, &request.input).context("cannot build the request")?;
@@ -173,24 +178,58 @@ pub fn execute(
             fds
         }
     };
+    let mut on_stderr = on_stderr;
+    let stop_on_signals = matches!(stop, Stop::Signals);
     let spawn = Spawn {
         policy: &policy,
         stdin: &envelope,
         capture_stdout: request.capture_stdout,
         // Shortens the callback's lifetime to this call's.
-        on_stderr: match on_stderr {
-            Some(f) => Some(f as &mut dyn FnMut(&[u8])),
-            None => None,
-        },
+        on_stderr: on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
         stop_on: &stop_on,
-        stop_on_signals: matches!(stop, Stop::Signals),
+        stop_on_signals,
     };
-    let exit = match spare.and_then(|take| take()) {
+    let mut exit = match spare.and_then(|take| take()) {
         Some(spare) if spare.is_alive() => crate::spawn::feed(spare, spawn)?,
         // A spare that died while it waited is reaped on drop.
         Some(_dead) => crate::spawn::run(spawn)?,
         None => crate::spawn::run(spawn)?,
     };
+    if exit.termination == Termination::Exited(i32::from(COMPILE_FIRST_EXIT_CODE)) {
+        // No compiled entry: compile it with no deadline but the compile's own, then run
+        // the request in a fresh agent-exec, which finds the entry (or, if the compile
+        // failed, compiles it itself and reports why, as for any run).
+        let compile = SpawnPolicy::for_compile(agent_exec_path()?, &header.home, &manifest.name);
+        let compiled = crate::spawn::run(Spawn {
+            policy: &compile,
+            stdin: &[],
+            capture_stdout: false,
+            on_stderr: on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
+            stop_on: &stop_on,
+            stop_on_signals,
+        })?;
+        exit = match compiled.termination {
+            // Stopped while compiling: the run ends so, and is recorded below.
+            Termination::Interrupted(_) | Termination::Stopped(_) => compiled,
+            _ => {
+                let header = RequestHeader {
+                    compile: CompileStep::Done,
+                    ..header
+                };
+                envelope.clear();
+                write_envelope(&mut envelope, &header, &request.input)
+                    .context("cannot build the request")?;
+                crate::spawn::run(Spawn {
+                    policy: &policy,
+                    stdin: &envelope,
+                    capture_stdout: request.capture_stdout,
+                    on_stderr: on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
+                    stop_on: &stop_on,
+                    stop_on_signals,
+                })?
+            }
+        };
+    }
     let (termination, stdout) = (exit.termination, exit.stdout);
     let stopped = match termination {
         Termination::Interrupted(sig) => Some(StopReason::Signal(sig)),

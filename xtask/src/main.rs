@@ -125,10 +125,71 @@ fn agents_cargo(root: &Path, subcommand: &str) -> Command {
     cmd
 }
 
-/// Build the guest agents for wasm32-wasip2 into agents/target.
+/// Build the guest agents for wasm32-wasip2 into agents/target: the Rust workspace, then
+/// the Python agents.
 pub fn build_agents(root: &Path) -> anyhow::Result<()> {
     ensure_wasm_target()?;
-    run(agents_cargo(root, "build").args(["--target", "wasm32-wasip2"]))
+    run(agents_cargo(root, "build").args(["--target", "wasm32-wasip2"]))?;
+    build_python_agents(root)
+}
+
+/// The Python agents (each an `app.py` beside its agent.toml), built with componentize-py.
+pub const PYTHON_AGENTS: &[&str] = &["shout-py"];
+
+/// The componentize-py release, from PyPI (a 17 MB wheel with the Python runtime inside).
+const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+
+/// componentize-py, installed once per machine into `target/tools/componentize-py`; returns
+/// the command to run it.
+fn componentize_py(root: &Path) -> anyhow::Result<Command> {
+    let dir = target_dir(root)
+        .join("tools")
+        .join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"));
+    let script = dir.join("bin").join("componentize-py");
+    if !script.is_file() {
+        let partial = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+            .arg(&partial)
+            .arg(format!("componentize-py=={COMPONENTIZE_PY_VERSION}")))
+        .context("cannot install componentize-py from PyPI (needs python3 with pip)")?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&partial, &dir)?;
+    }
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).env("PYTHONPATH", &dir);
+    Ok(cmd)
+}
+
+/// Build each Python agent into agents/target (as `<name>.wasm` with `_` for `-`), unless
+/// its component is newer than its sources and the WIT.
+fn build_python_agents(root: &Path) -> anyhow::Result<()> {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    for name in PYTHON_AGENTS {
+        let dir = root.join("agents").join(name);
+        let out = agent_artifacts(root).join(format!("{}.wasm", name.replace('-', "_")));
+        let newest_source = [dir.join("app.py"), root.join("wit/agent.wit")]
+            .iter()
+            .filter_map(|p| modified(p))
+            .max();
+        if modified(&out)
+            .zip(newest_source)
+            .is_some_and(|(o, s)| o > s)
+        {
+            continue;
+        }
+        std::fs::create_dir_all(agent_artifacts(root))?;
+        let partial = out.with_extension("partial.wasm");
+        run(componentize_py(root)?
+            .arg("-d")
+            .arg(root.join("wit"))
+            .args(["-w", "agent", "componentize", "app", "-o"])
+            .arg(&partial)
+            .current_dir(&dir))?;
+        std::fs::rename(&partial, &out)?;
+    }
+    Ok(())
 }
 
 /// The profile setup installs and the benchmarks measure (fat LTO; see Cargo.toml).

@@ -36,6 +36,7 @@ fn envelope(path: &Path, home: &Path, agent: &str, i: usize) -> anyhow::Result<s
             .and_then(|d| u64::try_from(d.as_nanos()).ok()),
         work_dir: None,
         hook: None,
+        compile: Default::default(),
     };
     write_envelope(std::fs::File::create(path)?, &header, b"hello")?;
     Ok(std::fs::File::open(path)?)
