@@ -117,3 +117,66 @@ fn a_closed_standard_error_is_no_panic_and_call_says_the_daemon_is_not_running()
         "said once, in words: {text}"
     );
 }
+
+#[test]
+fn agents_checks_each_components_imports_against_what_the_host_provides() {
+    let home = TestHome::new();
+    let examples = [
+        "echo",
+        "notes",
+        "command-guard",
+        "secret-guard",
+        "sentiment",
+        "shout-py",
+    ];
+    for name in examples {
+        home.install_example(name);
+    }
+    home.install_testing("lab", "");
+    // An agent built against wasi:http (as componentize-js's default output is).
+    home.install(
+        "wants-http",
+        "wants-http",
+        "name = \"wants-http\"\nversion = \"0.1.0\"\ncomponent = \"wants-http.wasm\"\n",
+    );
+    // A core module is not a component.
+    home.install_testing("core", "");
+    std::fs::write(home.agent_dir("core").join("core.wasm"), b"\0asm\x01\0\0\0").expect("write");
+
+    let json: Vec<serde_json::Value> = stdout(&home.run(&["agents", "--json"]))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let of = |name: &str| {
+        json.iter()
+            .find(|a| a["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed: {json:?}"))
+    };
+    for name in examples.iter().chain(&["lab"]) {
+        assert_eq!(of(name)["status"], "ok", "{}", of(name));
+    }
+    let http = of("wants-http");
+    assert_eq!(http["status"], "invalid");
+    let error = http["error"].as_str().expect("error");
+    assert!(
+        error.contains("wasi:http/outgoing-handler@") && error.contains("does not provide"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("wasi:io"),
+        "provided imports are not listed: {error}"
+    );
+    assert_eq!(of("core")["status"], "invalid");
+    assert!(
+        of("core")["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("core module"),
+        "{}",
+        of("core")
+    );
+    // What the listing says is what a run finds.
+    let run = home.run(&["run", "wants-http", "example.com"]);
+    assert_eq!(code(&run), exit_of(Outcome::Component), "{}", stderr(&run));
+    assert!(stderr(&run).contains("wasi:http"), "{}", stderr(&run));
+}

@@ -8,6 +8,8 @@
 //!   into a [`Manifest`]; every error names the file, line and column.
 //! - [`envelope`]: the request envelope `spawner` writes on `agent-exec`'s standard input.
 //! - [`hook`]: hook calls in one normalized form, and an agent's verdict on them.
+//! - [`imports`]: the interfaces the host provides to components, and a check of a
+//!   component's imports against them.
 //! - [`outcome`]: the one table of run outcomes, their exit codes and status names.
 //! - [`report`]: the JSON report of a run (`--json`) and its phase timings.
 //! - [`service`]: what the home's long-lived processes (daemon, broker) set up for
@@ -16,6 +18,7 @@
 pub mod envelope;
 pub mod home;
 pub mod hook;
+pub mod imports;
 pub mod manifest;
 pub mod outcome;
 pub mod report;

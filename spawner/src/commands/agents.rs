@@ -64,7 +64,18 @@ pub fn check(home: &Home, name: &str) -> AgentStatus {
             )
         })
         .collect();
-    status.error = manifest.read_component().err().map(|e| e.to_string());
+    status.error = match manifest.read_component() {
+        Err(e) => Some(e.to_string()),
+        Ok(wasm) => match agent_contract::imports::unprovided_imports(&wasm.bytes) {
+            Err(e) => Some(format!("{}: {e}", manifest.component.display())),
+            Ok(missing) if missing.is_empty() => None,
+            Ok(missing) => Some(format!(
+                "{} imports what the host does not provide: {} (the host provides WASI 0.2 cli, clocks, filesystem, io, random and sockets, and spawner:agent's interfaces; not wasi:http)",
+                manifest.component.display(),
+                missing.join(", ")
+            )),
+        },
+    };
     if status.error.is_none() {
         status.status = "ok";
     }
