@@ -223,7 +223,7 @@ pub fn execute(
                     policy: &policy,
                     stdin: &envelope,
                     capture_stdout: request.capture_stdout,
-                    on_stderr: on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
+                    on_stderr: on_stderr.map(|f| f as &mut dyn FnMut(&[u8])),
                     stop_on: &stop_on,
                     stop_on_signals,
                 })?
