@@ -701,3 +701,78 @@ fn a_large_write_of_short_lines_is_scanned_whole_below_the_input_limit() {
     let out = home.run_with_stdin(&["hook", "secret-guard"], &write);
     assert_pre_tool_use_denied(&out, "big.txt:875001: AWS access key id");
 }
+
+#[test]
+fn git_hooks_scan_binary_files_odd_paths_merges_and_only_what_renames_add() {
+    let home = TestHome::new();
+    home.install_example("secret-guard");
+    let manifest =
+        std::fs::read_to_string(crate::harness::root().join("agents/secret-guard/agent.toml"))
+            .expect("manifest")
+            .replace("*.lock\n", "*.lock\nfixtures/my keys/*\n");
+    home.write_manifest("secret-guard", &manifest);
+    let repo = Repo::new();
+    install(&home, &repo, "secret-guard", "pre-commit");
+    install(&home, &repo, "secret-guard", "pre-merge-commit");
+    repo.write("README.md", "hello\n");
+    repo.git_ok(&["add", "README.md"]);
+    repo.git_ok(&["commit", "-q", "-m", "first"]);
+
+    // A key block inside a binary file (git shows none of it in a plain diff).
+    let mut blob = b"\0\x01\x02PK\x03\x04".to_vec();
+    blob.extend_from_slice(private_key().as_bytes());
+    blob.extend_from_slice(b"\0\xff\xfe");
+    std::fs::write(repo.path().join("bundle.bin"), &blob).expect("write");
+    repo.git_ok(&["add", "bundle.bin"]);
+    let out = repo.git(&["commit", "-q", "-m", "binary"]);
+    assert_ne!(code(&out), 0, "a key in a binary file is found");
+    assert!(
+        stderr(&out).contains("bundle.bin:") && stderr(&out).contains("private key block"),
+        "{}",
+        stderr(&out)
+    );
+    repo.git_ok(&["rm", "-q", "--cached", "bundle.bin"]);
+    std::fs::remove_file(repo.path().join("bundle.bin")).expect("rm");
+
+    // A path with a space (git writes a tab after it in a diff) matches allow_paths.
+    repo.write("fixtures/my keys/test.pem", &private_key());
+    repo.git_ok(&["add", "fixtures"]);
+    repo.git_ok(&["commit", "-q", "-m", "an allowed fixture"]);
+    assert_eq!(repo.commit_count(), 2);
+
+    // Moving it out adds nothing to history: allowed. A move with a new secret in it is
+    // stopped at the added line alone.
+    repo.git_ok(&["mv", "fixtures/my keys/test.pem", "fixtures/test.pem"]);
+    repo.git_ok(&["commit", "-q", "-m", "a pure rename"]);
+    assert_eq!(repo.commit_count(), 3);
+    repo.git_ok(&["mv", "fixtures/test.pem", "fixtures/moved.pem"]);
+    let mut moved = private_key();
+    moved.push_str(&format!("token = {}\n", github_token()));
+    repo.write("fixtures/moved.pem", &moved);
+    repo.git_ok(&["add", "fixtures"]);
+    let out = repo.git(&["commit", "-q", "-m", "a rename with an edit"]);
+    assert_ne!(code(&out), 0);
+    let err = stderr(&out);
+    assert!(err.contains("fixtures/moved.pem:4:"), "{err}");
+    assert!(
+        !err.contains("private key block"),
+        "only the edit is scanned: {err}"
+    );
+    repo.git_ok(&["reset", "-q", "--hard"]);
+
+    // A merge git makes by itself runs pre-merge-commit, which sees what it brings in.
+    repo.git_ok(&["checkout", "-q", "-b", "feature"]);
+    repo.write("feature.txt", &format!("token = {}\n", github_token()));
+    repo.git_ok(&["add", "feature.txt"]);
+    repo.git_ok(&["commit", "-q", "--no-verify", "-m", "unchecked"]);
+    repo.git_ok(&["checkout", "-q", "main"]);
+    repo.write("other.txt", "other\n");
+    repo.git_ok(&["add", "other.txt"]);
+    repo.git_ok(&["commit", "-q", "-m", "diverge"]);
+    let before = repo.commit_count();
+    let out = repo.git(&["merge", "--no-edit", "feature"]);
+    assert_ne!(code(&out), 0, "the merge is stopped: {}", stdout(&out));
+    assert!(stderr(&out).contains("feature.txt:1:"), "{}", stderr(&out));
+    repo.git_ok(&["merge", "--abort"]);
+    assert_eq!(repo.commit_count(), before, "no merge commit was made");
+}

@@ -139,6 +139,8 @@ pub enum HookProtocol {
     ClaudeCode,
     /// git pre-commit: the staged changes are read with `git diff --cached`.
     PreCommit,
+    /// git pre-merge-commit: as pre-commit, for the merge being committed.
+    PreMergeCommit,
     /// git commit-msg: `$1` is the message file; the agent may rewrite it.
     CommitMsg,
     /// git pre-push: `$1` remote, `$2` URL, ref lines on stdin.
@@ -171,6 +173,8 @@ pub enum HookAction {
 pub enum GitHook {
     /// Before a commit is made: the staged changes.
     PreCommit,
+    /// Before an automatic (non-conflicting) merge commit is made: what the merge stages.
+    PreMergeCommit,
     /// After the message is written: the message file.
     CommitMsg,
     /// Before a push: the refs being pushed.

@@ -29,7 +29,8 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
         (HookProtocol::Auto, Ok(input)) if claude::looks_like_event(input) => Protocol::ClaudeCode,
         (HookProtocol::Auto, _) | (HookProtocol::Plain, _) => Protocol::Plain,
         (HookProtocol::ClaudeCode, _) => Protocol::ClaudeCode,
-        (HookProtocol::PreCommit, _) => Protocol::PreCommit,
+        // A merge's commit is checked as any commit: by what it stages.
+        (HookProtocol::PreCommit | HookProtocol::PreMergeCommit, _) => Protocol::PreCommit,
         (HookProtocol::CommitMsg, _) => Protocol::CommitMsg,
         (HookProtocol::PrePush, _) => Protocol::PrePush,
     };

@@ -6,6 +6,7 @@
 //! |---------------|-----------------------------------------|------------------------|------------------|
 //! | `claude-code` | JSON on stdin                           | JSON decision, exit 0  | open             |
 //! | `pre-commit`  | `git diff --cached`                     | exit 1                 | closed           |
+//! | `pre-merge-commit` | as `pre-commit` (the same [`Protocol::PreCommit`]) | exit 1       | closed           |
 //! | `commit-msg`  | the message file (`$1`); may be rewritten | exit 1               | closed           |
 //! | `pre-push`    | `$1` remote, `$2` URL, ref lines on stdin | exit 1               | closed           |
 //! | `plain`       | stdin                                   | exit 7 (`rejected`)    | closed           |
