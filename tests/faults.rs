@@ -382,3 +382,52 @@ fn another_components_valid_cache_entry_under_an_agents_name_is_not_trusted() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_run_killed_after_its_commit_exits_as_its_record_says() {
+    let home = TestHome::new();
+    home.install_testing("lab", "[limits]\ntimeout_ms = 60000\n");
+    home.precompile("lab");
+    // The answer (1 MiB) does not fit in the pipe nobody reads, so agent-exec blocks
+    // writing it, after it committed the run and its write.
+    let spawner = home
+        .spawner(&["run", "lab", "put-bytes", "once", "1048576"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let store = home.store();
+    let committed = (0..3000).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        count(
+            &store,
+            "SELECT count(*) FROM runs WHERE agent = 'lab' AND status = 'ok'",
+        ) == 1
+    });
+    assert!(committed, "the run committed");
+    let agent_exec = *children_of(spawner.id())
+        .first()
+        .expect("agent-exec is still there, writing its answer");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent_exec as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let out = spawner.wait_with_output().expect("wait");
+    // A caller that retries on `killed` would write twice: the exit code is the record's.
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning") && stderr(&out).contains("answer was lost"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM kv WHERE key = 'once'"),
+        1
+    );
+    assert_eq!(
+        count(&store, "SELECT count(*) FROM runs WHERE agent = 'lab'"),
+        1,
+        "one record, agent-exec's"
+    );
+}

@@ -175,6 +175,15 @@ impl Agent for Testing {
             ("get", [key]) => Ok(Response::bytes(
                 memory::get(key)?.unwrap_or_else(|| b"(none)".to_vec()),
             )),
+            ("put-bytes", [key, count]) => {
+                // A write committed with the run, then an answer too big for a pipe's
+                // buffer: the process blocks writing it after the commit.
+                let count: usize = count
+                    .parse()
+                    .map_err(|_| AgentError::InvalidInput("bad count".into()))?;
+                memory::put(key, b"1")?;
+                Ok(Response::bytes(vec![b'x'; count]))
+            }
             ("bytes", [count, value]) => {
                 let bad = |what: &str| AgentError::InvalidInput(format!("bad {what}"));
                 let count: usize = count.parse().map_err(|_| bad("count"))?;
