@@ -776,3 +776,59 @@ fn git_hooks_scan_binary_files_odd_paths_merges_and_only_what_renames_add() {
     repo.git_ok(&["merge", "--abort"]);
     assert_eq!(repo.commit_count(), before, "no merge commit was made");
 }
+
+#[test]
+fn claude_code_permission_requests_stop_loops_and_matchers_follow_the_documented_contract() {
+    let home = TestHome::new();
+    home.install_testing(
+        "gate",
+        "[config]\nhook_decision = \"deny\"\nhook_reason = \"not this one\"\n",
+    );
+    let hook = |event: Vec<u8>| {
+        let out = home.run_with_stdin(&["hook", "gate", "--protocol", "claude-code"], &event);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        json_out(&out)
+    };
+    // PermissionRequest: the dialog's decision, not "cannot be blocked".
+    let v = hook(claude_event(
+        "PermissionRequest",
+        json!({"tool_name": "Bash", "tool_input": {"command": "rm -rf build"}}),
+    ));
+    assert_eq!(
+        v["hookSpecificOutput"],
+        json!({"hookEventName": "PermissionRequest",
+               "decision": {"behavior": "deny", "message": "not this one"}})
+    );
+    // Stop: blocked once; not again while a Stop hook already keeps Claude going.
+    let v = hook(claude_event("Stop", json!({"stop_hook_active": false})));
+    assert_eq!(
+        (v["decision"].as_str(), v["reason"].as_str()),
+        (Some("block"), Some("not this one"))
+    );
+    let v = hook(claude_event("Stop", json!({"stop_hook_active": true})));
+    assert!(v.get("decision").is_none(), "no second block: {v}");
+    assert!(
+        v["systemMessage"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not this one"),
+        "the objection is still shown: {v}"
+    );
+
+    // Settings: a tool matcher only for the events that match on tools.
+    for (event, has_matcher) in [
+        ("PreToolUse", true),
+        ("PermissionRequest", true),
+        ("UserPromptSubmit", false),
+        ("Stop", false),
+    ] {
+        let out = home.run(&["hook", "install", "gate", "--claude-code", "--event", event]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let entry = &json_out(&out)["hooks"][event][0];
+        assert_eq!(
+            entry.get("matcher").is_some(),
+            has_matcher,
+            "{event}: {entry}"
+        );
+    }
+}

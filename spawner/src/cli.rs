@@ -200,13 +200,11 @@ pub struct HookInstallArgs {
     #[arg(long, default_value = "PreToolUse", requires = "claude_code")]
     pub event: String,
 
-    /// Claude Code: which tools the hook sees (a regular expression on the tool name).
-    #[arg(
-        long,
-        default_value = "Write|Edit|MultiEdit|NotebookEdit|Bash",
-        requires = "claude_code"
-    )]
-    pub matcher: String,
+    /// Claude Code: the settings' matcher (for tool events, a regular expression on the
+    /// tool name) [default: Write|Edit|MultiEdit|NotebookEdit|Bash for PreToolUse,
+    /// PostToolUse and PermissionRequest; none for other events].
+    #[arg(long, requires = "claude_code")]
+    pub matcher: Option<String>,
 
     /// The repository [default: the current directory].
     #[arg(long, value_name = "DIR", requires = "git")]
@@ -217,6 +215,10 @@ pub struct HookInstallArgs {
     #[arg(long, requires = "git")]
     pub force: bool,
 }
+
+/// The tools a Claude Code tool hook sees unless `--matcher` says otherwise: those that
+/// write files or run commands.
+pub const DEFAULT_TOOL_MATCHER: &str = "Write|Edit|MultiEdit|NotebookEdit|Bash";
 
 /// `spawner hook uninstall`.
 #[derive(Debug, Args)]

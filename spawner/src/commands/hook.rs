@@ -40,13 +40,15 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
     let call = stdin
         .map_err(|e| format!("{e:#}"))
         .and_then(|input| normalize(protocol, input, &args.hook_args, &cwd));
-    // Claude Code's reply depends on the event's name.
-    let event_name = match &call {
+    // Claude Code's reply depends on the event's name (and, for Stop, on whether a
+    // Stop hook is already at work).
+    let facts = match &call {
         Ok(Call {
-            event: HookEvent::Assistant(e),
+            event: HookEvent::Assistant(_),
+            input,
             ..
-        }) => e.event.clone(),
-        _ => String::new(),
+        }) => claude::EventFacts::of(input),
+        _ => claude::EventFacts::default(),
     };
     let mut message_file = None;
     let result = match call {
@@ -101,7 +103,7 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
         }
     };
     let result = apply_rewrite(result, message_file.as_deref());
-    let reply = crate::hook::reply(protocol, &event_name, &agent, result, fail);
+    let reply = crate::hook::reply(protocol, &facts, &agent, result, fail);
     answer(&reply)?;
     Ok(reply.exit_code)
 }
@@ -208,14 +210,22 @@ fn install(home: &Home, args: HookInstallArgs) -> anyhow::Result<u8> {
             git::shell_quote(&home_dir.display().to_string()),
             git::shell_quote(&args.agent)
         );
-        let snippet = serde_json::json!({
-            "hooks": {
-                args.event.clone(): [{
-                    "matcher": args.matcher,
-                    "hooks": [{ "type": "command", "command": command }]
-                }]
-            }
+        let mut entry = serde_json::json!({
+            "hooks": [{ "type": "command", "command": command }]
         });
+        // Only tool events take a tool matcher; for the others one would mean nothing.
+        let matcher = match (
+            &args.matcher,
+            claude::TOOL_EVENTS.contains(&args.event.as_str()),
+        ) {
+            (Some(m), _) => Some(m.clone()),
+            (None, true) => Some(crate::cli::DEFAULT_TOOL_MATCHER.to_owned()),
+            (None, false) => None,
+        };
+        if let Some(matcher) = matcher {
+            entry["matcher"] = matcher.into();
+        }
+        let snippet = serde_json::json!({ "hooks": { args.event.clone(): [entry] } });
         println!("{}", serde_json::to_string_pretty(&snippet)?);
         crate::say!(
             "spawner: merge this into .claude/settings.json (this project) or ~/.claude/settings.json \

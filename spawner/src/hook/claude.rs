@@ -10,9 +10,41 @@ use serde_json::{Map, Value, json};
 
 use super::{FailPolicy, HookResult, Reply};
 
-/// Events whose hooks may block with `"decision": "block"`. (`PreToolUse` has its own
-/// permission decision; other events cannot be blocked.)
+/// Events whose hooks may block with `"decision": "block"`. (`PreToolUse` and
+/// `PermissionRequest` have their own decisions; other events cannot be blocked.)
 const BLOCKABLE: &[&str] = &["PostToolUse", "UserPromptSubmit", "Stop", "SubagentStop"];
+
+/// Events whose hooks take a tool matcher in the settings (the others ignore one).
+pub const TOOL_EVENTS: &[&str] = &["PreToolUse", "PostToolUse", "PermissionRequest"];
+
+/// What the reply depends on besides the verdict: the event's name, and whether a Stop
+/// hook is already continuing the conversation (`stop_hook_active`): blocking again
+/// would keep Claude from ever stopping, the loop the hook documentation warns of.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFacts {
+    /// `hook_event_name`.
+    pub name: String,
+    /// `stop_hook_active` (Stop and SubagentStop).
+    pub stop_hook_active: bool,
+}
+
+impl EventFacts {
+    /// The facts of a Claude Code event in `input`; empty when it is not one.
+    pub fn of(input: &[u8]) -> EventFacts {
+        let value: Value = serde_json::from_slice(input).unwrap_or(Value::Null);
+        EventFacts {
+            name: value
+                .get("hook_event_name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+            stop_hook_active: value
+                .get("stop_hook_active")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        }
+    }
+}
 
 /// The fields of a hook event this adapter reads; others are ignored, so events and
 /// fields added by later versions pass through.
@@ -140,8 +172,9 @@ fn edit_line(content: Option<&str>, old: &str) -> u32 {
         .unwrap_or(1)
 }
 
-/// The reply for `event` (its `hook_event_name`).
-pub fn reply(event: &str, agent: &str, result: HookResult, fail: FailPolicy) -> Reply {
+/// The reply for `facts`' event.
+pub fn reply(facts: &EventFacts, agent: &str, result: HookResult, fail: FailPolicy) -> Reply {
+    let event = facts.name.as_str();
     let event_shown = if event.is_empty() {
         "hook event"
     } else {
@@ -194,7 +227,32 @@ pub fn reply(event: &str, agent: &str, result: HookResult, fail: FailPolicy) -> 
                 }),
             );
         }
+        // The permission dialog: allow or deny for the user; `ask` leaves the dialog.
+        ("PermissionRequest", Decision::Allow | Decision::Deny) => {
+            let decision = if verdict.decision == Decision::Allow {
+                json!({"behavior": "allow"})
+            } else {
+                json!({"behavior": "deny", "message": reason})
+            };
+            answer.insert(
+                "hookSpecificOutput".into(),
+                json!({"hookEventName": "PermissionRequest", "decision": decision}),
+            );
+        }
+        // The dialog itself asks the user.
+        ("PermissionRequest", Decision::Ask) => {}
         (_, Decision::Allow) => {}
+        // Claude is already continuing because of a Stop hook: another block would never
+        // let it stop. Say what the agent objected to instead.
+        ("Stop" | "SubagentStop", Decision::Deny | Decision::Ask) if facts.stop_hook_active => {
+            let note = format!(
+                "{agent} objected again, but {event_shown} is not blocked twice in a row (stop_hook_active): {reason}"
+            );
+            system_message = Some(match system_message {
+                Some(m) => format!("{m}\n{note}"),
+                None => note,
+            });
+        }
         (e, Decision::Deny | Decision::Ask) if BLOCKABLE.contains(&e) => {
             answer.insert("decision".into(), "block".into());
             answer.insert("reason".into(), reason.into());
@@ -244,6 +302,64 @@ mod tests {
         }
     }
 
+    fn named(name: &str) -> EventFacts {
+        EventFacts {
+            name: name.into(),
+            stop_hook_active: false,
+        }
+    }
+
+    #[test]
+    fn permission_requests_are_decided_and_a_second_stop_block_is_not_made() {
+        let v = stdout_json(&reply(
+            &named("PermissionRequest"),
+            "g",
+            verdict(Decision::Deny),
+            FailPolicy::Open,
+        ));
+        assert_eq!(
+            v["hookSpecificOutput"],
+            json!({"hookEventName": "PermissionRequest", "decision": {"behavior": "deny", "message": "why"}})
+        );
+        let v = stdout_json(&reply(
+            &named("PermissionRequest"),
+            "g",
+            verdict(Decision::Allow),
+            FailPolicy::Open,
+        ));
+        assert_eq!(v["hookSpecificOutput"]["decision"]["behavior"], "allow");
+        let ask = reply(
+            &named("PermissionRequest"),
+            "g",
+            verdict(Decision::Ask),
+            FailPolicy::Open,
+        );
+        assert!(ask.stdout.is_empty(), "ask leaves the dialog to the user");
+
+        let first = stdout_json(&reply(
+            &named("Stop"),
+            "g",
+            verdict(Decision::Deny),
+            FailPolicy::Open,
+        ));
+        assert_eq!(first["decision"], "block");
+        let again = EventFacts::of(br#"{"hook_event_name":"Stop","stop_hook_active":true}"#);
+        assert!(again.stop_hook_active);
+        let v = stdout_json(&reply(
+            &again,
+            "g",
+            verdict(Decision::Deny),
+            FailPolicy::Open,
+        ));
+        assert!(v.get("decision").is_none(), "{v}");
+        assert!(
+            v["systemMessage"]
+                .as_str()
+                .unwrap_or("")
+                .contains("stop_hook_active")
+        );
+    }
+
     fn stdout_json(r: &Reply) -> Value {
         serde_json::from_slice(&r.stdout).expect("json")
     }
@@ -291,20 +407,30 @@ mod tests {
 
     #[test]
     fn pre_tool_use_decisions_are_permission_decisions() {
-        let r = reply("PreToolUse", "g", verdict(Decision::Deny), FailPolicy::Open);
+        let r = reply(
+            &named("PreToolUse"),
+            "g",
+            verdict(Decision::Deny),
+            FailPolicy::Open,
+        );
         assert_eq!(r.exit_code, 0);
         let v = stdout_json(&r);
         assert_eq!(v["hookSpecificOutput"]["permissionDecision"], "deny");
         assert_eq!(v["hookSpecificOutput"]["permissionDecisionReason"], "why");
         // No objection is no answer: the user's own permission settings apply.
-        let r = reply("PreToolUse", "g", verdict(Decision::Pass), FailPolicy::Open);
+        let r = reply(
+            &named("PreToolUse"),
+            "g",
+            verdict(Decision::Pass),
+            FailPolicy::Open,
+        );
         assert!(r.stdout.is_empty() && r.exit_code == 0);
     }
 
     #[test]
     fn other_events_block_with_decision_or_note_when_they_cannot() {
         let v = stdout_json(&reply(
-            "UserPromptSubmit",
+            &named("UserPromptSubmit"),
             "g",
             verdict(Decision::Deny),
             FailPolicy::Open,
@@ -314,7 +440,7 @@ mod tests {
             (Some("block"), Some("why"))
         );
         let v = stdout_json(&reply(
-            "Notification",
+            &named("Notification"),
             "g",
             verdict(Decision::Deny),
             FailPolicy::Open,
@@ -334,7 +460,7 @@ mod tests {
             outcome: Outcome::Trap,
             what: "trap: boom".into(),
         };
-        let open = reply("PreToolUse", "g", failed.clone(), FailPolicy::Open);
+        let open = reply(&named("PreToolUse"), "g", failed.clone(), FailPolicy::Open);
         assert_eq!(open.exit_code, 0);
         assert!(
             stdout_json(&open)["systemMessage"]
@@ -342,7 +468,7 @@ mod tests {
                 .expect("msg")
                 .contains("boom")
         );
-        let closed = reply("PreToolUse", "g", failed, FailPolicy::Closed);
+        let closed = reply(&named("PreToolUse"), "g", failed, FailPolicy::Closed);
         assert_eq!(closed.exit_code, 2);
         assert!(closed.stderr.contains("boom") && closed.stdout.is_empty());
     }

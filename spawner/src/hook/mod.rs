@@ -122,7 +122,7 @@ pub struct Reply {
 /// name (ignored by the other protocols).
 pub fn reply(
     protocol: Protocol,
-    event: &str,
+    event: &claude::EventFacts,
     agent: &str,
     result: HookResult,
     fail: FailPolicy,
@@ -213,7 +213,7 @@ mod tests {
     fn git_blocks_with_exit_1_and_the_reason_on_stderr() {
         let r = reply(
             Protocol::PreCommit,
-            "",
+            &claude::EventFacts::default(),
             "g",
             decided(Decision::Deny),
             FailPolicy::Closed,
@@ -227,7 +227,7 @@ mod tests {
         assert!(r.stdout.is_empty());
         let r = reply(
             Protocol::PrePush,
-            "",
+            &claude::EventFacts::default(),
             "g",
             decided(Decision::Pass),
             FailPolicy::Closed,
@@ -239,7 +239,7 @@ mod tests {
     fn plain_answers_on_stdout_and_uses_the_outcome_table() {
         let r = reply(
             Protocol::Plain,
-            "",
+            &claude::EventFacts::default(),
             "g",
             decided(Decision::Allow),
             FailPolicy::Closed,
@@ -247,23 +247,41 @@ mod tests {
         assert_eq!((r.exit_code, r.stdout.as_slice()), (0, &b"out\n"[..]));
         let r = reply(
             Protocol::Plain,
-            "",
+            &claude::EventFacts::default(),
             "g",
             decided(Decision::Deny),
             FailPolicy::Closed,
         );
         assert_eq!(r.exit_code, Outcome::Rejected.exit_code());
-        let r = reply(Protocol::Plain, "", "g", failed(), FailPolicy::Closed);
+        let r = reply(
+            Protocol::Plain,
+            &claude::EventFacts::default(),
+            "g",
+            failed(),
+            FailPolicy::Closed,
+        );
         assert_eq!(r.exit_code, Outcome::Timeout.exit_code());
     }
 
     #[test]
     fn fail_policy_decides_for_a_failed_hook() {
         for protocol in [Protocol::PreCommit, Protocol::CommitMsg, Protocol::PrePush] {
-            let open = reply(protocol, "", "g", failed(), FailPolicy::Open);
+            let open = reply(
+                protocol,
+                &claude::EventFacts::default(),
+                "g",
+                failed(),
+                FailPolicy::Open,
+            );
             assert_eq!(open.exit_code, 0);
             assert!(open.stderr.contains("fail-open"));
-            let closed = reply(protocol, "", "g", failed(), FailPolicy::Closed);
+            let closed = reply(
+                protocol,
+                &claude::EventFacts::default(),
+                "g",
+                failed(),
+                FailPolicy::Closed,
+            );
             assert_eq!(closed.exit_code, 1);
             assert!(closed.stderr.contains("--no-verify"), "{}", closed.stderr);
         }
