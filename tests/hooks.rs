@@ -832,3 +832,94 @@ fn claude_code_permission_requests_stop_loops_and_matchers_follow_the_documented
         );
     }
 }
+
+#[test]
+fn claude_code_hooks_can_add_context_rewrite_tool_input_and_stop_the_assistant() {
+    let home = TestHome::new();
+    home.install_testing(
+        "advisor",
+        "[config]\nhook_decision = \"allow\"\nhook_context = \"the tests live in tests/\"\n\
+         hook_updated_input = '{\"command\": \"cargo test --offline\"}'\nhook_suppress_output = \"yes\"\n",
+    );
+    let hook = |agent: &str, event: Vec<u8>| {
+        let out = home.run_with_stdin(&["hook", agent, "--protocol", "claude-code"], &event);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        json_out(&out)
+    };
+    let v = hook(
+        "advisor",
+        claude_event(
+            "PreToolUse",
+            json!({"tool_name": "Bash", "tool_input": {"command": "cargo test"}}),
+        ),
+    );
+    assert_eq!(v["hookSpecificOutput"]["permissionDecision"], "allow");
+    assert_eq!(
+        v["hookSpecificOutput"]["updatedInput"],
+        json!({"command": "cargo test --offline"})
+    );
+    assert_eq!(
+        v["hookSpecificOutput"]["additionalContext"],
+        "the tests live in tests/"
+    );
+    assert_eq!(v["suppressOutput"], true);
+    let v = hook(
+        "advisor",
+        claude_event("UserPromptSubmit", json!({"prompt": "run the tests"})),
+    );
+    assert_eq!(
+        v["hookSpecificOutput"],
+        json!({"hookEventName": "UserPromptSubmit", "additionalContext": "the tests live in tests/"})
+    );
+
+    home.install_testing(
+        "stopper",
+        "[config]\nhook_stop = \"the build is broken; fix it first\"\n",
+    );
+    let v = hook(
+        "stopper",
+        claude_event("PostToolUse", json!({"tool_name": "Bash"})),
+    );
+    assert_eq!(
+        (v["continue"].as_bool(), v["stopReason"].as_str()),
+        (Some(false), Some("the build is broken; fix it first"))
+    );
+}
+
+#[test]
+fn a_component_built_against_wit_0_2_0_still_runs_as_a_hook() {
+    let home = TestHome::new();
+    let dir = home.agent_dir("old");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::copy(
+        crate::harness::root().join("tests/fixtures/testing-wit-0.2.0.wasm"),
+        dir.join("old.wasm"),
+    )
+    .expect("copy the fixture");
+    home.write_manifest(
+        "old",
+        "name = \"old\"\nversion = \"0.1.0\"\ncomponent = \"old.wasm\"\n\
+         [config]\nhook_decision = \"deny\"\nhook_reason = \"old but sound\"\n",
+    );
+    let listed = stdout(&home.run(&["agents"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("old") && l.contains(" ok ")),
+        "{listed}"
+    );
+    let out = home.run_with_stdin(
+        &["hook", "old", "--protocol", "claude-code"],
+        &claude_event(
+            "PreToolUse",
+            json!({"tool_name": "Bash", "tool_input": {"command": "ls"}}),
+        ),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v = json_out(&out);
+    assert_eq!(v["hookSpecificOutput"]["permissionDecision"], "deny");
+    assert_eq!(
+        v["hookSpecificOutput"]["permissionDecisionReason"],
+        "old but sound"
+    );
+}

@@ -189,6 +189,18 @@ pub struct Verdict {
     /// commit-msg only: the message to commit instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<String>,
+    /// Assistant hooks: text for the assistant's context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// Assistant hooks: the tool input to use instead (a JSON object as text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_input: Option<String>,
+    /// Assistant hooks: stop the assistant, with this reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
+    /// Assistant hooks: keep the hook's output out of the transcript.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suppress_output: bool,
 }
 
 #[cfg(test)]

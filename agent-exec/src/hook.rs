@@ -72,5 +72,27 @@ pub fn from_wit(v: wit::Verdict) -> Verdict {
         reason: v.reason,
         message: v.message,
         rewrite: v.rewrite,
+        ..Verdict::default()
     }
+}
+
+/// Put the agent's advice into `verdict` (a `pass` one when it has not decided yet).
+pub fn advise(verdict: &mut Option<Verdict>, advice: wit::Advice) {
+    let v = verdict.get_or_insert_with(Verdict::default);
+    v.context = advice.context;
+    v.updated_input = advice.updated_input;
+    v.stop = advice.stop;
+    v.suppress_output = advice.suppress_output;
+}
+
+/// A new decision, keeping the advice given before it.
+pub fn decide(verdict: &mut Option<Verdict>, decided: wit::Verdict) {
+    let mut new = from_wit(decided);
+    if let Some(old) = verdict.take() {
+        new.context = old.context;
+        new.updated_input = old.updated_input;
+        new.stop = old.stop;
+        new.suppress_output = old.suppress_output;
+    }
+    *verdict = Some(new);
 }

@@ -118,7 +118,11 @@ impl hooks::Host for AgentHost {
     }
 
     fn decide(&mut self, verdict: hooks::Verdict) {
-        self.verdict = Some(crate::hook::from_wit(verdict));
+        crate::hook::decide(&mut self.verdict, verdict);
+    }
+
+    fn advise(&mut self, advice: hooks::Advice) {
+        crate::hook::advise(&mut self.verdict, advice);
     }
 }
 

@@ -40,7 +40,7 @@ pub mod bindings {
 }
 
 pub use bindings::spawner::agent::hooks::{
-    AddedLine, AssistantEvent, Decision, FileChange, HookEvent, Push, PushRef, Verdict,
+    AddedLine, Advice, AssistantEvent, Decision, FileChange, HookEvent, Push, PushRef, Verdict,
 };
 pub use bindings::spawner::agent::types::{AgentError, Request, Response};
 pub use bindings::spawner::agent::{config, hooks, inference, memory};

@@ -27,8 +27,8 @@
 //! in the verdict's message too, for protocols that show no output (Claude Code).
 
 use agent_sdk::{
-    Agent, AgentError, Decision, FileChange, HookEvent, Request, Response, Verdict, config, hooks,
-    inference, memory,
+    Advice, Agent, AgentError, Decision, FileChange, HookEvent, Request, Response, Verdict, config,
+    hooks, inference, memory,
 };
 
 struct Testing;
@@ -122,6 +122,19 @@ fn hook(event: &HookEvent) -> Result<Response, AgentError> {
         Some(m) if m == "describe" => Some(output.clone()),
         other => other,
     };
+    let advice = Advice {
+        context: config::get("hook_context"),
+        updated_input: config::get("hook_updated_input"),
+        stop: config::get("hook_stop"),
+        suppress_output: config::get("hook_suppress_output").is_some(),
+    };
+    if advice.context.is_some()
+        || advice.updated_input.is_some()
+        || advice.stop.is_some()
+        || advice.suppress_output
+    {
+        hooks::advise(&advice);
+    }
     hooks::decide(&Verdict {
         decision,
         reason: config::get("hook_reason"),

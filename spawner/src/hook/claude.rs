@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use agent_contract::hook::{AssistantEvent, Decision, FileChange, HookEvent};
+use agent_contract::hook::{AssistantEvent, Decision, FileChange, HookEvent, Verdict};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -266,6 +266,12 @@ pub fn reply(facts: &EventFacts, agent: &str, result: HookResult, fail: FailPoli
             });
         }
     }
+    if let Some(note) = apply_advice(&mut answer, event, &verdict) {
+        system_message = Some(match system_message {
+            Some(m) => format!("{m}\n{note}"),
+            None => note,
+        });
+    }
     if let Some(m) = system_message {
         answer.insert("systemMessage".into(), m.into());
     }
@@ -279,6 +285,51 @@ pub fn reply(facts: &EventFacts, agent: &str, result: HookResult, fail: FailPoli
     }
 }
 
+/// Events whose hooks may add to the assistant's context (`additionalContext`).
+const CONTEXT_EVENTS: &[&str] = &[
+    "UserPromptSubmit",
+    "SessionStart",
+    "PreToolUse",
+    "PostToolUse",
+];
+
+/// Put the verdict's advice into `answer` where `event` takes it; a note when some of it
+/// could not be used.
+fn apply_advice(answer: &mut Map<String, Value>, event: &str, verdict: &Verdict) -> Option<String> {
+    if let Some(reason) = &verdict.stop {
+        answer.insert("continue".into(), false.into());
+        answer.insert("stopReason".into(), reason.clone().into());
+    }
+    if verdict.suppress_output {
+        answer.insert("suppressOutput".into(), true.into());
+    }
+    fn specific<'a>(answer: &'a mut Map<String, Value>, event: &str) -> &'a mut Value {
+        answer
+            .entry("hookSpecificOutput")
+            .or_insert_with(|| json!({ "hookEventName": event }))
+    }
+    if let Some(context) = &verdict.context
+        && CONTEXT_EVENTS.contains(&event)
+    {
+        specific(answer, event)["additionalContext"] = context.clone().into();
+    }
+    let text = verdict.updated_input.as_ref()?;
+    let input = match serde_json::from_str::<Value>(text) {
+        Ok(input @ Value::Object(_)) => input,
+        _ => return Some("the hook's updated tool input is not a JSON object; ignored".into()),
+    };
+    match (event, verdict.decision) {
+        ("PreToolUse", Decision::Allow | Decision::Ask) => {
+            specific(answer, event)["updatedInput"] = input;
+        }
+        ("PermissionRequest", Decision::Allow) => {
+            specific(answer, event)["decision"]["updatedInput"] = input;
+        }
+        _ => {}
+    }
+    None
+}
+
 fn json_line(value: Value) -> Vec<u8> {
     let mut out = value.to_string().into_bytes();
     out.push(b'\n');
@@ -289,7 +340,6 @@ fn json_line(value: Value) -> Vec<u8> {
 mod tests {
     use super::*;
     use agent_contract::Outcome;
-    use agent_contract::hook::Verdict;
 
     fn verdict(decision: Decision) -> HookResult {
         HookResult::Decided {
