@@ -128,6 +128,7 @@ fn agents_checks_each_components_imports_against_what_the_host_provides() {
         "secret-guard",
         "sentiment",
         "shout-py",
+        "shout-js",
     ];
     for name in examples {
         home.install_example(name);

@@ -21,8 +21,9 @@ mod hooks;
 mod manifests;
 /// notes: memory that outlives the process; concurrent writers.
 mod notes;
-/// shout-py: a Python agent, compiled outside its first run's deadline.
-mod python_agent;
+/// shout-py and shout-js: agents in Python and JavaScript, compiled outside their first
+/// run's deadline.
+mod other_languages;
 /// What an agent can and cannot see: environment, filesystem, inference.
 mod sandbox;
 /// `spawner serve`: the daemon, its methods, misbehaving clients and agents, load.

@@ -130,7 +130,85 @@ fn agents_cargo(root: &Path, subcommand: &str) -> Command {
 pub fn build_agents(root: &Path) -> anyhow::Result<()> {
     ensure_wasm_target()?;
     run(agents_cargo(root, "build").args(["--target", "wasm32-wasip2"]))?;
-    build_python_agents(root)
+    build_python_agents(root)?;
+    build_javascript_agents(root)
+}
+
+/// Whether `out` exists and is newer than every one of `sources`.
+fn is_fresh(out: &Path, sources: &[PathBuf]) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let newest = sources.iter().filter_map(|p| modified(p)).max();
+    modified(out).zip(newest).is_some_and(|(o, s)| o > s)
+}
+
+/// The JavaScript agents (each an `app.js` and a `build.mjs` beside its agent.toml), built
+/// with componentize-js.
+pub const JAVASCRIPT_AGENTS: &[&str] = &["shout-js"];
+
+/// The componentize-js release, from npm (StarlingMonkey inside; 386 MB installed).
+const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
+
+/// componentize-js, installed once per machine into `target/tools/componentize-js-*`;
+/// returns its directory (whose `node_modules` a build script resolves against).
+fn componentize_js(root: &Path) -> anyhow::Result<PathBuf> {
+    let dir = target_dir(root)
+        .join("tools")
+        .join(format!("componentize-js-{COMPONENTIZE_JS_VERSION}"));
+    if dir
+        .join("node_modules/@bytecodealliance/componentize-js")
+        .is_dir()
+    {
+        return Ok(dir);
+    }
+    let partial = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial)?;
+    run(Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--prefix",
+        ])
+        .arg(&partial)
+        .arg(format!(
+            "@bytecodealliance/componentize-js@{COMPONENTIZE_JS_VERSION}"
+        )))
+    .context("cannot install componentize-js from npm (needs node 18+ and npm)")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&partial, &dir)?;
+    Ok(dir)
+}
+
+/// Build each JavaScript agent into agents/target, unless its component is newer than its
+/// sources and the WIT.
+fn build_javascript_agents(root: &Path) -> anyhow::Result<()> {
+    for name in JAVASCRIPT_AGENTS {
+        let dir = root.join("agents").join(name);
+        let out = agent_artifacts(root).join(format!("{}.wasm", name.replace('-', "_")));
+        let sources = [
+            dir.join("app.js"),
+            dir.join("build.mjs"),
+            root.join("wit/agent.wit"),
+        ];
+        if is_fresh(&out, &sources) {
+            continue;
+        }
+        let tools = componentize_js(root)?;
+        std::fs::create_dir_all(agent_artifacts(root))?;
+        let partial = out.with_extension("partial.wasm");
+        // The build script runs from the tools directory, so that it finds componentize-js.
+        let script = tools.join(format!("build-{name}.mjs"));
+        std::fs::copy(dir.join("build.mjs"), &script)?;
+        run(Command::new("node")
+            .arg(&script)
+            .arg(dir.join("app.js"))
+            .arg(root.join("wit"))
+            .arg(&partial))?;
+        std::fs::rename(&partial, &out)?;
+    }
+    Ok(())
 }
 
 /// The Python agents (each an `app.py` beside its agent.toml), built with componentize-py.
@@ -165,18 +243,10 @@ fn componentize_py(root: &Path) -> anyhow::Result<Command> {
 /// Build each Python agent into agents/target (as `<name>.wasm` with `_` for `-`), unless
 /// its component is newer than its sources and the WIT.
 fn build_python_agents(root: &Path) -> anyhow::Result<()> {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     for name in PYTHON_AGENTS {
         let dir = root.join("agents").join(name);
         let out = agent_artifacts(root).join(format!("{}.wasm", name.replace('-', "_")));
-        let newest_source = [dir.join("app.py"), root.join("wit/agent.wit")]
-            .iter()
-            .filter_map(|p| modified(p))
-            .max();
-        if modified(&out)
-            .zip(newest_source)
-            .is_some_and(|(o, s)| o > s)
-        {
+        if is_fresh(&out, &[dir.join("app.py"), root.join("wit/agent.wit")]) {
             continue;
         }
         std::fs::create_dir_all(agent_artifacts(root))?;
