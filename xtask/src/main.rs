@@ -134,6 +134,14 @@ pub fn build_agents(root: &Path) -> anyhow::Result<()> {
     build_javascript_agents(root)
 }
 
+/// `path` with `.suffix` added to its file name (not replacing its "extension": a tool's
+/// directory is named with a version, `componentize-py-0.25.1`).
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".{suffix}"));
+    path.with_file_name(name)
+}
+
 /// Whether `out` exists and is newer than every one of `sources`.
 fn is_fresh(out: &Path, sources: &[PathBuf]) -> bool {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
@@ -160,7 +168,7 @@ fn componentize_js(root: &Path) -> anyhow::Result<PathBuf> {
     {
         return Ok(dir);
     }
-    let partial = dir.with_extension("partial");
+    let partial = beside(&dir, "partial");
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)?;
     run(Command::new("npm")
@@ -225,7 +233,7 @@ fn componentize_py(root: &Path) -> anyhow::Result<Command> {
         .join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"));
     let script = dir.join("bin").join("componentize-py");
     if !script.is_file() {
-        let partial = dir.with_extension("partial");
+        let partial = beside(&dir, "partial");
         let _ = std::fs::remove_dir_all(&partial);
         run(Command::new("python3")
             .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
