@@ -87,12 +87,16 @@ pub fn advise(verdict: &mut Option<Verdict>, advice: wit::Advice) {
 
 /// A new decision, keeping the advice given before it.
 pub fn decide(verdict: &mut Option<Verdict>, decided: wit::Verdict) {
-    let mut new = from_wit(decided);
-    if let Some(old) = verdict.take() {
-        new.context = old.context;
-        new.updated_input = old.updated_input;
-        new.stop = old.stop;
-        new.suppress_output = old.suppress_output;
-    }
-    *verdict = Some(new);
+    let new = from_wit(decided);
+    *verdict = Some(match verdict.take() {
+        // The decision's own fields are new; the rest (the advice) stays.
+        Some(old) => Verdict {
+            decision: new.decision,
+            reason: new.reason,
+            message: new.message,
+            rewrite: new.rewrite,
+            ..old
+        },
+        None => new,
+    });
 }

@@ -134,6 +134,25 @@ pub fn build_agents(root: &Path) -> anyhow::Result<()> {
     build_javascript_agents(root)
 }
 
+/// Install a tool into `dir` once per machine: unless `dir/marker` exists, `install` fills
+/// a fresh `<dir>.partial`, which then replaces `dir` whole (an interrupted install leaves
+/// no half tool behind).
+fn install_once(
+    dir: &Path,
+    marker: &Path,
+    install: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if dir.join(marker).exists() {
+        return Ok(());
+    }
+    let partial = beside(dir, "partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    install(&partial)?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&partial, dir)?;
+    Ok(())
+}
+
 /// `path` with `.suffix` added to its file name (not replacing its "extension": a tool's
 /// directory is named with a version, `componentize-py-0.25.1`).
 fn beside(path: &Path, suffix: &str) -> PathBuf {
@@ -162,30 +181,26 @@ fn componentize_js(root: &Path) -> anyhow::Result<PathBuf> {
     let dir = target_dir(root)
         .join("tools")
         .join(format!("componentize-js-{COMPONENTIZE_JS_VERSION}"));
-    if dir
-        .join("node_modules/@bytecodealliance/componentize-js")
-        .is_dir()
-    {
-        return Ok(dir);
-    }
-    let partial = beside(&dir, "partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    std::fs::create_dir_all(&partial)?;
-    run(Command::new("npm")
-        .args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--loglevel=error",
-            "--prefix",
-        ])
-        .arg(&partial)
-        .arg(format!(
-            "@bytecodealliance/componentize-js@{COMPONENTIZE_JS_VERSION}"
-        )))
-    .context("cannot install componentize-js from npm (needs node 18+ and npm)")?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&partial, &dir)?;
+    install_once(
+        &dir,
+        Path::new("node_modules/@bytecodealliance/componentize-js"),
+        |partial| {
+            std::fs::create_dir_all(partial)?;
+            run(Command::new("npm")
+                .args([
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                    "--prefix",
+                ])
+                .arg(partial)
+                .arg(format!(
+                    "@bytecodealliance/componentize-js@{COMPONENTIZE_JS_VERSION}"
+                )))
+            .context("cannot install componentize-js from npm (needs node 18+ and npm)")
+        },
+    )?;
     Ok(dir)
 }
 
@@ -231,18 +246,15 @@ fn componentize_py(root: &Path) -> anyhow::Result<Command> {
     let dir = target_dir(root)
         .join("tools")
         .join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"));
-    let script = dir.join("bin").join("componentize-py");
-    if !script.is_file() {
-        let partial = beside(&dir, "partial");
-        let _ = std::fs::remove_dir_all(&partial);
+    let script = Path::new("bin/componentize-py");
+    install_once(&dir, script, |partial| {
         run(Command::new("python3")
             .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
-            .arg(&partial)
+            .arg(partial)
             .arg(format!("componentize-py=={COMPONENTIZE_PY_VERSION}")))
-        .context("cannot install componentize-py from PyPI (needs python3 with pip)")?;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&partial, &dir)?;
-    }
+        .context("cannot install componentize-py from PyPI (needs python3 with pip)")
+    })?;
+    let script = dir.join(script);
     let mut cmd = Command::new("python3");
     cmd.arg(&script).env("PYTHONPATH", &dir);
     Ok(cmd)

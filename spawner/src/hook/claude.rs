@@ -248,10 +248,7 @@ pub fn reply(facts: &EventFacts, agent: &str, result: HookResult, fail: FailPoli
             let note = format!(
                 "{agent} objected again, but {event_shown} is not blocked twice in a row (stop_hook_active): {reason}"
             );
-            system_message = Some(match system_message {
-                Some(m) => format!("{m}\n{note}"),
-                None => note,
-            });
+            add_line(&mut system_message, note);
         }
         (e, Decision::Deny | Decision::Ask) if BLOCKABLE.contains(&e) => {
             answer.insert("decision".into(), "block".into());
@@ -260,17 +257,11 @@ pub fn reply(facts: &EventFacts, agent: &str, result: HookResult, fail: FailPoli
         // This event cannot be blocked: say what the agent objected to.
         (_, Decision::Deny | Decision::Ask) => {
             let note = format!("{agent} objected ({event_shown} cannot be blocked): {reason}");
-            system_message = Some(match system_message {
-                Some(m) => format!("{m}\n{note}"),
-                None => note,
-            });
+            add_line(&mut system_message, note);
         }
     }
     if let Some(note) = apply_advice(&mut answer, event, &verdict) {
-        system_message = Some(match system_message {
-            Some(m) => format!("{m}\n{note}"),
-            None => note,
-        });
+        add_line(&mut system_message, note);
     }
     if let Some(m) = system_message {
         answer.insert("systemMessage".into(), m.into());
@@ -283,6 +274,14 @@ pub fn reply(facts: &EventFacts, agent: &str, result: HookResult, fail: FailPoli
         },
         ..Reply::default()
     }
+}
+
+/// Add `line` to the `systemMessage` being built.
+fn add_line(message: &mut Option<String>, line: String) {
+    *message = Some(match message.take() {
+        Some(m) => format!("{m}\n{line}"),
+        None => line,
+    });
 }
 
 /// Events whose hooks may add to the assistant's context (`additionalContext`).
