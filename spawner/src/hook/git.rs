@@ -27,6 +27,18 @@ pub const BACKUP_SUFFIX: &str = ".spawner-backup";
 /// The staged additions of the repository at `dir` (honouring `GIT_INDEX_FILE`, which git
 /// sets for `commit -a` and `commit <paths>`), and the diff they came from.
 pub fn staged_changes(dir: &Path) -> Result<(Vec<FileChange>, Vec<u8>), String> {
+    let mut diff = staged_diff(dir, true)?;
+    if diff.len() as u64 > agent_contract::envelope::MAX_INPUT_BYTES {
+        // Large binaries as text would put the commit over the input limit: scan them as
+        // git shows them by default ("Binary files ... differ") and the text files whole.
+        diff = staged_diff(dir, false)?;
+    }
+    Ok((parse_diff(&diff), diff))
+}
+
+/// `git diff --cached` with zero context, renames detected, and binary files as text when
+/// `binary_as_text`.
+fn staged_diff(dir: &Path, binary_as_text: bool) -> Result<Vec<u8>, String> {
     let output = Command::new("git")
         .current_dir(dir)
         .args([
@@ -37,12 +49,12 @@ pub fn staged_changes(dir: &Path) -> Result<(Vec<FileChange>, Vec<u8>), String> 
             "--no-color",
             "--no-ext-diff",
             "--find-renames",
-            "--text",
             "--diff-filter=d",
             "--unified=0",
             "--src-prefix=a/",
             "--dst-prefix=b/",
         ])
+        .args(binary_as_text.then_some("--text"))
         .output()
         .map_err(|e| format!("cannot run git to read the staged changes: {e}"))?;
     if !output.status.success() {
@@ -52,7 +64,7 @@ pub fn staged_changes(dir: &Path) -> Result<(Vec<FileChange>, Vec<u8>), String> 
             String::from_utf8_lossy(&output.stderr).trim()
         ));
     }
-    Ok((parse_diff(&output.stdout), output.stdout))
+    Ok(output.stdout)
 }
 
 /// Shortest run of text kept from a line of binary bytes: shorter runs are noise, and no
@@ -157,9 +169,10 @@ pub fn parse_diff(diff: &[u8]) -> Vec<FileChange> {
             && let Some(bytes) = line.strip_prefix(b"+")
             && let Some(file) = files.last_mut()
         {
+            // A CRLF file's lines end in `\r`: that is the line ending, not binary.
             file.added.push(AddedLine {
                 line: next_line,
-                text: line_text(bytes),
+                text: line_text(bytes.strip_suffix(b"\r").unwrap_or(bytes)),
             });
             next_line = next_line.saturating_add(1);
         }
@@ -325,6 +338,10 @@ mod tests {
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["my file.txt", "t\tb", "café", "k.bin"]);
         assert_eq!(files[3].added[0].text, "AKIAIOSFODNN7EXAMPLE café ok");
+        // Windows line endings are text.
+        let crlf = parse_diff(b"diff --git a/w.txt b/w.txt\n+++ b/w.txt\n@@ -0,0 +1,2 @@\n+}\r\n+caf\xc3\xa9 \xe2\x9c\x93\r\n");
+        let texts: Vec<&str> = crlf[0].added.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["}", "café ✓"]);
         // Text lines are kept as they are, tabs and all scripts included.
         assert_eq!(line_text("a\tb 日本 🏳️‍🌈".as_bytes()), "a\tb 日本 🏳️‍🌈");
     }
