@@ -48,6 +48,11 @@ impl Broker {
 
 impl Inference for Broker {
     fn infer(&mut self, model: &str, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ClientError> {
+        // A connection the broker closed while the agent was busy elsewhere (longer than
+        // the broker's client timeout) is replaced, not failed on.
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+        }
         let client = match &mut self.client {
             Some(client) => client,
             None => {

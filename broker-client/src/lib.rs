@@ -104,10 +104,36 @@ impl Client {
         }
     }
 
+    /// Whether the broker has closed this connection (it closes one that stays quiet past
+    /// its client timeout): a zero-timeout poll and a peek, no read.
+    pub fn is_closed(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        #[allow(unreachable_patterns)]
+        let fd = match &self.stream {
+            Stream::UdSocket(s) => s.as_fd(),
+            _ => return false,
+        };
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(0) => false,
+            Ok(_) => {
+                let mut byte = [0u8; 1];
+                let peeked = nix::sys::socket::recv(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    &mut byte,
+                    nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                );
+                // End of stream, or an error: nothing more will come on it.
+                !matches!(peeked, Ok(n) if n > 0)
+            }
+            Err(_) => true,
+        }
+    }
+
     /// Connect to the broker at `socket`, starting it with `launch` when none answers.
     pub fn connect_or_start(socket: &Path, launch: &Launch) -> Result<Client, ClientError> {
-        if let Ok(client) = Client::connect(socket) {
-            return Ok(client);
+        if let Some(answered) = Client::answered(socket) {
+            return answered;
         }
         let dir = socket.parent().unwrap_or(Path::new("."));
         agent_contract::home::create_private_dir_all(dir)
@@ -118,11 +144,21 @@ impl Client {
         let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
             .map_err(|(_, e)| unavailable("cannot lock the broker's start lock", e))?;
         // Another starter may have finished while this one waited for the lock.
-        if let Ok(client) = Client::connect(socket) {
-            return Ok(client);
+        if let Some(answered) = Client::answered(socket) {
+            return answered;
         }
         start(launch)?;
         Client::connect(socket)
+    }
+
+    /// What a broker at `socket` answered: a client, or its refusal (`busy`, `forbidden`:
+    /// a running broker, so starting another would not help); `None` when none answered.
+    fn answered(socket: &Path) -> Option<Result<Client, ClientError>> {
+        match Client::connect(socket) {
+            Ok(client) => Some(Ok(client)),
+            Err(refused @ ClientError::Broker { .. }) => Some(Err(refused)),
+            Err(_) => None,
+        }
     }
 
     fn send(&mut self, frame: &Frame) -> Result<(), ClientError> {
