@@ -55,7 +55,7 @@ pub fn main_entry() -> std::process::ExitCode {
         (None, _, _) => None,
         (Some(flag), Some(home), Some(agent)) if flag == "--compile" => {
             return match compile(std::path::Path::new(&home), &agent.to_string_lossy()) {
-                Ok(_) => std::process::ExitCode::SUCCESS,
+                Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("agent-exec: error: cannot compile {}: {e}", agent.display());
                     std::process::ExitCode::from(e.outcome().exit_code())

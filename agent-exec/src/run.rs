@@ -43,30 +43,36 @@ fn cache_error(e: CacheError, manifest: &Manifest) -> ExecError {
 }
 
 /// `agent-exec --compile <home> <agent>`: compile the agent's component into the home's
-/// compiled cache, unless an entry is there already; true when it was. The spawner runs
+/// compiled cache, unless an entry is there already. The spawner runs
 /// this, outside any request's deadline, when a request found no entry (`CompileStep::Defer`).
-pub fn compile(home: &std::path::Path, agent: &str) -> Result<bool, ExecError> {
+pub fn compile(home: &std::path::Path, agent: &str) -> Result<(), ExecError> {
     let home = Home::new(home);
     let manifest = Manifest::load(&home.agent_manifest(agent)?)?;
     let engine = crate::engine::build(manifest.limits.fuel.is_some())
         .map_err(|e| ExecError::Internal(format!("engine: {e:#}")))?;
-    let wasm = manifest.read_component()?;
-    let entry = crate::cache::entry_path(&home.component_cache_dir(), &wasm.sha256_hex, &engine);
-    let loaded = load_or_compile(
-        &engine,
-        &entry,
-        &wasm.bytes,
-        &wasm.sha256_hex,
-        OnMiss::Compile,
-    )
-    .map_err(|e| cache_error(e, &manifest))?;
+    let (loaded, entry) = load(&engine, &home, &manifest, OnMiss::Compile)?;
     if let Some(why) = &loaded.rejected_entry {
         eprintln!(
             "agent-exec: warning: compiled-cache entry {} rejected and rebuilt: {why}",
             entry.display()
         );
     }
-    Ok(loaded.cache_hit)
+    Ok(())
+}
+
+/// The agent's component from the home's compiled cache (per `on_miss` on a miss), and
+/// the cache entry's path.
+fn load(
+    engine: &wasmtime::Engine,
+    home: &Home,
+    manifest: &Manifest,
+    on_miss: OnMiss,
+) -> Result<(crate::cache::Loaded, std::path::PathBuf), ExecError> {
+    let wasm = manifest.read_component()?;
+    let entry = crate::cache::entry_path(&home.component_cache_dir(), &wasm.sha256_hex, engine);
+    let loaded = load_or_compile(engine, &entry, &wasm.bytes, &wasm.sha256_hex, on_miss)
+        .map_err(|e| cache_error(e, manifest))?;
+    Ok((loaded, entry))
 }
 
 /// What the agent answered: its output and, for a hook, its verdict.
@@ -439,15 +445,11 @@ impl Run {
         engine: &wasmtime::Engine,
         manifest: &Manifest,
     ) -> Result<wasmtime::component::Component, ExecError> {
-        let wasm = manifest.read_component()?;
-        let entry =
-            crate::cache::entry_path(&self.home.component_cache_dir(), &wasm.sha256_hex, engine);
         let on_miss = match self.header.compile {
             CompileStep::Defer => OnMiss::Refuse,
             CompileStep::Here | CompileStep::Done => OnMiss::Compile,
         };
-        let loaded = load_or_compile(engine, &entry, &wasm.bytes, &wasm.sha256_hex, on_miss)
-            .map_err(|e| cache_error(e, manifest))?;
+        let (loaded, entry) = load(engine, &self.home, manifest, on_miss)?;
         if let Some(why) = &loaded.rejected_entry
             && crate::logging::enabled(tracing::Level::WARN)
         {
@@ -591,9 +593,13 @@ impl Run {
     }
 }
 
-/// Refuse a preopen whose real directory (symlinks resolved) lies outside `base`: the
-/// manifest checked its path, but a symlink on the way can still lead elsewhere.
-fn check_within(host: &std::path::Path, base: &std::path::Path) -> Result<(), ExecError> {
+/// The real directory of a preopen (symlinks resolved), refused when it lies outside
+/// `base`: the manifest checked its path, but a symlink on the way can still lead
+/// elsewhere. The caller opens this real path, not `host` again by name.
+fn check_within(
+    host: &std::path::Path,
+    base: &std::path::Path,
+) -> Result<std::path::PathBuf, ExecError> {
     let refuse = |message: String| ExecError::Preopen {
         path: host.to_owned(),
         message,
@@ -601,7 +607,7 @@ fn check_within(host: &std::path::Path, base: &std::path::Path) -> Result<(), Ex
     let real = std::fs::canonicalize(host).map_err(|e| refuse(e.to_string()))?;
     let real_base = std::fs::canonicalize(base).map_err(|e| refuse(e.to_string()))?;
     if real.starts_with(&real_base) {
-        Ok(())
+        Ok(real)
     } else {
         Err(refuse(format!(
             "it resolves to {}, outside {} (set `allow_outside = true` in its [[preopens]] to grant it)",
@@ -639,9 +645,11 @@ fn wasi_ctx(
             PreopenBase::WorkDir => base.join(&p.host),
             PreopenBase::AgentDir => p.host.clone(),
         };
-        if !p.allow_outside {
-            check_within(&host, &base)?;
-        }
+        let host = if p.allow_outside {
+            host
+        } else {
+            check_within(&host, &base)?
+        };
         wasi.preopened_dir(&host, &p.guest, perms)
             .map_err(|e| ExecError::Preopen {
                 path: host.clone(),

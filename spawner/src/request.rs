@@ -199,7 +199,8 @@ pub fn execute(
         // No compiled entry: compile it with no deadline but the compile's own, then run
         // the request in a fresh agent-exec, which finds the entry (or, if the compile
         // failed, compiles it itself and reports why, as for any run).
-        let compile = SpawnPolicy::for_compile(agent_exec_path()?, &header.home, &manifest.name);
+        let compile =
+            SpawnPolicy::for_compile(policy.program.clone(), &header.home, &manifest.name);
         let compiled = crate::spawn::run(Spawn {
             policy: &compile,
             stdin: &[],

@@ -43,12 +43,8 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
     // Claude Code's reply depends on the event's name (and, for Stop, on whether a
     // Stop hook is already at work).
     let facts = match &call {
-        Ok(Call {
-            event: HookEvent::Assistant(_),
-            input,
-            ..
-        }) => claude::EventFacts::of(input),
-        _ => claude::EventFacts::default(),
+        Ok(c) => c.facts.clone(),
+        Err(_) => claude::EventFacts::default(),
     };
     let mut message_file = None;
     let result = match call {
@@ -61,6 +57,7 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
             input,
             work_dir,
             message_file: file,
+            ..
         }) => {
             message_file = file;
             let request = Request {
@@ -116,6 +113,8 @@ struct Call {
     work_dir: PathBuf,
     /// commit-msg: the file to rewrite.
     message_file: Option<PathBuf>,
+    /// Claude Code: what its reply depends on besides the verdict.
+    facts: claude::EventFacts,
 }
 
 fn normalize(
@@ -129,6 +128,7 @@ fn normalize(
         input,
         work_dir: cwd.to_owned(),
         message_file: None,
+        facts: claude::EventFacts::default(),
     };
     match protocol {
         Protocol::ClaudeCode => {
@@ -138,6 +138,7 @@ fn normalize(
                 input,
                 work_dir: parsed.work_dir.unwrap_or_else(|| cwd.to_owned()),
                 message_file: None,
+                facts: parsed.facts,
             })
         }
         Protocol::PreCommit => {

@@ -28,24 +28,6 @@ pub struct EventFacts {
     pub stop_hook_active: bool,
 }
 
-impl EventFacts {
-    /// The facts of a Claude Code event in `input`; empty when it is not one.
-    pub fn of(input: &[u8]) -> EventFacts {
-        let value: Value = serde_json::from_slice(input).unwrap_or(Value::Null);
-        EventFacts {
-            name: value
-                .get("hook_event_name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned(),
-            stop_hook_active: value
-                .get("stop_hook_active")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-        }
-    }
-}
-
 /// The fields of a hook event this adapter reads; others are ignored, so events and
 /// fields added by later versions pass through.
 #[derive(Debug, Deserialize)]
@@ -58,6 +40,8 @@ struct WireEvent {
     tool_name: Option<String>,
     tool_input: Option<Value>,
     prompt: Option<String>,
+    #[serde(default)]
+    stop_hook_active: bool,
 }
 
 /// A Claude Code event, normalized.
@@ -67,6 +51,8 @@ pub struct Parsed {
     pub event: HookEvent,
     /// The event's `cwd`, when it names a directory.
     pub work_dir: Option<PathBuf>,
+    /// What the reply depends on.
+    pub facts: EventFacts,
 }
 
 /// Whether `input` looks like a Claude Code event (for `--protocol auto`).
@@ -92,6 +78,10 @@ pub fn parse(input: &[u8]) -> Result<Parsed, String> {
     };
     Ok(Parsed {
         work_dir,
+        facts: EventFacts {
+            name: wire.hook_event_name.clone(),
+            stop_hook_active: wire.stop_hook_active,
+        },
         event: HookEvent::Assistant(AssistantEvent {
             event: wire.hook_event_name,
             session_id: wire.session_id,
@@ -392,7 +382,9 @@ mod tests {
             FailPolicy::Open,
         ));
         assert_eq!(first["decision"], "block");
-        let again = EventFacts::of(br#"{"hook_event_name":"Stop","stop_hook_active":true}"#);
+        let again = parse(br#"{"hook_event_name":"Stop","stop_hook_active":true}"#)
+            .expect("parse")
+            .facts;
         assert!(again.stop_hook_active);
         let v = stdout_json(&reply(
             &again,

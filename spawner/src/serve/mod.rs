@@ -160,16 +160,14 @@ pub fn serve(home: Home, options: Options) -> anyhow::Result<()> {
     keep_large_buffers_returnable();
     let stop = StopSignals::install()?;
     // The keeper: open for the daemon's life (created with the schema if new), in a home
-    // that is private whoever made it.
-    if let Some(old) = agent_contract::home::ensure_private_dir(home.root())
-        .with_context(|| format!("cannot create {}", home.root().display()))?
-    {
+    // that the store's open makes private whoever made it.
+    let store = Store::open(&home.store_path())?;
+    if let Some(old) = store.made_private() {
         crate::say!(
             "spawner serve: {}",
             agent_contract::home::made_private_notice(home.root(), old)
         );
     }
-    let store = Store::open(&home.store_path())?;
     let absolute_home = std::path::absolute(home.root())
         .with_context(|| format!("cannot resolve {}", home.root().display()))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -386,7 +384,7 @@ fn serve_connection(daemon: &Daemon, stream: UnixStream) {
         let read = rpc::read_line(&mut reader, rpc::MAX_LINE_BYTES, timeout, &daemon.pending);
         let (code, message) = match read {
             Ok(Line::Complete(line)) => {
-                if answer_line(daemon, &mut conn, &line).is_err() {
+                if answer_line(daemon, &mut conn, line).is_err() {
                     return;
                 }
                 continue;
@@ -429,12 +427,15 @@ fn serve_connection(daemon: &Daemon, stream: UnixStream) {
 fn answer_line(
     daemon: &Daemon,
     conn: &mut methods::Connection,
-    line: &[u8],
+    line: Vec<u8>,
 ) -> std::io::Result<()> {
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
-    let answer = match rpc::parse_line(line) {
+    let parsed = rpc::parse_line(&line);
+    // The parsed request is all the run needs: the line's bytes go now, not after it.
+    drop(line);
+    let answer = match parsed {
         Ok(rpc::Incoming::Single(message)) => {
             answer_one(daemon, conn, message).map(|a| rpc::line_of(&a))
         }
@@ -449,7 +450,7 @@ fn answer_line(
                 .into_iter()
                 .filter_map(|m| answer_one(daemon, conn, m))
                 .collect();
-            rpc::batch_response(&answers)
+            rpc::batch_response(answers)
         }
         Err(error) => {
             daemon.metrics.rpc_errors.fetch_add(1, Ordering::Relaxed);

@@ -149,8 +149,8 @@ pub fn response_value(id: &Value, result: Result<Value, RpcError>) -> Value {
 
 /// The line answering a batch: the array of its answers (a batch of notifications only
 /// gets none).
-pub fn batch_response(answers: &[Value]) -> Option<Vec<u8>> {
-    (!answers.is_empty()).then(|| line_of(&Value::Array(answers.to_vec())))
+pub fn batch_response(answers: Vec<Value>) -> Option<Vec<u8>> {
+    (!answers.is_empty()).then(|| line_of(&Value::Array(answers)))
 }
 
 /// A response line for `id`.
@@ -234,6 +234,14 @@ impl Charge<'_> {
         }
         self.bytes = capacity;
         true
+    }
+}
+
+impl Charge<'_> {
+    /// Give back everything charged so far.
+    fn release(&mut self) {
+        self.budget.give_back(self.bytes);
+        self.bytes = 0;
     }
 }
 
@@ -326,6 +334,8 @@ pub fn read_line<R: TimedRead>(
             if line.len() + chunk.len() > max {
                 too_long = true;
                 line = Vec::new();
+                // Nothing is held for the rest of it, which is read and dropped.
+                charge.release();
             } else {
                 let needed = line.len() + chunk.len();
                 if needed > line.capacity() {
