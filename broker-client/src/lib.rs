@@ -3,7 +3,8 @@
 //!
 //! - [`wire`]: the length-prefixed binary frames both sides speak.
 //! - [`Client`]: connect (starting the broker on demand, once, under a lock), handshake,
-//!   then `infer`, `list_models` and `status` requests.
+//!   then `infer`, `chat`, `list_models` and `status` requests.
+//! - [`chat`]: chat completion requests and answers.
 //!
 //! # Starting on demand
 //! A client that finds no broker takes `<socket>.start` (flock), tries again (another
@@ -11,6 +12,7 @@
 //! its standard output on a pipe. The broker writes `ready` there once it listens (or
 //! `error: ...` when it cannot start): the client waits for that line, never for a sleep.
 
+pub mod chat;
 pub mod wire;
 
 use std::io::{BufRead, BufReader};
@@ -198,6 +200,31 @@ impl Client {
         })? {
             Frame::Outputs { outputs, .. } => Ok(outputs),
             other => Err(unavailable("infer", format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// Generate a chat completion; `on_text` gets each piece of the answer as it comes.
+    pub fn chat(
+        &mut self,
+        request: &chat::ChatRequest,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<chat::Completion, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let json = serde_json::to_string(request).map_err(|e| unavailable("chat", e))?;
+        self.send(&Frame::Chat { id, json })?;
+        loop {
+            match self.receive()? {
+                Frame::Token { text, .. } => on_text(&text),
+                Frame::Json { json, .. } => {
+                    return serde_json::from_str(&json)
+                        .map_err(|e| unavailable("bad completion from the broker", e));
+                }
+                Frame::Error { code, message, .. } => {
+                    return Err(ClientError::Broker { code, message });
+                }
+                other => return Err(unavailable("chat", format!("unexpected {other:?}"))),
+            }
         }
     }
 

@@ -157,6 +157,10 @@ pub enum ErrorCode {
     Busy = 10,
     /// The connection comes from another user, whom this broker does not serve.
     Forbidden = 11,
+    /// A chat's prompt does not fit the model's context.
+    ContextTooLong = 12,
+    /// A chat ran past the time its client gave it.
+    Timeout = 13,
 }
 
 impl ErrorCode {
@@ -172,6 +176,8 @@ impl ErrorCode {
             9 => ErrorCode::ShuttingDown,
             10 => ErrorCode::Busy,
             11 => ErrorCode::Forbidden,
+            12 => ErrorCode::ContextTooLong,
+            13 => ErrorCode::Timeout,
             _ => ErrorCode::Malformed,
         }
     }
@@ -222,6 +228,22 @@ pub enum Frame {
         id: u64,
         /// The answer, a JSON document.
         json: String,
+    },
+    /// Generate a chat completion; the JSON is a [`crate::chat::ChatRequest`]. The broker
+    /// answers with `Token` frames as the text comes, then `Json` (a
+    /// [`crate::chat::Completion`]) or `Error`.
+    Chat {
+        /// Repeated in the answers.
+        id: u64,
+        /// The request, a JSON document.
+        json: String,
+    },
+    /// The next piece of a chat's text (UTF-8, never a part of a character).
+    Token {
+        /// The chat's id.
+        id: u64,
+        /// The new text.
+        text: String,
     },
     /// Request `id` failed (id 0: the connection itself).
     Error {
@@ -321,6 +343,16 @@ impl Frame {
                 out.push(*code as u8);
                 put_str(&mut out, message);
             }
+            Frame::Chat { id, json } => {
+                out.push(9);
+                out.extend_from_slice(&id.to_le_bytes());
+                put_str(&mut out, json);
+            }
+            Frame::Token { id, text } => {
+                out.push(10);
+                out.extend_from_slice(&id.to_le_bytes());
+                put_str(&mut out, text);
+            }
         }
         let len = (out.len() - 4) as u32;
         out[..4].copy_from_slice(&len.to_le_bytes());
@@ -383,6 +415,14 @@ impl Frame {
                 id: c.u64()?,
                 code: ErrorCode::from_u8(c.u8()?),
                 message: c.string()?,
+            },
+            9 => Frame::Chat {
+                id: c.u64()?,
+                json: c.string()?,
+            },
+            10 => Frame::Token {
+                id: c.u64()?,
+                text: c.string()?,
             },
             kind => return Err(WireError::Malformed(format!("unknown frame kind {kind}"))),
         };
@@ -494,6 +534,14 @@ mod tests {
             id: 7,
             model: "scorer".into(),
             inputs: vec![Tensor::from_f32("x", vec![2, 2], &[1.0, 2.0, 3.0, 4.5])],
+        });
+        round_trip(Frame::Chat {
+            id: 4,
+            json: r#"{"model":"m","messages":[]}"#.into(),
+        });
+        round_trip(Frame::Token {
+            id: 4,
+            text: "naïve 日本 🎉".into(),
         });
         round_trip(Frame::Error {
             id: 3,

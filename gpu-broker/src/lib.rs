@@ -7,6 +7,8 @@
 //! - [`runtime`]: finding and loading the library; loading a model onto the provider it
 //!   really runs on (CUDA only when the library has it and registration succeeds; a model
 //!   that requires a GPU fails otherwise); running it on wire tensors.
+//! - [`generate`]: generative models (tokenizer, chat template, KV cache, sampler) and
+//!   the loop that answers a `chat` step by step on the model's device.
 //! - [`queue`]: one ordered queue per device, served by one thread; dynamic batching.
 //! - [`stats`]: what `status` reports.
 //! - [`Broker`] (here): connections (who may connect, how many, how long they may stall),
@@ -16,6 +18,7 @@
 //! connection thread: frame -> [`queue::Job`] on the model's device -> device thread
 //! (load on first use, check, batch, run) -> reply channel -> frame.
 
+pub mod generate;
 pub mod queue;
 pub mod repo;
 pub mod runtime;
@@ -282,18 +285,30 @@ impl Broker {
             let answer = match frame {
                 Frame::Infer { id, model, inputs } => {
                     let (reply, answer) = mpsc::channel();
-                    self.device(&model).submit(Job {
-                        model,
-                        inputs,
-                        reply,
-                        queued: Instant::now(),
-                    });
+                    self.device(&model).submit(Job::infer(model, inputs, reply));
                     match answer.recv() {
                         Ok(Ok(outputs)) => Frame::Outputs { id, outputs },
                         Ok(Err(f)) => error(id, f.code, f.message),
                         Err(_) => {
                             error(id, ErrorCode::ShuttingDown, "the broker is stopping".into())
                         }
+                    }
+                }
+                Frame::Chat { id, json } => {
+                    let mut send = |text: &str| {
+                        Frame::Token {
+                            id,
+                            text: text.to_owned(),
+                        }
+                        .write_to(stream)
+                        .is_ok()
+                    };
+                    match generate::chat(&json, |model| self.device(model), &mut send) {
+                        Ok(done) => Frame::Json {
+                            id,
+                            json: serde_json::to_string(&done).unwrap_or_default(),
+                        },
+                        Err(f) => error(id, f.code, f.message),
                     }
                 }
                 Frame::ListModels { id } => Frame::Json {

@@ -4,6 +4,11 @@
 //! `max_batch`) along the first dimension into one run, and splits the outputs back;
 //! requests for other models keep their place in the queue meanwhile.
 //!
+//! A generation (`chat`) is a series of steps (a chunk of the prompt, then one token at a
+//! time), each its own job in the same queue: an inference that arrives while a long
+//! answer is being written waits for one step at most, never for the whole answer, and
+//! concurrent generations take turns token by token.
+//!
 //! The fast path: a request that finds its device idle (nothing queued, nobody running)
 //! for a model without batching runs at once on the connection's own thread, under the
 //! device's lock; it is first in line, so the order is the same, and it saves the two
@@ -24,16 +29,52 @@ use crate::stats::Stats;
 /// The answer to one job.
 pub type Reply = Result<Vec<Tensor>, Failure>;
 
-/// One inference request waiting for its device.
+/// A step of work that runs with the model loaded (or the reason it could not be), on
+/// its device, in queue order; it sends its own answer.
+pub type Step = Box<dyn FnOnce(Result<&mut Loaded, Failure>) + Send>;
+
+/// What a job asks of its device.
+pub enum Work {
+    /// Run the model on these inputs, not yet checked, and answer on `reply`.
+    Infer {
+        /// The inputs.
+        inputs: Vec<Tensor>,
+        /// Where the answer goes.
+        reply: Sender<Reply>,
+    },
+    /// One step of a generation.
+    Step(Step),
+}
+
+/// One request waiting for its device.
 pub struct Job {
     /// The model's name.
     pub model: String,
-    /// Its inputs, not yet checked.
-    pub inputs: Vec<Tensor>,
-    /// Where the answer goes.
-    pub reply: Sender<Reply>,
+    /// What to do.
+    pub work: Work,
     /// When it was queued.
     pub queued: Instant,
+}
+
+impl Job {
+    /// An inference job.
+    pub fn infer(model: String, inputs: Vec<Tensor>, reply: Sender<Reply>) -> Job {
+        Job {
+            model,
+            work: Work::Infer { inputs, reply },
+            queued: Instant::now(),
+        }
+    }
+
+    /// Answer the job with a failure, without running it.
+    fn fail(self, failure: Failure) {
+        match self.work {
+            Work::Infer { reply, .. } => {
+                let _ = reply.send(Err(failure));
+            }
+            Work::Step(step) => step(Err(failure)),
+        }
+    }
 }
 
 /// The sending side of a device's queue.
@@ -84,11 +125,31 @@ impl Device {
         self.depth.fetch_add(1, Ordering::SeqCst);
         if let Err(mpsc::SendError(job)) = self.sender.send(job) {
             self.depth.fetch_sub(1, Ordering::SeqCst);
-            let _ = job.reply.send(Err(Failure::new(
+            job.fail(Failure::new(
                 ErrorCode::ShuttingDown,
                 "the broker is stopping",
-            )));
+            ));
         }
+    }
+
+    /// Run `f` with `model` loaded, on this device in queue order, and wait for its
+    /// result.
+    pub fn call<T: Send + 'static>(
+        &self,
+        model: &str,
+        f: impl FnOnce(Result<&mut Loaded, Failure>) -> T + Send + 'static,
+    ) -> Result<T, Failure> {
+        let (reply, answer) = mpsc::channel();
+        self.submit(Job {
+            model: model.to_owned(),
+            work: Work::Step(Box::new(move |loaded| {
+                let _ = reply.send(f(loaded));
+            })),
+            queued: Instant::now(),
+        });
+        answer
+            .recv()
+            .map_err(|_| Failure::new(ErrorCode::ShuttingDown, "the broker is stopping"))
     }
 
     /// The fast path; gives the job back when it must be queued.
@@ -107,10 +168,7 @@ impl Device {
             Ok(loaded) if loaded.spec.max_batch() == 1 => {}
             _ => return Some(job),
         }
-        let model = job.model.clone();
-        if let Some(checked) = core.checked(job) {
-            core.run(&model, vec![checked]);
-        }
+        core.start(job);
         None
     }
 
@@ -127,6 +185,12 @@ impl Device {
             Err(f) => Err(f.clone()),
         }
     }
+}
+
+/// An inference job whose inputs passed their checks.
+struct Inference {
+    reply: Sender<Reply>,
+    queued: Instant,
 }
 
 /// What running needs: the device's sessions. Behind the device's lock, so one job runs
@@ -148,7 +212,7 @@ struct Worker {
 }
 
 /// Stack the inputs of `jobs` along the first dimension.
-fn stack(jobs: &[(Job, Vec<Tensor>)]) -> Vec<Tensor> {
+fn stack(jobs: &[(Inference, Vec<Tensor>)]) -> Vec<Tensor> {
     let first = &jobs[0].1;
     (0..first.len())
         .map(|i| {
@@ -223,25 +287,58 @@ impl Core {
         self.models.get_mut(name).expect("inserted above")
     }
 
-    /// Check a job's inputs; answer it at once when they are wrong (or its model failed).
-    fn checked(&mut self, mut job: Job) -> Option<(Job, Vec<Tensor>)> {
+    /// Run a job that does not batch: a step, or an inference on its own.
+    fn start(&mut self, job: Job) {
+        let model = job.model.clone();
+        if let Some(checked) = self.checked(job) {
+            self.run(&model, vec![checked]);
+        }
+    }
+
+    /// Check an inference job's inputs; answer it at once when they are wrong (or its
+    /// model failed). A step is run here, and gives None.
+    fn checked(&mut self, job: Job) -> Option<(Inference, Vec<Tensor>)> {
+        let (inputs, reply) = match job.work {
+            Work::Step(step) => {
+                match self.model(&job.model) {
+                    Ok(loaded) => step(Ok(loaded)),
+                    Err(f) => step(Err(f.clone())),
+                }
+                return None;
+            }
+            Work::Infer { inputs, reply } => (inputs, reply),
+        };
         let loaded = match self.model(&job.model) {
             Ok(loaded) => loaded,
             Err(f) => {
-                let _ = job.reply.send(Err(f.clone()));
+                let _ = reply.send(Err(f.clone()));
                 return None;
             }
         };
-        match runtime::check_inputs(&loaded.spec, std::mem::take(&mut job.inputs)) {
-            Ok(inputs) => Some((job, inputs)),
+        if loaded.generator.is_some() {
+            let _ = reply.send(Err(Failure::new(
+                ErrorCode::InvalidInput,
+                format!(
+                    "model {:?} is a generative model: call it with a chat (the llm interface), not infer",
+                    job.model
+                ),
+            )));
+            return None;
+        }
+        let inference = Inference {
+            reply,
+            queued: job.queued,
+        };
+        match runtime::check_inputs(&loaded.spec, inputs) {
+            Ok(inputs) => Some((inference, inputs)),
             Err(f) => {
-                let _ = job.reply.send(Err(f));
+                let _ = inference.reply.send(Err(f));
                 None
             }
         }
     }
 
-    fn run(&mut self, model: &str, batch: Vec<(Job, Vec<Tensor>)>) {
+    fn run(&mut self, model: &str, batch: Vec<(Inference, Vec<Tensor>)>) {
         let started = Instant::now();
         let Ok(loaded) = self.model(model) else {
             return;
@@ -295,7 +392,7 @@ impl Worker {
             let model = job.model.clone();
             let (max_batch, max_delay) = match core.model(&model) {
                 Err(f) => {
-                    let _ = job.reply.send(Err(f.clone()));
+                    job.fail(f.clone());
                     continue;
                 }
                 Ok(loaded) => (
@@ -320,7 +417,7 @@ impl Worker {
         &mut self,
         core: &mut Core,
         model: &str,
-        batch: &mut Vec<(Job, Vec<Tensor>)>,
+        batch: &mut Vec<(Inference, Vec<Tensor>)>,
         max_batch: usize,
         max_delay: Duration,
     ) {
@@ -349,7 +446,7 @@ impl Worker {
 
 /// Add `job` to `batch` when its shapes fit; otherwise run it on its own first (it arrived
 /// after the batch's first job, so order is kept within the model).
-fn join(core: &mut Core, model: &str, batch: &mut Vec<(Job, Vec<Tensor>)>, job: Job) {
+fn join(core: &mut Core, model: &str, batch: &mut Vec<(Inference, Vec<Tensor>)>, job: Job) {
     if let Some((job, inputs)) = core.checked(job) {
         let fits = batch[0].1.len() == inputs.len()
             && batch[0]

@@ -21,6 +21,26 @@
 //! max_batch = 16
 //! max_delay_us = 500
 //! ```
+//!
+//! A generative model (an LLM, served by `chat` requests) has a `[generate]` table instead
+//! of inputs and outputs (its graph's are fixed: see [`GenerateSpec`]); setup writes it:
+//!
+//! ```toml
+//! name = "smollm2-135m"
+//! file = "smollm2-135m.onnx"
+//! threads = 0                   # ONNX Runtime's threads for it; 0: one per core
+//!
+//! [generate]
+//! tokenizer = "tokenizer.json"  # a `tokenizers` file
+//! context = 8192                # positions the model takes, prompt and answer together
+//! layers = 30                   # past.<i>.key / past.<i>.value for i in 0..layers
+//! kv_heads = 3
+//! head_dim = 64
+//! vocab = 49152
+//! chat_template = "chatml"      # how messages become a prompt
+//! default_system = "You are a helpful AI assistant"  # when the chat has no system message
+//! stop_tokens = ["<|im_end|>"]
+//! ```
 
 use std::path::{Path, PathBuf};
 
@@ -60,6 +80,45 @@ pub enum Provider {
     Cpu,
 }
 
+/// How a prompt is made from messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatTemplate {
+    /// `<|im_start|>role\ncontent<|im_end|>\n` per message, then `<|im_start|>assistant\n`.
+    Chatml,
+}
+
+/// A generative model's graph and text conventions. The graph takes `input_ids` int64
+/// [1, S] and, per layer, `past.<i>.key` / `past.<i>.value` float32 [1, kv_heads, P,
+/// head_dim]; it gives `logits` float32 [1, vocab] (the last position's) and
+/// `present.<i>.key` / `present.<i>.value` [1, kv_heads, P + S, head_dim].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateSpec {
+    /// The tokenizer file, relative to the manifest.
+    pub tokenizer: PathBuf,
+    /// Positions the model takes, prompt and answer together.
+    pub context: u32,
+    /// Transformer layers: one past key and value each.
+    pub layers: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Size of one head.
+    pub head_dim: usize,
+    /// Tokens in the vocabulary (the logits' size).
+    pub vocab: usize,
+    /// How messages become a prompt.
+    pub chat_template: ChatTemplate,
+    /// The system message used when a chat has none.
+    #[serde(default)]
+    pub default_system: String,
+    /// Tokens that end an answer.
+    pub stop_tokens: Vec<String>,
+    /// Where the weights came from (informational).
+    #[serde(default)]
+    pub source: String,
+}
+
 /// A validated model manifest.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,10 +136,17 @@ pub struct ModelSpec {
     /// Load at broker start.
     #[serde(default)]
     pub warmup: bool,
-    /// The inputs, in order.
+    /// ONNX Runtime's threads for this model; 0: one per core. 1 when absent.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// The inputs, in order (none for a generative model).
+    #[serde(default)]
     pub inputs: Vec<TensorSpec>,
-    /// The outputs, in order.
+    /// The outputs, in order (none for a generative model).
+    #[serde(default)]
     pub outputs: Vec<TensorSpec>,
+    /// Present for a generative model (served by `chat`, not `infer`).
+    pub generate: Option<GenerateSpec>,
     /// Dynamic batching; off when absent.
     pub batching: Option<Batching>,
     /// Where the manifest was read from (set on load).
@@ -96,6 +162,15 @@ impl ModelSpec {
     /// Requests stacked per run: 1 when batching is off.
     pub fn max_batch(&self) -> usize {
         self.batching.map_or(1, |b| b.max_batch.max(1))
+    }
+
+    /// ONNX Runtime's intra-op threads for this model.
+    pub fn intra_threads(&self) -> usize {
+        match self.threads {
+            None => 1,
+            Some(0) => std::thread::available_parallelism().map_or(1, usize::from),
+            Some(n) => n,
+        }
     }
 
     /// The .onnx file's path.
@@ -187,10 +262,29 @@ impl Repo {
                 spec.name
             )));
         }
-        if spec.inputs.is_empty() || spec.outputs.is_empty() {
-            return Err(invalid(
-                "a model needs at least one input and one output".into(),
-            ));
+        match &spec.generate {
+            None if spec.inputs.is_empty() || spec.outputs.is_empty() => {
+                return Err(invalid(
+                    "a model needs at least one input and one output (or a [generate] table)"
+                        .into(),
+                ));
+            }
+            Some(_) if !spec.inputs.is_empty() || !spec.outputs.is_empty() => {
+                return Err(invalid(
+                    "a generative model's inputs and outputs are fixed; remove them".into(),
+                ));
+            }
+            Some(g)
+                if g.layers == 0 || g.vocab == 0 || g.context == 0 || g.stop_tokens.is_empty() =>
+            {
+                return Err(invalid(
+                    "[generate] needs layers, vocab, context and stop_tokens".into(),
+                ));
+            }
+            _ => {}
+        }
+        if spec.generate.is_some() && spec.batching.is_some() {
+            return Err(invalid("a generative model does not batch".into()));
         }
         for t in spec.inputs.iter().chain(&spec.outputs) {
             if t.shape.len() > broker_client::wire::MAX_RANK || t.shape.iter().any(|d| *d < -1) {

@@ -94,7 +94,9 @@ pub fn cuda_compiled_in() -> bool {
 pub struct Loaded {
     /// Its manifest.
     pub spec: ModelSpec,
-    session: Session,
+    pub(crate) session: Session,
+    /// A generative model's tokenizer and conventions.
+    pub generator: Option<std::sync::Arc<crate::generate::Generator>>,
     /// The provider it really runs on: "cuda" or "cpu".
     pub provider: &'static str,
     /// Why it is not on a preferred provider, when it is not.
@@ -114,7 +116,7 @@ fn element_type(dtype: Dtype) -> TensorElementType {
     }
 }
 
-fn load_failed(spec: &ModelSpec, what: impl std::fmt::Display) -> Failure {
+pub(crate) fn load_failed(spec: &ModelSpec, what: impl std::fmt::Display) -> Failure {
     Failure::new(
         ErrorCode::LoadFailed,
         format!("model {:?} could not be loaded: {what}", spec.name),
@@ -183,7 +185,10 @@ pub fn load(spec: ModelSpec) -> Result<Loaded, Failure> {
         .get()
         .ok_or_else(|| load_failed(&spec, "ONNX Runtime is not initialised"))?;
     let mut builder = Session::builder(environment)
-        .and_then(|b| b.with_intra_threads(1).map_err(Into::into))
+        .and_then(|b| {
+            b.with_intra_threads(spec.intra_threads())
+                .map_err(Into::into)
+        })
         .map_err(|e| load_failed(&spec, e))?;
     let mut provider = "cpu";
     let mut fallback = None;
@@ -216,11 +221,34 @@ pub fn load(spec: ModelSpec) -> Result<Loaded, Failure> {
     let session = builder
         .commit_from_file(&path)
         .map_err(|e| load_failed(&spec, e))?;
-    check_outlets(&spec, "input", &spec.inputs, session.inputs())?;
-    check_outlets(&spec, "output", &spec.outputs, session.outputs())?;
+    let generator = match &spec.generate {
+        Some(g) => {
+            check_outlets(
+                &spec,
+                "input",
+                &crate::generate::inputs(g),
+                session.inputs(),
+            )?;
+            check_outlets(
+                &spec,
+                "output",
+                &crate::generate::outputs(g),
+                session.outputs(),
+            )?;
+            Some(std::sync::Arc::new(crate::generate::Generator::load(
+                &spec, g,
+            )?))
+        }
+        None => {
+            check_outlets(&spec, "input", &spec.inputs, session.inputs())?;
+            check_outlets(&spec, "output", &spec.outputs, session.outputs())?;
+            None
+        }
+    };
     Ok(Loaded {
         spec,
         session,
+        generator,
         provider,
         fallback,
         load_ms: started.elapsed().as_secs_f64() * 1000.0,
