@@ -39,6 +39,7 @@ pub const AGENT_INTERFACES: &[&str] = &[
     "spawner:agent/config",
     "spawner:agent/hooks",
     "spawner:agent/inference",
+    "spawner:agent/llm",
     "spawner:agent/log",
     "spawner:agent/memory",
     "spawner:agent/types",
@@ -119,7 +120,8 @@ mod tests {
         assert!(!provided("wasi:io/streams@0.3.0"));
         assert!(!provided("wasi:io/streams@0.20.0"));
         assert!(!provided("wasi:io/streams"));
-        assert!(!provided("spawner:agent/llm@0.2.0"));
+        assert!(provided("spawner:agent/llm@0.2.2"));
+        assert!(!provided("spawner:agent/tools@0.2.0"));
     }
 
     #[test]

@@ -21,6 +21,10 @@
 //! [models]
 //! allowed = ["sentiment"]         # models this agent may call
 //!
+//! [llm]
+//! models = ["smollm2-135m"]       # language models this agent may chat with
+//! retain = false                  # keep prompts and answers with the run's evidence
+//!
 //! [[preopens]]                    # none unless declared; read-only unless writable
 //! host = "data"                   # relative to the agent's directory, or absolute
 //! guest = "/data"
@@ -70,6 +74,8 @@ pub struct RawManifest {
     #[serde(default)]
     models: RawModels,
     #[serde(default)]
+    llm: RawLlm,
+    #[serde(default)]
     preopens: Vec<RawPreopen>,
     #[serde(default)]
     placement: Placement,
@@ -101,6 +107,15 @@ struct RawModels {
     allowed: Vec<Spanned<String>>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLlm {
+    #[serde(default)]
+    models: Vec<Spanned<String>>,
+    #[serde(default)]
+    retain: bool,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPreopen {
@@ -111,6 +126,15 @@ struct RawPreopen {
     relative_to: Option<Spanned<String>>,
     #[serde(default)]
     allow_outside: bool,
+}
+
+/// `[llm]`: which language models an agent may use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LlmPolicy {
+    /// The models, by name; a chat with any other is refused before any connection.
+    pub models: Vec<String>,
+    /// Keep each call's prompt and answer with the run's evidence (off: only counts).
+    pub retain: bool,
 }
 
 /// Where an agent may run.
@@ -143,6 +167,8 @@ pub struct Manifest {
     pub memory: MemoryPolicy,
     /// Models the agent may call through the broker.
     pub allowed_models: Vec<String>,
+    /// Language models the agent may chat with, and what evidence keeps.
+    pub llm: LlmPolicy,
     /// Host directories visible to the agent; none unless declared.
     pub preopens: Vec<Preopen>,
     /// Where the agent may run.
@@ -471,6 +497,17 @@ impl RawManifest {
             allowed_models.push(model.into_inner());
         }
 
+        let mut llm_models = Vec::with_capacity(self.llm.models.len());
+        for model in self.llm.models {
+            if model.get_ref().trim().is_empty() {
+                return Err(invalid(
+                    model.span(),
+                    "llm model names must not be empty".into(),
+                ));
+            }
+            llm_models.push(model.into_inner());
+        }
+
         let mut preopens = Vec::with_capacity(self.preopens.len());
         for p in self.preopens {
             let host = Path::new(p.host.get_ref());
@@ -573,6 +610,10 @@ impl RawManifest {
                 keep_runs: u32::try_from(keep_runs).unwrap_or(u32::MAX),
             },
             allowed_models,
+            llm: LlmPolicy {
+                models: llm_models,
+                retain: self.llm.retain,
+            },
             preopens,
             placement: self.placement,
             config,

@@ -21,7 +21,7 @@ pub mod bindings {
 }
 
 pub use bindings::Agent;
-use bindings::spawner::agent::{config, hooks, inference, log, memory, types};
+use bindings::spawner::agent::{config, hooks, inference, llm, log, memory, types};
 
 /// Per-request state the host functions work on. Lives in the wasmtime `Store`.
 pub struct AgentHost {
@@ -37,6 +37,14 @@ pub struct AgentHost {
     pub allowed_models: Vec<String>,
     /// Where inference calls go (the gpu-broker).
     pub inference: Box<dyn crate::inference::Inference>,
+    /// Where chats go (the gpu-broker).
+    pub llm: Box<dyn crate::llm::Llm>,
+    /// The agent's `[llm]`.
+    pub llm_policy: agent_contract::manifest::LlmPolicy,
+    /// Evidence of the run's chats, in order.
+    pub llm_calls: Vec<memory_store::LlmCall>,
+    /// When the run's deadline falls (set when it is armed).
+    pub deadline: Option<std::time::Instant>,
     /// Set when an inference call found no broker: a run that then fails is reported as
     /// `broker_unavailable`, not as the agent's own error.
     pub broker_unavailable: Option<String>,
@@ -245,5 +253,28 @@ impl inference::Host for AgentHost {
                 Err(e)
             }
         }
+    }
+}
+
+impl llm::Host for AgentHost {
+    fn chat(
+        &mut self,
+        model: String,
+        messages: Vec<llm::Message>,
+        params: llm::Params,
+    ) -> Result<llm::Completion, llm::LlmError> {
+        let policy = crate::llm::Policy {
+            agent: &self.agent,
+            llm: &self.llm_policy,
+            deadline: self.deadline,
+        };
+        let (answer, call) = crate::llm::chat(&mut *self.llm, &policy, model, messages, params);
+        self.llm_calls.push(call);
+        if let Err(llm::LlmError::Unavailable(m)) = &answer
+            && m.starts_with("the inference broker is unavailable")
+        {
+            self.broker_unavailable = Some(m.clone());
+        }
+        answer
     }
 }

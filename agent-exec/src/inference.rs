@@ -46,25 +46,34 @@ impl Broker {
     }
 }
 
-impl Inference for Broker {
-    fn infer(&mut self, model: &str, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ClientError> {
+impl Broker {
+    /// The connection, made (or made again) as needed.
+    pub fn client(&mut self) -> Result<&mut Client, ClientError> {
         // A connection the broker closed while the agent was busy elsewhere (longer than
         // the broker's client timeout) is replaced, not failed on.
         if self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
         }
-        let client = match &mut self.client {
-            Some(client) => client,
-            None => {
-                let client = self.connect()?;
-                self.client.insert(client)
-            }
-        };
-        let answer = client.infer(model, inputs);
+        if self.client.is_none() {
+            self.client = Some(self.connect()?);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| ClientError::Unavailable("no connection".into()))
+    }
+
+    /// Forget a connection that failed: a later call starts over.
+    pub fn failed<T>(&mut self, answer: &Result<T, ClientError>) {
         if matches!(answer, Err(ClientError::Unavailable(_))) {
-            // The connection is gone; a later call starts over.
             self.client = None;
         }
+    }
+}
+
+impl Inference for Broker {
+    fn infer(&mut self, model: &str, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ClientError> {
+        let answer = self.client()?.infer(model, inputs);
+        self.failed(&answer);
         answer
     }
 }
@@ -119,6 +128,8 @@ pub fn to_wit_error(e: ClientError) -> wit::InferenceError {
             | ErrorCode::Version
             | ErrorCode::LoadFailed
             | ErrorCode::GpuRequired
+            | ErrorCode::ContextTooLong
+            | ErrorCode::Timeout
             | ErrorCode::Failed => wit::InferenceError::Failed(message),
         },
     }

@@ -32,6 +32,7 @@ mod error;
 mod hook;
 pub mod host;
 pub mod inference;
+pub mod llm;
 mod logging;
 mod run;
 

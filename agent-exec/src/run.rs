@@ -258,6 +258,7 @@ pub fn execute(
             ..PhaseTimings::default()
         },
         cache_hit: None,
+        llm_calls: Vec::new(),
         prepared,
         hook_call: header.hook.is_some(),
         home: Home::new(&header.home),
@@ -288,6 +289,8 @@ struct Run {
     started_ms: u64,
     timings: PhaseTimings,
     cache_hit: Option<bool>,
+    /// Evidence of the run's chats, for its record.
+    llm_calls: Vec<memory_store::LlmCall>,
 }
 
 /// Time from `since` to now, in microseconds, and reset `since`.
@@ -378,6 +381,7 @@ impl Run {
                 total_us: micros(self.started.elapsed()),
                 ..self.timings.clone()
             },
+            llm_calls: self.llm_calls.clone(),
         };
         // The handler returned (with a response or a typed error): its writes count.
         // It trapped, timed out or hit a limit: they are discarded.
@@ -434,6 +438,7 @@ impl Run {
             .memory
             .take()
             .expect("the run's memory stays in the store until taken here");
+        self.llm_calls = std::mem::take(&mut store.data_mut().llm_calls);
         // The process exits right after answering: tearing the instance down (unmapping its
         // memory, freeing its tables) is work the kernel does anyway, faster, at exit.
         std::mem::forget(store);
@@ -474,6 +479,10 @@ impl Run {
             config: manifest.config.clone(),
             allowed_models: manifest.allowed_models.clone(),
             inference: Box::new(crate::inference::Broker::for_home(self.home.clone())),
+            llm: Box::new(crate::inference::Broker::for_home(self.home.clone())),
+            llm_policy: manifest.llm.clone(),
+            llm_calls: Vec::new(),
+            deadline: None,
             broker_unavailable: None,
             run_id: self.header.run_id.clone(),
             agent: manifest.name.clone(),
@@ -509,6 +518,7 @@ impl Run {
             .map_or(manifest.limits.timeout, Duration::from_millis);
         crate::deadline::arm(engine, timeout)
             .map_err(|e| ExecError::Internal(format!("cannot arm the deadline: {e}")))?;
+        store.data_mut().deadline = Some(Instant::now() + timeout);
 
         let linker = match self
             .prepared

@@ -39,7 +39,7 @@ use rusqlite::Connection;
 use rusqlite::config::DbConfig;
 
 pub use memory::{Entry, Event, MemoryError, RunMemory};
-pub use runs::{RunFilter, RunRecord};
+pub use runs::{LlmCall, RunFilter, RunRecord};
 
 /// How long a writer waits for the write lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -255,6 +255,7 @@ mod tests {
                 input: None,
                 cache_hit: None,
                 timings: PhaseTimings::default(),
+                llm_calls: Vec::new(),
             };
             store.record_run(&record, 1000).expect("record");
             assert!(

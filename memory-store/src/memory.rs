@@ -306,6 +306,7 @@ mod tests {
             input: None,
             cache_hit: Some(true),
             timings: PhaseTimings::default(),
+            llm_calls: Vec::new(),
         }
     }
 

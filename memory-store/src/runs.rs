@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::{Store, StoreError, to_sql_int};
 
 /// What the store keeps about one run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunRecord {
     /// The run's id.
     pub run_id: String,
@@ -28,6 +28,47 @@ pub struct RunRecord {
     pub cache_hit: Option<bool>,
     /// Where the time went.
     pub timings: PhaseTimings,
+    /// Evidence of the run's language-model calls, in order. Read back by [`Store::run`]
+    /// (lists leave it empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub llm_calls: Vec<LlmCall>,
+}
+
+/// Evidence of one language-model call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LlmCall {
+    /// `local` (the broker), or the configured provider's name.
+    pub provider: String,
+    /// Whether the call left this machine.
+    pub remote: bool,
+    /// The model asked for.
+    pub model: String,
+    /// Where a local model ran: `cpu` or `cuda`.
+    pub device: Option<String>,
+    /// `stop` or `length` when it answered, else the error's kind (`not-allowed`, ...).
+    pub outcome: String,
+    /// The error's message, when it failed.
+    pub error: Option<String>,
+    /// Tokens of the prompt, when known.
+    pub prompt_tokens: Option<u32>,
+    /// Tokens generated, when known.
+    pub completion_tokens: Option<u32>,
+    /// Bytes sent off the machine.
+    pub bytes_sent: u64,
+    /// Why a remote provider was used.
+    pub escalation: Option<String>,
+    /// The consent the call relied on.
+    pub consent: Option<String>,
+    /// From the call to its answer, in milliseconds.
+    pub latency_ms: f64,
+    /// From the call to the first generated token, in milliseconds.
+    pub first_token_ms: Option<f64>,
+    /// The messages sent, as JSON; only when the manifest retains them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The answer; only when the manifest retains it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
 }
 
 /// Which run records to list.
@@ -79,6 +120,41 @@ pub(crate) fn insert(conn: &Connection, r: &RunRecord, keep_runs: u32) -> Result
             to_sql_int(t.total_us),
             r.status.exit_code(),
         ])? == 1;
+    if inserted {
+        let mut call = conn.prepare_cached(
+            "INSERT INTO llm_calls (run_id, seq, provider, remote, model, device, outcome, error,
+                 prompt_tokens, completion_tokens, bytes_sent, escalation, consent, latency_ms,
+                 first_token_ms, prompt, answer)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        )?;
+        for (seq, c) in r.llm_calls.iter().enumerate() {
+            call.execute(params![
+                r.run_id,
+                seq as i64,
+                c.provider,
+                c.remote,
+                c.model,
+                c.device,
+                c.outcome,
+                c.error,
+                c.prompt_tokens,
+                c.completion_tokens,
+                to_sql_int(c.bytes_sent),
+                c.escalation,
+                c.consent,
+                c.latency_ms,
+                c.first_token_ms,
+                c.prompt,
+                c.answer,
+            ])?;
+        }
+    }
+    conn.prepare_cached(
+        "DELETE FROM llm_calls WHERE run_id IN (
+             SELECT run_id FROM runs WHERE agent = ?1
+             ORDER BY started_at_ms DESC LIMIT -1 OFFSET ?2)",
+    )?
+    .execute(params![r.agent, i64::from(keep_runs)])?;
     conn.prepare_cached(
         "DELETE FROM runs WHERE run_id IN (
              SELECT run_id FROM runs WHERE agent = ?1
@@ -112,6 +188,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
                 handler_us: u(13)?,
                 total_us: u(14)?.unwrap_or(0),
             },
+            llm_calls: Vec::new(),
         },
         status,
     ))
@@ -149,7 +226,39 @@ impl Store {
             .collect()
     }
 
-    /// One run record by id.
+    /// The language-model calls of a run, in order.
+    pub fn llm_calls(&self, run_id: &str) -> Result<Vec<LlmCall>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT provider, remote, model, device, outcome, error, prompt_tokens,
+                 completion_tokens, bytes_sent, escalation, consent, latency_ms, first_token_ms,
+                 prompt, answer
+             FROM llm_calls WHERE run_id = ?1 ORDER BY seq",
+        )?;
+        let calls = stmt
+            .query_map(params![run_id], |row| {
+                Ok(LlmCall {
+                    provider: row.get(0)?,
+                    remote: row.get(1)?,
+                    model: row.get(2)?,
+                    device: row.get(3)?,
+                    outcome: row.get(4)?,
+                    error: row.get(5)?,
+                    prompt_tokens: row.get(6)?,
+                    completion_tokens: row.get(7)?,
+                    bytes_sent: row.get::<_, i64>(8)?.max(0) as u64,
+                    escalation: row.get(9)?,
+                    consent: row.get(10)?,
+                    latency_ms: row.get(11)?,
+                    first_token_ms: row.get(12)?,
+                    prompt: row.get(13)?,
+                    answer: row.get(14)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(calls)
+    }
+
+    /// One run record by id, with its language-model calls.
     pub fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
         let mut stmt = self
             .conn
@@ -162,6 +271,7 @@ impl Store {
                 record.status = status
                     .parse()
                     .map_err(|e| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
+                record.llm_calls = self.llm_calls(run_id)?;
                 Ok(Some(record))
             }
         }
@@ -187,7 +297,43 @@ mod tests {
                 total_us: 9,
                 ..PhaseTimings::default()
             },
+            llm_calls: Vec::new(),
         }
+    }
+
+    fn call(model: &str) -> LlmCall {
+        LlmCall {
+            provider: "local".into(),
+            remote: false,
+            model: model.into(),
+            device: Some("cpu".into()),
+            outcome: "stop".into(),
+            error: None,
+            prompt_tokens: Some(30),
+            completion_tokens: Some(9),
+            bytes_sent: 0,
+            escalation: None,
+            consent: None,
+            latency_ms: 120.5,
+            first_token_ms: Some(20.25),
+            prompt: None,
+            answer: Some("Paris".into()),
+        }
+    }
+
+    #[test]
+    fn llm_calls_are_kept_with_their_run_and_pruned_with_it() {
+        let mut store = Store::open_in_memory().expect("store");
+        let mut first = record("r0", "a", 0);
+        first.llm_calls = vec![call("m1"), call("m2")];
+        store.record_run(&first, 1).expect("insert");
+        assert_eq!(store.run("r0").expect("run"), Some(first.clone()));
+        // A second insert of the same run adds no calls.
+        store.record_run(&first, 1).expect("again");
+        assert_eq!(store.llm_calls("r0").expect("calls").len(), 2);
+        // keep_runs 1: the next run prunes r0 and its calls.
+        store.record_run(&record("r1", "a", 1), 1).expect("insert");
+        assert_eq!(store.llm_calls("r0").expect("calls"), Vec::new());
     }
 
     #[test]

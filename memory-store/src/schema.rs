@@ -8,7 +8,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::StoreError;
 
 /// Every migration, in order; the store's version is the number of migrations applied.
-pub const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_initial.sql"),
+    include_str!("../migrations/0002_llm_calls.sql"),
+];
 
 /// The schema version this program writes.
 pub fn latest_version() -> i64 {

@@ -288,6 +288,7 @@ pub fn execute(
             total_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             ..PhaseTimings::default()
         },
+        llm_calls: Vec::new(),
     };
     // agent-exec may have committed its record (and the run's memory writes) just before it
     // was killed: then that record is the run's outcome, and the caller must see the same,

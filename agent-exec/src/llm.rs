@@ -1,0 +1,166 @@
+//! Language models for agents: the host side of the `llm` interface. A chat is checked
+//! against the agent's `[llm] models` first (a model not listed is refused before any
+//! connection), then sent to the broker, which serves its local models; every call, served
+//! or not, leaves an [`LlmCall`] as evidence for the run record.
+
+use std::time::Instant;
+
+use broker_client::chat::{ChatRequest, Completion, FinishReason, Message};
+use broker_client::{ClientError, ErrorCode};
+use memory_store::LlmCall;
+
+use crate::host::bindings::spawner::agent::llm as wit;
+
+/// Where chats go: the broker client in agent-exec; a trait so that a test double can
+/// stand in for it.
+pub trait Llm: Send {
+    /// Answer `request`.
+    fn chat(&mut self, request: &ChatRequest) -> Result<Completion, ClientError>;
+}
+
+impl Llm for crate::inference::Broker {
+    fn chat(&mut self, request: &ChatRequest) -> Result<Completion, ClientError> {
+        let answer = self.client()?.chat(request, &mut |_| {});
+        self.failed(&answer);
+        answer
+    }
+}
+
+/// What the host needs to make one call for an agent.
+pub struct Policy<'a> {
+    /// The agent's name, for messages.
+    pub agent: &'a str,
+    /// Its `[llm]`.
+    pub llm: &'a agent_contract::manifest::LlmPolicy,
+    /// When the run's deadline falls.
+    pub deadline: Option<Instant>,
+}
+
+/// Make one call: check it, send it, and return the answer with its evidence.
+pub fn chat(
+    provider: &mut dyn Llm,
+    policy: &Policy<'_>,
+    model: String,
+    messages: Vec<wit::Message>,
+    params: wit::Params,
+) -> (Result<wit::Completion, wit::LlmError>, LlmCall) {
+    let started = Instant::now();
+    let messages: Vec<Message> = messages
+        .into_iter()
+        .map(|m| Message {
+            role: m.role,
+            content: m.content,
+        })
+        .collect();
+    let mut call = LlmCall {
+        provider: "local".into(),
+        remote: false,
+        model: model.clone(),
+        device: None,
+        outcome: String::new(),
+        error: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        bytes_sent: 0,
+        escalation: None,
+        consent: None,
+        latency_ms: 0.0,
+        first_token_ms: None,
+        prompt: policy
+            .llm
+            .retain
+            .then(|| serde_json::to_string(&messages).unwrap_or_default()),
+        answer: None,
+    };
+    let answer = if !policy.llm.models.contains(&model) {
+        Err(wit::LlmError::NotAllowed(format!(
+            "model {model:?} is not in [llm] models of agent {:?} (add it to its agent.toml to use it)",
+            policy.agent
+        )))
+    } else {
+        let request = ChatRequest {
+            model,
+            messages,
+            max_tokens: params.max_tokens,
+            temperature: params.temperature,
+            top_p: params.top_p,
+            stop: params.stop,
+            seed: params.seed,
+            timeout_ms: policy
+                .deadline
+                .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
+        };
+        provider.chat(&request).map_err(to_wit_error)
+    };
+    call.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let answer = answer.map(|c| {
+        call.device = Some(c.device.clone());
+        call.prompt_tokens = Some(c.prompt_tokens);
+        call.completion_tokens = Some(c.completion_tokens);
+        call.first_token_ms = Some(c.first_token_ms);
+        call.provider = c.provider.clone();
+        if policy.llm.retain {
+            call.answer = Some(c.text.clone());
+        }
+        wit::Completion {
+            text: c.text,
+            finish_reason: match c.finish_reason {
+                FinishReason::Stop => wit::FinishReason::Stop,
+                FinishReason::Length => wit::FinishReason::Length,
+            },
+            prompt_tokens: c.prompt_tokens,
+            completion_tokens: c.completion_tokens,
+            provider: c.provider,
+            model: c.model,
+        }
+    });
+    match &answer {
+        Ok(c) => {
+            call.outcome = match c.finish_reason {
+                wit::FinishReason::Stop => "stop",
+                wit::FinishReason::Length => "length",
+            }
+            .into();
+        }
+        Err(e) => {
+            let (kind, message) = kind(e);
+            call.outcome = kind.into();
+            call.error = Some(message.to_owned());
+        }
+    }
+    (answer, call)
+}
+
+/// An error's kind, as the WIT names it, and its message.
+pub fn kind(e: &wit::LlmError) -> (&'static str, &str) {
+    match e {
+        wit::LlmError::NotAllowed(m) => ("not-allowed", m),
+        wit::LlmError::Unavailable(m) => ("unavailable", m),
+        wit::LlmError::ContextTooLong(m) => ("context-too-long", m),
+        wit::LlmError::ConsentRequired(m) => ("consent-required", m),
+        wit::LlmError::Timeout(m) => ("timeout", m),
+        wit::LlmError::InvalidInput(m) => ("invalid-input", m),
+        wit::LlmError::Failed(m) => ("failed", m),
+    }
+}
+
+/// The agent's view of a client error.
+fn to_wit_error(e: ClientError) -> wit::LlmError {
+    match e {
+        e @ ClientError::Unavailable(_) => wit::LlmError::Unavailable(e.to_string()),
+        ClientError::Broker { code, message } => match code {
+            ErrorCode::UnknownModel
+            | ErrorCode::ShuttingDown
+            | ErrorCode::Busy
+            | ErrorCode::Forbidden
+            | ErrorCode::GpuRequired
+            | ErrorCode::LoadFailed => wit::LlmError::Unavailable(message),
+            ErrorCode::ContextTooLong => wit::LlmError::ContextTooLong(message),
+            ErrorCode::Timeout => wit::LlmError::Timeout(message),
+            ErrorCode::InvalidInput | ErrorCode::TooLarge => wit::LlmError::InvalidInput(message),
+            ErrorCode::Malformed | ErrorCode::Version | ErrorCode::Failed => {
+                wit::LlmError::Failed(message)
+            }
+        },
+    }
+}
