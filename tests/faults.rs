@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 use agent_contract::Outcome;
 
 use crate::harness::{
-    TestHome, code, count, exit_of, report, start_agent_exec, stderr, stdout, wait_for_line,
+    TestHome, children_of, code, count, exit_of, report, start_agent_exec, stderr, stdout,
+    wait_for_line,
 };
 
 /// A home with the testing agent as `lab` (300 ms deadline, 32 MiB cap) and a value
@@ -145,27 +146,6 @@ fn handler_errors_keep_their_writes_but_traps_discard_them() {
         stdout(&home.run(&["run", "lab", "get", "doomed"])),
         "(none)"
     );
-}
-
-/// Pids of the processes whose parent is `parent`.
-fn children_of(parent: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit(')')
-                        .next()?
-                        .split_whitespace()
-                        .nth(1)?
-                        .parse()
-                        .ok()
-                })
-                == Some(parent)
-        })
-        .collect()
 }
 
 #[test]

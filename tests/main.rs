@@ -17,6 +17,8 @@ mod echo;
 mod faults;
 /// `spawner hook`: git and Claude Code protocols, secret-guard, install/uninstall.
 mod hooks;
+/// Language models: chat from agents on the embedded model, against the Python loop.
+mod llm;
 /// Bad agent names, missing components, pin mismatches, invalid manifests.
 mod manifests;
 /// notes: memory that outlives the process; concurrent writers.

@@ -86,9 +86,13 @@ pub fn chat(
             top_p: params.top_p,
             stop: params.stop,
             seed: params.seed,
-            timeout_ms: policy
-                .deadline
-                .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
+            // A little before the run's own deadline, so that the agent is told `timeout`
+            // and can still answer (with what it has, or a message of its own).
+            timeout_ms: policy.deadline.map(|d| {
+                let left = d.saturating_duration_since(Instant::now());
+                let margin = (left / 10).min(std::time::Duration::from_millis(250));
+                (left - margin).as_millis() as u64
+            }),
         };
         provider.chat(&request).map_err(to_wit_error)
     };

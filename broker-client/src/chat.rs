@@ -75,4 +75,7 @@ pub struct Completion {
     pub first_token_ms: f64,
     /// Milliseconds from the request to the end.
     pub total_ms: f64,
+    /// The generated token ids, in order (for checks against a reference loop).
+    #[serde(default)]
+    pub tokens: Vec<u32>,
 }

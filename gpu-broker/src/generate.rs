@@ -487,6 +487,7 @@ pub fn chat<'d>(
         device: device.name.into(),
         first_token_ms: first_token_ms.unwrap_or(0.0),
         total_ms: started.elapsed().as_secs_f64() * 1000.0,
+        tokens: generated,
     })
 }
 

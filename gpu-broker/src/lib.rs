@@ -59,6 +59,8 @@ pub struct Broker {
     started: Instant,
     last_activity: Mutex<Instant>,
     connections: AtomicUsize,
+    /// Chats being answered now.
+    chats: AtomicUsize,
     library: String,
     idle_ttl: Option<Duration>,
     /// How long a client may take to send one frame ([`FRAME_DEADLINE`] by default).
@@ -80,6 +82,7 @@ impl Broker {
             started: Instant::now(),
             last_activity: Mutex::new(Instant::now()),
             connections: AtomicUsize::new(0),
+            chats: AtomicUsize::new(0),
             library,
             idle_ttl,
             frame_deadline: FRAME_DEADLINE,
@@ -176,6 +179,7 @@ impl Broker {
             "devices": devices,
             "queue_depth": self.cpu.depth() + self.cuda.as_ref().map_or(0, Device::depth),
             "connections": self.connections.load(Ordering::SeqCst),
+            "chats": self.chats.load(Ordering::SeqCst),
             "served": stats.served_total(),
             "idle_ttl_s": self.idle_ttl.map(|d| d.as_secs()),
             "models": stats.models_json(),
@@ -303,7 +307,10 @@ impl Broker {
                         .write_to(stream)
                         .is_ok()
                     };
-                    match generate::chat(&json, |model| self.device(model), &mut send) {
+                    self.chats.fetch_add(1, Ordering::SeqCst);
+                    let answered = generate::chat(&json, |model| self.device(model), &mut send);
+                    self.chats.fetch_sub(1, Ordering::SeqCst);
+                    match answered {
                         Ok(done) => Frame::Json {
                             id,
                             json: serde_json::to_string(&done).unwrap_or_default(),

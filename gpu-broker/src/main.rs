@@ -47,6 +47,7 @@ fn main() -> std::process::ExitCode {
     // SAFETY: the first thing main does, before any thread exists. The PyPI build of ONNX
     // Runtime otherwise writes a device id under ~/.cache and tries to send telemetry.
     unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
+    keep_large_buffers_returnable();
     // ONNX Runtime logs every session's options at info: keep the log to what matters.
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::WARN)
@@ -61,6 +62,16 @@ fn main() -> std::process::ExitCode {
             eprintln!("gpu-broker: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Serve allocations of 64 KiB and more (a generation's KV cache: 768 bytes a position per
+/// layer and kind) from their own mappings, so that a finished or abandoned sequence gives
+/// its memory back to the system rather than leave glibc's heaps grown for good.
+fn keep_large_buffers_returnable() {
+    // SAFETY: mallopt only sets a tunable of the allocator; called before other threads.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 64 << 10);
     }
 }
 

@@ -218,6 +218,15 @@ pub fn load(spec: ModelSpec) -> Result<Loaded, Failure> {
             Some(why) => fallback = Some(why),
         }
     }
+    // Registered after CUDA, which keeps its place first.
+    if spec.generate.is_some() {
+        // A generation's tensors change size every step: ONNX Runtime's arena would keep
+        // the largest sequence's memory for good. Without it they are freed as they go.
+        ep::CPU::default()
+            .with_arena_allocator(false)
+            .register(&mut builder)
+            .map_err(|e| load_failed(&spec, e))?;
+    }
     let session = builder
         .commit_from_file(&path)
         .map_err(|e| load_failed(&spec, e))?;

@@ -280,6 +280,10 @@ pub struct AgentsArgs {
 /// `spawner runs`.
 #[derive(Debug, Args)]
 pub struct RunsArgs {
+    /// `show <run>`: one run whole; without it, the list.
+    #[command(subcommand)]
+    pub command: Option<RunsCommand>,
+
     /// Only this agent's runs.
     #[arg(long)]
     pub agent: Option<String>,
@@ -291,6 +295,19 @@ pub struct RunsArgs {
     /// One JSON object per run, one per line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What `spawner runs` can do besides listing.
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// One run's whole record: outcome, timings, and the evidence of its LLM calls.
+    Show {
+        /// The run's id (from `spawner runs`).
+        run_id: String,
+        /// The record as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Parse `500ms`, `5s`, `2m` or a bare number of seconds.

@@ -17,6 +17,10 @@
 //!   that dtype and shape, every element `value` (a number; `+i` adds the element's index);
 //!   answers each output as `<name> <dtype> <shape> <values, comma-separated>`
 //! - `infer-bytes <model> <input> <megabytes>`: one uint8 input of that size
+//! - `chat` then lines `model <name>`, `max_tokens <n>`, `temperature <t>`, `top_p <p>`,
+//!   `seed <n>`, `stop <text>` (each may repeat) and `msg <role> <content>`: one llm chat;
+//!   answers `finish <stop|length> prompt <n> completion <n> provider <p> model <m>` on
+//!   the first line and the text after it; an error fails with its Debug form
 //! - anything else: echoed back
 //!
 //! As a hook (`spawner hook testing`), it describes the normalized event it received, one
@@ -155,6 +159,9 @@ impl Agent for Testing {
             return hook(&event);
         }
         let text = request.text()?.to_owned();
+        if let Some(lines) = text.strip_prefix("chat\n") {
+            return chat(lines);
+        }
         let (command, args) = words(&text);
         match (command, args.as_slice()) {
             ("panic", _) => panic!("testing agent was asked to panic"),
@@ -260,6 +267,53 @@ impl Agent for Testing {
             }
             _ => Ok(Response::text(text)),
         }
+    }
+}
+
+/// One llm chat from the lines of a `chat` request.
+fn chat(lines: &str) -> Result<Response, AgentError> {
+    let mut model = String::new();
+    let mut messages = Vec::new();
+    let mut params = agent_sdk::chat::params();
+    let number = |v: &str| -> Result<f64, AgentError> {
+        v.parse()
+            .map_err(|_| AgentError::InvalidInput(format!("not a number: {v}")))
+    };
+    for line in lines.lines() {
+        let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+        match key {
+            "model" => model = value.into(),
+            "max_tokens" => params.max_tokens = Some(number(value)? as u32),
+            "temperature" => params.temperature = Some(number(value)? as f32),
+            "top_p" => params.top_p = Some(number(value)? as f32),
+            "seed" => params.seed = Some(number(value)? as u64),
+            "stop" => params.stop.push(value.replace("\\n", "\n")),
+            "msg" => {
+                let (role, content) = value.split_once(' ').unwrap_or((value, ""));
+                messages.push(agent_sdk::chat::message(role, content.replace("\\n", "\n")));
+            }
+            "" => {}
+            other => {
+                return Err(AgentError::InvalidInput(format!(
+                    "unknown chat line {other}"
+                )));
+            }
+        }
+    }
+    match agent_sdk::llm::chat(&model, &messages, &params) {
+        Ok(c) => Ok(Response::text(format!(
+            "finish {} prompt {} completion {} provider {} model {}\n{}",
+            match c.finish_reason {
+                agent_sdk::llm::FinishReason::Stop => "stop",
+                agent_sdk::llm::FinishReason::Length => "length",
+            },
+            c.prompt_tokens,
+            c.completion_tokens,
+            c.provider,
+            c.model,
+            c.text
+        ))),
+        Err(e) => Err(AgentError::Failed(format!("{e:?}"))),
     }
 }
 

@@ -5,10 +5,13 @@ use std::io::Write;
 use agent_contract::{Home, Outcome};
 use memory_store::{RunFilter, Store};
 
-use crate::cli::RunsArgs;
+use crate::cli::{RunsArgs, RunsCommand};
 
-/// List recent runs, newest first.
+/// List recent runs, newest first; or show one.
 pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
+    if let Some(RunsCommand::Show { run_id, json }) = args.command {
+        return show(home, &run_id, json);
+    }
     let path = home.store_path();
     let mut out = std::io::stdout().lock();
     if !path.exists() {
@@ -51,6 +54,78 @@ pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
                 .next()
                 .unwrap_or("")
         )?;
+    }
+    Ok(Outcome::Ok)
+}
+
+/// One run whole, with the evidence of its LLM calls.
+fn show(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
+    let path = home.store_path();
+    let record = if path.exists() {
+        Store::open(&path)?.run(run_id)?
+    } else {
+        None
+    };
+    let Some(r) = record else {
+        anyhow::bail!(
+            "no run {run_id:?} in {} (see `spawner runs`)",
+            path.display()
+        );
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, &r)?;
+        out.write_all(b"\n")?;
+        return Ok(Outcome::Ok);
+    }
+    writeln!(out, "run {}", r.run_id)?;
+    writeln!(out, "agent {}", r.agent)?;
+    writeln!(
+        out,
+        "status {} (exit {})",
+        r.status.as_str(),
+        r.status.exit_code()
+    )?;
+    writeln!(out, "started {} UTC", utc(r.started_at_ms))?;
+    writeln!(out, "total {:.2} ms", r.timings.total_us as f64 / 1000.0)?;
+    if let Some(hit) = r.cache_hit {
+        writeln!(out, "compiled cache {}", if hit { "hit" } else { "miss" })?;
+    }
+    if let Some(e) = &r.error {
+        writeln!(out, "error {e}")?;
+    }
+    for (i, c) in r.llm_calls.iter().enumerate() {
+        writeln!(
+            out,
+            "llm call {}: {} ({}) model {}{}: {}; {} tokens in, {} out; {} bytes sent off this machine; {:.1} ms{}",
+            i + 1,
+            c.provider,
+            if c.remote { "remote" } else { "local" },
+            c.model,
+            c.device
+                .as_deref()
+                .map(|d| format!(" on {d}"))
+                .unwrap_or_default(),
+            c.outcome,
+            c.prompt_tokens.map_or("?".into(), |n| n.to_string()),
+            c.completion_tokens.map_or("?".into(), |n| n.to_string()),
+            c.bytes_sent,
+            c.latency_ms,
+            c.first_token_ms
+                .map(|t| format!(" (first token {t:.1} ms)"))
+                .unwrap_or_default()
+        )?;
+        for (label, value) in [
+            ("error", &c.error),
+            ("escalation", &c.escalation),
+            ("consent", &c.consent),
+            ("prompt", &c.prompt),
+            ("answer", &c.answer),
+        ] {
+            if let Some(v) = value {
+                writeln!(out, "  {label}: {v}")?;
+            }
+        }
     }
     Ok(Outcome::Ok)
 }
