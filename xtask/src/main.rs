@@ -589,6 +589,15 @@ fn demo(root: &Path) -> anyhow::Result<()> {
         "sentiment",
         "the build is broken again and the tests are slow",
     ])?;
+    // A conversation on the embedded language model, each turn a fresh process: the
+    // second answer can use the first only because the memory store kept it.
+    show(&["run", "chat", "/reset"])?;
+    if !show(&["run", "chat", "My name is Ada."])? {
+        bail!("chat failed");
+    }
+    if !show(&["run", "chat", "What is my name?"])? {
+        bail!("chat failed");
+    }
     demo_hooks(&spawner)?;
     show(&["runs", "--limit", "8"])?;
     eprintln!(
