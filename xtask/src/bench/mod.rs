@@ -8,7 +8,7 @@
 //! - `report`: the markdown and the JSON, written together.
 //! - `peers`: the floor program and the peers (benches/peers, installed into benches/.peers).
 //! - one module per section: `exec` (agent-exec alone, component size), `store` (store
-//!   size), `hooks`, `daemon`; the cold-start table is here.
+//!   size), `hooks`, `broker`, `llm`, `daemon`; the cold-start table is here.
 //!
 //! # Modes
 //! - full (`cargo xtask bench`): dist binaries, 500 runs a row; rewrites BENCHMARKS.md.
@@ -22,6 +22,7 @@ mod broker;
 mod daemon;
 mod exec;
 mod hooks;
+mod llm;
 mod measure;
 mod peers;
 mod report;
@@ -146,6 +147,15 @@ pub fn run(root: &Path, mode: Mode) -> anyhow::Result<()> {
         runs.runs,
         if mode == Mode::Smoke { 1 } else { 5 },
     )?;
+    llm::measure(
+        &mut report,
+        root,
+        &bin,
+        &spawner,
+        &home,
+        if mode == Mode::Smoke { 1 } else { 7 },
+        if mode == Mode::Smoke { 8 } else { 64 },
+    )?;
     daemon::measure(&mut report, &spawner, &home, &out, mode.daemon_runs())?;
     let mut memory = String::from("| process | RSS |\n|---|---:|\n");
     for (id, kib) in report.values_with_prefix("memory.") {
@@ -154,6 +164,7 @@ pub fn run(root: &Path, mode: Mode) -> anyhow::Result<()> {
             "agent_exec_peak_rss.bulky" => "agent-exec on bulky (4 MB component), peak".to_owned(),
             "daemon_idle_rss" => "`spawner serve`, idle".to_owned(),
             "broker_rss_models_loaded" => "`gpu-broker` with two models loaded".to_owned(),
+            "broker_rss_llm_loaded" => "`gpu-broker` with the language model loaded".to_owned(),
             other => other
                 .replace("daemon_spare_", "daemon spare agent-exec ")
                 .replace("_rss", ", idle"),
