@@ -799,3 +799,64 @@ fn a_peer_running_as_another_user_gets_no_welcome() {
     // Its own user is still served.
     assert!(client(&home).status().is_ok());
 }
+
+#[test]
+fn with_the_default_home_the_request_the_broker_and_doctor_agree_on_the_layout() {
+    // The default home ($XDG_DATA_HOME/spawner) with $XDG_RUNTIME_DIR set: its broker
+    // listens in the runtime directory. agent-exec runs with a cleared environment, so the
+    // spawner resolves the layout (socket, broker program, ONNX Runtime library) for it.
+    let base = tempfile::tempdir().expect("tempdir");
+    let data = base.path().join("data");
+    let runtime = base.path().join("runtime");
+    std::fs::create_dir_all(&runtime).expect("mkdir");
+    let home = TestHome::new();
+    install_models(&home, &["sentiment"]);
+    home.install_example("sentiment");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::rename(home.path(), data.join("spawner")).expect("move the home");
+    // The library somewhere the broker would not look by itself.
+    let library_dir = base.path().join("lib");
+    std::fs::create_dir_all(&library_dir).expect("mkdir");
+    let library = library_dir.join("libonnxruntime.so");
+    let shipped = std::fs::read_dir(bin("gpu-broker").parent().expect("dir"))
+        .expect("bin dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+        })
+        .expect("the library beside gpu-broker");
+    std::fs::copy(shipped, &library).expect("copy the library");
+    let spawner = |args: &[&str]| {
+        Command::new(bin("spawner"))
+            .args(args)
+            .env_remove("SPAWNER_HOME")
+            .env("XDG_DATA_HOME", &data)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .env("ORT_DYLIB_PATH", &library)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawner runs")
+    };
+    let out = spawner(&["run", "sentiment", "great work"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let socket = runtime.join("spawner/broker.sock");
+    assert!(socket.exists(), "the broker is not at {}", socket.display());
+    let out = spawner(&["doctor", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+    assert_eq!(report["broker"]["status"], "running", "{report}");
+    assert_eq!(
+        report["broker"]["broker"]["library"].as_str(),
+        library.to_str(),
+        "{report}"
+    );
+    // Stop it: the home is about to go.
+    if let Some(pid) = report["broker"]["broker"]["pid"].as_i64() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}

@@ -214,6 +214,7 @@ pub fn start_agent_exec(
         work_dir: None,
         hook: None,
         compile: Default::default(),
+        broker: None,
     };
     let mut envelope = Vec::new();
     write_envelope(&mut envelope, &header, input.as_bytes()).expect("envelope");

@@ -222,7 +222,11 @@ fn bad_chats_get_typed_errors_and_the_broker_keeps_serving() {
     let out = home.run(&["run", "talker", "chat\nmodel missing\nmsg user hi"]);
     assert_eq!(code(&out), 6, "{}", stderr(&out));
     assert!(stderr(&out).contains("Unavailable"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("no model named"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not in the local model repository"),
+        "{}",
+        stderr(&out)
+    );
     // A stop sequence that never comes: the answer ends at max_tokens.
     let out = home.run(&[
         "run",

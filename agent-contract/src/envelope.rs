@@ -69,6 +69,10 @@ pub struct RequestHeader {
     /// Who compiles the component on a compiled-cache miss.
     #[serde(default)]
     pub compile: CompileStep,
+    /// The home's inference broker as the front resolved it; agent-exec resolves it from
+    /// its own (cleared) environment when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<crate::layout::BrokerLayout>,
 }
 
 /// Who compiles an agent's component when the compiled cache has no entry for it.
@@ -217,6 +221,7 @@ mod tests {
                 message: "m".into(),
             }),
             compile: CompileStep::Defer,
+            broker: None,
         }
     }
 

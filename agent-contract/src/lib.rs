@@ -19,8 +19,10 @@ pub mod envelope;
 pub mod home;
 pub mod hook;
 pub mod imports;
+pub mod layout;
 pub mod manifest;
 pub mod outcome;
+pub mod providers;
 pub mod report;
 pub mod service;
 

@@ -24,6 +24,8 @@
 //! [llm]
 //! models = ["smollm2-135m"]       # language models this agent may chat with
 //! retain = false                  # keep prompts and answers with the run's evidence
+//! escalate = ["lab"]              # providers (providers.toml) it may use for a model
+//!                                 # not served locally; remote ones need a consent
 //!
 //! [[preopens]]                    # none unless declared; read-only unless writable
 //! host = "data"                   # relative to the agent's directory, or absolute
@@ -114,6 +116,8 @@ struct RawLlm {
     models: Vec<Spanned<String>>,
     #[serde(default)]
     retain: bool,
+    #[serde(default)]
+    escalate: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +139,9 @@ pub struct LlmPolicy {
     pub models: Vec<String>,
     /// Keep each call's prompt and answer with the run's evidence (off: only counts).
     pub retain: bool,
+    /// Providers of `providers.toml` it may use for a model the broker does not serve, in
+    /// order of preference. A remote one needs the user's consent as well.
+    pub escalate: Vec<String>,
 }
 
 /// Where an agent may run.
@@ -613,6 +620,12 @@ impl RawManifest {
             llm: LlmPolicy {
                 models: llm_models,
                 retain: self.llm.retain,
+                escalate: self
+                    .llm
+                    .escalate
+                    .into_iter()
+                    .map(Spanned::into_inner)
+                    .collect(),
             },
             preopens,
             placement: self.placement,

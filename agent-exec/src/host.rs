@@ -45,6 +45,8 @@ pub struct AgentHost {
     pub llm_calls: Vec<memory_store::LlmCall>,
     /// When the run's deadline falls (set when it is armed).
     pub deadline: Option<std::time::Instant>,
+    /// The home directory (model repository, `providers.toml`).
+    pub home: std::path::PathBuf,
     /// Set when an inference call found no broker: a run that then fails is reported as
     /// `broker_unavailable`, not as the agent's own error.
     pub broker_unavailable: Option<String>,
@@ -263,10 +265,20 @@ impl llm::Host for AgentHost {
         messages: Vec<llm::Message>,
         params: llm::Params,
     ) -> Result<llm::Completion, llm::LlmError> {
+        let (agent, memory) = (&self.agent, &self.memory);
+        let consent = |provider: &str| -> Result<Option<memory_store::Consent>, String> {
+            let memory = memory.as_ref().ok_or("the store is closed")?;
+            memory
+                .store()
+                .live_consent(agent, provider, memory_store::now_ms())
+                .map_err(|e| format!("cannot read the consents: {e}"))
+        };
         let policy = crate::llm::Policy {
-            agent: &self.agent,
+            agent,
             llm: &self.llm_policy,
             deadline: self.deadline,
+            home: &self.home,
+            consent: &consent,
         };
         let (answer, call) = crate::llm::chat(&mut *self.llm, &policy, model, messages, params);
         self.llm_calls.push(call);

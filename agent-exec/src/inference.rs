@@ -2,9 +2,8 @@
 //! gpu-broker. The broker is reached (or started, once, under its lock) on the run's first
 //! call, and the connection serves the rest of the run.
 
-use std::path::PathBuf;
-
 use agent_contract::Home;
+use agent_contract::layout::BrokerLayout;
 use broker_client::{Client, ClientError, Dtype, ErrorCode, Launch, Tensor};
 
 use crate::host::bindings::spawner::agent::inference as wit;
@@ -19,30 +18,41 @@ pub trait Inference: Send {
 /// The gpu-broker of a home, connected on first use. Made for every run, so it does
 /// nothing until an agent calls a model: most runs never do.
 pub struct Broker {
+    layout: BrokerLayout,
     home: Home,
     client: Option<Client>,
 }
 
 impl Broker {
-    /// The broker of `home`.
-    pub fn for_home(home: Home) -> Broker {
-        Broker { home, client: None }
+    /// The broker at `layout` (as the front resolved it), else as this process resolves
+    /// it: `$SPAWNER_GPU_BROKER`, else `gpu-broker` beside this executable.
+    pub fn new(home: Home, layout: Option<BrokerLayout>) -> Broker {
+        let layout = layout.unwrap_or_else(|| {
+            let programs = std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(std::path::Path::to_path_buf))
+                .unwrap_or_default();
+            BrokerLayout::resolve(&home, &programs)
+        });
+        Broker {
+            layout,
+            home,
+            client: None,
+        }
     }
 
-    /// Connect, starting the broker when none answers: the executable
-    /// `$SPAWNER_GPU_BROKER`, else `gpu-broker` beside this one.
+    /// Connect, starting the broker when none answers.
     fn connect(&self) -> Result<Client, ClientError> {
-        let socket = self.home.broker_socket_path();
-        let program = std::env::var_os("SPAWNER_GPU_BROKER")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| {
-                std::env::current_exe()
-                    .ok()
-                    .and_then(|e| e.parent().map(|d| d.join("gpu-broker")))
-            })
-            .unwrap_or_else(|| PathBuf::from("gpu-broker"));
-        Client::connect_or_start(&socket, &Launch::new(program, self.home.root(), &socket))
+        let mut launch = Launch::new(
+            self.layout.program.clone(),
+            self.home.root(),
+            &self.layout.socket,
+        );
+        if let Some(library) = &self.layout.ort_library {
+            launch.args.push("--ort-lib".into());
+            launch.args.push(library.display().to_string());
+        }
+        Client::connect_or_start(&self.layout.socket, &launch)
     }
 }
 
@@ -130,6 +140,7 @@ pub fn to_wit_error(e: ClientError) -> wit::InferenceError {
             | ErrorCode::GpuRequired
             | ErrorCode::ContextTooLong
             | ErrorCode::Timeout
+            | ErrorCode::Unreachable
             | ErrorCode::Failed => wit::InferenceError::Failed(message),
         },
     }

@@ -1,7 +1,10 @@
 //! Language models for agents: the host side of the `llm` interface. A chat is checked
 //! against the agent's `[llm] models` first (a model not listed is refused before any
-//! connection), then sent to the broker, which serves its local models; every call, served
-//! or not, leaves an [`LlmCall`] as evidence for the run record.
+//! connection), then placed ([`place`]): local first; a provider of `providers.toml` only
+//! when the model is not served locally (or the agent names the provider, `lab/model`),
+//! the agent's `[llm] escalate` lists it, and, for a remote one, the user's consent is in
+//! the store. The broker makes the call either way. Every call, served or not, leaves an
+//! [`LlmCall`] as evidence for the run record.
 
 use std::time::Instant;
 
@@ -34,6 +37,114 @@ pub struct Policy<'a> {
     pub llm: &'a agent_contract::manifest::LlmPolicy,
     /// When the run's deadline falls.
     pub deadline: Option<Instant>,
+    /// The home (its model repository and `providers.toml`).
+    pub home: &'a std::path::Path,
+    /// The live consent of the user to this agent's use of a provider, if any.
+    pub consent: &'a dyn Fn(&str) -> Result<Option<memory_store::Consent>, String>,
+}
+
+/// Where a chat goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The broker's own model.
+    Local,
+    /// A provider of `providers.toml`.
+    Provider {
+        /// Its name.
+        name: String,
+        /// The model's name there.
+        model: String,
+        /// Whether the call leaves the machine.
+        remote: bool,
+        /// Why not locally.
+        reason: String,
+        /// The consent it relies on, for a remote one.
+        consent: Option<String>,
+    },
+}
+
+/// Place a chat with `model`; see the module docs for the rules.
+pub fn place(policy: &Policy<'_>, model: &str) -> Result<Route, wit::LlmError> {
+    let providers = agent_contract::providers::Providers::load(policy.home)
+        .map_err(|e| wit::LlmError::Unavailable(e.to_string()))?;
+    let explicit = model
+        .split_once('/')
+        .filter(|(p, _)| providers.get(p).is_some());
+    let (provider, remote_model, reason) = match explicit {
+        Some((p, m)) => (
+            p.to_owned(),
+            m.to_owned(),
+            "the agent asked for this provider",
+        ),
+        None => {
+            if policy
+                .home
+                .join("models")
+                .join(model)
+                .join("model.toml")
+                .is_file()
+            {
+                return Ok(Route::Local);
+            }
+            let serving = policy.llm.escalate.iter().find(|name| {
+                providers
+                    .get(name)
+                    .is_some_and(|p| p.models.iter().any(|m| m == model))
+            });
+            match serving {
+                Some(name) => (
+                    name.clone(),
+                    model.to_owned(),
+                    "the model is not served locally",
+                ),
+                None => {
+                    return Err(wit::LlmError::Unavailable(format!(
+                        "model {model:?} is not in the local model repository ({}), and no provider in [llm] escalate of agent {:?} serves it",
+                        policy.home.join("models").display(),
+                        policy.agent
+                    )));
+                }
+            }
+        }
+    };
+    if !policy.llm.escalate.contains(&provider) {
+        return Err(wit::LlmError::NotAllowed(format!(
+            "provider {provider:?} is not in [llm] escalate of agent {:?} (add it to its agent.toml to use it)",
+            policy.agent
+        )));
+    }
+    let p = providers
+        .get(&provider)
+        .ok_or_else(|| wit::LlmError::Unavailable(format!("no provider {provider:?}")))?;
+    let consent = if p.is_remote() {
+        match (policy.consent)(&provider).map_err(wit::LlmError::Unavailable)? {
+            Some(c) => Some(format!(
+                "consent {} granted {} UTC{}",
+                c.id,
+                agent_contract::report::utc(c.granted_at_ms),
+                c.expires_at_ms
+                    .map(|e| format!(", until {} UTC", agent_contract::report::utc(e)))
+                    .unwrap_or_default()
+            )),
+            None => {
+                return Err(wit::LlmError::ConsentRequired(format!(
+                    "provider {provider:?} ({}) is remote: the messages of this chat would leave this machine, and the user has not consented to agent {:?} using it; to allow it, run `spawner consent grant {} {provider}`",
+                    p.host(),
+                    policy.agent,
+                    policy.agent
+                )));
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Route::Provider {
+        name: provider,
+        model: remote_model,
+        remote: p.is_remote(),
+        reason: reason.to_owned(),
+        consent,
+    })
 }
 
 /// Make one call: check it, send it, and return the answer with its evidence.
@@ -78,31 +189,55 @@ pub fn chat(
             policy.agent
         )))
     } else {
-        let request = ChatRequest {
-            model,
-            messages,
-            max_tokens: params.max_tokens,
-            temperature: params.temperature,
-            top_p: params.top_p,
-            stop: params.stop,
-            seed: params.seed,
-            // A little before the run's own deadline, so that the agent is told `timeout`
-            // and can still answer (with what it has, or a message of its own).
-            timeout_ms: policy.deadline.map(|d| {
-                let left = d.saturating_duration_since(Instant::now());
-                let margin = (left / 10).min(std::time::Duration::from_millis(250));
-                (left - margin).as_millis() as u64
-            }),
-        };
-        provider.chat(&request).map_err(to_wit_error)
+        match place(policy, &model) {
+            Err(e) => Err(e),
+            Ok(route) => {
+                let (provider_name, model) = match &route {
+                    Route::Local => (None, model),
+                    Route::Provider {
+                        name,
+                        model: there,
+                        remote,
+                        reason,
+                        consent,
+                    } => {
+                        call.provider = name.clone();
+                        call.remote = *remote;
+                        call.escalation = Some(reason.clone());
+                        call.consent = consent.clone();
+                        (Some(name.clone()), there.clone())
+                    }
+                };
+                let request = ChatRequest {
+                    provider: provider_name,
+                    model,
+                    messages,
+                    max_tokens: params.max_tokens,
+                    temperature: params.temperature,
+                    top_p: params.top_p,
+                    stop: params.stop,
+                    seed: params.seed,
+                    // A little before the run's own deadline, so that the agent is told `timeout`
+                    // and can still answer (with what it has, or a message of its own).
+                    timeout_ms: policy.deadline.map(|d| {
+                        let left = d.saturating_duration_since(Instant::now());
+                        let margin = (left / 10).min(std::time::Duration::from_millis(250));
+                        (left - margin).as_millis() as u64
+                    }),
+                };
+                provider.chat(&request).map_err(to_wit_error)
+            }
+        }
     };
     call.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let answer = answer.map(|c| {
-        call.device = Some(c.device.clone());
+        call.device = (!c.device.is_empty()).then(|| c.device.clone());
         call.prompt_tokens = Some(c.prompt_tokens);
         call.completion_tokens = Some(c.completion_tokens);
         call.first_token_ms = Some(c.first_token_ms);
         call.provider = c.provider.clone();
+        call.remote = c.remote;
+        call.bytes_sent = c.bytes_sent;
         if policy.llm.retain {
             call.answer = Some(c.text.clone());
         }
@@ -158,6 +293,7 @@ fn to_wit_error(e: ClientError) -> wit::LlmError {
             | ErrorCode::Busy
             | ErrorCode::Forbidden
             | ErrorCode::GpuRequired
+            | ErrorCode::Unreachable
             | ErrorCode::LoadFailed => wit::LlmError::Unavailable(message),
             ErrorCode::ContextTooLong => wit::LlmError::ContextTooLong(message),
             ErrorCode::Timeout => wit::LlmError::Timeout(message),

@@ -42,6 +42,10 @@ pub struct ChatRequest {
     /// Give up after this many milliseconds (the caller's own deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// The provider of `providers.toml` to send it to; the broker's own models when
+    /// absent. The caller decides (and checks consent): the broker never picks one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 /// Why generation ended.
@@ -78,4 +82,10 @@ pub struct Completion {
     /// The generated token ids, in order (for checks against a reference loop).
     #[serde(default)]
     pub tokens: Vec<u32>,
+    /// Whether the call left this machine.
+    #[serde(default)]
+    pub remote: bool,
+    /// Bytes of the request sent to the provider (0 for the broker's own models).
+    #[serde(default)]
+    pub bytes_sent: u64,
 }

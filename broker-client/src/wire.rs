@@ -161,6 +161,8 @@ pub enum ErrorCode {
     ContextTooLong = 12,
     /// A chat ran past the time its client gave it.
     Timeout = 13,
+    /// A provider the chat needs cannot be reached.
+    Unreachable = 14,
 }
 
 impl ErrorCode {
@@ -178,6 +180,7 @@ impl ErrorCode {
             11 => ErrorCode::Forbidden,
             12 => ErrorCode::ContextTooLong,
             13 => ErrorCode::Timeout,
+            14 => ErrorCode::Unreachable,
             _ => ErrorCode::Malformed,
         }
     }

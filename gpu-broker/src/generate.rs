@@ -365,12 +365,20 @@ fn settled(text: &str, stops: &[String]) -> usize {
 pub fn chat<'d>(
     json: &str,
     device: impl Fn(&str) -> &'d Device,
+    remote: impl FnOnce(&ChatRequest) -> Result<Completion, Failure>,
     send: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Completion, Failure> {
     let started = Instant::now();
     let request: ChatRequest = serde_json::from_str(json)
         .map_err(|e| invalid(format!("the chat request is not valid: {e}")))?;
     check(&request)?;
+    if request.provider.is_some() {
+        let done = remote(&request)?;
+        if !send(&done.text) {
+            return Err(Failure::new(ErrorCode::Failed, "the client went away"));
+        }
+        return Ok(done);
+    }
     let deadline = request
         .timeout_ms
         .map(|ms| started + Duration::from_millis(ms));
@@ -488,6 +496,8 @@ pub fn chat<'d>(
         first_token_ms: first_token_ms.unwrap_or(0.0),
         total_ms: started.elapsed().as_secs_f64() * 1000.0,
         tokens: generated,
+        remote: false,
+        bytes_sent: 0,
     })
 }
 

@@ -9,6 +9,7 @@
 //!   that requires a GPU fails otherwise); running it on wire tensors.
 //! - [`generate`]: generative models (tokenizer, chat template, KV cache, sampler) and
 //!   the loop that answers a `chat` step by step on the model's device.
+//! - [`remote`]: chats sent to an OpenAI-compatible provider of `providers.toml`.
 //! - [`queue`]: one ordered queue per device, served by one thread; dynamic batching.
 //! - [`stats`]: what `status` reports.
 //! - [`Broker`] (here): connections (who may connect, how many, how long they may stall),
@@ -20,6 +21,7 @@
 
 pub mod generate;
 pub mod queue;
+pub mod remote;
 pub mod repo;
 pub mod runtime;
 pub mod stats;
@@ -61,6 +63,10 @@ pub struct Broker {
     connections: AtomicUsize,
     /// Chats being answered now.
     chats: AtomicUsize,
+    /// The home (for `providers.toml` and key files).
+    home: std::path::PathBuf,
+    /// HTTP agents of the providers.
+    remote: remote::Remote,
     library: String,
     idle_ttl: Option<Duration>,
     /// How long a client may take to send one frame ([`FRAME_DEADLINE`] by default).
@@ -71,6 +77,11 @@ impl Broker {
     /// A broker serving `repo`, with ONNX Runtime already initialised from `library`.
     pub fn new(repo: Repo, library: String, idle_ttl: Option<Duration>) -> Broker {
         let stats = Arc::new(Mutex::new(Stats::default()));
+        let home_of_repo = repo
+            .dir()
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
         let cuda =
             runtime::cuda_compiled_in().then(|| Device::start("cuda", repo.clone(), stats.clone()));
         Broker {
@@ -83,10 +94,18 @@ impl Broker {
             last_activity: Mutex::new(Instant::now()),
             connections: AtomicUsize::new(0),
             chats: AtomicUsize::new(0),
+            home: home_of_repo,
+            remote: remote::Remote::default(),
             library,
             idle_ttl,
             frame_deadline: FRAME_DEADLINE,
         }
+    }
+
+    /// The same broker, for the home at `home` (its `providers.toml` and key files).
+    pub fn with_home(mut self, home: std::path::PathBuf) -> Broker {
+        self.home = home;
+        self
     }
 
     /// The same broker, giving each client `deadline` to send a frame.
@@ -308,7 +327,12 @@ impl Broker {
                         .is_ok()
                     };
                     self.chats.fetch_add(1, Ordering::SeqCst);
-                    let answered = generate::chat(&json, |model| self.device(model), &mut send);
+                    let answered = generate::chat(
+                        &json,
+                        |model| self.device(model),
+                        |request| self.remote.chat(&self.home, request),
+                        &mut send,
+                    );
                     self.chats.fetch_sub(1, Ordering::SeqCst);
                     match answered {
                         Ok(done) => Frame::Json {

@@ -139,6 +139,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let idle_ttl = (!args.persistent).then(|| Duration::from_secs(args.idle_ttl));
     let broker = Arc::new(
         Broker::new(Repo::new(&models), library.display().to_string(), idle_ttl)
+            .with_home(home.root().to_owned())
             .with_frame_deadline(Duration::from_secs(args.client_timeout.max(1))),
     );
     for failure in broker.warm_up() {

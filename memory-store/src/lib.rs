@@ -28,6 +28,7 @@
 //! - [`memory`]: per-namespace key/value and event log, with the per-run write buffer.
 //! - [`runs`]: run records: insert, prune, list.
 
+pub mod consents;
 pub mod memory;
 pub mod runs;
 pub mod schema;
@@ -38,6 +39,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use rusqlite::config::DbConfig;
 
+pub use consents::Consent;
 pub use memory::{Entry, Event, MemoryError, RunMemory};
 pub use runs::{LlmCall, RunFilter, RunRecord};
 

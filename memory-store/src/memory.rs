@@ -89,6 +89,11 @@ impl RunMemory {
         }
     }
 
+    /// The store itself, for reads outside the namespace (the user's consents).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The namespace this run reads and writes.
     pub fn namespace(&self) -> &str {
         &self.namespace

@@ -11,6 +11,7 @@ use crate::StoreError;
 pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_llm_calls.sql"),
+    include_str!("../migrations/0003_consents.sql"),
 ];
 
 /// The schema version this program writes.

@@ -39,6 +39,9 @@ pub enum Command {
     /// Show what this installation has and whether its parts answer: agents, the
     /// daemon, the inference broker and its models.
     Doctor(DoctorArgs),
+    /// Record, withdraw or list the user's consent to an agent's use of a remote LLM
+    /// provider (`providers.toml`): without one, such a call is refused.
+    Consent(ConsentArgs),
 }
 
 /// `spawner doctor`.
@@ -295,6 +298,59 @@ pub struct RunsArgs {
     /// One JSON object per run, one per line.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `spawner consent`.
+#[derive(Debug, Args)]
+pub struct ConsentArgs {
+    /// grant, revoke or list.
+    #[command(subcommand)]
+    pub command: ConsentCommand,
+}
+
+/// What `spawner consent` does.
+#[derive(Debug, Subcommand)]
+pub enum ConsentCommand {
+    /// Let `agent` send its chats' messages to `provider`.
+    Grant {
+        /// The agent.
+        agent: String,
+        /// The provider, as named in providers.toml.
+        provider: String,
+        /// Lapse after this long: `30m`, `12h`, `7d` (a bare number is seconds).
+        #[arg(long, value_parser = parse_expiry, value_name = "DURATION")]
+        expires: Option<Duration>,
+    },
+    /// Withdraw every grant of `provider` to `agent`.
+    Revoke {
+        /// The agent.
+        agent: String,
+        /// The provider.
+        provider: String,
+    },
+    /// Every grant, live or not.
+    List {
+        /// One JSON object per grant, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A duration that may also be given in hours or days.
+fn parse_expiry(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    for (suffix, secs) in [("d", 86_400u64), ("h", 3_600)] {
+        if let Some(n) = text.strip_suffix(suffix)
+            && let Ok(n) = n.parse::<u64>()
+        {
+            return n
+                .checked_mul(secs)
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs)
+                .ok_or_else(|| format!("{text} is not a usable duration"));
+        }
+    }
+    parse_duration(text)
 }
 
 /// What `spawner runs` can do besides listing.

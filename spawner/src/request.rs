@@ -10,6 +10,7 @@ use agent_contract::envelope::{
     COMPILE_FIRST_EXIT_CODE, CompileStep, ENVELOPE_VERSION, write_envelope,
 };
 use agent_contract::hook::HookEvent;
+use agent_contract::layout::BrokerLayout;
 use agent_contract::{
     Home, LogFormat, Manifest, Outcome, OutputFormat, PhaseTimings, RequestHeader, RunReport,
 };
@@ -160,6 +161,12 @@ pub fn execute(
         // A compile must not eat the request's deadline: on a cache miss agent-exec leaves
         // it to `compile_first` below.
         compile: CompileStep::Defer,
+        // agent-exec's environment is cleared: the broker's socket and programs are
+        // resolved here, as `spawner doctor` resolves them.
+        broker: Some(BrokerLayout::resolve(
+            home,
+            policy.program.parent().unwrap_or(std::path::Path::new(".")),
+        )),
     };
     let mut envelope = Vec::with_capacity(request.input.len() + 512);
     write_envelope(&mut envelope, &header, &request.input).context("cannot build the request")?;

@@ -41,7 +41,27 @@ pub fn report(home: &Home) -> anyhow::Result<Value> {
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
     models.sort();
+    let providers = match agent_contract::providers::Providers::load(home.root()) {
+        Ok(p) => json!({
+            "file": home.root().join(agent_contract::providers::PROVIDERS_FILE),
+            "list": p.list.iter().map(|p| json!({
+                "name": p.name,
+                "host": p.host(),
+                "remote": p.is_remote(),
+                "models": p.models,
+                // Where the key comes from, never the key.
+                "api_key": match (&p.api_key_env, &p.api_key_file) {
+                    (Some(var), _) => format!("${var} of the broker's environment"),
+                    (_, Some(file)) => format!("file {}", file.display()),
+                    _ => "none".to_owned(),
+                },
+            })).collect::<Vec<_>>(),
+            "policy": "local first: a provider is used only for a model the broker does not serve (or one the agent names as provider/model), listed in the agent's [llm] escalate; a remote one only with the user's consent (spawner consent). What leaves the machine: the chat's messages and parameters, nothing of the agent's memory, config or input. A failed provider is never replaced by another.",
+        }),
+        Err(e) => json!({"error": e.to_string()}),
+    };
     Ok(json!({
+        "providers": providers,
         "home": home.root(),
         "agents": agents.iter().map(|a| json!({"name": a.name, "status": a.status, "error": a.error})).collect::<Vec<_>>(),
         "daemon": {"status": daemon, "socket": daemon_socket},
@@ -141,5 +161,37 @@ pub fn execute(home: &Home, args: DoctorArgs) -> anyhow::Result<Outcome> {
             format!(": {}", names.join(", "))
         }
     )?;
+    let providers = &report["providers"];
+    if let Some(e) = providers["error"].as_str() {
+        writeln!(out, "llm      providers: {e}")?;
+    } else {
+        let list = providers["list"].as_array().map_or(&[][..], Vec::as_slice);
+        writeln!(
+            out,
+            "llm      {} provider(s) besides the broker's own models ({})",
+            list.len(),
+            providers["file"].as_str().unwrap_or("?")
+        )?;
+        for p in list {
+            writeln!(
+                out,
+                "         {}: {} ({}), models {}, API key: {}",
+                p["name"].as_str().unwrap_or("?"),
+                p["host"].as_str().unwrap_or("?"),
+                if p["remote"] == true {
+                    "remote"
+                } else {
+                    "this machine"
+                },
+                p["models"],
+                p["api_key"].as_str().unwrap_or("?")
+            )?;
+        }
+        writeln!(
+            out,
+            "         policy: {}",
+            providers["policy"].as_str().unwrap_or("")
+        )?;
+    }
     Ok(Outcome::Ok)
 }

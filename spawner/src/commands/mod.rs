@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod call;
+pub mod consent;
 pub mod doctor;
 pub mod hook;
 pub mod run;
@@ -25,6 +26,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Agents(args) => agents::execute(&home, args)?,
         Command::Runs(args) => runs::execute(&home, args)?,
         Command::Doctor(args) => doctor::execute(&home, args)?,
+        Command::Consent(args) => consent::execute(&home, args)?,
         Command::Hook(args) => return hook::execute(&home, args),
         Command::Serve(args) => return serve::execute(home, args),
         Command::Call(args) => return call::execute(&home, args),

@@ -1,0 +1,224 @@
+//! Chat completions from OpenAI-compatible providers (`<home>/providers.toml`): the
+//! broker makes the HTTP call for agents, which have no network, holding the API key the
+//! agents never see. One blocking `ureq` agent per provider keeps its connections for
+//! reuse; TLS with the system's roots, or the provider's own `ca_file`.
+//!
+//! The call is made only when agent-exec names the provider in the request: the choice of
+//! a remote provider, and the consent it needs, are agent-exec's (see its `llm` module).
+//! A provider that fails gives its error; nothing falls back to another one.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use agent_contract::providers::{Provider, Providers};
+use broker_client::ErrorCode;
+use broker_client::chat::{ChatRequest, Completion, FinishReason};
+use serde_json::json;
+
+use crate::runtime::Failure;
+
+/// Largest answer body read from a provider.
+const MAX_ANSWER_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The providers' HTTP agents, made on first use.
+#[derive(Default)]
+pub struct Remote {
+    agents: Mutex<HashMap<String, ureq::Agent>>,
+}
+
+fn failed(provider: &str, what: impl std::fmt::Display) -> Failure {
+    Failure::new(ErrorCode::Failed, format!("provider {provider:?}: {what}"))
+}
+
+/// The provider's API key: from the broker's environment or a 0600 file under the home.
+fn api_key(home: &Path, p: &Provider) -> Result<Option<String>, Failure> {
+    if let Some(var) = &p.api_key_env {
+        return match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(Some(v)),
+            _ => Err(Failure::new(
+                ErrorCode::Failed,
+                format!(
+                    "provider {:?}: its API key is taken from ${var}, which the broker's \
+                     environment does not set; start the broker with it set, or use api_key_file",
+                    p.name
+                ),
+            )),
+        };
+    }
+    let Some(file) = &p.api_key_file else {
+        return Ok(None);
+    };
+    let path = home.join(file);
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| failed(&p.name, format!("cannot read {}: {e}", path.display())))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(failed(
+            &p.name,
+            format!(
+                "{} is readable by others (mode {:o}); `chmod 600` it",
+                path.display(),
+                meta.mode() & 0o777
+            ),
+        ));
+    }
+    let key = std::fs::read_to_string(&path)
+        .map_err(|e| failed(&p.name, format!("cannot read {}: {e}", path.display())))?;
+    Ok(Some(key.trim().to_owned()))
+}
+
+fn new_agent(home: &Path, p: &Provider) -> Result<ureq::Agent, Failure> {
+    let roots = match &p.ca_file {
+        None => ureq::tls::RootCerts::PlatformVerifier,
+        Some(file) => {
+            let path = home.join(file);
+            let pem = std::fs::read(&path)
+                .map_err(|e| failed(&p.name, format!("cannot read {}: {e}", path.display())))?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+            if certs.is_empty() {
+                return Err(failed(
+                    &p.name,
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+            ureq::tls::RootCerts::new_with_certs(&certs)
+        }
+    };
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(p.timeout()))
+        .timeout_connect(Some(p.timeout().min(Duration::from_secs(10))))
+        .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+        .build();
+    Ok(config.into())
+}
+
+impl Remote {
+    /// Answer `request` with the provider it names.
+    pub fn chat(&self, home: &Path, request: &ChatRequest) -> Result<Completion, Failure> {
+        let started = Instant::now();
+        let name = request.provider.as_deref().unwrap_or("");
+        let providers =
+            Providers::load(home).map_err(|e| Failure::new(ErrorCode::Failed, e.to_string()))?;
+        let p = providers.get(name).ok_or_else(|| {
+            Failure::new(
+                ErrorCode::UnknownModel,
+                format!(
+                    "no provider {name:?} in {}",
+                    home.join(agent_contract::providers::PROVIDERS_FILE)
+                        .display()
+                ),
+            )
+        })?;
+        let key = api_key(home, p)?;
+        let agent = {
+            let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+            match agents.get(name) {
+                Some(a) => a.clone(),
+                None => {
+                    let a = new_agent(home, p)?;
+                    agents.insert(name.to_owned(), a.clone());
+                    a
+                }
+            }
+        };
+        let mut body = json!({
+            "model": request.model,
+            "messages": request.messages,
+            "stream": false,
+        });
+        for (field, value) in [
+            ("max_tokens", request.max_tokens.map(|v| json!(v))),
+            ("temperature", request.temperature.map(|v| json!(v))),
+            ("top_p", request.top_p.map(|v| json!(v))),
+            ("seed", request.seed.map(|v| json!(v))),
+            (
+                "stop",
+                (!request.stop.is_empty()).then(|| json!(request.stop)),
+            ),
+        ] {
+            if let Some(v) = value {
+                body[field] = v;
+            }
+        }
+        let body = body.to_string();
+        let url = format!("{}/chat/completions", p.url.trim_end_matches('/'));
+        let mut call = agent.post(&url).header("content-type", "application/json");
+        if let Some(key) = &key {
+            call = call.header("authorization", &format!("Bearer {key}"));
+        }
+        let timeout = request
+            .timeout_ms
+            .map(Duration::from_millis)
+            .map_or(p.timeout(), |t| t.min(p.timeout()));
+        let call = call.config().timeout_global(Some(timeout)).build();
+        let response = call.send(&body);
+        let mut response = response.map_err(|e| match e {
+            ureq::Error::Timeout(_) => Failure::new(
+                ErrorCode::Timeout,
+                format!(
+                    "provider {name:?} ({}) did not answer within {} ms",
+                    p.host(),
+                    timeout.as_millis()
+                ),
+            ),
+            e => Failure::new(
+                ErrorCode::Unreachable,
+                format!("provider {name:?} ({}) cannot be reached: {e}", p.host()),
+            ),
+        })?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
+            .read_to_string()
+            .map_err(|e| failed(name, format!("cannot read its answer: {e}")))?;
+        if status != 200 {
+            let excerpt: String = text.chars().take(300).collect();
+            return Err(failed(name, format!("answered HTTP {status}: {excerpt}")));
+        }
+        let answer: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
+            failed(
+                name,
+                "its answer is not JSON (is the url an OpenAI-compatible API's base, ending in /v1?)",
+            )
+        })?;
+        let choice = &answer["choices"][0];
+        let content = choice["message"]["content"].as_str().ok_or_else(|| {
+            failed(
+                name,
+                "its answer has no choices[0].message.content: not an OpenAI-compatible chat completion",
+            )
+        })?;
+        let usage = &answer["usage"];
+        let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+        Ok(Completion {
+            text: content.to_owned(),
+            finish_reason: match choice["finish_reason"].as_str() {
+                Some("length") => FinishReason::Length,
+                _ => FinishReason::Stop,
+            },
+            prompt_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0) as u32,
+            completion_tokens: usage["completion_tokens"].as_u64().unwrap_or(0) as u32,
+            provider: name.to_owned(),
+            model: answer["model"]
+                .as_str()
+                .unwrap_or(&request.model)
+                .to_owned(),
+            device: String::new(),
+            first_token_ms: total_ms,
+            total_ms,
+            tokens: Vec::new(),
+            remote: p.is_remote(),
+            bytes_sent: body.len() as u64,
+        })
+    }
+}
