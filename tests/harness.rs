@@ -214,6 +214,7 @@ pub fn start_agent_exec(
         work_dir: None,
         hook: None,
         compile: Default::default(),
+        stream_llm: false,
         broker: None,
     };
     let mut envelope = Vec::new();

@@ -41,7 +41,7 @@ fn python() -> Command {
 
 /// A home with the embedded model (linked, not copied: it is 150 MB) and the testing
 /// agent allowed to chat with it as `talker`.
-fn llm_home(extra: &str) -> TestHome {
+pub fn llm_home(extra: &str) -> TestHome {
     let home = TestHome::new();
     let models = home.path().join("models");
     std::fs::create_dir_all(&models).expect("mkdir");
@@ -55,7 +55,7 @@ fn llm_home(extra: &str) -> TestHome {
 }
 
 /// The `chat` request text of the testing agent.
-fn chat_input(lines: &[&str]) -> String {
+pub fn chat_input(lines: &[&str]) -> String {
     format!("chat\nmodel {MODEL}\n{}", lines.join("\n"))
 }
 
@@ -71,7 +71,7 @@ fn client(home: &TestHome) -> Client {
 }
 
 /// Stop the home's broker (it would otherwise wait out its idle TTL holding the model).
-fn stop_broker(home: &TestHome) {
+pub fn stop_broker(home: &TestHome) {
     if let Ok(status) = client(home).status()
         && let Some(pid) = status["pid"].as_i64()
     {
@@ -485,5 +485,26 @@ fn an_agent_killed_mid_answer_frees_its_sequence_and_the_broker_serves_on() {
         after < before + 24 * 1024,
         "RSS {before} KiB before, {after} KiB after the killed chat"
     );
+    stop_broker(&home);
+}
+
+#[test]
+fn spawner_run_stream_shows_the_answer_as_it_is_generated() {
+    let home = llm_home("");
+    let input = chat_input(&["max_tokens 16", "msg user Name three colours."]);
+    let out = home.run(&["run", "--stream", "talker", &input]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let answer = stdout(&out);
+    let text = answer.split_once('\n').expect("header").1;
+    assert!(!text.is_empty());
+    // The same text went to standard error as it came, then a line end.
+    assert!(
+        stderr(&out).contains(&format!("{text}\n")),
+        "{}",
+        stderr(&out)
+    );
+    // Without --stream, nothing of it.
+    let quiet = home.run(&["run", "talker", &input]);
+    assert!(!stderr(&quiet).contains(text), "{}", stderr(&quiet));
     stop_broker(&home);
 }

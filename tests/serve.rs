@@ -1207,3 +1207,33 @@ fn a_large_answer_of_control_bytes_is_the_same_through_the_cli_and_the_daemon() 
         assert_eq!(record["status"], "agent_error", "{record}");
     }
 }
+
+#[test]
+fn a_streamed_run_sends_llm_text_as_notifications() {
+    let home = crate::llm::llm_home("");
+    let daemon = Daemon::start(&home, &[]);
+    let mut c = daemon.client();
+    let input = crate::llm::chat_input(&["max_tokens 16", "msg user Name three colours."]);
+    let line = json!({"jsonrpc": "2.0", "id": 7, "method": "run",
+                      "params": {"agent": "talker", "input": input, "stream": true}});
+    c.send_raw(format!("{line}\n").as_bytes());
+    let mut streamed = String::new();
+    let result = loop {
+        let message = c.read().expect("a message");
+        match message["method"].as_str() {
+            Some("run.llm_text") => {
+                streamed.push_str(message["params"]["text"].as_str().expect("text"))
+            }
+            Some(_) => {}
+            None => break message,
+        }
+    };
+    let output = result["result"]["output"]
+        .as_str()
+        .expect("output")
+        .to_owned();
+    let text = output.split_once('\n').expect("header").1;
+    assert!(!streamed.is_empty());
+    assert_eq!(streamed, text, "{result}");
+    crate::llm::stop_broker(&home);
+}

@@ -69,6 +69,10 @@ pub struct RequestHeader {
     /// Who compiles the component on a compiled-cache miss.
     #[serde(default)]
     pub compile: CompileStep,
+    /// Show the text of the run's LLM answers as it is generated, on standard error (in
+    /// the log's format: raw text, or JSON lines `{"llm_text": ...}`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream_llm: bool,
     /// The home's inference broker as the front resolved it; agent-exec resolves it from
     /// its own (cleared) environment when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,6 +225,7 @@ mod tests {
                 message: "m".into(),
             }),
             compile: CompileStep::Defer,
+            stream_llm: false,
             broker: None,
         }
     }

@@ -47,6 +47,8 @@ pub struct AgentHost {
     pub deadline: Option<std::time::Instant>,
     /// The home directory (model repository, `providers.toml`).
     pub home: std::path::PathBuf,
+    /// Show LLM text on standard error as it comes, in this format (the request asked).
+    pub stream_llm: Option<agent_contract::LogFormat>,
     /// Set when an inference call found no broker: a run that then fails is reported as
     /// `broker_unavailable`, not as the agent's own error.
     pub broker_unavailable: Option<String>,
@@ -279,6 +281,7 @@ impl llm::Host for AgentHost {
             deadline: self.deadline,
             home: &self.home,
             consent: &consent,
+            stream: self.stream_llm,
         };
         let (answer, call) = crate::llm::chat(&mut *self.llm, &policy, model, messages, params);
         self.llm_calls.push(call);

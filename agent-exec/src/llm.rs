@@ -17,13 +17,21 @@ use crate::host::bindings::spawner::agent::llm as wit;
 /// Where chats go: the broker client in agent-exec; a trait so that a test double can
 /// stand in for it.
 pub trait Llm: Send {
-    /// Answer `request`.
-    fn chat(&mut self, request: &ChatRequest) -> Result<Completion, ClientError>;
+    /// Answer `request`; `on_text` gets each piece of the answer as it is generated.
+    fn chat(
+        &mut self,
+        request: &ChatRequest,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Completion, ClientError>;
 }
 
 impl Llm for crate::inference::Broker {
-    fn chat(&mut self, request: &ChatRequest) -> Result<Completion, ClientError> {
-        let answer = self.client()?.chat(request, &mut |_| {});
+    fn chat(
+        &mut self,
+        request: &ChatRequest,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Completion, ClientError> {
+        let answer = self.client()?.chat(request, on_text);
         self.failed(&answer);
         answer
     }
@@ -41,6 +49,20 @@ pub struct Policy<'a> {
     pub home: &'a std::path::Path,
     /// The live consent of the user to this agent's use of a provider, if any.
     pub consent: &'a dyn Fn(&str) -> Result<Option<memory_store::Consent>, String>,
+    /// Show the answer's text on standard error as it comes, in this log format.
+    pub stream: Option<agent_contract::LogFormat>,
+}
+
+/// Write a piece of streamed text to standard error: raw, or as a JSON line.
+fn show(format: agent_contract::LogFormat, text: &str) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = match format {
+        agent_contract::LogFormat::Json => {
+            writeln!(err, "{}", serde_json::json!({ "llm_text": text }))
+        }
+        agent_contract::LogFormat::Human => write!(err, "{text}").and_then(|()| err.flush()),
+    };
 }
 
 /// Where a chat goes.
@@ -225,7 +247,18 @@ pub fn chat(
                         (left - margin).as_millis() as u64
                     }),
                 };
-                provider.chat(&request).map_err(to_wit_error)
+                let mut streamed = false;
+                let mut on_text = |text: &str| {
+                    if let Some(format) = policy.stream {
+                        streamed = true;
+                        show(format, text);
+                    }
+                };
+                let answer = provider.chat(&request, &mut on_text).map_err(to_wit_error);
+                if streamed && policy.stream == Some(agent_contract::LogFormat::Human) {
+                    show(agent_contract::LogFormat::Human, "\n");
+                }
+                answer
             }
         }
     };

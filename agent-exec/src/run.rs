@@ -490,6 +490,7 @@ impl Run {
             llm_calls: Vec::new(),
             deadline: None,
             home: self.home.root().to_owned(),
+            stream_llm: self.header.stream_llm.then_some(self.header.log_format),
             broker_unavailable: None,
             run_id: self.header.run_id.clone(),
             agent: manifest.name.clone(),

@@ -258,6 +258,11 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
 
+    /// Show the text of the agent's LLM answers on standard error as it is generated (the
+    /// answer itself still goes to standard output when the agent returns).
+    #[arg(long)]
+    pub stream: bool,
+
     /// Lowest level of log line shown: trace, debug, info, warn, error [env: SPAWNER_LOG]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,

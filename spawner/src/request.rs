@@ -46,6 +46,8 @@ pub struct Request {
     pub hook: Option<HookEvent>,
     /// Capture agent-exec's standard output instead of letting it write to ours.
     pub capture_stdout: bool,
+    /// Have agent-exec show LLM text on its standard error as it is generated.
+    pub stream_llm: bool,
 }
 
 /// What stops a run early, besides its deadline.
@@ -163,6 +165,7 @@ pub fn execute(
         compile: CompileStep::Defer,
         // agent-exec's environment is cleared: the broker's socket and programs are
         // resolved here, as `spawner doctor` resolves them.
+        stream_llm: request.stream_llm,
         broker: Some(BrokerLayout::resolve(
             home,
             policy.program.parent().unwrap_or(std::path::Path::new(".")),

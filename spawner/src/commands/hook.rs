@@ -71,6 +71,7 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
                 work_dir: Some(work_dir),
                 hook: Some(event),
                 capture_stdout: true,
+                stream_llm: false,
             };
             match crate::request::execute(home, &request, Stop::Signals, None, None) {
                 Ok(finished) => {

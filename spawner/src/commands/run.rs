@@ -33,6 +33,7 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
         work_dir: std::env::current_dir().ok(),
         hook: None,
         capture_stdout: false,
+        stream_llm: args.stream,
     };
     let finished = crate::request::execute(home, &request, Stop::Signals, None, None)?;
     // agent-exec answered on our standard output itself.

@@ -267,6 +267,7 @@ fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, Rp
         work_dir: None,
         hook: None,
         capture_stdout: true,
+        stream_llm: p.stream,
     };
     if p.stream {
         let _ = conn.send(&rpc::notification(
@@ -286,10 +287,14 @@ fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, Rp
             let value = serde_json::from_slice::<Value>(line)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(line).into_owned()));
             if p.stream {
-                let _ = (&*client).write_all(&rpc::notification(
-                    "run.log",
-                    json!({"run_id": run_id, "line": value}),
-                ));
+                // LLM text as it is generated gets its own notification.
+                let notification = match value.get("llm_text") {
+                    Some(text) => {
+                        rpc::notification("run.llm_text", json!({"run_id": run_id, "text": text}))
+                    }
+                    None => rpc::notification("run.log", json!({"run_id": run_id, "line": value})),
+                };
+                let _ = (&*client).write_all(&notification);
             } else if logs.len() < MAX_LOG_LINES {
                 logs.push(value);
             }

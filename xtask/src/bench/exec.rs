@@ -37,6 +37,7 @@ fn envelope(path: &Path, home: &Path, agent: &str, i: usize) -> anyhow::Result<s
         work_dir: None,
         hook: None,
         compile: Default::default(),
+        stream_llm: false,
         broker: None,
     };
     write_envelope(std::fs::File::create(path)?, &header, b"hello")?;
