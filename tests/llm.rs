@@ -508,3 +508,46 @@ fn spawner_run_stream_shows_the_answer_as_it_is_generated() {
     assert!(!stderr(&quiet).contains(text), "{}", stderr(&quiet));
     stop_broker(&home);
 }
+
+#[test]
+fn commit_draft_writes_one_subject_line_from_a_staged_diff() {
+    let home = TestHome::new();
+    let models = home.path().join("models");
+    std::fs::create_dir_all(&models).expect("mkdir");
+    std::os::unix::fs::symlink(model_dir(), models.join(MODEL)).expect("link");
+    home.install_example("commit-draft");
+    home.precompile("commit-draft");
+    let repo = tempfile::tempdir().expect("repo");
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(repo.path())
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}");
+        out.stdout
+    };
+    git(&["init", "-q"]);
+    std::fs::write(
+        repo.path().join("greet.py"),
+        "def greet(name):\n    return f\"Hello, {name}!\"\n",
+    )
+    .expect("write");
+    git(&["add", "greet.py"]);
+    let diff = git(&["diff", "--staged"]);
+    let out = home.run_with_stdin(&["run", "commit-draft"], &diff);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let subject = stdout(&out);
+    assert_eq!(subject.lines().count(), 1, "{subject:?}");
+    let line = subject.trim_end();
+    assert!(!line.is_empty() && line.chars().count() <= 72, "{line:?}");
+    // No diff: a clear error, and the model is never asked.
+    let out = home.run_with_stdin(&["run", "commit-draft"], b"");
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("git diff --staged"),
+        "{}",
+        stderr(&out)
+    );
+    stop_broker(&home);
+}

@@ -24,6 +24,7 @@ const EXAMPLE_AGENTS: &[&str] = &[
     "secret-guard",
     "sentiment",
     "chat",
+    "commit-draft",
 ];
 
 /// The models setup installs into the home's model repository (from models/).
@@ -712,7 +713,14 @@ fn test(root: &Path) -> anyhow::Result<()> {
     ]))?;
     run(agents_cargo(root, "clippy").args(["--target", "wasm32-wasip2", "--", "-D", "warnings"]))?;
     // The agents' own unit tests (pure logic) run on the host.
-    run(agents_cargo(root, "test").args(["-p", "command-guard", "-p", "secret-guard"]))?;
+    run(agents_cargo(root, "test").args([
+        "-p",
+        "command-guard",
+        "-p",
+        "secret-guard",
+        "-p",
+        "commit-draft",
+    ]))?;
     // The integration tests run the real binaries; build them first so they are current.
     build_release(root)?;
     // The chat tests run the embedded language model and compare with the Python loop.
