@@ -923,3 +923,54 @@ fn a_component_built_against_wit_0_2_0_still_runs_as_a_hook() {
         "old but sound"
     );
 }
+
+#[test]
+fn claude_code_events_give_agents_their_other_documented_fields() {
+    let home = TestHome::new();
+    home.install_testing("describe", "[config]\nhook_message = \"describe\"\n");
+    let seen = |event: Vec<u8>| -> String {
+        let out = home.run_with_stdin(&["hook", "describe"], &event);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        json_out(&out)["systemMessage"]
+            .as_str()
+            .expect("description")
+            .to_owned()
+    };
+    let post = seen(claude_event(
+        "PostToolUse",
+        json!({"permission_mode": "plan", "tool_name": "Bash", "tool_use_id": "toolu_01",
+               "tool_input": {"command": "ls"},
+               "tool_response": {"stdout": "a.txt\n", "exit_code": 0}}),
+    ));
+    for line in [
+        "detail permission_mode=plan",
+        "detail transcript_path=/tmp/transcript.jsonl",
+        "detail tool_use_id=toolu_01",
+        "detail tool_response={\"exit_code\":0,\"stdout\":\"a.txt\\n\"}",
+    ] {
+        assert!(post.contains(line), "{line}: {post}");
+    }
+    let compact = seen(claude_event(
+        "PreCompact",
+        json!({"trigger": "manual", "custom_instructions": "keep the plan"}),
+    ));
+    assert!(compact.contains("detail trigger=manual"), "{compact}");
+    assert!(
+        compact.contains("detail custom_instructions=keep the plan"),
+        "{compact}"
+    );
+    let start = seen(claude_event("SessionStart", json!({"source": "resume"})));
+    assert!(start.contains("detail source=resume"), "{start}");
+    let end = seen(claude_event("SessionEnd", json!({"reason": "logout"})));
+    assert!(end.contains("detail reason=logout"), "{end}");
+    let note = seen(claude_event(
+        "Notification",
+        json!({"message": "Claude needs your permission"}),
+    ));
+    assert!(
+        note.contains("detail message=Claude needs your permission"),
+        "{note}"
+    );
+    let stop = seen(claude_event("Stop", json!({"stop_hook_active": true})));
+    assert!(stop.contains("detail stop_hook_active"), "{stop}");
+}

@@ -47,6 +47,54 @@ pub struct AssistantEvent {
     pub writes: Vec<FileChange>,
     /// `UserPromptSubmit`: the prompt.
     pub prompt: Option<String>,
+    /// The event's other documented fields.
+    #[serde(default, skip_serializing_if = "AssistantDetails::is_empty")]
+    pub details: AssistantDetails,
+}
+
+/// The documented fields of a coding assistant's event beyond the normalized ones (Claude
+/// Code's names in parentheses); each is absent when the event has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssistantDetails {
+    /// The session's permission mode (`permission_mode`: `default`, `plan`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permission_mode: Option<String>,
+    /// The conversation's transcript file (`transcript_path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript_path: Option<String>,
+    /// Tool events: the call's id (`tool_use_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_use_id: Option<String>,
+    /// `PostToolUse`: what the tool gave back, as JSON text (`tool_response`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_response: Option<String>,
+    /// `Stop`, `SubagentStop`: a stop hook already made the assistant go on
+    /// (`stop_hook_active`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stop_hook_active: bool,
+    /// `Notification`: its text (`message`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `PreCompact`: `manual` or `auto` (`trigger`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// `PreCompact`: the user's instructions for it (`custom_instructions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_instructions: Option<String>,
+    /// `SessionStart`: `startup`, `resume`, `clear` or `compact` (`source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// `SessionEnd`: why it ended (`reason`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl AssistantDetails {
+    /// Whether it holds nothing (then it is left out of the request header).
+    pub fn is_empty(&self) -> bool {
+        *self == AssistantDetails::default()
+    }
 }
 
 /// Lines a change adds to one file.

@@ -18,6 +18,7 @@ pub fn to_wit(event: HookEvent) -> wit::HookEvent {
             tool_input,
             writes,
             prompt,
+            details: _,
         }) => wit::HookEvent::Assistant(wit::AssistantEvent {
             event,
             session_id,
@@ -99,4 +100,24 @@ pub fn decide(verdict: &mut Option<Verdict>, decided: wit::Verdict) {
         },
         None => new,
     });
+}
+
+/// The agent's view of an assistant event's other fields.
+pub fn details(event: &HookEvent) -> Option<wit::AssistantDetails> {
+    let HookEvent::Assistant(e) = event else {
+        return None;
+    };
+    let d = e.details.clone();
+    Some(wit::AssistantDetails {
+        permission_mode: d.permission_mode,
+        transcript_path: d.transcript_path,
+        tool_use_id: d.tool_use_id,
+        tool_response: d.tool_response,
+        stop_hook_active: d.stop_hook_active,
+        message: d.message,
+        trigger: d.trigger,
+        custom_instructions: d.custom_instructions,
+        source: d.source,
+        reason: d.reason,
+    })
 }

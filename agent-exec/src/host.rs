@@ -136,6 +136,10 @@ impl hooks::Host for AgentHost {
     fn advise(&mut self, advice: hooks::Advice) {
         crate::hook::advise(&mut self.verdict, advice);
     }
+
+    fn details(&mut self) -> Option<hooks::AssistantDetails> {
+        self.hook.as_ref().and_then(crate::hook::details)
+    }
 }
 
 impl memory::Host for AgentHost {

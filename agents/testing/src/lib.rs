@@ -61,6 +61,26 @@ fn describe(event: &HookEvent) -> String {
                 out.push_str(&format!("prompt {prompt}\n"));
             }
             describe_files(&mut out, "write", &e.writes);
+            if let Some(d) = hooks::details() {
+                for (name, value) in [
+                    ("permission_mode", &d.permission_mode),
+                    ("transcript_path", &d.transcript_path),
+                    ("tool_use_id", &d.tool_use_id),
+                    ("tool_response", &d.tool_response),
+                    ("message", &d.message),
+                    ("trigger", &d.trigger),
+                    ("custom_instructions", &d.custom_instructions),
+                    ("source", &d.source),
+                    ("reason", &d.reason),
+                ] {
+                    if let Some(v) = value {
+                        out.push_str(&format!("detail {name}={v}\n"));
+                    }
+                }
+                if d.stop_hook_active {
+                    out.push_str("detail stop_hook_active\n");
+                }
+            }
         }
         HookEvent::PreCommit(files) => {
             out.push_str("pre-commit\n");

@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use agent_contract::hook::{AssistantEvent, Decision, FileChange, HookEvent, Verdict};
+use agent_contract::hook::{
+    AssistantDetails, AssistantEvent, Decision, FileChange, HookEvent, Verdict,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -42,6 +44,15 @@ struct WireEvent {
     prompt: Option<String>,
     #[serde(default)]
     stop_hook_active: bool,
+    permission_mode: Option<String>,
+    transcript_path: Option<String>,
+    tool_use_id: Option<String>,
+    tool_response: Option<Value>,
+    message: Option<String>,
+    trigger: Option<String>,
+    custom_instructions: Option<String>,
+    source: Option<String>,
+    reason: Option<String>,
 }
 
 /// A Claude Code event, normalized.
@@ -90,6 +101,18 @@ pub fn parse(input: &[u8]) -> Result<Parsed, String> {
             tool_input: wire.tool_input.map(|v| v.to_string()),
             writes,
             prompt: wire.prompt,
+            details: AssistantDetails {
+                permission_mode: wire.permission_mode,
+                transcript_path: wire.transcript_path,
+                tool_use_id: wire.tool_use_id,
+                tool_response: wire.tool_response.map(|v| v.to_string()),
+                stop_hook_active: wire.stop_hook_active,
+                message: wire.message,
+                trigger: wire.trigger,
+                custom_instructions: wire.custom_instructions,
+                source: wire.source,
+                reason: wire.reason,
+            },
         }),
     })
 }
