@@ -374,6 +374,22 @@ fn the_chat_agent_remembers_earlier_turns_and_each_call_leaves_evidence() {
     let shown = stdout(&show);
     assert!(shown.contains("llm call 1: local"), "{shown}");
     assert!(shown.contains(MODEL), "{shown}");
+    // Export carries the evidence and the retained content; delete takes both.
+    let export = stdout(&home.run(&["runs", "export", "--agent", "chat"]));
+    assert_eq!(export.lines().count(), 5, "{export}");
+    assert!(export.contains("My name is Ada."), "{export}");
+    let out = home.run(&["runs", "delete", "--agent", "chat"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("deleted 5 run record(s)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(stdout(&home.run(&["runs", "export"])), "");
+    assert_eq!(
+        crate::harness::count(&home.store(), "SELECT COUNT(*) FROM llm_calls"),
+        0
+    );
     stop_broker(&home);
 }
 

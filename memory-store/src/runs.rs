@@ -226,6 +226,33 @@ impl Store {
             .collect()
     }
 
+    /// Delete run records with their evidence (LLM calls and retained prompts, answers
+    /// and inputs): the runs `run_ids`, or every run of `agent`. The agents' memory is not
+    /// touched. Returns how many runs went.
+    pub fn delete_runs(
+        &mut self,
+        run_ids: &[String],
+        agent: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut deleted = 0;
+        for id in run_ids {
+            tx.execute("DELETE FROM llm_calls WHERE run_id = ?1", params![id])?;
+            deleted += tx.execute("DELETE FROM runs WHERE run_id = ?1", params![id])?;
+        }
+        if let Some(agent) = agent {
+            tx.execute(
+                "DELETE FROM llm_calls WHERE run_id IN (SELECT run_id FROM runs WHERE agent = ?1)",
+                params![agent],
+            )?;
+            deleted += tx.execute("DELETE FROM runs WHERE agent = ?1", params![agent])?;
+        }
+        tx.commit()?;
+        Ok(deleted)
+    }
+
     /// The language-model calls of a run, in order.
     pub fn llm_calls(&self, run_id: &str) -> Result<Vec<LlmCall>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
@@ -334,6 +361,26 @@ mod tests {
         // keep_runs 1: the next run prunes r0 and its calls.
         store.record_run(&record("r1", "a", 1), 1).expect("insert");
         assert_eq!(store.llm_calls("r0").expect("calls"), Vec::new());
+    }
+
+    #[test]
+    fn deleting_runs_takes_their_evidence_and_nothing_else() {
+        let mut store = Store::open_in_memory().expect("store");
+        for (id, agent) in [("r0", "a"), ("r1", "a"), ("r2", "b")] {
+            let mut r = record(id, agent, 0);
+            r.llm_calls = vec![call("m")];
+            store.record_run(&r, 10).expect("insert");
+        }
+        assert_eq!(
+            store
+                .delete_runs(&["r2".into(), "none".into()], None)
+                .expect("delete"),
+            1
+        );
+        assert_eq!(store.llm_calls("r2").expect("calls"), Vec::new());
+        assert_eq!(store.delete_runs(&[], Some("a")).expect("delete"), 2);
+        assert_eq!(store.llm_calls("r0").expect("calls"), Vec::new());
+        assert!(store.runs(&RunFilter::default()).expect("runs").is_empty());
     }
 
     #[test]

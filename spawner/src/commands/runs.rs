@@ -10,8 +10,11 @@ use crate::cli::{RunsArgs, RunsCommand};
 
 /// List recent runs, newest first; or show one.
 pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
-    if let Some(RunsCommand::Show { run_id, json }) = args.command {
-        return show(home, &run_id, json);
+    match args.command {
+        Some(RunsCommand::Show { run_id, json }) => return show(home, &run_id, json),
+        Some(RunsCommand::Export { agent }) => return export(home, agent),
+        Some(RunsCommand::Delete { run_ids, agent }) => return delete(home, &run_ids, agent),
+        None => {}
     }
     let path = home.store_path();
     let mut out = std::io::stdout().lock();
@@ -56,6 +59,43 @@ pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
                 .unwrap_or("")
         )?;
     }
+    Ok(Outcome::Ok)
+}
+
+/// Every run record whole, as JSON lines.
+fn export(home: &Home, agent: Option<String>) -> anyhow::Result<Outcome> {
+    let path = home.store_path();
+    if !path.exists() {
+        return Ok(Outcome::Ok);
+    }
+    let store = Store::open(&path)?;
+    let mut out = std::io::stdout().lock();
+    for r in store.runs(&RunFilter {
+        agent,
+        limit: u32::MAX,
+    })? {
+        let whole = store.run(&r.run_id)?.unwrap_or(r);
+        serde_json::to_writer(&mut out, &whole)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Delete runs with their evidence.
+fn delete(home: &Home, run_ids: &[String], agent: Option<String>) -> anyhow::Result<Outcome> {
+    if run_ids.is_empty() && agent.is_none() {
+        anyhow::bail!("name the runs to delete, or --agent <name> for all of an agent's runs");
+    }
+    let path = home.store_path();
+    let deleted = if path.exists() {
+        Store::open(&path)?.delete_runs(run_ids, agent.as_deref())?
+    } else {
+        0
+    };
+    writeln!(
+        std::io::stdout().lock(),
+        "deleted {deleted} run record(s) with their evidence"
+    )?;
     Ok(Outcome::Ok)
 }
 
