@@ -47,9 +47,9 @@ pub struct AssistantEvent {
     pub writes: Vec<FileChange>,
     /// `UserPromptSubmit`: the prompt.
     pub prompt: Option<String>,
-    /// The event's other documented fields.
-    #[serde(default, skip_serializing_if = "AssistantDetails::is_empty")]
-    pub details: AssistantDetails,
+    /// The event's other documented fields (boxed: most events carry none of them).
+    #[serde(default, skip_serializing_if = "no_details")]
+    pub details: Box<AssistantDetails>,
 }
 
 /// The documented fields of a coding assistant's event beyond the normalized ones (Claude
@@ -88,6 +88,10 @@ pub struct AssistantDetails {
     /// `SessionEnd`: why it ended (`reason`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+fn no_details(d: &AssistantDetails) -> bool {
+    d.is_empty()
 }
 
 impl AssistantDetails {

@@ -107,7 +107,7 @@ pub fn details(event: &HookEvent) -> Option<wit::AssistantDetails> {
     let HookEvent::Assistant(e) = event else {
         return None;
     };
-    let d = e.details.clone();
+    let d = (*e.details).clone();
     Some(wit::AssistantDetails {
         permission_mode: d.permission_mode,
         transcript_path: d.transcript_path,

@@ -101,7 +101,7 @@ pub fn parse(input: &[u8]) -> Result<Parsed, String> {
             tool_input: wire.tool_input.map(|v| v.to_string()),
             writes,
             prompt: wire.prompt,
-            details: AssistantDetails {
+            details: Box::new(AssistantDetails {
                 permission_mode: wire.permission_mode,
                 transcript_path: wire.transcript_path,
                 tool_use_id: wire.tool_use_id,
@@ -112,7 +112,7 @@ pub fn parse(input: &[u8]) -> Result<Parsed, String> {
                 custom_instructions: wire.custom_instructions,
                 source: wire.source,
                 reason: wire.reason,
-            },
+            }),
         }),
     })
 }
