@@ -6,12 +6,12 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use broker_client::chat::{ChatRequest, Message};
 use broker_client::{Client, Launch};
 
-use crate::harness::{TestHome, bin, children_of, code, root, stderr, stdout};
+use crate::harness::{TestHome, bin, children_of, code, root, stderr, stdout, wait_until};
 
 const MODEL: &str = "smollm2-135m";
 
@@ -39,13 +39,19 @@ fn python() -> Command {
     cmd
 }
 
-/// A home with the embedded model (linked, not copied: it is 150 MB) and the testing
-/// agent allowed to chat with it as `talker`.
-pub fn llm_home(extra: &str) -> TestHome {
+/// A home with the embedded model (linked, not copied: it is 150 MB).
+fn home_with_model() -> TestHome {
     let home = TestHome::new();
     let models = home.path().join("models");
     std::fs::create_dir_all(&models).expect("mkdir");
     std::os::unix::fs::symlink(model_dir(), models.join(MODEL)).expect("link the model");
+    home
+}
+
+/// A home with the embedded model and the testing agent allowed to chat with it as
+/// `talker`.
+pub fn llm_home(extra: &str) -> TestHome {
+    let home = home_with_model();
     home.install_testing(
         "talker",
         &format!("[limits]\ntimeout_ms = 60000\n\n[llm]\nmodels = [\"{MODEL}\"]\n{extra}"),
@@ -89,15 +95,6 @@ fn rss_kib(pid: i64) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS")
-}
-
-/// Wait until `f` holds, polling; fails after a minute (a hang, not a slow machine).
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -267,10 +264,7 @@ fn bad_chats_get_typed_errors_and_the_broker_keeps_serving() {
 
 #[test]
 fn a_run_out_of_time_mid_answer_gets_timeout_and_evidence() {
-    let home = TestHome::new();
-    let models = home.path().join("models");
-    std::fs::create_dir_all(&models).expect("mkdir");
-    std::os::unix::fs::symlink(model_dir(), models.join(MODEL)).expect("link");
+    let home = home_with_model();
     home.install_testing(
         "talker",
         &format!("[limits]\ntimeout_ms = 60000\n[llm]\nmodels = [\"{MODEL}\"]\n"),
@@ -308,10 +302,7 @@ fn a_run_out_of_time_mid_answer_gets_timeout_and_evidence() {
 
 #[test]
 fn the_chat_agent_remembers_earlier_turns_and_each_call_leaves_evidence() {
-    let home = TestHome::new();
-    let models = home.path().join("models");
-    std::fs::create_dir_all(&models).expect("mkdir");
-    std::os::unix::fs::symlink(model_dir(), models.join(MODEL)).expect("link");
+    let home = home_with_model();
     let manifest = std::fs::read_to_string(root().join("agents/chat/agent.toml"))
         .expect("manifest")
         .replace("[llm]\n", "[llm]\nretain = true\n");
@@ -527,10 +518,7 @@ fn spawner_run_stream_shows_the_answer_as_it_is_generated() {
 
 #[test]
 fn commit_draft_writes_one_subject_line_from_a_staged_diff() {
-    let home = TestHome::new();
-    let models = home.path().join("models");
-    std::fs::create_dir_all(&models).expect("mkdir");
-    std::os::unix::fs::symlink(model_dir(), models.join(MODEL)).expect("link");
+    let home = home_with_model();
     home.install_example("commit-draft");
     home.precompile("commit-draft");
     let repo = tempfile::tempdir().expect("repo");

@@ -11,9 +11,9 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{TestHome, code, root, stderr, stdout};
+use crate::harness::{TestHome, code, root, stderr, stdout, wait_until};
 
 const KEY: &str = "sk-test-7f3a9c1e5b2d4f60";
 
@@ -176,14 +176,6 @@ fn providers_toml(port: u16, url_path: &str, key_file: &str, timeout_s: u64) -> 
          models = [\"smollm2\"]\nremote = true\napi_key_file = \"{key_file}\"\n\
          ca_file = \"lab-ca.pem\"\ntimeout_s = {timeout_s}\n"
     )
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
