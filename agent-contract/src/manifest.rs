@@ -493,27 +493,9 @@ impl RawManifest {
             invalid,
         )?;
 
-        let mut allowed_models = Vec::with_capacity(self.models.allowed.len());
-        for model in self.models.allowed {
-            if model.get_ref().trim().is_empty() {
-                return Err(invalid(
-                    model.span(),
-                    "model names must not be empty".into(),
-                ));
-            }
-            allowed_models.push(model.into_inner());
-        }
-
-        let mut llm_models = Vec::with_capacity(self.llm.models.len());
-        for model in self.llm.models {
-            if model.get_ref().trim().is_empty() {
-                return Err(invalid(
-                    model.span(),
-                    "llm model names must not be empty".into(),
-                ));
-            }
-            llm_models.push(model.into_inner());
-        }
+        let allowed_models = names(self.models.allowed, "model names", invalid)?;
+        let llm_models = names(self.llm.models, "llm model names", invalid)?;
+        let escalate = names(self.llm.escalate, "llm escalate provider names", invalid)?;
 
         let mut preopens = Vec::with_capacity(self.preopens.len());
         for p in self.preopens {
@@ -620,18 +602,30 @@ impl RawManifest {
             llm: LlmPolicy {
                 models: llm_models,
                 retain: self.llm.retain,
-                escalate: self
-                    .llm
-                    .escalate
-                    .into_iter()
-                    .map(Spanned::into_inner)
-                    .collect(),
+                escalate,
             },
             preopens,
             placement: self.placement,
             config,
         })
     }
+}
+
+/// A list of names, none of them empty.
+fn names(
+    list: Vec<Spanned<String>>,
+    what: &str,
+    invalid: &Invalid<'_>,
+) -> Result<Vec<String>, ManifestError> {
+    list.into_iter()
+        .map(|name| {
+            if name.get_ref().trim().is_empty() {
+                Err(invalid(name.span(), format!("{what} must not be empty")))
+            } else {
+                Ok(name.into_inner())
+            }
+        })
+        .collect()
 }
 
 fn bounded(
