@@ -280,7 +280,7 @@ fn a_run_out_of_time_mid_answer_gets_timeout_and_evidence() {
     let out = home.run(&[
         "run",
         "--timeout",
-        "1500ms",
+        "3s",
         "talker",
         &chat_input(&[
             "max_tokens 4000",
@@ -288,8 +288,15 @@ fn a_run_out_of_time_mid_answer_gets_timeout_and_evidence() {
             "msg user Write a very long story about the sea, in many chapters.",
         ]),
     ]);
-    assert_eq!(code(&out), 6, "{}", stderr(&out));
-    assert!(stderr(&out).contains("Timeout"), "{}", stderr(&out));
+    // The broker stops the chat a margin before the run's deadline, at a step's end: the
+    // agent is told `timeout` (exit 6). On a machine so loaded that a step overruns the
+    // margin, the run's own deadline comes first (exit 9); the broker's stop shows in the
+    // evidence either way.
+    match code(&out) {
+        6 => assert!(stderr(&out).contains("Timeout"), "{}", stderr(&out)),
+        9 => assert!(stderr(&out).contains("deadline"), "{}", stderr(&out)),
+        other => panic!("exit {other}: {}", stderr(&out)),
+    }
     let store = home.store();
     let runs = store
         .runs(&memory_store::RunFilter::default())

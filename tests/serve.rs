@@ -1211,9 +1211,13 @@ fn a_large_answer_of_control_bytes_is_the_same_through_the_cli_and_the_daemon() 
 #[test]
 fn a_streamed_run_sends_llm_text_as_notifications() {
     let home = crate::llm::llm_home("");
+    let input = crate::llm::chat_input(&["max_tokens 16", "msg user Name three colours."]);
+    // The model loaded first (seconds on a loaded machine), so that the client's read
+    // timeout below measures the streamed run alone.
+    let warm = home.run(&["run", "talker", &input]);
+    assert_eq!(code(&warm), 0, "{}", stderr(&warm));
     let daemon = Daemon::start(&home, &[]);
     let mut c = daemon.client();
-    let input = crate::llm::chat_input(&["max_tokens 16", "msg user Name three colours."]);
     let line = json!({"jsonrpc": "2.0", "id": 7, "method": "run",
                       "params": {"agent": "talker", "input": input, "stream": true}});
     c.send_raw(format!("{line}\n").as_bytes());

@@ -243,7 +243,7 @@ pub fn chat(
                     // and can still answer (with what it has, or a message of its own).
                     timeout_ms: policy.deadline.map(|d| {
                         let left = d.saturating_duration_since(Instant::now());
-                        let margin = (left / 10).min(std::time::Duration::from_millis(250));
+                        let margin = (left / 4).min(std::time::Duration::from_secs(1));
                         (left - margin).as_millis() as u64
                     }),
                 };
