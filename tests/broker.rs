@@ -853,10 +853,5 @@ fn with_the_default_home_the_request_the_broker_and_doctor_agree_on_the_layout()
         "{report}"
     );
     // Stop it: the home is about to go.
-    if let Some(pid) = report["broker"]["broker"]["pid"].as_i64() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
+    crate::harness::stop_broker_at(&socket);
 }

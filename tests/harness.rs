@@ -273,3 +273,27 @@ pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A process's resident set size, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Stop the broker answering at `socket`, if one does (a test's broker would otherwise wait
+/// out its idle TTL holding its models).
+pub fn stop_broker_at(socket: &Path) {
+    if let Ok(mut client) = broker_client::Client::connect(socket)
+        && let Some(pid) = client.status().ok().and_then(|s| s["pid"].as_i64())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use broker_client::chat::{ChatRequest, Message};
 use broker_client::{Client, Launch};
 
-use crate::harness::{TestHome, bin, children_of, code, root, stderr, stdout, wait_until};
+use crate::harness::{TestHome, bin, children_of, code, root, rss_kib, stderr, stdout, wait_until};
 
 const MODEL: &str = "smollm2-135m";
 
@@ -78,91 +78,81 @@ fn client(home: &TestHome) -> Client {
 
 /// Stop the home's broker (it would otherwise wait out its idle TTL holding the model).
 pub fn stop_broker(home: &TestHome) {
-    if let Ok(status) = client(home).status()
-        && let Some(pid) = status["pid"].as_i64()
-    {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-}
-
-fn rss_kib(pid: i64) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    crate::harness::stop_broker_at(&socket(home));
 }
 
 #[test]
 fn greedy_tokens_match_the_python_reference_token_for_token() {
     let home = llm_home("");
-    let question = "What is the capital of France? Answer in one word.";
-    // The agent's path first: spawner -> agent-exec -> llm.chat -> broker.
-    let out = home.run(&[
-        "run",
-        "talker",
-        &chat_input(&["max_tokens 24", &format!("msg user {question}")]),
-    ]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let answer = stdout(&out);
-    let (header, text) = answer.split_once('\n').expect("header line");
-    // The broker's own answer carries the token ids.
-    let mut c = client(&home);
-    let completion = c
-        .chat(
-            &ChatRequest {
-                model: MODEL.into(),
-                messages: vec![Message {
-                    role: "user".into(),
-                    content: question.into(),
-                }],
-                max_tokens: Some(24),
-                ..ChatRequest::default()
-            },
-            &mut |_| {},
-        )
-        .expect("chat");
-    let reference = python()
-        .arg(root().join("models/llm/reference.py"))
-        .arg(model_dir())
-        .arg(question)
-        .arg("24")
-        .output()
-        .expect("python3 runs");
-    assert!(
-        reference.status.success(),
-        "{}",
-        String::from_utf8_lossy(&reference.stderr)
-    );
-    let reference: serde_json::Value =
-        serde_json::from_slice(&reference.stdout).expect("reference JSON");
-    let ids: Vec<u32> = reference["ids"]
-        .as_array()
-        .expect("ids")
-        .iter()
-        .map(|v| v.as_u64().expect("id") as u32)
-        .collect();
-    assert!(!ids.is_empty(), "{reference}");
-    assert_eq!(completion.tokens, ids, "broker vs Python onnxruntime");
-    assert_eq!(
-        completion.prompt_tokens as usize,
-        reference["prompt_ids"].as_array().expect("prompt").len()
-    );
-    assert_eq!(text, reference["text"].as_str().expect("text"));
-    assert_eq!(text, completion.text);
-    assert!(
-        header.starts_with(&format!(
-            "finish {} prompt {} completion {} provider local model {MODEL}",
-            if ids.len() < 24 { "stop" } else { "length" },
-            completion.prompt_tokens,
-            ids.len()
-        )),
-        "{header}"
-    );
+    // English, then text in several scripts with an emoji and a combining mark: the
+    // tokenizer, the chat template and the decoding must agree with Python's on both.
+    for question in [
+        "What is the capital of France? Answer in one word.",
+        "Réponds en une phrase : qu'est-ce que 東京 ? Привет, мир 🎉 cafe\u{301}",
+    ] {
+        // The agent's path first: spawner -> agent-exec -> llm.chat -> broker.
+        let out = home.run(&[
+            "run",
+            "talker",
+            &chat_input(&["max_tokens 24", &format!("msg user {question}")]),
+        ]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let answer = stdout(&out);
+        let (header, text) = answer.split_once('\n').expect("header line");
+        // The broker's own answer carries the token ids.
+        let mut c = client(&home);
+        let completion = c
+            .chat(
+                &ChatRequest {
+                    model: MODEL.into(),
+                    messages: vec![Message {
+                        role: "user".into(),
+                        content: question.into(),
+                    }],
+                    max_tokens: Some(24),
+                    ..ChatRequest::default()
+                },
+                &mut |_| {},
+            )
+            .expect("chat");
+        let reference = python()
+            .arg(root().join("models/llm/reference.py"))
+            .arg(model_dir())
+            .arg(question)
+            .arg("24")
+            .output()
+            .expect("python3 runs");
+        assert!(
+            reference.status.success(),
+            "{}",
+            String::from_utf8_lossy(&reference.stderr)
+        );
+        let reference: serde_json::Value =
+            serde_json::from_slice(&reference.stdout).expect("reference JSON");
+        let ids: Vec<u32> = reference["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| v.as_u64().expect("id") as u32)
+            .collect();
+        assert!(!ids.is_empty(), "{reference}");
+        assert_eq!(completion.tokens, ids, "broker vs Python onnxruntime");
+        assert_eq!(
+            completion.prompt_tokens as usize,
+            reference["prompt_ids"].as_array().expect("prompt").len()
+        );
+        assert_eq!(text, reference["text"].as_str().expect("text"));
+        assert_eq!(text, completion.text);
+        assert!(
+            header.starts_with(&format!(
+                "finish {} prompt {} completion {} provider local model {MODEL}",
+                if ids.len() < 24 { "stop" } else { "length" },
+                completion.prompt_tokens,
+                ids.len()
+            )),
+            "{header}"
+        );
+    }
     stop_broker(&home);
 }
 
@@ -449,7 +439,7 @@ fn an_agent_killed_mid_answer_frees_its_sequence_and_the_broker_serves_on() {
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let mut c = client(&home);
-    let pid = c.status().expect("status")["pid"].as_i64().expect("pid");
+    let pid = c.status().expect("status")["pid"].as_u64().expect("pid") as u32;
     let before = rss_kib(pid);
 
     let mut child = home
@@ -505,7 +495,12 @@ fn an_agent_killed_mid_answer_frees_its_sequence_and_the_broker_serves_on() {
 #[test]
 fn spawner_run_stream_shows_the_answer_as_it_is_generated() {
     let home = llm_home("");
-    let input = chat_input(&["max_tokens 16", "msg user Name three colours."]);
+    // Text in several scripts, an emoji and a combining mark: streamed pieces must never
+    // split a character.
+    let input = chat_input(&[
+        "max_tokens 24",
+        "msg user Translate to Japanese and add an emoji: thank you, café (cafe\u{301}) 🎉",
+    ]);
     let out = home.run(&["run", "--stream", "talker", &input]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let answer = stdout(&out);

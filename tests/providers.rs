@@ -343,12 +343,5 @@ fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
         ("lab", "unavailable")
     );
     // The broker started for this home goes with it.
-    if let Ok(mut c) = broker_client::Client::connect(&home.path().join("run/broker.sock"))
-        && let Some(pid) = c.status().ok().and_then(|s| s["pid"].as_i64())
-    {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
+    crate::harness::stop_broker_at(&home.path().join("run/broker.sock"));
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use agent_contract::Outcome;
 
-use crate::harness::{TestHome, bin, code, exit_of, stderr, stdout};
+use crate::harness::{TestHome, bin, code, exit_of, rss_kib, stderr, stdout};
 
 /// A daemon started on a socket in its own temp dir; killed on drop.
 struct Daemon {
@@ -223,16 +223,6 @@ fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("fd dir")
         .count()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("status")
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .expect("VmRSS")
 }
 
 #[test]

@@ -87,6 +87,17 @@ pub enum Route {
 
 /// Place a chat with `model`; see the module docs for the rules.
 pub fn place(policy: &Policy<'_>, model: &str) -> Result<Route, wit::LlmError> {
+    // The broker's own model, without reading providers.toml (a repository name has no '/').
+    if !model.contains('/')
+        && policy
+            .home
+            .join("models")
+            .join(model)
+            .join("model.toml")
+            .is_file()
+    {
+        return Ok(Route::Local);
+    }
     let providers = agent_contract::providers::Providers::load(policy.home)
         .map_err(|e| wit::LlmError::Unavailable(e.to_string()))?;
     let explicit = model
@@ -99,15 +110,6 @@ pub fn place(policy: &Policy<'_>, model: &str) -> Result<Route, wit::LlmError> {
             "the agent asked for this provider",
         ),
         None => {
-            if policy
-                .home
-                .join("models")
-                .join(model)
-                .join("model.toml")
-                .is_file()
-            {
-                return Ok(Route::Local);
-            }
             let serving = policy.llm.escalate.iter().find(|name| {
                 providers
                     .get(name)
