@@ -42,6 +42,7 @@ pub const AGENT_INTERFACES: &[&str] = &[
     "spawner:agent/llm",
     "spawner:agent/log",
     "spawner:agent/memory",
+    "spawner:agent/tools",
     "spawner:agent/types",
 ];
 
@@ -121,7 +122,8 @@ mod tests {
         assert!(!provided("wasi:io/streams@0.20.0"));
         assert!(!provided("wasi:io/streams"));
         assert!(provided("spawner:agent/llm@0.2.2"));
-        assert!(!provided("spawner:agent/tools@0.2.0"));
+        assert!(provided("spawner:agent/tools@0.2.3"));
+        assert!(!provided("spawner:agent/network@0.2.3"));
     }
 
     #[test]

@@ -27,6 +27,11 @@
 //! escalate = ["lab"]              # providers (providers.toml) it may use for a model
 //!                                 # not served locally; remote ones need a consent
 //!
+//! [tools]
+//! servers = ["time"]              # tool servers (tools.toml) this agent may use
+//! allow = ["time/get_current_time"] # optional: only these of their tools
+//! retain = false                  # keep each call's arguments and result as evidence
+//!
 //! [[preopens]]                    # none unless declared; read-only unless writable
 //! host = "data"                   # relative to the agent's directory, or absolute
 //! guest = "/data"
@@ -78,6 +83,8 @@ pub struct RawManifest {
     #[serde(default)]
     llm: RawLlm,
     #[serde(default)]
+    tools: RawTools,
+    #[serde(default)]
     preopens: Vec<RawPreopen>,
     #[serde(default)]
     placement: Placement,
@@ -120,6 +127,16 @@ struct RawLlm {
     escalate: Vec<Spanned<String>>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTools {
+    #[serde(default)]
+    servers: Vec<Spanned<String>>,
+    allow: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    retain: bool,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPreopen {
@@ -142,6 +159,30 @@ pub struct LlmPolicy {
     /// Providers of `providers.toml` it may use for a model the broker does not serve, in
     /// order of preference. A remote one needs the user's consent as well.
     pub escalate: Vec<String>,
+}
+
+/// `[tools]`: which tool servers, and which of their tools, an agent may use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolPolicy {
+    /// Servers of `tools.toml`, by name; a call to any other is refused before any
+    /// connection.
+    pub servers: Vec<String>,
+    /// When given, only these tools (`server/tool`) of those servers.
+    pub allow: Option<Vec<String>>,
+    /// Keep each call's arguments and result with the run's evidence (off: only sizes).
+    pub retain: bool,
+}
+
+impl ToolPolicy {
+    /// Whether the agent may call `tool` of `server`.
+    pub fn allows(&self, server: &str, tool: &str) -> bool {
+        self.servers.iter().any(|s| s == server)
+            && self.allow.as_ref().is_none_or(|allow| {
+                allow
+                    .iter()
+                    .any(|a| a.split_once('/') == Some((server, tool)))
+            })
+    }
 }
 
 /// Where an agent may run.
@@ -176,6 +217,8 @@ pub struct Manifest {
     pub allowed_models: Vec<String>,
     /// Language models the agent may chat with, and what evidence keeps.
     pub llm: LlmPolicy,
+    /// Tool servers the agent may use, and what evidence keeps.
+    pub tools: ToolPolicy,
     /// Host directories visible to the agent; none unless declared.
     pub preopens: Vec<Preopen>,
     /// Where the agent may run.
@@ -496,6 +539,30 @@ impl RawManifest {
         let allowed_models = names(self.models.allowed, "model names", invalid)?;
         let llm_models = names(self.llm.models, "llm model names", invalid)?;
         let escalate = names(self.llm.escalate, "llm escalate provider names", invalid)?;
+        let tool_servers = names(self.tools.servers, "tools servers", invalid)?;
+        let tool_allow = match self.tools.allow {
+            None => None,
+            Some(list) => {
+                let mut allow = Vec::with_capacity(list.len());
+                for entry in list {
+                    let known = entry
+                        .get_ref()
+                        .split_once('/')
+                        .filter(|(server, tool)| !tool.is_empty() && tool_servers.iter().any(|s| s == server));
+                    if known.is_none() {
+                        return Err(invalid(
+                            entry.span(),
+                            format!(
+                                "tools.allow entry {:?} must be \"server/tool\" with a server listed in tools.servers",
+                                entry.get_ref()
+                            ),
+                        ));
+                    }
+                    allow.push(entry.into_inner());
+                }
+                Some(allow)
+            }
+        };
 
         let mut preopens = Vec::with_capacity(self.preopens.len());
         for p in self.preopens {
@@ -603,6 +670,11 @@ impl RawManifest {
                 models: llm_models,
                 retain: self.llm.retain,
                 escalate,
+            },
+            tools: ToolPolicy {
+                servers: tool_servers,
+                allow: tool_allow,
+                retain: self.tools.retain,
             },
             preopens,
             placement: self.placement,
@@ -724,6 +796,28 @@ mod tests {
         assert_eq!(m.limits.memory_bytes, DEFAULT_MEMORY_MB << 20);
         assert_eq!(m.memory.namespace, "echo");
         assert!(m.preopens.is_empty() && m.config.is_empty() && m.sha256.is_none());
+    }
+
+    #[test]
+    fn tools_allow_only_listed_servers_and_tools() {
+        let m = parse(&format!(
+            "{MINIMAL}[tools]\nservers = [\"time\", \"git\"]\nallow = [\"time/get_current_time\"]\n"
+        ))
+        .expect("valid");
+        assert!(m.tools.allows("time", "get_current_time"));
+        assert!(!m.tools.allows("time", "convert_time"));
+        assert!(!m.tools.allows("git", "git_log"), "allow narrows every server");
+        assert!(!m.tools.allows("fs", "read_file"));
+        let open = parse(&format!("{MINIMAL}[tools]\nservers = [\"git\"]\n")).expect("valid");
+        assert!(open.tools.allows("git", "git_log"));
+        let (line, _, message) = position(
+            parse(&format!(
+                "{MINIMAL}[tools]\nservers = [\"time\"]\nallow = [\"fs/read_file\"]\n"
+            ))
+            .expect_err("unlisted server"),
+        );
+        assert_eq!(line, 6);
+        assert!(message.contains("tools.servers"), "{message}");
     }
 
     #[test]

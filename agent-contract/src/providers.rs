@@ -70,7 +70,7 @@ impl Provider {
     }
 }
 
-fn host_of(url: &str) -> &str {
+pub(crate) fn host_of(url: &str) -> &str {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
@@ -82,7 +82,7 @@ fn host_of(url: &str) -> &str {
 }
 
 /// Whether the URL's host is this machine's loopback.
-fn is_loopback(url: &str) -> bool {
+pub(crate) fn is_loopback(url: &str) -> bool {
     let host = host_of(url);
     let name = if let Some(v6) = host.strip_prefix('[') {
         v6.split(']').next().unwrap_or("")

@@ -21,7 +21,7 @@ pub mod bindings {
 }
 
 pub use bindings::Agent;
-use bindings::spawner::agent::{config, hooks, inference, llm, log, memory, types};
+use bindings::spawner::agent::{config, hooks, inference, llm, log, memory, tools, types};
 
 /// Per-request state the host functions work on. Lives in the wasmtime `Store`.
 pub struct AgentHost {
@@ -43,6 +43,12 @@ pub struct AgentHost {
     pub llm_policy: agent_contract::manifest::LlmPolicy,
     /// Evidence of the run's chats, in order.
     pub llm_calls: Vec<memory_store::LlmCall>,
+    /// Where tool calls go (the gpu-broker, which holds the servers' sessions).
+    pub tools: Box<dyn crate::tools::Tools>,
+    /// The agent's `[tools]`.
+    pub tool_policy: agent_contract::manifest::ToolPolicy,
+    /// Evidence of the run's tool calls, in order.
+    pub tool_calls: Vec<memory_store::ToolCall>,
     /// When the run's deadline falls (set when it is armed).
     pub deadline: Option<std::time::Instant>,
     /// The home directory (model repository, `providers.toml`).
@@ -272,13 +278,7 @@ impl llm::Host for AgentHost {
         params: llm::Params,
     ) -> Result<llm::Completion, llm::LlmError> {
         let (agent, memory) = (&self.agent, &self.memory);
-        let consent = |provider: &str| -> Result<Option<memory_store::Consent>, String> {
-            let memory = memory.as_ref().ok_or("the store is closed")?;
-            memory
-                .store()
-                .live_consent(agent, provider, memory_store::now_ms())
-                .map_err(|e| format!("cannot read the consents: {e}"))
-        };
+        let consent = |provider: &str| consent_of(memory, agent, provider);
         let policy = crate::llm::Policy {
             agent,
             llm: &self.llm_policy,
@@ -294,6 +294,69 @@ impl llm::Host for AgentHost {
         {
             self.broker_unavailable = Some(m.clone());
         }
+        answer
+    }
+}
+
+/// The live consent of the user to `agent`'s use of `name` (a provider or tool server).
+fn consent_of(
+    memory: &Option<RunMemory>,
+    agent: &str,
+    name: &str,
+) -> Result<Option<memory_store::Consent>, String> {
+    let memory = memory.as_ref().ok_or("the store is closed")?;
+    memory
+        .store()
+        .live_consent(agent, name, memory_store::now_ms())
+        .map_err(|e| format!("cannot read the consents: {e}"))
+}
+
+impl AgentHost {
+    /// Note a broker that could not be reached (see `broker_unavailable`).
+    fn note_unavailable(&mut self, error: Option<&tools::ToolError>) {
+        if let Some(tools::ToolError::Unavailable(m)) = error
+            && m.starts_with("the inference broker is unavailable")
+        {
+            self.broker_unavailable = Some(m.clone());
+        }
+    }
+}
+
+impl tools::Host for AgentHost {
+    fn list(&mut self) -> Result<Vec<tools::Tool>, tools::ToolError> {
+        let (agent, memory) = (&self.agent, &self.memory);
+        let consent = |server: &str| consent_of(memory, agent, server);
+        let policy = crate::tools::Policy {
+            agent,
+            tools: &self.tool_policy,
+            deadline: self.deadline,
+            home: &self.home,
+            consent: &consent,
+        };
+        let answer = crate::tools::list(&mut *self.tools, &policy);
+        self.note_unavailable(answer.as_ref().err());
+        answer
+    }
+
+    fn call(
+        &mut self,
+        server: String,
+        tool: String,
+        arguments: String,
+    ) -> Result<tools::ToolResult, tools::ToolError> {
+        let (agent, memory) = (&self.agent, &self.memory);
+        let consent = |server: &str| consent_of(memory, agent, server);
+        let policy = crate::tools::Policy {
+            agent,
+            tools: &self.tool_policy,
+            deadline: self.deadline,
+            home: &self.home,
+            consent: &consent,
+        };
+        let (answer, evidence) =
+            crate::tools::call(&mut *self.tools, &policy, server, tool, arguments);
+        self.tool_calls.push(evidence);
+        self.note_unavailable(answer.as_ref().err());
         answer
     }
 }

@@ -141,6 +141,7 @@ pub fn to_wit_error(e: ClientError) -> wit::InferenceError {
             | ErrorCode::ContextTooLong
             | ErrorCode::Timeout
             | ErrorCode::Unreachable
+            | ErrorCode::UnknownServer
             | ErrorCode::Failed => wit::InferenceError::Failed(message),
         },
     }

@@ -35,6 +35,7 @@ pub mod inference;
 pub mod llm;
 mod logging;
 mod run;
+pub mod tools;
 
 pub use error::ExecError;
 pub use run::{Execution, Prepared, compile, execute};

@@ -329,6 +329,7 @@ fn to_wit_error(e: ClientError) -> wit::LlmError {
             | ErrorCode::Forbidden
             | ErrorCode::GpuRequired
             | ErrorCode::Unreachable
+            | ErrorCode::UnknownServer
             | ErrorCode::LoadFailed => wit::LlmError::Unavailable(message),
             ErrorCode::ContextTooLong => wit::LlmError::ContextTooLong(message),
             ErrorCode::Timeout => wit::LlmError::Timeout(message),

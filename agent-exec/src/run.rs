@@ -259,6 +259,7 @@ pub fn execute(
         },
         cache_hit: None,
         llm_calls: Vec::new(),
+        tool_calls: Vec::new(),
         prepared,
         hook_call: header.hook.is_some(),
         home: Home::new(&header.home),
@@ -291,6 +292,8 @@ struct Run {
     cache_hit: Option<bool>,
     /// Evidence of the run's chats, for its record.
     llm_calls: Vec<memory_store::LlmCall>,
+    /// Evidence of the run's tool calls, for its record.
+    tool_calls: Vec<memory_store::ToolCall>,
 }
 
 /// Time from `since` to now, in microseconds, and reset `since`.
@@ -382,6 +385,7 @@ impl Run {
                 ..self.timings.clone()
             },
             llm_calls: self.llm_calls.clone(),
+            tool_calls: self.tool_calls.clone(),
         };
         // The handler returned (with a response or a typed error): its writes count.
         // It trapped, timed out or hit a limit: they are discarded.
@@ -439,6 +443,7 @@ impl Run {
             .take()
             .expect("the run's memory stays in the store until taken here");
         self.llm_calls = std::mem::take(&mut store.data_mut().llm_calls);
+        self.tool_calls = std::mem::take(&mut store.data_mut().tool_calls);
         // The process exits right after answering: tearing the instance down (unmapping its
         // memory, freeing its tables) is work the kernel does anyway, faster, at exit.
         std::mem::forget(store);
@@ -488,6 +493,12 @@ impl Run {
             )),
             llm_policy: manifest.llm.clone(),
             llm_calls: Vec::new(),
+            tools: Box::new(crate::inference::Broker::new(
+                self.home.clone(),
+                self.header.broker.clone(),
+            )),
+            tool_policy: manifest.tools.clone(),
+            tool_calls: Vec::new(),
             deadline: None,
             home: self.home.root().to_owned(),
             stream_llm: self.header.stream_llm.then_some(self.header.log_format),

@@ -3,8 +3,9 @@
 //!
 //! - [`wire`]: the length-prefixed binary frames both sides speak.
 //! - [`Client`]: connect (starting the broker on demand, once, under a lock), handshake,
-//!   then `infer`, `chat`, `list_models` and `status` requests.
+//!   then `infer`, `chat`, `tools`, `list_models` and `status` requests.
 //! - [`chat`]: chat completion requests and answers.
+//! - [`tools`]: tool (MCP) requests and answers.
 //!
 //! # Starting on demand
 //! A client that finds no broker takes `<socket>.start` (flock), tries again (another
@@ -13,6 +14,7 @@
 //! `error: ...` when it cannot start): the client waits for that line, never for a sleep.
 
 pub mod chat;
+pub mod tools;
 pub mod wire;
 
 use std::io::{BufRead, BufReader};
@@ -234,6 +236,20 @@ impl Client {
                 serde_json::from_str(&json).map_err(|e| unavailable("bad JSON from the broker", e))
             }
             other => Err(unavailable("request", format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// List or call tools; the answer is a [`tools::ToolList`] or [`tools::ToolOutput`]
+    /// (`T`) according to the request.
+    pub fn tools<T: serde::de::DeserializeOwned>(
+        &mut self,
+        request: &tools::ToolRequest,
+    ) -> Result<T, ClientError> {
+        let json = serde_json::to_string(request).map_err(|e| unavailable("tools", e))?;
+        match self.request(|id| Frame::Tools { id, json })? {
+            Frame::Json { json, .. } => serde_json::from_str(&json)
+                .map_err(|e| unavailable("bad tool answer from the broker", e)),
+            other => Err(unavailable("tools", format!("unexpected {other:?}"))),
         }
     }
 

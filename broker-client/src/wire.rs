@@ -161,8 +161,10 @@ pub enum ErrorCode {
     ContextTooLong = 12,
     /// A chat ran past the time its client gave it.
     Timeout = 13,
-    /// A provider the chat needs cannot be reached.
+    /// A provider the chat needs, or a tool server, cannot be reached or started.
     Unreachable = 14,
+    /// No tool server by that name in `tools.toml`.
+    UnknownServer = 15,
 }
 
 impl ErrorCode {
@@ -181,6 +183,7 @@ impl ErrorCode {
             12 => ErrorCode::ContextTooLong,
             13 => ErrorCode::Timeout,
             14 => ErrorCode::Unreachable,
+            15 => ErrorCode::UnknownServer,
             _ => ErrorCode::Malformed,
         }
     }
@@ -247,6 +250,15 @@ pub enum Frame {
         id: u64,
         /// The new text.
         text: String,
+    },
+    /// List or call tools of MCP servers; the JSON is a [`crate::tools::ToolRequest`].
+    /// Answered with `Json` (a [`crate::tools::ToolList`] or [`crate::tools::ToolOutput`])
+    /// or `Error`.
+    Tools {
+        /// Repeated in the answer.
+        id: u64,
+        /// The request, a JSON document.
+        json: String,
     },
     /// Request `id` failed (id 0: the connection itself).
     Error {
@@ -356,6 +368,11 @@ impl Frame {
                 out.extend_from_slice(&id.to_le_bytes());
                 put_str(&mut out, text);
             }
+            Frame::Tools { id, json } => {
+                out.push(11);
+                out.extend_from_slice(&id.to_le_bytes());
+                put_str(&mut out, json);
+            }
         }
         let len = (out.len() - 4) as u32;
         out[..4].copy_from_slice(&len.to_le_bytes());
@@ -426,6 +443,10 @@ impl Frame {
             10 => Frame::Token {
                 id: c.u64()?,
                 text: c.string()?,
+            },
+            11 => Frame::Tools {
+                id: c.u64()?,
+                json: c.string()?,
             },
             kind => return Err(WireError::Malformed(format!("unknown frame kind {kind}"))),
         };
@@ -541,6 +562,10 @@ mod tests {
         round_trip(Frame::Chat {
             id: 4,
             json: r#"{"model":"m","messages":[]}"#.into(),
+        });
+        round_trip(Frame::Tools {
+            id: 12,
+            json: "{\"op\":\"list\",\"servers\":[\"时间\"]}".into(),
         });
         round_trip(Frame::Token {
             id: 4,

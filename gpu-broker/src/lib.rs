@@ -10,6 +10,7 @@
 //! - [`generate`]: generative models (tokenizer, chat template, KV cache, sampler) and
 //!   the loop that answers a `chat` step by step on the model's device.
 //! - [`remote`]: chats sent to an OpenAI-compatible provider of `providers.toml`.
+//! - [`tools`]: MCP sessions with the tool servers of `tools.toml`, held warm.
 //! - [`queue`]: one ordered queue per device, served by one thread; dynamic batching.
 //! - [`stats`]: what `status` reports.
 //! - [`Broker`] (here): connections (who may connect, how many, how long they may stall),
@@ -25,6 +26,7 @@ pub mod remote;
 pub mod repo;
 pub mod runtime;
 pub mod stats;
+pub mod tools;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,6 +69,8 @@ pub struct Broker {
     home: std::path::PathBuf,
     /// HTTP agents of the providers.
     remote: remote::Remote,
+    /// Sessions with tool servers, started on first use (for the home, see `with_home`).
+    tools: std::sync::OnceLock<Result<tools::Tools, String>>,
     library: String,
     idle_ttl: Option<Duration>,
     /// How long a client may take to send one frame ([`FRAME_DEADLINE`] by default).
@@ -96,6 +100,7 @@ impl Broker {
             chats: AtomicUsize::new(0),
             home: home_of_repo,
             remote: remote::Remote::default(),
+            tools: std::sync::OnceLock::new(),
             library,
             idle_ttl,
             frame_deadline: FRAME_DEADLINE,
@@ -199,6 +204,7 @@ impl Broker {
             "queue_depth": self.cpu.depth() + self.cuda.as_ref().map_or(0, Device::depth),
             "connections": self.connections.load(Ordering::SeqCst),
             "chats": self.chats.load(Ordering::SeqCst),
+            "tool_servers": self.tools.get().and_then(|t| t.as_ref().ok()).map(tools::Tools::running).unwrap_or_default(),
             "served": stats.served_total(),
             "idle_ttl_s": self.idle_ttl.map(|d| d.as_secs()),
             "models": stats.models_json(),
@@ -340,6 +346,19 @@ impl Broker {
                             json: serde_json::to_string(&done).unwrap_or_default(),
                         },
                         Err(f) => error(id, f.code, f.message),
+                    }
+                }
+                Frame::Tools { id, json } => {
+                    let tools = self.tools.get_or_init(|| {
+                        tools::Tools::new(self.home.clone())
+                            .map_err(|e| format!("cannot start the tool runtime: {e}"))
+                    });
+                    match tools {
+                        Ok(tools) => match tools.handle(&json) {
+                            Ok(json) => Frame::Json { id, json },
+                            Err(f) => error(id, f.code, f.message),
+                        },
+                        Err(e) => error(id, ErrorCode::Failed, e.clone()),
                     }
                 }
                 Frame::ListModels { id } => Frame::Json {

@@ -48,6 +48,9 @@ fn main() -> std::process::ExitCode {
     // Runtime otherwise writes a device id under ~/.cache and tries to send telemetry.
     unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
     keep_large_buffers_returnable();
+    // Tool servers over HTTPS (reqwest, through rmcp) use rustls's ring provider, the one
+    // ureq uses for the LLM providers. Fails only if one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // ONNX Runtime logs every session's options at info: keep the log to what matters.
     tracing_subscriber::fmt()
         .with_max_level(tracing::Level::WARN)

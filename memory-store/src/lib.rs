@@ -41,7 +41,7 @@ use rusqlite::config::DbConfig;
 
 pub use consents::Consent;
 pub use memory::{Entry, Event, MemoryError, RunMemory};
-pub use runs::{LlmCall, RunFilter, RunRecord};
+pub use runs::{LlmCall, RunFilter, RunRecord, ToolCall};
 
 /// How long a writer waits for the write lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -258,6 +258,7 @@ mod tests {
                 cache_hit: None,
                 timings: PhaseTimings::default(),
                 llm_calls: Vec::new(),
+                tool_calls: Vec::new(),
             };
             store.record_run(&record, 1000).expect("record");
             assert!(

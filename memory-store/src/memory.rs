@@ -312,6 +312,7 @@ mod tests {
             cache_hit: Some(true),
             timings: PhaseTimings::default(),
             llm_calls: Vec::new(),
+            tool_calls: Vec::new(),
         }
     }
 

@@ -32,6 +32,40 @@ pub struct RunRecord {
     /// (lists leave it empty).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub llm_calls: Vec<LlmCall>,
+    /// Evidence of the run's tool calls, in order; read back like `llm_calls`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// Evidence of one tool call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolCall {
+    /// The server (of `tools.toml`).
+    pub server: String,
+    /// The tool.
+    pub tool: String,
+    /// Whether the call left this machine.
+    pub remote: bool,
+    /// `ok`, or the error's kind (`not-allowed`, `timeout`, ...).
+    pub outcome: String,
+    /// The error's message, when it failed.
+    pub error: Option<String>,
+    /// From the call to its result, in milliseconds.
+    pub duration_ms: f64,
+    /// Of it, starting the server (0 when it was running).
+    pub start_ms: f64,
+    /// Size of the arguments, bytes.
+    pub bytes_in: u64,
+    /// Size of the result, bytes (0 without one).
+    pub bytes_out: u64,
+    /// The consent a remote call relied on.
+    pub consent: Option<String>,
+    /// The arguments; only when the manifest retains them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+    /// The result's text; only when the manifest retains it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
 }
 
 /// Evidence of one language-model call.
@@ -148,7 +182,36 @@ pub(crate) fn insert(conn: &Connection, r: &RunRecord, keep_runs: u32) -> Result
                 c.answer,
             ])?;
         }
+        let mut call = conn.prepare_cached(
+            "INSERT INTO tool_calls (run_id, seq, server, tool, remote, outcome, error,
+                 duration_ms, start_ms, bytes_in, bytes_out, consent, arguments, result)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )?;
+        for (seq, c) in r.tool_calls.iter().enumerate() {
+            call.execute(params![
+                r.run_id,
+                seq as i64,
+                c.server,
+                c.tool,
+                c.remote,
+                c.outcome,
+                c.error,
+                c.duration_ms,
+                c.start_ms,
+                to_sql_int(c.bytes_in),
+                to_sql_int(c.bytes_out),
+                c.consent,
+                c.arguments,
+                c.result,
+            ])?;
+        }
     }
+    conn.prepare_cached(
+        "DELETE FROM tool_calls WHERE run_id IN (
+             SELECT run_id FROM runs WHERE agent = ?1
+             ORDER BY started_at_ms DESC LIMIT -1 OFFSET ?2)",
+    )?
+    .execute(params![r.agent, i64::from(keep_runs)])?;
     conn.prepare_cached(
         "DELETE FROM llm_calls WHERE run_id IN (
              SELECT run_id FROM runs WHERE agent = ?1
@@ -189,6 +252,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
                 total_us: u(14)?.unwrap_or(0),
             },
             llm_calls: Vec::new(),
+            tool_calls: Vec::new(),
         },
         status,
     ))
@@ -240,11 +304,16 @@ impl Store {
         let mut deleted = 0;
         for id in run_ids {
             tx.execute("DELETE FROM llm_calls WHERE run_id = ?1", params![id])?;
+            tx.execute("DELETE FROM tool_calls WHERE run_id = ?1", params![id])?;
             deleted += tx.execute("DELETE FROM runs WHERE run_id = ?1", params![id])?;
         }
         if let Some(agent) = agent {
             tx.execute(
                 "DELETE FROM llm_calls WHERE run_id IN (SELECT run_id FROM runs WHERE agent = ?1)",
+                params![agent],
+            )?;
+            tx.execute(
+                "DELETE FROM tool_calls WHERE run_id IN (SELECT run_id FROM runs WHERE agent = ?1)",
                 params![agent],
             )?;
             deleted += tx.execute("DELETE FROM runs WHERE agent = ?1", params![agent])?;
@@ -285,7 +354,35 @@ impl Store {
         Ok(calls)
     }
 
-    /// One run record by id, with its language-model calls.
+    /// The tool calls of a run, in order.
+    pub fn tool_calls(&self, run_id: &str) -> Result<Vec<ToolCall>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT server, tool, remote, outcome, error, duration_ms, start_ms, bytes_in,
+                 bytes_out, consent, arguments, result
+             FROM tool_calls WHERE run_id = ?1 ORDER BY seq",
+        )?;
+        let calls = stmt
+            .query_map(params![run_id], |row| {
+                Ok(ToolCall {
+                    server: row.get(0)?,
+                    tool: row.get(1)?,
+                    remote: row.get(2)?,
+                    outcome: row.get(3)?,
+                    error: row.get(4)?,
+                    duration_ms: row.get(5)?,
+                    start_ms: row.get(6)?,
+                    bytes_in: row.get::<_, i64>(7)?.max(0) as u64,
+                    bytes_out: row.get::<_, i64>(8)?.max(0) as u64,
+                    consent: row.get(9)?,
+                    arguments: row.get(10)?,
+                    result: row.get(11)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(calls)
+    }
+
+    /// One run record by id, with its language-model and tool calls.
     pub fn run(&self, run_id: &str) -> Result<Option<RunRecord>, StoreError> {
         let mut stmt = self
             .conn
@@ -299,6 +396,7 @@ impl Store {
                     .parse()
                     .map_err(|e| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
                 record.llm_calls = self.llm_calls(run_id)?;
+                record.tool_calls = self.tool_calls(run_id)?;
                 Ok(Some(record))
             }
         }
@@ -325,6 +423,24 @@ mod tests {
                 ..PhaseTimings::default()
             },
             llm_calls: Vec::new(),
+            tool_calls: Vec::new(),
+        }
+    }
+
+    fn tool_call(tool: &str) -> ToolCall {
+        ToolCall {
+            server: "time".into(),
+            tool: tool.into(),
+            remote: false,
+            outcome: "ok".into(),
+            error: None,
+            duration_ms: 3.5,
+            start_ms: 0.0,
+            bytes_in: 27,
+            bytes_out: 140,
+            consent: None,
+            arguments: None,
+            result: Some("東京 12:00".into()),
         }
     }
 
@@ -353,6 +469,7 @@ mod tests {
         let mut store = Store::open_in_memory().expect("store");
         let mut first = record("r0", "a", 0);
         first.llm_calls = vec![call("m1"), call("m2")];
+        first.tool_calls = vec![tool_call("get_current_time")];
         store.record_run(&first, 1).expect("insert");
         assert_eq!(store.run("r0").expect("run"), Some(first.clone()));
         // A second insert of the same run adds no calls.
@@ -361,6 +478,7 @@ mod tests {
         // keep_runs 1: the next run prunes r0 and its calls.
         store.record_run(&record("r1", "a", 1), 1).expect("insert");
         assert_eq!(store.llm_calls("r0").expect("calls"), Vec::new());
+        assert_eq!(store.tool_calls("r0").expect("calls"), Vec::new());
     }
 
     #[test]
@@ -369,6 +487,7 @@ mod tests {
         for (id, agent) in [("r0", "a"), ("r1", "a"), ("r2", "b")] {
             let mut r = record(id, agent, 0);
             r.llm_calls = vec![call("m")];
+            r.tool_calls = vec![tool_call("t")];
             store.record_run(&r, 10).expect("insert");
         }
         assert_eq!(
@@ -378,6 +497,8 @@ mod tests {
             1
         );
         assert_eq!(store.llm_calls("r2").expect("calls"), Vec::new());
+        assert_eq!(store.tool_calls("r2").expect("calls"), Vec::new());
+        assert_eq!(store.tool_calls("r1").expect("calls").len(), 1);
         assert_eq!(store.delete_runs(&[], Some("a")).expect("delete"), 2);
         assert_eq!(store.llm_calls("r0").expect("calls"), Vec::new());
         assert!(store.runs(&RunFilter::default()).expect("runs").is_empty());

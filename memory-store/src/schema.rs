@@ -12,6 +12,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_llm_calls.sql"),
     include_str!("../migrations/0003_consents.sql"),
+    include_str!("../migrations/0004_tool_calls.sql"),
 ];
 
 /// The schema version this program writes.

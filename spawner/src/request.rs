@@ -299,6 +299,7 @@ pub fn execute(
             ..PhaseTimings::default()
         },
         llm_calls: Vec::new(),
+        tool_calls: Vec::new(),
     };
     // agent-exec may have committed its record (and the run's memory writes) just before it
     // was killed: then that record is the run's outcome, and the caller must see the same,

@@ -1,0 +1,236 @@
+//! Tools for agents: the host side of the `tools` interface. A call is checked against the
+//! agent's `[tools]` first (a server or tool not listed is refused before any connection),
+//! then against `tools.toml` (the server must be configured; a remote one needs the user's
+//! live consent), and only then sent to the broker, which holds the servers' sessions.
+//! Every call, made or refused, leaves a [`ToolCall`] as evidence for the run record.
+
+use std::time::Instant;
+
+use agent_contract::manifest::ToolPolicy;
+use agent_contract::tools::ToolServers;
+use broker_client::tools::{ToolList, ToolOutput, ToolRequest};
+use broker_client::{ClientError, ErrorCode};
+use memory_store::ToolCall;
+
+use crate::host::bindings::spawner::agent::tools as wit;
+
+/// Where tool requests go: the broker client in agent-exec; a trait so that a test double
+/// can stand in for it.
+pub trait Tools: Send {
+    /// List the tools of some servers.
+    fn list(&mut self, request: &ToolRequest) -> Result<ToolList, ClientError>;
+    /// Call one tool.
+    fn call(&mut self, request: &ToolRequest) -> Result<ToolOutput, ClientError>;
+}
+
+impl Tools for crate::inference::Broker {
+    fn list(&mut self, request: &ToolRequest) -> Result<ToolList, ClientError> {
+        let answer = self.client()?.tools(request);
+        self.failed(&answer);
+        answer
+    }
+
+    fn call(&mut self, request: &ToolRequest) -> Result<ToolOutput, ClientError> {
+        let answer = self.client()?.tools(request);
+        self.failed(&answer);
+        answer
+    }
+}
+
+/// What the host needs to make one call for an agent.
+pub struct Policy<'a> {
+    /// The agent's name, for messages.
+    pub agent: &'a str,
+    /// Its `[tools]`.
+    pub tools: &'a ToolPolicy,
+    /// When the run's deadline falls.
+    pub deadline: Option<Instant>,
+    /// The home (its `tools.toml`).
+    pub home: &'a std::path::Path,
+    /// The live consent of the user to this agent's use of a server, if any.
+    pub consent: &'a dyn Fn(&str) -> Result<Option<memory_store::Consent>, String>,
+}
+
+impl Policy<'_> {
+    /// The time the broker may take, a little less than the run has left, so that the
+    /// agent hears `timeout` and can still answer.
+    fn timeout_ms(&self) -> Option<u64> {
+        self.deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            let margin = (left / 4).min(std::time::Duration::from_secs(1));
+            (left - margin).as_millis() as u64
+        })
+    }
+
+    /// Check that `server` is configured and, when remote, consented to; the consent it
+    /// relies on, if any, and whether it is remote.
+    fn admit(
+        &self,
+        servers: &ToolServers,
+        server: &str,
+    ) -> Result<(bool, Option<String>), wit::ToolError> {
+        let Some(config) = servers.get(server) else {
+            return Err(wit::ToolError::Unavailable(format!(
+                "no tool server {server:?} in {} (add a [[server]] named so)",
+                self.home.join(agent_contract::tools::TOOLS_FILE).display()
+            )));
+        };
+        if !config.is_remote() {
+            return Ok((false, None));
+        }
+        match (self.consent)(server).map_err(wit::ToolError::Unavailable)? {
+            Some(c) => Ok((
+                true,
+                Some(format!(
+                    "consent {} granted {} UTC",
+                    c.id,
+                    agent_contract::report::utc(c.granted_at_ms)
+                )),
+            )),
+            None => Err(wit::ToolError::ConsentRequired(format!(
+                "tool server {server:?} ({}) is remote: the arguments of this call would leave this machine, and the user has not consented to agent {:?} using it; to allow it, run `spawner consent grant {} {server}`",
+                config.endpoint(),
+                self.agent,
+                self.agent
+            ))),
+        }
+    }
+
+    fn servers(&self) -> Result<ToolServers, wit::ToolError> {
+        ToolServers::load(self.home).map_err(|e| wit::ToolError::Unavailable(e.to_string()))
+    }
+}
+
+/// The tools the agent may use, of every server its `[tools]` lists.
+pub fn list(broker: &mut dyn Tools, policy: &Policy<'_>) -> Result<Vec<wit::Tool>, wit::ToolError> {
+    if policy.tools.servers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let servers = policy.servers()?;
+    for server in &policy.tools.servers {
+        policy.admit(&servers, server)?;
+    }
+    let request = ToolRequest::List {
+        servers: policy.tools.servers.clone(),
+        timeout_ms: policy.timeout_ms(),
+    };
+    let list = broker.list(&request).map_err(to_wit_error)?;
+    Ok(list
+        .tools
+        .into_iter()
+        .filter(|t| policy.tools.allows(&t.server, &t.name))
+        .map(|t| wit::Tool {
+            server: t.server,
+            name: t.name,
+            description: t.description,
+            input_schema: t.input_schema,
+        })
+        .collect())
+}
+
+/// Make one call: check it, send it, and return the result with its evidence.
+pub fn call(
+    broker: &mut dyn Tools,
+    policy: &Policy<'_>,
+    server: String,
+    tool: String,
+    arguments: String,
+) -> (Result<wit::ToolResult, wit::ToolError>, ToolCall) {
+    let started = Instant::now();
+    let mut evidence = ToolCall {
+        server: server.clone(),
+        tool: tool.clone(),
+        remote: false,
+        outcome: String::new(),
+        error: None,
+        duration_ms: 0.0,
+        start_ms: 0.0,
+        bytes_in: arguments.len() as u64,
+        bytes_out: 0,
+        consent: None,
+        arguments: policy.tools.retain.then(|| arguments.clone()),
+        result: None,
+    };
+    let answer = if !policy.tools.allows(&server, &tool) {
+        Err(wit::ToolError::NotAllowed(format!(
+            "tool {server}/{tool} is not allowed by [tools] of agent {:?} (list the server in `servers`{} in its agent.toml to use it)",
+            policy.agent,
+            if policy.tools.allow.is_some() {
+                " and the tool in `allow`"
+            } else {
+                ""
+            }
+        )))
+    } else {
+        policy
+            .servers()
+            .and_then(|servers| policy.admit(&servers, &server))
+            .and_then(|(remote, consent)| {
+                evidence.remote = remote;
+                evidence.consent = consent;
+                let request = ToolRequest::Call {
+                    server,
+                    tool,
+                    arguments,
+                    timeout_ms: policy.timeout_ms(),
+                };
+                broker.call(&request).map_err(to_wit_error)
+            })
+            .map(|output| {
+                evidence.bytes_out = output.bytes_out;
+                evidence.start_ms = output.start_ms;
+                if policy.tools.retain {
+                    evidence.result = Some(output.text.clone());
+                }
+                wit::ToolResult {
+                    text: output.text,
+                    structured: output.structured,
+                }
+            })
+    };
+    evidence.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match &answer {
+        Ok(_) => evidence.outcome = "ok".into(),
+        Err(e) => {
+            let (kind, message) = kind(e);
+            evidence.outcome = kind.into();
+            evidence.error = Some(message.to_owned());
+        }
+    }
+    (answer, evidence)
+}
+
+/// An error's kind, as the WIT names it, and its message.
+pub fn kind(e: &wit::ToolError) -> (&'static str, &str) {
+    match e {
+        wit::ToolError::NotAllowed(m) => ("not-allowed", m),
+        wit::ToolError::Unavailable(m) => ("unavailable", m),
+        wit::ToolError::InvalidArguments(m) => ("invalid-arguments", m),
+        wit::ToolError::ConsentRequired(m) => ("consent-required", m),
+        wit::ToolError::Failed(m) => ("failed", m),
+        wit::ToolError::Timeout(m) => ("timeout", m),
+    }
+}
+
+/// The agent's view of a client error.
+fn to_wit_error(e: ClientError) -> wit::ToolError {
+    match e {
+        e @ ClientError::Unavailable(_) => wit::ToolError::Unavailable(e.to_string()),
+        ClientError::Broker { code, message } => match code {
+            ErrorCode::InvalidInput => wit::ToolError::InvalidArguments(message),
+            ErrorCode::Timeout => wit::ToolError::Timeout(message),
+            ErrorCode::Failed | ErrorCode::TooLarge => wit::ToolError::Failed(message),
+            ErrorCode::UnknownServer
+            | ErrorCode::Unreachable
+            | ErrorCode::UnknownModel
+            | ErrorCode::ShuttingDown
+            | ErrorCode::Busy
+            | ErrorCode::Forbidden
+            | ErrorCode::GpuRequired
+            | ErrorCode::LoadFailed
+            | ErrorCode::ContextTooLong
+            | ErrorCode::Malformed
+            | ErrorCode::Version => wit::ToolError::Unavailable(message),
+        },
+    }
+}
