@@ -25,6 +25,21 @@ const EXAMPLE_AGENTS: &[&str] = &[
     "sentiment",
     "chat",
     "commit-draft",
+    "tool-agent",
+];
+
+/// The MCP servers from PyPI, pinned: `mcp-server-time` (the demo's tool agent uses it),
+/// `mcp-server-git`, and the `mcp` SDK (the tests' misbehaving server is written with it).
+const MCP_PYTHON: &[&str] = &[
+    "mcp-server-time==2026.10.19",
+    "mcp-server-git==2026.10.19",
+    "mcp==2.3.0",
+];
+
+/// The MCP servers from npm, pinned (the tests' streamable-HTTP and filesystem servers).
+const MCP_NODE: &[&str] = &[
+    "@modelcontextprotocol/server-everything@2026.8.31",
+    "@modelcontextprotocol/server-filesystem@2026.8.31",
 ];
 
 /// The models setup installs into the home's model repository (from models/).
@@ -415,6 +430,76 @@ pub fn llm_python(root: &Path) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
+/// The Python MCP servers ([`MCP_PYTHON`]), installed once per machine into
+/// `target/tools/mcp-python`; returns that directory (their `PYTHONPATH`).
+pub fn mcp_python(root: &Path) -> anyhow::Result<PathBuf> {
+    let dir = target_dir(root).join("tools").join("mcp-python");
+    let marker = Path::new("installed");
+    install_once(&dir, marker, |partial| {
+        run(Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--target"])
+            .arg(partial)
+            .args(MCP_PYTHON))
+        .context("cannot install the MCP servers from PyPI (needs python3 with pip)")?;
+        std::fs::write(partial.join(marker), MCP_PYTHON.join("\n"))?;
+        Ok(())
+    })?;
+    Ok(dir)
+}
+
+/// The npm MCP servers ([`MCP_NODE`]), installed once per machine into
+/// `target/tools/mcp-node` (its `node_modules`); returns that directory.
+pub fn mcp_node(root: &Path) -> anyhow::Result<PathBuf> {
+    let dir = target_dir(root).join("tools").join("mcp-node");
+    let marker = Path::new("installed");
+    install_once(&dir, marker, |partial| {
+        std::fs::create_dir_all(partial)?;
+        run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(partial)
+            .args(MCP_NODE))
+        .context("cannot install the MCP servers from npm (needs Node.js with npm)")?;
+        std::fs::write(partial.join(marker), MCP_NODE.join("\n"))?;
+        Ok(())
+    })?;
+    Ok(dir)
+}
+
+/// Give the home a `time` tool server (mcp-server-time, the tool agent's), unless its
+/// tools.toml already names one: the user's entries are never touched.
+fn install_tool_servers(root: &Path, home: &Path) -> anyhow::Result<()> {
+    let file = home.join(agent_contract::tools::TOOLS_FILE);
+    let servers = agent_contract::tools::ToolServers::load(home)?;
+    if servers.get("time").is_some() {
+        return Ok(());
+    }
+    let python = mcp_python(root)?;
+    let python_exe = which("python3").unwrap_or_else(|| PathBuf::from("/usr/bin/python3"));
+    let entry = format!(
+        "\n# Added by `cargo xtask setup`: mcp-server-time from PyPI, for the tool-agent example.\n\
+         [[server]]\nname = \"time\"\ncommand = {command:?}\n\
+         args = [\"-m\", \"mcp_server_time\", \"--local-timezone\", \"UTC\"]\n\
+         env = {{ PYTHONPATH = {path:?} }}\n",
+        command = python_exe.display().to_string(),
+        path = python.display().to_string(),
+    );
+    let mut text = std::fs::read_to_string(&file).unwrap_or_default();
+    text.push_str(&entry);
+    let partial = file.with_extension("toml.partial");
+    std::fs::write(&partial, text)?;
+    std::fs::rename(&partial, &file)?;
+    Ok(())
+}
+
+/// The first `name` on `$PATH`, resolved to an absolute path.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
 /// The OpenAI-compatible server the provider tests run (llama.cpp's, serving the same GGUF
 /// file): PyPI's `llama-cpp-python[server]`, built from source (no wheel on PyPI; about
 /// nine minutes on two cores), once per machine into `target/tools/llama-cpp-python-*`.
@@ -567,6 +652,7 @@ fn setup(root: &Path) -> anyhow::Result<PathBuf> {
     }
     install_models(root, &home)?;
     install_llm(root, &home)?;
+    install_tool_servers(root, &home)?;
     eprintln!(
         "\ninstalled {} into {}, the models {} into {}; the binaries are in {}",
         EXAMPLE_AGENTS.join(", "),
@@ -621,6 +707,11 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     }
     if !show(&["run", "chat", "What is my name?"])? {
         bail!("chat failed");
+    }
+    // An agent loop: the model asks for a tool (mcp-server-time, through the broker, which
+    // keeps the server's session warm), gets its result, and answers from it.
+    if !show(&["run", "tool-agent", "What time is it in Tokyo?"])? {
+        bail!("tool-agent failed");
     }
     demo_hooks(&spawner)?;
     show(&["runs", "--limit", "8"])?;
@@ -722,6 +813,10 @@ fn test(root: &Path) -> anyhow::Result<()> {
         "secret-guard",
         "-p",
         "commit-draft",
+        "-p",
+        "agent-sdk",
+        "-p",
+        "tool-agent",
     ]))?;
     // The integration tests run the real binaries; build them first so they are current.
     build_release(root)?;
@@ -730,6 +825,9 @@ fn test(root: &Path) -> anyhow::Result<()> {
     llm_python(root)?;
     // The provider tests' OpenAI-compatible server.
     llama_server(root)?;
+    // The tool tests' MCP servers.
+    mcp_python(root)?;
+    mcp_node(root)?;
     run(cargo().args(["test", "--release", "--workspace"]))?;
     // The benchmark harness, so that it cannot rot; it times nothing against anything.
     bench::run(root, bench::Mode::Smoke)

@@ -21,7 +21,8 @@
 //! code for them.
 //!
 //! The host interfaces of `wit/agent.wit` are re-exported as [`memory`], [`config`],
-//! [`inference`], [`llm`] and [`log`]; [`chat`] builds conversations for [`llm`]. Memory writes become durable when the handler returns
+//! [`inference`], [`llm`], [`tools`] and [`log`]; [`chat`] builds conversations for [`llm`],
+//! and [`tool_use`] hands [`tools`] to a model and reads its tool calls back. Memory writes become durable when the handler returns
 //! (with `Ok` or `Err`); a trap, timeout or kill discards them.
 
 /// Bindings generated from `wit/agent.wit`, which documents them.
@@ -43,7 +44,9 @@ pub use bindings::spawner::agent::hooks::{
     AddedLine, Advice, AssistantEvent, Decision, FileChange, HookEvent, Push, PushRef, Verdict,
 };
 pub use bindings::spawner::agent::types::{AgentError, Request, Response};
-pub use bindings::spawner::agent::{config, hooks, inference, llm, memory};
+pub use bindings::spawner::agent::{config, hooks, inference, llm, memory, tools};
+
+pub mod tool_use;
 
 /// What an agent implements: one request in, one response (or typed error) out.
 pub trait Agent {
@@ -212,6 +215,13 @@ impl From<llm::LlmError> for AgentError {
             E::Timeout(m) => AgentError::Failed(format!("llm: timeout: {m}")),
             E::Failed(m) => AgentError::Failed(format!("llm: {m}")),
         }
+    }
+}
+
+/// Turn a tool error into an agent error, for `?` in handlers.
+impl From<tools::ToolError> for AgentError {
+    fn from(e: tools::ToolError) -> Self {
+        AgentError::Failed(format!("tools: {}", tool_use::describe_error(&e)))
     }
 }
 

@@ -182,6 +182,18 @@ impl Agent for Testing {
         if let Some(lines) = text.strip_prefix("chat\n") {
             return chat(lines);
         }
+        if let Some(call) = text.strip_prefix("tool ") {
+            return tool(call);
+        }
+        if text.trim() == "tools" {
+            return Ok(Response::text(match agent_sdk::tools::list() {
+                Ok(list) => list
+                    .iter()
+                    .map(|t| format!("{}/{} {}\n", t.server, t.name, t.input_schema))
+                    .collect::<String>(),
+                Err(e) => format!("error {}\n", agent_sdk::tool_use::describe_error(&e)),
+            }));
+        }
         let (command, args) = words(&text);
         match (command, args.as_slice()) {
             ("panic", _) => panic!("testing agent was asked to panic"),
@@ -288,6 +300,28 @@ impl Agent for Testing {
             _ => Ok(Response::text(text)),
         }
     }
+}
+
+/// One tool call, `<server> <tool> <arguments as JSON, to the end>`: its result's text
+/// (and structured result), or the error's kind and message, as the answer.
+fn tool(call: &str) -> Result<Response, AgentError> {
+    let mut parts = call.splitn(3, ' ');
+    let (Some(server), Some(name)) = (parts.next(), parts.next()) else {
+        return Err(AgentError::InvalidInput("tool <server> <tool> [json]".into()));
+    };
+    let arguments = parts.next().unwrap_or("{}");
+    Ok(Response::text(
+        match agent_sdk::tools::call(server, name.trim(), arguments) {
+            Ok(r) => format!(
+                "ok\n{}{}",
+                r.text,
+                r.structured
+                    .map(|s| format!("\nstructured {s}"))
+                    .unwrap_or_default()
+            ),
+            Err(e) => format!("error {}", agent_sdk::tool_use::describe_error(&e)),
+        },
+    ))
 }
 
 /// One llm chat from the lines of a `chat` request.

@@ -99,7 +99,7 @@ fn delete(home: &Home, run_ids: &[String], agent: Option<String>) -> anyhow::Res
     Ok(Outcome::Ok)
 }
 
-/// One run whole, with the evidence of its LLM calls.
+/// One run whole, with the evidence of its LLM and tool calls.
 fn show(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
     let path = home.store_path();
     let record = if path.exists() {
@@ -162,6 +162,35 @@ fn show(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
             ("consent", &c.consent),
             ("prompt", &c.prompt),
             ("answer", &c.answer),
+        ] {
+            if let Some(v) = value {
+                writeln!(out, "  {label}: {v}")?;
+            }
+        }
+    }
+    for (i, c) in r.tool_calls.iter().enumerate() {
+        writeln!(
+            out,
+            "tool call {}: {}/{} ({}): {}; {} bytes in, {} out; {:.1} ms{}",
+            i + 1,
+            c.server,
+            c.tool,
+            if c.remote { "remote" } else { "local" },
+            c.outcome,
+            c.bytes_in,
+            c.bytes_out,
+            c.duration_ms,
+            if c.start_ms > 0.0 {
+                format!(" (of it {:.1} ms starting the server)", c.start_ms)
+            } else {
+                String::new()
+            }
+        )?;
+        for (label, value) in [
+            ("error", &c.error),
+            ("consent", &c.consent),
+            ("arguments", &c.arguments),
+            ("result", &c.result),
         ] {
             if let Some(v) = value {
                 writeln!(out, "  {label}: {v}")?;

@@ -1,0 +1,71 @@
+"""A misbehaving MCP stdio server for the tool tests' faults, written with the official
+Python SDK (`mcp`, its MCPServer). Each tool misbehaves in one way a real server can:
+it crashes mid-call, hangs, writes garbage on stdout, returns a huge result. Set
+FAULTY_SLOW_START to a number of seconds to make it slow to start.
+"""
+
+import json
+import os
+import sys
+import time
+
+from mcp.server.mcpserver import MCPServer
+
+if os.environ.get("FAULTY_SLOW_START"):
+    time.sleep(float(os.environ["FAULTY_SLOW_START"]))
+
+server = MCPServer("faulty")
+calls = 0
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Return the text unchanged."""
+    return text
+
+
+@server.tool()
+def pid() -> str:
+    """This process's id and how many calls it has answered."""
+    global calls
+    calls += 1
+    return f"{os.getpid()} {calls}"
+
+
+@server.tool()
+def crash() -> str:
+    """Exit in the middle of the call."""
+    os._exit(3)
+
+
+@server.tool()
+def hang(seconds: float, mark: str = "") -> str:
+    """Sleep for `seconds`, then answer; first create the file `mark`, if given."""
+    if mark:
+        open(mark, "w").close()
+    time.sleep(seconds)
+    return f"slept {seconds}"
+
+
+@server.tool()
+def garbage() -> str:
+    """Write lines that are not JSON-RPC on stdout, then answer."""
+    sys.stdout.write("this is not json\n{\"half\": \n")
+    sys.stdout.flush()
+    return "answered after garbage"
+
+
+@server.tool()
+def big(megabytes: int) -> str:
+    """A result of `megabytes` MB."""
+    return "x" * (megabytes * 1024 * 1024)
+
+
+@server.tool()
+def where() -> str:
+    """The working directory and the names of the environment's variables."""
+    return json.dumps({"cwd": os.getcwd(), "env": sorted(os.environ)})
+
+
+if __name__ == "__main__":
+    server.run()
