@@ -40,7 +40,7 @@ fn python() -> Command {
 }
 
 /// A home with the embedded model (linked, not copied: it is 150 MB).
-fn home_with_model() -> TestHome {
+pub fn home_with_model() -> TestHome {
     let home = TestHome::new();
     let models = home.path().join("models");
     std::fs::create_dir_all(&models).expect("mkdir");

@@ -32,3 +32,6 @@ mod providers;
 mod sandbox;
 /// `spawner serve`: the daemon, its methods, misbehaving clients and agents, load.
 mod serve;
+/// Tools: MCP servers (time, git, filesystem, everything over HTTP, a faulty one) through
+/// the host, the allowlist, faults, consent, evidence, and the tool-agent loop.
+mod tools;

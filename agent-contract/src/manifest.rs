@@ -545,10 +545,9 @@ impl RawManifest {
             Some(list) => {
                 let mut allow = Vec::with_capacity(list.len());
                 for entry in list {
-                    let known = entry
-                        .get_ref()
-                        .split_once('/')
-                        .filter(|(server, tool)| !tool.is_empty() && tool_servers.iter().any(|s| s == server));
+                    let known = entry.get_ref().split_once('/').filter(|(server, tool)| {
+                        !tool.is_empty() && tool_servers.iter().any(|s| s == server)
+                    });
                     if known.is_none() {
                         return Err(invalid(
                             entry.span(),
@@ -806,7 +805,10 @@ mod tests {
         .expect("valid");
         assert!(m.tools.allows("time", "get_current_time"));
         assert!(!m.tools.allows("time", "convert_time"));
-        assert!(!m.tools.allows("git", "git_log"), "allow narrows every server");
+        assert!(
+            !m.tools.allows("git", "git_log"),
+            "allow narrows every server"
+        );
         assert!(!m.tools.allows("fs", "read_file"));
         let open = parse(&format!("{MINIMAL}[tools]\nservers = [\"git\"]\n")).expect("valid");
         assert!(open.tools.allows("git", "git_log"));

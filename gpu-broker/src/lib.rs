@@ -354,7 +354,7 @@ impl Broker {
                             .map_err(|e| format!("cannot start the tool runtime: {e}"))
                     });
                     match tools {
-                        Ok(tools) => match tools.handle(&json) {
+                        Ok(tools) => match tools.handle(&json, &|| stream.peer_gone()) {
                             Ok(json) => Frame::Json { id, json },
                             Err(f) => error(id, f.code, f.message),
                         },
@@ -405,6 +405,38 @@ impl Deadlined {
             stream,
             allowed,
             deadline: Instant::now() + allowed,
+        }
+    }
+
+    /// Whether the client has hung up (a zero-timeout poll and a peek; no read).
+    fn peer_gone(&self) -> bool {
+        use interprocess::local_socket::Stream as S;
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        #[allow(unreachable_patterns)]
+        let fd = match &self.stream {
+            S::UdSocket(s) => s.as_fd(),
+            _ => return false,
+        };
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(0) | Err(_) => false,
+            Ok(_) => {
+                let events = fds[0].revents().unwrap_or(PollFlags::empty());
+                if events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
+                    return true;
+                }
+                let mut byte = [0u8; 1];
+                matches!(
+                    nix::sys::socket::recv(
+                        std::os::fd::AsRawFd::as_raw_fd(&fd),
+                        &mut byte,
+                        nix::sys::socket::MsgFlags::MSG_PEEK
+                            | nix::sys::socket::MsgFlags::MSG_DONTWAIT
+                    ),
+                    Ok(0)
+                )
+            }
         }
     }
 

@@ -34,9 +34,13 @@ use rmcp::{RoleClient, ServiceError, ServiceExt};
 
 use crate::runtime::Failure;
 
-/// A stdio message larger than this is dropped unread by the transport (the call then
-/// times out); results up to it are read and measured against `max_result_kib`.
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Room for a message's JSON-RPC envelope around a result of `max_result_kib`: a stdio
+/// message longer than both is dropped unread by the transport, and its call fails as too
+/// large at once.
+const MESSAGE_OVERHEAD: usize = 64 << 10;
+
+/// How often a waiting call checks that its caller is still there.
+const GONE_POLL: Duration = Duration::from_millis(50);
 
 /// The servers' sessions.
 pub struct Tools {
@@ -65,6 +69,9 @@ struct Session {
     config: ToolServer,
     /// A stdio server's process (killed when the session is dropped).
     child: Option<tokio::sync::Mutex<tokio::process::Child>>,
+    /// Told when a stdio server writes a message over `max_result_kib` (which the
+    /// transport then drops unread).
+    oversized: Arc<tokio::sync::Notify>,
 }
 
 impl Session {
@@ -79,14 +86,19 @@ impl Session {
         }
     }
 
-    /// How the server ended, for a message.
-    async fn exit(&self) -> String {
+    /// How the server ended, for a message, after its transport failed with `error`: a
+    /// stdio server that closed its output is given a moment to exit, so that its status
+    /// can be told.
+    async fn exit(&self, error: &ServiceError) -> String {
         match &self.child {
-            Some(child) => match child.lock().await.try_wait() {
-                Ok(Some(status)) => format!("it exited ({status})"),
-                _ => "it closed its output".into(),
-            },
-            None => "its endpoint closed the session".into(),
+            Some(child) => {
+                let mut child = child.lock().await;
+                match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
+                    Ok(Ok(status)) => format!("it exited ({status})"),
+                    _ => format!("{error} (the server is still running)"),
+                }
+            }
+            None => error.to_string(),
         }
     }
 
@@ -121,8 +133,11 @@ impl Tools {
         })
     }
 
-    /// Answer one `Tools` request (its JSON); the answer's JSON.
-    pub fn handle(&self, json: &str) -> Result<String, Failure> {
+    /// Answer one `Tools` request (its JSON); the answer's JSON. `gone` says whether the
+    /// caller has gone away: its call is then cancelled (the server is sent MCP's
+    /// cancellation, and the call's turn at the server is given up), and the session
+    /// stays for the next.
+    pub fn handle(&self, json: &str, gone: &dyn Fn() -> bool) -> Result<String, Failure> {
         let request: ToolRequest = serde_json::from_str(json)
             .map_err(|e| failure(ErrorCode::Malformed, format!("bad tool request: {e}")))?;
         let started = Instant::now();
@@ -133,7 +148,8 @@ impl Tools {
             } => {
                 let deadline = timeout_ms.map(|ms| started + Duration::from_millis(ms));
                 let inner = self.inner.clone();
-                let list = self.on_runtime(async move { inner.list(&servers, deadline).await })?;
+                let list =
+                    self.on_runtime(async move { inner.list(&servers, deadline).await }, gone)?;
                 serde_json::to_string(&list)
             }
             ToolRequest::Call {
@@ -144,23 +160,44 @@ impl Tools {
             } => {
                 let deadline = timeout_ms.map(|ms| started + Duration::from_millis(ms));
                 let inner = self.inner.clone();
-                let output = self.on_runtime(async move {
-                    inner.call(&server, &tool, &arguments, deadline).await
-                })?;
+                let output = self.on_runtime(
+                    async move { inner.call(&server, &tool, &arguments, deadline).await },
+                    gone,
+                )?;
                 serde_json::to_string(&output)
             }
         };
         answer.map_err(|e| failure(ErrorCode::Failed, e.to_string()))
     }
 
-    /// Run `work` on the runtime's worker and wait for it.
+    /// Run `work` on the runtime's worker and wait for it, giving it up (dropping it,
+    /// which cancels its MCP request) when `gone` says the caller went away.
     fn on_runtime<T: Send + 'static>(
         &self,
         work: impl Future<Output = Result<T, Failure>> + Send + 'static,
+        gone: &dyn Fn() -> bool,
     ) -> Result<T, Failure> {
-        self.runtime
-            .block_on(self.runtime.spawn(work))
-            .unwrap_or_else(|e| Err(failure(ErrorCode::Failed, format!("the tool call failed: {e}"))))
+        let mut task = self.runtime.spawn(work);
+        self.runtime.block_on(async {
+            loop {
+                tokio::select! {
+                    done = &mut task => {
+                        return done.unwrap_or_else(|e| {
+                            Err(failure(ErrorCode::Failed, format!("the tool call failed: {e}")))
+                        });
+                    }
+                    () = tokio::time::sleep(GONE_POLL) => {
+                        if gone() {
+                            task.abort();
+                            return Err(failure(
+                                ErrorCode::Failed,
+                                "the caller went away; its call was cancelled",
+                            ));
+                        }
+                    }
+                }
+            }
+        })
     }
 
     /// The servers started now (for `status`).
@@ -338,12 +375,26 @@ impl Inner {
         if let Err(problem) = check_arguments(&found.input_schema, &arguments) {
             return Err(failure(
                 ErrorCode::InvalidInput,
-                format!("the arguments of {server}/{tool} do not match its input schema: {problem}"),
+                format!(
+                    "the arguments of {server}/{tool} do not match its input schema: {problem}"
+                ),
             ));
         }
         let limit = left(deadline, config.call_timeout()).saturating_sub(queued.elapsed());
         let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
-        let answer = tokio::time::timeout(limit, session.service.call_tool(params)).await;
+        let oversized = session.oversized.notified();
+        let answer = tokio::select! {
+            answer = tokio::time::timeout(limit, session.service.call_tool(params)) => answer,
+            () = oversized => {
+                return Err(failure(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the result of {server}/{tool} is over the server's limit of {} bytes (max_result_kib in tools.toml); it was dropped unread",
+                        config.max_result_bytes()
+                    ),
+                ));
+            }
+        };
         let result = match answer {
             Err(_) => {
                 self.discard(&slot, &session).await;
@@ -367,11 +418,7 @@ impl Inner {
                 ));
             }
             Ok(Err(e)) => {
-                let how = if session.alive().await {
-                    e.to_string()
-                } else {
-                    session.exit().await
-                };
+                let how = session.exit(&e).await;
                 self.discard(&slot, &session).await;
                 return Err(failure(
                     ErrorCode::Unreachable,
@@ -422,14 +469,17 @@ impl Drop for Tools {
             .values()
             .cloned()
             .collect();
-        let _ = self.on_runtime(async move {
-            for slot in slots {
-                if let Some(session) = slot.session.lock().await.take() {
-                    session.stop().await;
+        let _ = self.on_runtime(
+            async move {
+                for slot in slots {
+                    if let Some(session) = slot.session.lock().await.take() {
+                        session.stop().await;
+                    }
                 }
-            }
-            Ok(())
-        });
+                Ok(())
+            },
+            &|| false,
+        );
     }
 }
 
@@ -448,6 +498,7 @@ async fn start(home: &Path, config: &ToolServer) -> Result<Session, Failure> {
             format!("tool server {:?}: {what}", config.name),
         )
     };
+    let oversized = Arc::new(tokio::sync::Notify::new());
     let (service, child) = match (&config.command, &config.url) {
         (Some(command), _) => {
             let mut cmd = tokio::process::Command::new(command);
@@ -455,7 +506,8 @@ async fn start(home: &Path, config: &ToolServer) -> Result<Session, Failure> {
                 .env_clear()
                 .env(
                     "PATH",
-                    std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+                    std::env::var_os("PATH")
+                        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
                 )
                 .envs(std::env::var_os("HOME").map(|h| ("HOME", h)))
                 .envs(&config.env)
@@ -482,10 +534,18 @@ async fn start(home: &Path, config: &ToolServer) -> Result<Session, Failure> {
                 .spawn()
                 .map_err(|e| unreachable(format!("cannot start {command:?}: {e}")))?;
             let (Some(stdout), Some(stdin)) = (child.stdout.take(), child.stdin.take()) else {
-                return Err(unreachable("its standard input and output are not pipes".into()));
+                return Err(unreachable(
+                    "its standard input and output are not pipes".into(),
+                ));
             };
-            let transport = rmcp::transport::async_rw::AsyncRwTransport::new_client(stdout, stdin)
-                .with_max_line_length(MAX_MESSAGE_BYTES);
+            let meter = LineMeter {
+                inner: stdout,
+                limit: config.max_result_bytes() + MESSAGE_OVERHEAD,
+                line: 0,
+                over: oversized.clone(),
+            };
+            let transport = rmcp::transport::async_rw::AsyncRwTransport::new_client(meter, stdin)
+                .with_max_line_length(config.max_result_bytes() + MESSAGE_OVERHEAD);
             match ().serve(transport).await {
                 Ok(service) => (service, Some(tokio::sync::Mutex::new(child))),
                 Err(e) => {
@@ -493,7 +553,9 @@ async fn start(home: &Path, config: &ToolServer) -> Result<Session, Failure> {
                     let status = child.wait().await;
                     return Err(unreachable(format!(
                         "it did not complete the MCP handshake ({e}){}",
-                        status.map(|s| format!("; it exited ({s})")).unwrap_or_default()
+                        status
+                            .map(|s| format!("; it exited ({s})"))
+                            .unwrap_or_default()
                     )));
                 }
             }
@@ -509,7 +571,10 @@ async fn start(home: &Path, config: &ToolServer) -> Result<Session, Failure> {
                     .max_sse_event_size(config.max_result_bytes() + (64 << 10)),
             );
             let service = ().serve(transport).await.map_err(|e| {
-                unreachable(format!("cannot open an MCP session with {}: {e}", config.endpoint()))
+                unreachable(format!(
+                    "cannot open an MCP session with {}: {e}",
+                    config.endpoint()
+                ))
             })?;
             (service, None)
         }
@@ -523,6 +588,7 @@ async fn start(home: &Path, config: &ToolServer) -> Result<Session, Failure> {
                 tools: Vec::new(),
                 config: config.clone(),
                 child,
+                oversized,
             };
             session.stop().await;
             return Err(unreachable(format!("cannot list its tools: {e}")));
@@ -533,7 +599,40 @@ async fn start(home: &Path, config: &ToolServer) -> Result<Session, Failure> {
         tools,
         config: config.clone(),
         child,
+        oversized,
     })
+}
+
+/// A stdio server's output, measured line by line (a line is one JSON-RPC message): a
+/// line longer than `limit` tells `over` once, as its bytes pass.
+struct LineMeter<R> {
+    inner: R,
+    limit: usize,
+    line: usize,
+    over: Arc<tokio::sync::Notify>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LineMeter<R> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        for &byte in &buf.filled()[before..] {
+            if byte == b'\n' {
+                this.line = 0;
+            } else {
+                this.line += 1;
+                if this.line == this.limit + 1 {
+                    this.over.notify_waiters();
+                }
+            }
+        }
+        polled
+    }
 }
 
 /// The headers of an HTTP server, from its 0600 `headers_file` (`Name: value` lines).
@@ -556,8 +655,8 @@ fn headers(
             meta.mode() & 0o777
         ));
     }
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {

@@ -316,11 +316,12 @@ pub struct ConsentArgs {
 /// What `spawner consent` does.
 #[derive(Debug, Subcommand)]
 pub enum ConsentCommand {
-    /// Let `agent` send its chats' messages to `provider`.
+    /// Let `agent` send its chats' messages to `provider` (or its tool calls' arguments to
+    /// a tool server of that name).
     Grant {
         /// The agent.
         agent: String,
-        /// The provider, as named in providers.toml.
+        /// The provider, as named in providers.toml, or a tool server of tools.toml.
         provider: String,
         /// Lapse after this long: `30m`, `12h`, `7d` (a bare number is seconds).
         #[arg(long, value_parser = parse_expiry, value_name = "DURATION")]

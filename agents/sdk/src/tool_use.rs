@@ -8,8 +8,8 @@
 //! object in the text that names a known tool (in prose, in a code fence, in OpenAI's
 //! `{"function": {"name", "arguments"}}` shape, with `args` or `parameters`, with the
 //! arguments as a JSON string, with `server/tool`, in another case), and takes a bare
-//! argument object when there is only one tool it can be for. Anything else is an answer,
-//! not a call.
+//! argument object when there is only one tool it can be for, and drops arguments the
+//! tool's schema does not declare. Anything else is an answer, not a call.
 //!
 //! ```ignore
 //! let tools = agent_sdk::tools::list()?;
@@ -64,8 +64,8 @@ impl Example {
     /// Examples from a JSON array of `{"task", "call", "result", "answer"}` objects (as
     /// an agent keeps them in its `[config]`); `call` may be an object or its text.
     pub fn parse_list(json: &str) -> Result<Vec<Example>, String> {
-        let list: Vec<Value> =
-            serde_json::from_str(json).map_err(|e| format!("examples are not a JSON array: {e}"))?;
+        let list: Vec<Value> = serde_json::from_str(json)
+            .map_err(|e| format!("examples are not a JSON array: {e}"))?;
         list.iter()
             .enumerate()
             .map(|(i, item)| {
@@ -325,8 +325,24 @@ fn from_object(object: &Map<String, Value>, tools: &[Tool]) -> Option<Call> {
     Some(Call {
         server: tool.server.clone(),
         tool: tool.name.clone(),
-        arguments: Value::Object(arguments).to_string(),
+        arguments: Value::Object(declared_only(tool, arguments)).to_string(),
     })
+}
+
+/// The arguments the tool's schema declares, when it declares any and takes no others: a
+/// small model adds keys of its own invention, which a strict server would refuse.
+fn declared_only(tool: &Tool, mut arguments: Map<String, Value>) -> Map<String, Value> {
+    let schema: Value = serde_json::from_str(&tool.input_schema).unwrap_or(Value::Null);
+    let open = schema
+        .get("additionalProperties")
+        .is_some_and(|a| a != &Value::Bool(false));
+    if let Some(properties) = schema.get("properties").and_then(Value::as_object)
+        && !properties.is_empty()
+        && !open
+    {
+        arguments.retain(|key, _| properties.contains_key(key));
+    }
+    arguments
 }
 
 /// The tool a model meant by `name`: exact, `server/name` (or `.`, `__`), then ignoring
@@ -424,6 +440,8 @@ mod tests {
             r#"{"tool_calls": [{"function": {"name": "get_current_time", "arguments": {"timezone": "Asia/Tokyo"}}}]}"#,
             r#"I will use {"timezone": "Asia/Tokyo"}"#,
             r#"{"broken": } then {"tool": "time.get_current_time", "args": {"timezone": "Asia/Tokyo"}}"#,
+            // Keys the schema does not declare are dropped.
+            r#"{"tool": "get_current_time", "arguments": {"timezone": "Asia/Tokyo", "is_dst": false}}"#,
         ] {
             assert_eq!(call(text), tokyo, "{text}");
         }

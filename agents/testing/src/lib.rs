@@ -307,7 +307,9 @@ impl Agent for Testing {
 fn tool(call: &str) -> Result<Response, AgentError> {
     let mut parts = call.splitn(3, ' ');
     let (Some(server), Some(name)) = (parts.next(), parts.next()) else {
-        return Err(AgentError::InvalidInput("tool <server> <tool> [json]".into()));
+        return Err(AgentError::InvalidInput(
+            "tool <server> <tool> [json]".into(),
+        ));
     };
     let arguments = parts.next().unwrap_or("{}");
     Ok(Response::text(

@@ -120,7 +120,9 @@ mod tests {
                 structured: None,
             }),
         );
-        assert!(line.starts_with(r#"[time/get_current_time {"timezone":"Asia/Tokyo"} -> line one "#));
+        assert!(
+            line.starts_with(r#"[time/get_current_time {"timezone":"Asia/Tokyo"} -> line one "#)
+        );
         assert!(line.contains("more characters]") && !line.contains('\n'));
         let failed = evidence(&call, &Err(ToolError::Timeout("no answer".into())));
         assert!(failed.ends_with("-> timeout: no answer]"), "{failed}");

@@ -1,11 +1,13 @@
 //! `spawner consent grant|revoke|list`: the user's consent, recorded in the memory store,
-//! to an agent's use of a remote language-model provider. agent-exec checks it before any
-//! byte of a chat leaves the machine, and names it in the call's evidence.
+//! to an agent's use of a remote language-model provider (providers.toml) or tool server
+//! (tools.toml). agent-exec checks it before any byte of a chat or tool call leaves the
+//! machine, and names it in the call's evidence. A name in both files is one consent.
 
 use std::io::Write;
 
 use agent_contract::providers::{PROVIDERS_FILE, Providers};
 use agent_contract::report::utc;
+use agent_contract::tools::{TOOLS_FILE, ToolServers};
 use agent_contract::{Home, Outcome};
 use memory_store::{Store, now_ms};
 
@@ -22,21 +24,29 @@ pub fn execute(home: &Home, args: ConsentArgs) -> anyhow::Result<Outcome> {
         } => {
             agent_contract::home::validate_agent_name(&agent)?;
             let providers = Providers::load(home.root())?;
-            let Some(p) = providers.get(&provider) else {
-                anyhow::bail!(
-                    "no provider {provider:?} in {} (configured: {})",
-                    home.root().join(PROVIDERS_FILE).display(),
-                    if providers.list.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        providers
-                            .list
-                            .iter()
-                            .map(|p| p.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    }
-                );
+            let servers = ToolServers::load(home.root())?;
+            let (what, endpoint, remote) = match (providers.get(&provider), servers.get(&provider))
+            {
+                (Some(p), _) => ("its chats' messages", p.host().to_owned(), p.is_remote()),
+                (None, Some(s)) => ("its tool calls' arguments", s.endpoint(), s.is_remote()),
+                (None, None) => {
+                    let names: Vec<&str> = providers
+                        .list
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .chain(servers.list.iter().map(|s| s.name.as_str()))
+                        .collect();
+                    anyhow::bail!(
+                        "no provider or tool server {provider:?} in {} or {} (configured: {})",
+                        home.root().join(PROVIDERS_FILE).display(),
+                        home.root().join(TOOLS_FILE).display(),
+                        if names.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            names.join(", ")
+                        }
+                    );
+                }
             };
             let now = now_ms();
             let until = expires.map(|d| now.saturating_add(d.as_millis() as u64));
@@ -44,10 +54,9 @@ pub fn execute(home: &Home, args: ConsentArgs) -> anyhow::Result<Outcome> {
                 Store::open(&home.store_path())?.grant_consent(&agent, &provider, now, until)?;
             writeln!(
                 out,
-                "consent {}: agent {agent} may send its chats' messages to {provider} ({}, {}){}",
+                "consent {}: agent {agent} may send {what} to {provider} ({endpoint}, {}){}",
                 consent.id,
-                p.host(),
-                if p.is_remote() {
+                if remote {
                     "remote"
                 } else {
                     "on this machine: no consent is needed for it"
