@@ -8,7 +8,7 @@
 //! - `report`: the markdown and the JSON, written together.
 //! - `peers`: the floor program and the peers (benches/peers, installed into benches/.peers).
 //! - one module per section: `exec` (agent-exec alone, component size), `store` (store
-//!   size), `hooks`, `broker`, `llm`, `daemon`; the cold-start table is here.
+//!   size), `hooks`, `broker`, `llm`, `tools`, `daemon`; the cold-start table is here.
 //!
 //! # Modes
 //! - full (`cargo xtask bench`): dist binaries, 500 runs a row; rewrites BENCHMARKS.md.
@@ -27,6 +27,7 @@ mod measure;
 mod peers;
 mod report;
 mod store;
+mod tools;
 
 use std::path::Path;
 use std::process::Command;
@@ -155,6 +156,14 @@ pub fn run(root: &Path, mode: Mode) -> anyhow::Result<()> {
         &home,
         if mode == Mode::Smoke { 1 } else { 7 },
         if mode == Mode::Smoke { 8 } else { 64 },
+    )?;
+    tools::measure(
+        &mut report,
+        root,
+        &spawner,
+        &home,
+        if mode == Mode::Smoke { 3 } else { 30 },
+        if mode == Mode::Smoke { 1 } else { 5 },
     )?;
     daemon::measure(&mut report, &spawner, &home, &out, mode.daemon_runs())?;
     let mut memory = String::from("| process | RSS |\n|---|---:|\n");
