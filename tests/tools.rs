@@ -660,3 +660,37 @@ fn the_tool_agent_answers_a_question_with_the_time_from_the_time_server() {
     assert!(stderr(&out).contains("give a task"), "{}", stderr(&out));
     stop_and_count_leftovers(&home);
 }
+
+#[test]
+fn doctor_shows_the_tool_servers_and_a_bad_tools_file_is_named() {
+    let home = tools_home(
+        &format!(
+            "{}[[server]]\nname = \"far\"\nurl = \"https://tools.example.com/mcp\"\n",
+            time_server("timeout_s = 7")
+        ),
+        "servers = [\"time\"]",
+    );
+    let out = home.run(&["doctor"]);
+    let text = stdout(&out);
+    assert!(text.contains("tools    2 server(s)"), "{text}");
+    assert!(
+        text.contains("time: stdio python3 (this machine), timeout 7 s"),
+        "{text}"
+    );
+    assert!(
+        text.contains("far: streamable-http tools.example.com (remote)"),
+        "{text}"
+    );
+    std::fs::write(home.path().join("tools.toml"), "[[server]]\nname = \"x\"\n").expect("write");
+    let text = stdout(&home.run(&["doctor"]));
+    assert!(
+        text.contains("tools    servers:") && text.contains("give `command`"),
+        "{text}"
+    );
+    // A call finds the same problem, named, and nothing is started.
+    let out = call(&home, "time", "get_current_time", "{}");
+    assert!(
+        out.starts_with("error unavailable:") && out.contains("tools.toml"),
+        "{out}"
+    );
+}

@@ -60,8 +60,25 @@ pub fn report(home: &Home) -> anyhow::Result<Value> {
         }),
         Err(e) => json!({"error": e.to_string()}),
     };
+    let tools = match agent_contract::tools::ToolServers::load(home.root()) {
+        Ok(t) => json!({
+            "file": home.root().join(agent_contract::tools::TOOLS_FILE),
+            "list": t.list.iter().map(|s| json!({
+                "name": s.name,
+                "transport": if s.url.is_some() { "streamable-http" } else { "stdio" },
+                "endpoint": s.endpoint(),
+                "remote": s.is_remote(),
+                "timeout_s": s.call_timeout().as_secs(),
+                "max_result_kib": s.max_result_bytes() / 1024,
+                "concurrency": s.concurrency(),
+            })).collect::<Vec<_>>(),
+            "policy": "an agent calls only the servers (and tools) its [tools] lists; the broker starts each server on first use and keeps its session warm; a remote one only with the user's consent (spawner consent). What reaches a server: the call's arguments, nothing of the agent's memory, config or input.",
+        }),
+        Err(e) => json!({"error": e.to_string()}),
+    };
     Ok(json!({
         "providers": providers,
+        "tools": tools,
         "home": home.root(),
         "agents": agents.iter().map(|a| json!({"name": a.name, "status": a.status, "error": a.error})).collect::<Vec<_>>(),
         "daemon": {"status": daemon, "socket": daemon_socket},
@@ -191,6 +208,39 @@ pub fn execute(home: &Home, args: DoctorArgs) -> anyhow::Result<Outcome> {
             out,
             "         policy: {}",
             providers["policy"].as_str().unwrap_or("")
+        )?;
+    }
+    let tools = &report["tools"];
+    if let Some(e) = tools["error"].as_str() {
+        writeln!(out, "tools    servers: {e}")?;
+    } else {
+        let list = tools["list"].as_array().map_or(&[][..], Vec::as_slice);
+        writeln!(
+            out,
+            "tools    {} server(s) ({})",
+            list.len(),
+            tools["file"].as_str().unwrap_or("?")
+        )?;
+        for s in list {
+            writeln!(
+                out,
+                "         {}: {} {} ({}), timeout {} s, results up to {} KiB",
+                s["name"].as_str().unwrap_or("?"),
+                s["transport"].as_str().unwrap_or("?"),
+                s["endpoint"].as_str().unwrap_or("?"),
+                if s["remote"] == true {
+                    "remote"
+                } else {
+                    "this machine"
+                },
+                s["timeout_s"],
+                s["max_result_kib"]
+            )?;
+        }
+        writeln!(
+            out,
+            "         policy: {}",
+            tools["policy"].as_str().unwrap_or("")
         )?;
     }
     Ok(Outcome::Ok)
