@@ -348,12 +348,17 @@ fn a_server_that_misbehaves_fails_its_call_clearly_and_the_next_call_works() {
 
     // Other servers were never disturbed, and nothing is left as a zombie.
     assert!(call(&home, "time", "get_current_time", r#"{"timezone": "UTC"}"#).starts_with("ok\n"));
+    // The servers stopped above are reaped (tokio reaps a dropped child in the background).
     let broker = broker_pid(&home).expect("a broker");
-    let zombies: Vec<u32> = children_of(broker)
-        .into_iter()
-        .filter(|p| is_zombie(*p))
-        .collect();
-    assert_eq!(zombies, Vec::<u32>::new(), "reaped children");
+    wait_until("the broker has no zombie child", || {
+        !children_of(broker).into_iter().any(is_zombie)
+    });
+    assert_eq!(
+        children_of(broker).len(),
+        2,
+        "only the running faulty and time servers: {:?}",
+        children_of(broker)
+    );
     stop_and_count_leftovers(&home);
 }
 
@@ -405,6 +410,10 @@ fn a_hung_call_does_not_hold_up_other_servers_and_a_killed_caller_leaves_the_ses
         );
     }
     let _ = hanging.wait();
+    let cancelled = PathBuf::from(format!("{}.cancelled", mark.display()));
+    wait_until("the server is told the call is cancelled", || {
+        cancelled.exists()
+    });
     let after = call(&home, "faulty", "pid", "{}");
     assert!(after.starts_with("ok\n"), "{after}");
     let calls: u32 = after
@@ -414,6 +423,26 @@ fn a_hung_call_does_not_hold_up_other_servers_and_a_killed_caller_leaves_the_ses
         .and_then(|n| n.parse().ok())
         .expect("count");
     assert_eq!(calls, 2, "the same server process answered: {after}");
+
+    // A caller whose run runs out of time: its call is cancelled, and the healthy server
+    // (whose own timeout_s is far off) is kept.
+    home.install_testing(
+        "hasty",
+        "[limits]\ntimeout_ms = 4000\n\n[tools]\nservers = [\"faulty\"]\n",
+    );
+    home.precompile("hasty");
+    let out = home.run(&["run", "hasty", r#"tool faulty hang {"seconds": 600}"#]);
+    let hasty = stdout(&out);
+    assert!(
+        hasty.starts_with("error timeout:") && hasty.contains("the call was cancelled"),
+        "{hasty}{}",
+        stderr(&out)
+    );
+    let kept = call(&home, "faulty", "pid", "{}");
+    assert!(
+        kept.lines().nth(1).is_some_and(|l| l.ends_with(" 3")),
+        "the same server, its third pid call: {kept}"
+    );
     stop_and_count_leftovers(&home);
 }
 
@@ -515,6 +544,24 @@ fn streamable_http_servers_serve_calls_and_remote_ones_need_consent() {
         "{leaky}"
     );
     assert!(!leaky.contains("s3cr3t"));
+    // A private file with a bad line: named by its line, never by its content.
+    std::fs::write(&headers, "Bearer s3cr3t-value\n").expect("write");
+    std::fs::set_permissions(
+        &headers,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    let bad = call(&home, "leaky", "echo", r#"{"message": "x"}"#);
+    assert!(
+        bad.starts_with("error unavailable:") && bad.contains("line 1: expected `Name: value`"),
+        "{bad}"
+    );
+    assert!(!bad.contains("s3cr3t"), "{bad}");
+    // A good one: the header is sent (the server answers as before).
+    std::fs::write(&headers, "X-Api-Key: s3cr3t-value\n").expect("write");
+    assert!(
+        call(&home, "leaky", "echo", r#"{"message": "with a header"}"#).contains("with a header")
+    );
 
     let store = home.store();
     let runs = store

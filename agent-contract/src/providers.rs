@@ -169,6 +169,7 @@ impl Providers {
             }
             if !(p.url.starts_with("http://") || p.url.starts_with("https://"))
                 || host_of(&p.url).is_empty()
+                || p.url.contains('\\')
             {
                 return Err(invalid(format!(
                     "provider {:?}: url {:?} must start with http:// or https:// and name a host",

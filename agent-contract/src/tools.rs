@@ -186,9 +186,12 @@ impl ToolServers {
             }
             match (&s.command, &s.url) {
                 (Some(c), None) if !c.is_empty() => {}
+                // No backslash: URL parsers differ on it, and the loopback check must see
+                // the host the HTTP client connects to.
                 (None, Some(url))
                     if (url.starts_with("http://") || url.starts_with("https://"))
-                        && !crate::providers::host_of(url).is_empty() => {}
+                        && !crate::providers::host_of(url).is_empty()
+                        && !url.contains('\\') => {}
                 (None, Some(url)) => {
                     return Err(invalid(format!(
                         "server {:?}: url {url:?} must start with http:// or https:// and name a host",
@@ -268,6 +271,10 @@ mod tests {
                 .contains("one of them")
         );
         assert!(err("[[server]]\nname = \"a\"\nurl = \"ftp://h\"\n").contains("http://"));
+        assert!(
+            err("[[server]]\nname = \"a\"\nurl = 'http://evil.example\\@127.0.0.1/'\n")
+                .contains("http://")
+        );
         assert!(
             err("[[server]]\nname = \"a\"\nurl = \"http://h\"\nargs = [\"x\"]\n")
                 .contains("stdio server")

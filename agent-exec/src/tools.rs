@@ -78,6 +78,15 @@ impl Policy<'_> {
         if !config.is_remote() {
             return Ok((false, None));
         }
+        // A consent names a provider or a tool server: one name must not be both, or a
+        // consent to one would cover the other.
+        let providers = agent_contract::providers::Providers::load(self.home)
+            .map_err(|e| wit::ToolError::Unavailable(e.to_string()))?;
+        if providers.get(server).is_some() {
+            return Err(wit::ToolError::Unavailable(format!(
+                "{server:?} names both a provider (providers.toml) and a remote tool server (tools.toml), so a consent to one would cover the other; rename one of them"
+            )));
+        }
         match (self.consent)(server).map_err(wit::ToolError::Unavailable)? {
             Some(c) => Ok((
                 true,
@@ -164,7 +173,10 @@ pub fn call(
     } else {
         policy
             .servers()
-            .and_then(|servers| policy.admit(&servers, &server))
+            .and_then(|servers| {
+                evidence.remote = servers.get(&server).is_some_and(|s| s.is_remote());
+                policy.admit(&servers, &server)
+            })
             .and_then(|(remote, consent)| {
                 evidence.remote = remote;
                 evidence.consent = consent;
@@ -194,10 +206,26 @@ pub fn call(
         Err(e) => {
             let (kind, message) = kind(e);
             evidence.outcome = kind.into();
-            evidence.error = Some(message.to_owned());
+            // A tool's own error carries its output: kept whole only with retain.
+            evidence.error = Some(if policy.tools.retain {
+                message.to_owned()
+            } else {
+                cut(message, MAX_ERROR_CHARS)
+            });
         }
     }
     (answer, evidence)
+}
+
+/// The longest error message kept with a call's evidence without `[tools] retain`.
+const MAX_ERROR_CHARS: usize = 300;
+
+/// `text` cut to `max` characters, with an ellipsis when cut.
+fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
 }
 
 /// An error's kind, as the WIT names it, and its message.
@@ -217,6 +245,12 @@ fn to_wit_error(e: ClientError) -> wit::ToolError {
     match e {
         e @ ClientError::Unavailable(_) => wit::ToolError::Unavailable(e.to_string()),
         ClientError::Broker { code, message } => match code {
+            // A broker started by an older build knows no Tools frame.
+            ErrorCode::Malformed if message.contains("unknown frame kind") => {
+                wit::ToolError::Unavailable(format!(
+                    "{message}: the running gpu-broker predates tools; stop it (`spawner doctor` shows its pid) and the next call starts a current one"
+                ))
+            }
             ErrorCode::InvalidInput => wit::ToolError::InvalidArguments(message),
             ErrorCode::Timeout => wit::ToolError::Timeout(message),
             ErrorCode::Failed | ErrorCode::TooLarge => wit::ToolError::Failed(message),

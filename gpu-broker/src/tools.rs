@@ -9,8 +9,9 @@
 //!   spec says nothing of a server's parallelism); the rest wait their turn, in the
 //!   order they came, within their own timeout.
 //! - **Timeouts**: each call has the shorter of the server's `timeout_s` and the time its
-//!   caller has left. A call that times out stops the server (it may be stuck: its state
-//!   is unknown), and the next call starts it again.
+//!   caller has left. A call that runs out its server's `timeout_s` stops the server (it
+//!   may be stuck: its state is unknown), and the next call starts it again; one that runs
+//!   out its caller's time is cancelled, and the server stays.
 //! - **Death**: a server found dead before a call is restarted for it; one that dies
 //!   during a call fails that call with a message that says so, and is restarted by the
 //!   next.
@@ -18,7 +19,7 @@
 //! - **Environment**: a stdio server gets `PATH`, `HOME` and its configured `env`, and
 //!   nothing else; its working directory is its `cwd` (default: the home).
 //! - **Changes**: a server whose entry in `tools.toml` changed is restarted with the new
-//!   one at its next call.
+//!   one at its next call. (A server removed from the file runs until the broker exits.)
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,8 @@ struct Inner {
 
 /// One server: the calls it may take at once, and its session when started.
 struct Slot {
+    /// The `concurrency` its gate was made for.
+    concurrency: usize,
     gate: Arc<tokio::sync::Semaphore>,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
 }
@@ -106,6 +109,12 @@ impl Session {
     async fn stop(&self) {
         if let Some(child) = &self.child {
             let mut child = child.lock().await;
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
             let _ = child.start_kill();
             let _ = child.wait().await;
         }
@@ -228,17 +237,22 @@ impl Inner {
         })
     }
 
+    /// The server's slot; a new one when its `concurrency` changed (the old one's session
+    /// stops when its last call ends and the slot is dropped).
     fn slot(&self, config: &ToolServer) -> Arc<Slot> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots
-            .entry(config.name.clone())
-            .or_insert_with(|| {
-                Arc::new(Slot {
-                    gate: Arc::new(tokio::sync::Semaphore::new(config.concurrency())),
-                    session: tokio::sync::Mutex::new(None),
-                })
+        let fresh = || {
+            Arc::new(Slot {
+                concurrency: config.concurrency(),
+                gate: Arc::new(tokio::sync::Semaphore::new(config.concurrency())),
+                session: tokio::sync::Mutex::new(None),
             })
-            .clone()
+        };
+        let slot = slots.entry(config.name.clone()).or_insert_with(fresh);
+        if slot.concurrency != config.concurrency() {
+            *slot = fresh();
+        }
+        slot.clone()
     }
 
     async fn list(
@@ -269,7 +283,19 @@ impl Inner {
         config: &ToolServer,
         deadline: Option<Instant>,
     ) -> Result<(Arc<Session>, f64), Failure> {
-        let mut current = slot.session.lock().await;
+        let waited = left(deadline, config.start_timeout());
+        let mut current = tokio::time::timeout(waited, slot.session.lock())
+            .await
+            .map_err(|_| {
+                failure(
+                    ErrorCode::Timeout,
+                    format!(
+                        "tool server {:?} was still being started for another call after {} ms",
+                        config.name,
+                        waited.as_millis()
+                    ),
+                )
+            })?;
         if let Some(session) = current.as_ref() {
             if session.config == *config && session.alive().await {
                 return Ok((session.clone(), 0.0));
@@ -343,8 +369,11 @@ impl Inner {
                 }
             };
         let slot = self.slot(&config);
-        let limit = left(deadline, config.call_timeout());
         let queued = Instant::now();
+        // The call's end: its server's timeout from now, or the caller's deadline.
+        let own_end = queued + config.call_timeout();
+        let end = deadline.map_or(own_end, |d| d.min(own_end));
+        let limit = end.saturating_duration_since(queued);
         let _permit = tokio::time::timeout(limit, slot.gate.clone().acquire_owned())
             .await
             .map_err(|_| {
@@ -380,7 +409,7 @@ impl Inner {
                 ),
             ));
         }
-        let limit = left(deadline, config.call_timeout()).saturating_sub(queued.elapsed());
+        let limit = end.saturating_duration_since(Instant::now());
         let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
         let oversized = session.oversized.notified();
         let answer = tokio::select! {
@@ -396,12 +425,24 @@ impl Inner {
             }
         };
         let result = match answer {
-            Err(_) => {
+            // The server's own timeout: it may be stuck, so it is stopped.
+            Err(_) if end == own_end => {
                 self.discard(&slot, &session).await;
                 return Err(failure(
                     ErrorCode::Timeout,
                     format!(
-                        "{server}/{tool} did not answer within {} ms; the server was stopped and will be started again by the next call",
+                        "{server}/{tool} did not answer within its timeout_s of {} s; the server was stopped and will be started again by the next call",
+                        config.call_timeout().as_secs()
+                    ),
+                ));
+            }
+            // The caller's deadline: the call is cancelled (dropping it sends MCP's
+            // cancellation), and the server, which may be healthy, stays.
+            Err(_) => {
+                return Err(failure(
+                    ErrorCode::Timeout,
+                    format!(
+                        "{server}/{tool} did not answer within the {} ms the run had left; the call was cancelled",
                         limit.as_millis()
                     ),
                 ));
@@ -417,8 +458,17 @@ impl Inner {
                     format!("{server}/{tool} failed: {}", e.message),
                 ));
             }
+            Ok(Err(e)) if format!("{e:?}").contains("TooLarge") => {
+                return Err(failure(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the result of {server}/{tool} is over the server's limit of {} bytes (max_result_kib in tools.toml)",
+                        config.max_result_bytes()
+                    ),
+                ));
+            }
             Ok(Err(e)) => {
-                let how = session.exit(&e).await;
+                let how = scrub(&session.exit(&e).await, &config);
                 self.discard(&slot, &session).await;
                 return Err(failure(
                     ErrorCode::Unreachable,
@@ -519,6 +569,9 @@ async fn start(home: &Path, config: &ToolServer) -> Result<Session, Failure> {
                 .stdout(std::process::Stdio::piped())
                 // The broker's own log.
                 .stderr(std::process::Stdio::inherit())
+                // Its own process group, so that stopping it stops what it started too (a
+                // launcher such as npx or uvx runs the server as its child).
+                .process_group(0)
                 .kill_on_drop(true);
             // SAFETY: only async-signal-safe calls between fork and exec: the server is
             // killed if the broker dies, so no server outlives its broker.
@@ -571,9 +624,9 @@ async fn start(home: &Path, config: &ToolServer) -> Result<Session, Failure> {
                     .max_sse_event_size(config.max_result_bytes() + (64 << 10)),
             );
             let service = ().serve(transport).await.map_err(|e| {
-                unreachable(format!(
-                    "cannot open an MCP session with {}: {e}",
-                    config.endpoint()
+                unreachable(scrub(
+                    &format!("cannot open an MCP session with {}: {e}", config.endpoint()),
+                    config,
                 ))
             })?;
             (service, None)
@@ -626,12 +679,21 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for LineMeter<R> {
                 this.line = 0;
             } else {
                 this.line += 1;
-                if this.line == this.limit + 1 {
+                // The transport drops a line of `limit` bytes or more (with its newline).
+                if this.line == this.limit {
                     this.over.notify_waiters();
                 }
             }
         }
         polled
+    }
+}
+
+/// `message` without the server's URL (it may carry a token in its query): its host only.
+fn scrub(message: &str, config: &ToolServer) -> String {
+    match &config.url {
+        Some(url) => message.replace(url.as_str(), &config.endpoint()),
+        None => message.to_owned(),
     }
 }
 

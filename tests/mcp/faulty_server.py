@@ -9,6 +9,7 @@ import os
 import sys
 import time
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 
 if os.environ.get("FAULTY_SLOW_START"):
@@ -39,11 +40,17 @@ def crash() -> str:
 
 
 @server.tool()
-def hang(seconds: float, mark: str = "") -> str:
-    """Sleep for `seconds`, then answer; first create the file `mark`, if given."""
+async def hang(seconds: float, mark: str = "") -> str:
+    """Sleep for `seconds`, then answer. Creates the file `mark`, if given, when it starts
+    sleeping, and `<mark>.cancelled` if the call is cancelled."""
     if mark:
         open(mark, "w").close()
-    time.sleep(seconds)
+    try:
+        await anyio.sleep(seconds)
+    except BaseException:
+        if mark:
+            open(mark + ".cancelled", "w").close()
+        raise
     return f"slept {seconds}"
 
 
