@@ -345,3 +345,102 @@ fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
     // The broker started for this home goes with it.
     crate::harness::stop_broker_at(&home.path().join("run/broker.sock"));
 }
+
+/// A home whose local model `smollm2` is the embedded one with its context cut to
+/// `context` tokens (its files linked, its manifest rewritten).
+fn home_with_short_local_model(context: u32) -> TestHome {
+    let home = TestHome::new();
+    let from = target().join("llm").join("smollm2-135m");
+    let to = home.path().join("models").join("smollm2");
+    std::fs::create_dir_all(&to).expect("mkdir");
+    for file in ["smollm2-135m.onnx", "tokenizer.json"] {
+        std::os::unix::fs::symlink(from.join(file), to.join(file)).expect("link");
+    }
+    let manifest = std::fs::read_to_string(from.join("model.toml"))
+        .expect("model.toml")
+        .replace("name = \"smollm2-135m\"", "name = \"smollm2\"")
+        .replace("context = 8192", &format!("context = {context}"));
+    assert!(manifest.contains(&format!("context = {context}")));
+    std::fs::write(to.join("model.toml"), manifest).expect("write");
+    home
+}
+
+#[test]
+fn a_conversation_too_long_for_the_local_model_escalates_under_the_same_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let home = home_with_short_local_model(256);
+    std::fs::copy(dir.path().join("ca.pem"), home.path().join("lab-ca.pem")).expect("ca");
+    let key_file = home.path().join("lab.key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::write(
+        home.path().join("providers.toml"),
+        providers_toml(server.port, "/v1", "lab.key", 60),
+    )
+    .expect("providers");
+    let manifest = |escalate: &str| {
+        format!(
+            "[limits]\ntimeout_ms = 60000\n[llm]\nmodels = [\"smollm2\"]\nescalate = [{escalate}]\n"
+        )
+    };
+    home.install_testing("talker", &manifest("\"lab\""));
+    home.precompile("talker");
+    home.install_testing("homebody", &manifest(""));
+    home.precompile("homebody");
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(40);
+    let ask = |agent: &str, text: &str| {
+        home.run(&[
+            "run",
+            agent,
+            &format!("chat\nmodel smollm2\nmax_tokens 8\nmsg user {text} Say hello."),
+        ])
+    };
+    let store = home.store();
+    let newest_call = || {
+        let runs = store
+            .runs(&memory_store::RunFilter::default())
+            .expect("runs");
+        store
+            .run(&runs[0].run_id)
+            .expect("run")
+            .expect("record")
+            .llm_calls[0]
+            .clone()
+    };
+
+    // Short: the local model answers, nothing is sent.
+    let out = ask("talker", "Hi.");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("provider local"), "{}", stdout(&out));
+    assert_eq!(server.chat_requests(), 0);
+
+    // Long, without consent: refused, and nothing is sent.
+    let out = ask("talker", &long);
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    assert!(stderr(&out).contains("ConsentRequired"), "{}", stderr(&out));
+    assert_eq!(server.chat_requests(), 0, "a request reached the server");
+
+    // Long, with consent: served by the provider, and the evidence says why.
+    assert_eq!(code(&home.run(&["consent", "grant", "talker", "lab"])), 0);
+    let out = ask("talker", &long);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("provider lab"), "{}", stdout(&out));
+    let call = newest_call();
+    assert_eq!((call.provider.as_str(), call.remote), ("lab", true));
+    assert!(
+        call.escalation.as_deref().is_some_and(
+            |e| e.starts_with("the conversation does not fit the local model's context")
+        ),
+        "{call:?}"
+    );
+    assert!(call.prompt_tokens.unwrap_or(0) > 256, "{call:?}");
+
+    // An agent that may not escalate hears context-too-long, as before.
+    let out = ask("homebody", &long);
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    assert!(stderr(&out).contains("ContextTooLong"), "{}", stderr(&out));
+    assert_eq!(newest_call().outcome, "context-too-long");
+    crate::harness::stop_broker_at(&home.path().join("run/broker.sock"));
+}

@@ -1,7 +1,8 @@
 //! Language models for agents: the host side of the `llm` interface. A chat is checked
 //! against the agent's `[llm] models` first (a model not listed is refused before any
 //! connection), then placed ([`place`]): local first; a provider of `providers.toml` only
-//! when the model is not served locally (or the agent names the provider, `lab/model`),
+//! when the model is not served locally (or the agent names the provider, `lab/model`, or
+//! the conversation does not fit the local model's context),
 //! the agent's `[llm] escalate` lists it, and, for a remote one, the user's consent is in
 //! the store. The broker makes the call either way. Every call, served or not, leaves an
 //! [`LlmCall`] as evidence for the run record.
@@ -131,17 +132,29 @@ pub fn place(policy: &Policy<'_>, model: &str) -> Result<Route, wit::LlmError> {
             }
         }
     };
-    if !policy.llm.escalate.contains(&provider) {
+    route_to(policy, &providers, &provider, remote_model, reason)
+}
+
+/// The route to `provider` (of `providers`) for `model` there: refused unless the agent's
+/// `[llm] escalate` lists it and, for a remote one, the user consented.
+fn route_to(
+    policy: &Policy<'_>,
+    providers: &agent_contract::providers::Providers,
+    provider: &str,
+    remote_model: String,
+    reason: &str,
+) -> Result<Route, wit::LlmError> {
+    if !policy.llm.escalate.iter().any(|e| e == provider) {
         return Err(wit::LlmError::NotAllowed(format!(
             "provider {provider:?} is not in [llm] escalate of agent {:?} (add it to its agent.toml to use it)",
             policy.agent
         )));
     }
     let p = providers
-        .get(&provider)
+        .get(provider)
         .ok_or_else(|| wit::LlmError::Unavailable(format!("no provider {provider:?}")))?;
     let consent = if p.is_remote() {
-        match (policy.consent)(&provider).map_err(wit::LlmError::Unavailable)? {
+        match (policy.consent)(provider).map_err(wit::LlmError::Unavailable)? {
             Some(c) => Some(format!(
                 "consent {} granted {} UTC{}",
                 c.id,
@@ -163,12 +176,40 @@ pub fn place(policy: &Policy<'_>, model: &str) -> Result<Route, wit::LlmError> {
         None
     };
     Ok(Route::Provider {
-        name: provider,
+        name: provider.to_owned(),
         model: remote_model,
         remote: p.is_remote(),
         reason: reason.to_owned(),
         consent,
     })
+}
+
+/// Where a chat goes that the local model cannot take whole (`why`, the broker's words):
+/// the first provider of the agent's `[llm] escalate` that serves the model, under the
+/// same rules as any escalation; `None` when none does (the agent then hears
+/// `context-too-long`).
+fn too_long_route(
+    policy: &Policy<'_>,
+    model: &str,
+    why: &str,
+) -> Result<Option<Route>, wit::LlmError> {
+    let providers = agent_contract::providers::Providers::load(policy.home)
+        .map_err(|e| wit::LlmError::Unavailable(e.to_string()))?;
+    let Some(name) = policy.llm.escalate.iter().find(|name| {
+        providers
+            .get(name)
+            .is_some_and(|p| p.models.iter().any(|m| m == model))
+    }) else {
+        return Ok(None);
+    };
+    route_to(
+        policy,
+        &providers,
+        name,
+        model.to_owned(),
+        &format!("the conversation does not fit the local model's context ({why})"),
+    )
+    .map(Some)
 }
 
 /// Make one call: check it, send it, and return the answer with its evidence.
@@ -215,9 +256,46 @@ pub fn chat(
     } else {
         match place(policy, &model) {
             Err(e) => Err(e),
-            Ok(route) => {
-                let (provider_name, model) = match &route {
-                    Route::Local => (None, model),
+            Ok(first) => {
+                let mut route = first;
+                loop {
+                    let answer = send(
+                        provider, policy, &mut call, &route, &model, &messages, &params,
+                    );
+                    match (&route, answer) {
+                        // The local model cannot take it whole: a provider that serves the
+                        // model may, under the escalation rules.
+                        (Route::Local, Err(wit::LlmError::ContextTooLong(why))) => {
+                            match too_long_route(policy, &model, &why) {
+                                Ok(Some(next)) => route = next,
+                                Ok(None) => break Err(wit::LlmError::ContextTooLong(why)),
+                                Err(e) => break Err(e),
+                            }
+                        }
+                        (_, answer) => break answer,
+                    }
+                }
+            }
+        }
+    };
+    finish(call, started, policy, answer)
+}
+
+/// Send the chat along `route`, noting the route in `call`.
+fn send(
+    provider: &mut dyn Llm,
+    policy: &Policy<'_>,
+    call: &mut LlmCall,
+    route: &Route,
+    model: &str,
+    messages: &[Message],
+    params: &wit::Params,
+) -> Result<Completion, wit::LlmError> {
+    {
+        {
+            {
+                let (provider_name, model) = match route {
+                    Route::Local => (None, model.to_owned()),
                     Route::Provider {
                         name,
                         model: there,
@@ -235,11 +313,11 @@ pub fn chat(
                 let request = ChatRequest {
                     provider: provider_name,
                     model,
-                    messages,
+                    messages: messages.to_vec(),
                     max_tokens: params.max_tokens,
                     temperature: params.temperature,
                     top_p: params.top_p,
-                    stop: params.stop,
+                    stop: params.stop.clone(),
                     seed: params.seed,
                     // A little before the run's own deadline, so that the agent is told `timeout`
                     // and can still answer (with what it has, or a message of its own).
@@ -263,7 +341,16 @@ pub fn chat(
                 answer
             }
         }
-    };
+    }
+}
+
+/// Complete the call's evidence with its answer.
+fn finish(
+    mut call: LlmCall,
+    started: Instant,
+    policy: &Policy<'_>,
+    answer: Result<Completion, wit::LlmError>,
+) -> (Result<wit::Completion, wit::LlmError>, LlmCall) {
     call.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let answer = answer.map(|c| {
         call.device = (!c.device.is_empty()).then(|| c.device.clone());
