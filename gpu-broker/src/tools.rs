@@ -369,11 +369,8 @@ impl Inner {
                 }
             };
         let slot = self.slot(&config);
-        let queued = Instant::now();
-        // The call's end: its server's timeout from now, or the caller's deadline.
-        let own_end = queued + config.call_timeout();
-        let end = deadline.map_or(own_end, |d| d.min(own_end));
-        let limit = end.saturating_duration_since(queued);
+        // Its turn at the server: within its own timeout and the caller's deadline.
+        let limit = left(deadline, config.call_timeout());
         let _permit = tokio::time::timeout(limit, slot.gate.clone().acquire_owned())
             .await
             .map_err(|_| {
@@ -409,6 +406,10 @@ impl Inner {
                 ),
             ));
         }
+        // The call itself: its server's timeout from when it is sent (a start has its own
+        // start_timeout_s), or the caller's deadline.
+        let own_end = Instant::now() + config.call_timeout();
+        let end = deadline.map_or(own_end, |d| d.min(own_end));
         let limit = end.saturating_duration_since(Instant::now());
         let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
         let oversized = session.oversized.notified();
