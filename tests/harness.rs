@@ -244,24 +244,22 @@ pub fn wait_for_line(reader: impl std::io::Read, needle: &str) -> bool {
         .any(|line| line.contains(needle))
 }
 
+/// Field `n` (from 0: the state) of `/proc/<pid>/stat` after the command's name.
+pub fn stat_field(pid: u32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(n)
+        .map(str::to_owned)
+}
+
 /// Pids of the processes whose parent is `parent`.
 pub fn children_of(parent: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .expect("/proc")
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit(')')
-                        .next()?
-                        .split_whitespace()
-                        .nth(1)?
-                        .parse()
-                        .ok()
-                })
-                == Some(parent)
-        })
+        .filter(|pid| stat_field(*pid, 1).and_then(|p| p.parse().ok()) == Some(parent))
         .collect()
 }
 

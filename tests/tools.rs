@@ -94,16 +94,7 @@ fn processes_in(dir: &Path) -> Vec<u32> {
 }
 
 fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit(')')
-                .next()?
-                .split_whitespace()
-                .next()
-                .map(str::to_owned)
-        })
-        .is_some_and(|state| state == "Z")
+    crate::harness::stat_field(pid, 0).is_some_and(|state| state == "Z")
 }
 
 /// Stop the home's broker and wait until it, and every server it started, is gone.

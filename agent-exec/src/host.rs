@@ -322,8 +322,12 @@ impl AgentHost {
     }
 }
 
-impl tools::Host for AgentHost {
-    fn list(&mut self) -> Result<Vec<tools::Tool>, tools::ToolError> {
+impl AgentHost {
+    /// Run `f` with the tool broker and the policy of this run's tool calls.
+    fn with_tools<R>(
+        &mut self,
+        f: impl FnOnce(&mut dyn crate::tools::Tools, &crate::tools::Policy<'_>) -> R,
+    ) -> R {
         let (agent, memory) = (&self.agent, &self.memory);
         let consent = |server: &str| consent_of(memory, agent, server);
         let policy = crate::tools::Policy {
@@ -333,7 +337,13 @@ impl tools::Host for AgentHost {
             home: &self.home,
             consent: &consent,
         };
-        let answer = crate::tools::list(&mut *self.tools, &policy);
+        f(&mut *self.tools, &policy)
+    }
+}
+
+impl tools::Host for AgentHost {
+    fn list(&mut self) -> Result<Vec<tools::Tool>, tools::ToolError> {
+        let answer = self.with_tools(crate::tools::list);
         self.note_unavailable(answer.as_ref().err());
         answer
     }
@@ -344,17 +354,9 @@ impl tools::Host for AgentHost {
         tool: String,
         arguments: String,
     ) -> Result<tools::ToolResult, tools::ToolError> {
-        let (agent, memory) = (&self.agent, &self.memory);
-        let consent = |server: &str| consent_of(memory, agent, server);
-        let policy = crate::tools::Policy {
-            agent,
-            tools: &self.tool_policy,
-            deadline: self.deadline,
-            home: &self.home,
-            consent: &consent,
-        };
-        let (answer, evidence) =
-            crate::tools::call(&mut *self.tools, &policy, server, tool, arguments);
+        let (answer, evidence) = self.with_tools(|broker, policy| {
+            crate::tools::call(broker, policy, server, tool, arguments)
+        });
         self.tool_calls.push(evidence);
         self.note_unavailable(answer.as_ref().err());
         answer

@@ -4,7 +4,6 @@
 //! 64 tokens); the broker's RSS with the model loaded; what the setup's model step costs.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -130,22 +129,7 @@ pub fn measure(
     let mut shares = Vec::new();
     let mut walls = Vec::new();
     for i in 0..reps + 1 {
-        let started = Instant::now();
-        let out = Command::new(spawner)
-            .arg("--home")
-            .arg(home)
-            .args(["run", "--json", agent, &input])
-            .output()?;
-        let wall = started.elapsed().as_secs_f64() * 1000.0;
-        let run: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
-        let id = run["run_id"].as_str().context("run_id")?;
-        let shown = Command::new(spawner)
-            .arg("--home")
-            .arg(home)
-            .args(["runs", "show", id, "--json"])
-            .output()?;
-        let record: serde_json::Value = serde_json::from_slice(&shown.stdout)?;
+        let (wall, record) = super::tools::request(spawner, home, agent, &input)?;
         let llm_ms = record["llm_calls"][0]["latency_ms"]
             .as_f64()
             .context("the run has no llm call")?;

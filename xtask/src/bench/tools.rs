@@ -16,8 +16,8 @@ use super::report::Report;
 
 const ARGUMENTS: &str = r#"{"timezone": "Asia/Tokyo"}"#;
 
-/// One `spawner run --json`; its wall time and run record.
-fn request(
+/// One `spawner run --json` (which must succeed); its wall time and run record.
+pub fn request(
     spawner: &Path,
     home: &Path,
     agent: &str,
