@@ -53,3 +53,14 @@ pub fn arm(engine: &Engine, timeout: Duration) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// The time a host call made for the agent (a chat, a tool call) may take: a little less
+/// than the run has left before `deadline` (a quarter of it, at most a second), so that the
+/// agent hears `timeout` and can still answer. `None` without a deadline.
+pub fn host_call_timeout_ms(deadline: Option<std::time::Instant>) -> Option<u64> {
+    deadline.map(|d| {
+        let left = d.saturating_duration_since(std::time::Instant::now());
+        let margin = (left / 4).min(Duration::from_secs(1));
+        (left - margin).as_millis() as u64
+    })
+}

@@ -321,11 +321,7 @@ fn send(
                     seed: params.seed,
                     // A little before the run's own deadline, so that the agent is told `timeout`
                     // and can still answer (with what it has, or a message of its own).
-                    timeout_ms: policy.deadline.map(|d| {
-                        let left = d.saturating_duration_since(Instant::now());
-                        let margin = (left / 4).min(std::time::Duration::from_secs(1));
-                        (left - margin).as_millis() as u64
-                    }),
+                    timeout_ms: crate::deadline::host_call_timeout_ms(policy.deadline),
                 };
                 let mut streamed = false;
                 let mut on_text = |text: &str| {

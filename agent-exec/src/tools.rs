@@ -52,14 +52,9 @@ pub struct Policy<'a> {
 }
 
 impl Policy<'_> {
-    /// The time the broker may take, a little less than the run has left, so that the
-    /// agent hears `timeout` and can still answer.
+    /// The time the broker may take ([`crate::deadline::host_call_timeout_ms`]).
     fn timeout_ms(&self) -> Option<u64> {
-        self.deadline.map(|d| {
-            let left = d.saturating_duration_since(Instant::now());
-            let margin = (left / 4).min(std::time::Duration::from_secs(1));
-            (left - margin).as_millis() as u64
-        })
+        crate::deadline::host_call_timeout_ms(self.deadline)
     }
 
     /// Check that `server` is configured and, when remote, consented to; the consent it
