@@ -14,6 +14,14 @@ pub fn root() -> PathBuf {
         .to_owned()
 }
 
+/// The host workspace's target directory (`$CARGO_TARGET_DIR`, else `<root>/target`),
+/// where `cargo xtask test` puts the model and the test servers it installs.
+pub fn target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
 /// A binary built by `cargo build --release`: next to this test binary's `deps/` dir.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");

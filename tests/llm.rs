@@ -17,9 +17,7 @@ const MODEL: &str = "smollm2-135m";
 
 /// The converted model `cargo xtask test` (or `fetch-llm`) makes once per machine.
 fn model_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
+    let target = crate::harness::target();
     let dir = target.join("llm").join(MODEL);
     assert!(
         dir.join("model.toml").is_file(),
@@ -31,9 +29,7 @@ fn model_dir() -> PathBuf {
 
 /// The Python that sees the converter's packages (target/tools/llm-python).
 fn python() -> Command {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
+    let target = crate::harness::target();
     let mut cmd = Command::new("python3");
     cmd.env("PYTHONPATH", target.join("tools").join("llm-python"));
     cmd

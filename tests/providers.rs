@@ -13,15 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::harness::{TestHome, code, root, stderr, stdout, wait_until};
+use crate::harness::{TestHome, code, stderr, stdout, target, wait_until};
 
 const KEY: &str = "sk-test-7f3a9c1e5b2d4f60";
-
-fn target() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
-}
 
 fn server_tools() -> PathBuf {
     let dir = std::fs::read_dir(target().join("tools"))

@@ -13,10 +13,7 @@ use crate::harness::{TestHome, children_of, code, root, stderr, stdout, wait_unt
 
 /// `target/tools/<name>`, installed by `cargo xtask test`.
 fn tool_dir(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let dir = target.join("tools").join(name);
+    let dir = crate::harness::target().join("tools").join(name);
     assert!(
         dir.join("installed").is_file(),
         "{} is missing: run `cargo xtask test` (it installs the MCP servers once)",
@@ -319,7 +316,10 @@ fn a_server_that_misbehaves_fails_its_call_clearly_and_the_next_call_works() {
         hung.starts_with("error timeout:") && hung.contains("started again"),
         "{hung}"
     );
-    assert!(call(&home, "faulty", "echo", r#"{"text": "après ✓ 後"}"#).contains("après ✓ 後"));
+    assert!(
+        call(&home, "faulty", "echo", r#"{"text": "après ✓ 後 café 👋🏽"}"#)
+            .contains("après ✓ 後 café 👋🏽")
+    );
 
     let garbage = call(&home, "faulty", "garbage", "{}");
     assert!(garbage.contains("answered after garbage"), "{garbage}");
@@ -495,10 +495,10 @@ fn streamable_http_servers_serve_calls_and_remote_ones_need_consent() {
         &home,
         "everything",
         "echo",
-        r#"{"message": "héllo 世界 🙂"}"#,
+        r#"{"message": "héllo 世界 🙂 café"}"#,
     );
     assert!(
-        echoed.starts_with("ok\n") && echoed.contains("héllo 世界 🙂"),
+        echoed.starts_with("ok\n") && echoed.contains("héllo 世界 🙂 café"),
         "{echoed}"
     );
     let structured = call(
@@ -580,13 +580,13 @@ fn streamable_http_servers_serve_calls_and_remote_ones_need_consent() {
     let first = &calls[0];
     assert_eq!(
         first.arguments.as_deref(),
-        Some(r#"{"message": "héllo 世界 🙂"}"#)
+        Some(r#"{"message": "héllo 世界 🙂 café"}"#)
     );
     assert!(
         first
             .result
             .as_deref()
-            .is_some_and(|r| r.contains("héllo 世界 🙂"))
+            .is_some_and(|r| r.contains("héllo 世界 🙂 café"))
     );
     assert!(first.bytes_out > 0);
     crate::harness::stop_broker_at(&home.path().join("run/broker.sock"));
