@@ -317,3 +317,40 @@ mod tests {
         assert!(home.agent_manifest("here").is_ok());
     }
 }
+
+/// Why a configuration file of the home (`providers.toml`, `tools.toml`) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// Unreadable.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong, and where.
+        message: String,
+    },
+}
+
+/// The text of `<home>/<name>` and its path; `None` when the file does not exist.
+pub fn read_config_file(
+    home: &Path,
+    name: &str,
+) -> Result<Option<(String, PathBuf)>, ConfigFileError> {
+    let path = home.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some((text, path))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ConfigFileError::Read {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}

@@ -103,25 +103,7 @@ struct RawFile {
 }
 
 /// Why the providers file cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ProvidersError {
-    /// Unreadable.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Not valid.
-    #[error("{path}: {message}")]
-    Invalid {
-        /// The file.
-        path: String,
-        /// What is wrong, and where.
-        message: String,
-    },
-}
+pub type ProvidersError = crate::home::ConfigFileError;
 
 /// The providers of a home; none when the file is absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -133,20 +115,10 @@ pub struct Providers {
 impl Providers {
     /// Read `<home>/providers.toml`.
     pub fn load(home: &Path) -> Result<Providers, ProvidersError> {
-        let path = home.join(PROVIDERS_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Providers::default());
-            }
-            Err(source) => {
-                return Err(ProvidersError::Read {
-                    path: path.display().to_string(),
-                    source,
-                });
-            }
-        };
-        Providers::parse(&text, &path)
+        match crate::home::read_config_file(home, PROVIDERS_FILE)? {
+            Some((text, path)) => Providers::parse(&text, &path),
+            None => Ok(Providers::default()),
+        }
     }
 
     /// Parse the file's text.

@@ -125,25 +125,7 @@ struct RawFile {
 }
 
 /// Why the tools file cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ToolsError {
-    /// Unreadable.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Not valid.
-    #[error("{path}: {message}")]
-    Invalid {
-        /// The file.
-        path: String,
-        /// What is wrong, and where.
-        message: String,
-    },
-}
+pub type ToolsError = crate::home::ConfigFileError;
 
 /// The tool servers of a home; none when the file is absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -155,14 +137,9 @@ pub struct ToolServers {
 impl ToolServers {
     /// Read `<home>/tools.toml`.
     pub fn load(home: &Path) -> Result<ToolServers, ToolsError> {
-        let path = home.join(TOOLS_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => ToolServers::parse(&text, &path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ToolServers::default()),
-            Err(source) => Err(ToolsError::Read {
-                path: path.display().to_string(),
-                source,
-            }),
+        match crate::home::read_config_file(home, TOOLS_FILE)? {
+            Some((text, path)) => ToolServers::parse(&text, &path),
+            None => Ok(ToolServers::default()),
         }
     }
 
