@@ -245,7 +245,7 @@ fn a_corrupt_compiled_cache_entry_is_detected_and_rebuilt() {
         .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
         .expect("a cache entry");
 
-    // Flip bytes in the middle of the entry.
+    // Flip bytes in the middle of the entry: its seal (mtime) is broken by the write.
     let mut bytes = std::fs::read(&entry).expect("read");
     let mid = bytes.len() / 2;
     for b in &mut bytes[mid..mid + 64] {
@@ -258,7 +258,7 @@ fn a_corrupt_compiled_cache_entry_is_detected_and_rebuilt() {
     assert_eq!(r["output"], "still works");
     assert_eq!(r["cache_hit"], false, "the corrupt entry was not trusted");
     assert!(
-        stderr(&out).contains("checksum mismatch"),
+        stderr(&out).contains("modified since the cache wrote it"),
         "{}",
         stderr(&out)
     );
@@ -280,6 +280,49 @@ fn a_corrupt_compiled_cache_entry_is_detected_and_rebuilt() {
         (r["output"].as_str(), r["cache_hit"].as_bool()),
         (Some("c"), Some(false))
     );
+}
+
+#[test]
+fn the_compiled_cache_follows_the_component_files_contents() {
+    let home = TestHome::new();
+    home.install_example("echo");
+    let component = home.agent_dir("echo").join("echo.wasm");
+    // Whether the run was a cache hit, and what it answered.
+    let run = |input: &str| {
+        let out = home.run(&["run", "--json", "echo", input]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let r = report(&out);
+        assert!(
+            r["output"].as_str().expect("output").starts_with(input),
+            "{r}"
+        );
+        (
+            r["cache_hit"].as_bool().expect("cache_hit"),
+            r["output"].clone(),
+        )
+    };
+    assert!(!run("a").0, "the first run compiles");
+    assert_eq!(run("b"), (true, "b".into()));
+    // Installed again with the same bytes (a new file: another inode, new times): the
+    // component is hashed once, found unchanged, and not compiled again.
+    std::fs::remove_file(&component).expect("remove");
+    std::fs::copy(crate::harness::wasm("echo"), &component).expect("copy");
+    assert_eq!(
+        run("c"),
+        (true, "c".into()),
+        "the same bytes are not compiled again"
+    );
+    // Overwritten in place (the same inode) by another component that does echo's job.
+    std::fs::write(
+        &component,
+        std::fs::read(crate::harness::wasm("bulky")).expect("bulky"),
+    )
+    .expect("overwrite");
+    // bulky answers its input followed by a byte of its table.
+    let (hit, output) = run("d");
+    assert!(!hit, "a changed component is compiled afresh");
+    assert_ne!(output, "d", "the new component ran");
+    assert!(run("e").0);
 }
 
 #[test]
@@ -323,31 +366,33 @@ fn another_components_valid_cache_entry_under_an_agents_name_is_not_trusted() {
     let home = TestHome::new();
     home.install_example("echo");
     home.install_testing("lab", "");
-    assert_eq!(code(&home.run(&["run", "echo", "a"])), 0);
-    assert_eq!(code(&home.run(&["run", "lab", "hello"])), 0);
     let cache = home.path().join("cache/components");
-    let entries: Vec<_> = std::fs::read_dir(&cache)
-        .expect("cache dir")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
-        .collect();
-    assert_eq!(entries.len(), 2, "{entries:?}");
-    let echo_sha = {
-        use sha2::Digest;
-        let wasm = std::fs::read(home.agent_dir("echo").join("echo.wasm")).expect("wasm");
-        sha2::Sha256::digest(&wasm)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
+    let entries = || -> Vec<_> {
+        std::fs::read_dir(&cache)
+            .expect("cache dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .collect()
     };
-    let (echo_entry, lab_entry): (Vec<_>, Vec<_>) = entries.iter().partition(|p| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(&echo_sha))
-    });
-    // The testing agent's valid entry, put in place of echo's.
-    std::fs::copy(lab_entry[0], echo_entry[0]).expect("copy");
+    assert_eq!(code(&home.run(&["run", "echo", "a"])), 0);
+    let echo_entry = entries();
+    assert_eq!(echo_entry.len(), 1, "{echo_entry:?}");
+    assert_eq!(code(&home.run(&["run", "lab", "hello"])), 0);
+    let lab_entry: Vec<_> = entries()
+        .into_iter()
+        .filter(|p| *p != echo_entry[0])
+        .collect();
+    assert_eq!(lab_entry.len(), 1, "{lab_entry:?}");
+    // The testing agent's valid entry, put in place of echo's, seal and all (`cp -p`):
+    // it is whole and sealed, but compiled from another component.
+    let copied = std::process::Command::new("cp")
+        .arg("-p")
+        .arg(&lab_entry[0])
+        .arg(&echo_entry[0])
+        .status()
+        .expect("cp");
+    assert!(copied.success());
     let out = home.run(&["run", "--json", "echo", "who runs?"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let r = report(&out);

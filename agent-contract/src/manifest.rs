@@ -414,19 +414,22 @@ impl Manifest {
             }
         })?;
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        if let Some(pin) = self.sha256
-            && pin != digest
-        {
-            return Err(ComponentError::PinMismatch {
-                path: path.clone(),
+        let sha256_hex = to_hex(&digest);
+        self.check_pin(&sha256_hex)?;
+        Ok(ComponentBytes { bytes, sha256_hex })
+    }
+
+    /// Check a hash of the component (SHA-256, lowercase hex) against the `sha256` pin, if
+    /// any: for a caller that knows the hash without reading the file (the compiled cache).
+    pub fn check_pin(&self, sha256_hex: &str) -> Result<(), ComponentError> {
+        match self.sha256 {
+            Some(pin) if to_hex(&pin) != sha256_hex => Err(ComponentError::PinMismatch {
+                path: self.component.clone(),
                 expected: to_hex(&pin),
-                actual: to_hex(&digest),
-            });
+                actual: sha256_hex.to_owned(),
+            }),
+            _ => Ok(()),
         }
-        Ok(ComponentBytes {
-            bytes,
-            sha256_hex: to_hex(&digest),
-        })
     }
 
     /// Read and validate the manifest at `path` (`<agents>/<name>/agent.toml`).

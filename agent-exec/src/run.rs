@@ -16,7 +16,7 @@ use wasmtime::{Store as WasmStore, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::ExecError;
-use crate::cache::{CacheError, OnMiss, load_or_compile};
+use crate::cache::{CacheError, OnMiss};
 use crate::host::bindings::spawner::agent::types;
 use crate::host::{Agent, AgentHost};
 
@@ -33,6 +33,7 @@ fn hostcall_fuel(memory_cap: u64) -> usize {
 /// The error for a component the cache could not provide.
 fn cache_error(e: CacheError, manifest: &Manifest) -> ExecError {
     match e {
+        CacheError::Component(e) => ExecError::Component(e),
         CacheError::Compile(message) => ExecError::InvalidComponent {
             path: manifest.component.clone(),
             message,
@@ -68,9 +69,9 @@ fn load(
     manifest: &Manifest,
     on_miss: OnMiss,
 ) -> Result<(crate::cache::Loaded, std::path::PathBuf), ExecError> {
-    let wasm = manifest.read_component()?;
-    let entry = crate::cache::entry_path(&home.component_cache_dir(), &wasm.sha256_hex, engine);
-    let loaded = load_or_compile(engine, &entry, &wasm.bytes, &wasm.sha256_hex, on_miss)
+    let entry = crate::cache::entry_path(&home.component_cache_dir(), &manifest.component, engine);
+    let fuel = manifest.limits.fuel.is_some();
+    let loaded = crate::cache::load(engine, &entry, manifest, fuel, on_miss)
         .map_err(|e| cache_error(e, manifest))?;
     Ok((loaded, entry))
 }
