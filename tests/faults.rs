@@ -179,6 +179,62 @@ fn agent_exec_killed_mid_run_leaves_the_store_intact_with_no_partial_write() {
 }
 
 #[test]
+fn runs_without_memory_are_recorded_once_wherever_agent_exec_is_killed() {
+    // echo reads and writes no memory: its record goes to the run log, not through SQLite.
+    // Kill its agent-exec at spread-out points of its run (before, during and after the
+    // append); whatever survives, every run has one record, and it says what the spawner
+    // answered.
+    let home = TestHome::new();
+    home.install_example("echo");
+    home.precompile("echo");
+    let mut answered = Vec::new();
+    for i in 0..40u64 {
+        let spawner = home
+            .spawner(&["run", "--json", "echo", &format!("run {i}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let child = (0..200_000).find_map(|_| children_of(spawner.id()).first().copied());
+        if let Some(pid) = child {
+            let at = Instant::now() + Duration::from_micros(i * 60);
+            while Instant::now() < at {
+                std::hint::spin_loop();
+            }
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let out = spawner.wait_with_output().expect("wait");
+        let r = report(&out);
+        answered.push((
+            r["run_id"].as_str().expect("run id").to_owned(),
+            r["status"].as_str().expect("status").to_owned(),
+        ));
+    }
+    let store = home.store();
+    assert_eq!(store.integrity_check().expect("check"), "ok");
+    assert_eq!(count(&store, "SELECT count(*) FROM runs"), 40);
+    for (run_id, status) in &answered {
+        let record = store.run(run_id).expect("query").expect("recorded");
+        assert_eq!(record.status.as_str(), status, "run {run_id}");
+    }
+    let log = home.path().join("memory.db-runs");
+    assert_eq!(
+        std::fs::metadata(&log).map_or(0, |m| m.len()),
+        0,
+        "imported"
+    );
+    // Where the kills fell depends on the machine's speed; what each run ended as does not
+    // matter, only that it is told and recorded alike.
+    assert!(
+        answered.iter().all(|(_, s)| s == "ok" || s == "killed"),
+        "{answered:?}"
+    );
+}
+
+#[test]
 fn spawner_reports_an_agent_exec_killed_from_outside() {
     let home = TestHome::new();
     home.install_testing("lab", "[limits]\ntimeout_ms = 60000\n");

@@ -3,7 +3,7 @@ use agent_contract::Outcome;
 use crate::harness::{TestHome, code, exit_of, start_agent_exec, stderr};
 
 fn runs_recorded(home: &TestHome) -> Vec<memory_store::RunRecord> {
-    if !home.path().join("memory.db").exists() {
+    if !memory_store::Store::exists(&home.path().join("memory.db")) {
         return Vec::new();
     }
     home.store()

@@ -224,8 +224,9 @@ fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
     wait_until("the server logs the request", || {
         server.chat_requests() == 1
     });
-    let store = home.store();
+    // A fresh connection each time: opening the store imports the runs logged since.
     let newest = || {
+        let store = home.store();
         let runs = store
             .runs(&memory_store::RunFilter::default())
             .expect("runs");
@@ -391,8 +392,8 @@ fn a_conversation_too_long_for_the_local_model_escalates_under_the_same_rules() 
             &format!("chat\nmodel smollm2\nmax_tokens 8\nmsg user {text} Say hello."),
         ])
     };
-    let store = home.store();
     let newest_call = || {
+        let store = home.store();
         let runs = store
             .runs(&memory_store::RunFilter::default())
             .expect("runs");

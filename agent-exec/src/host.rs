@@ -307,7 +307,7 @@ fn consent_of(
     let memory = memory.as_ref().ok_or("the store is closed")?;
     memory
         .store()
-        .live_consent(agent, name, memory_store::now_ms())
+        .and_then(|store| store.live_consent(agent, name, memory_store::now_ms()))
         .map_err(|e| format!("cannot read the consents: {e}"))
 }
 

@@ -90,6 +90,9 @@ pub struct Execution {
     result: Result<Answer, ExecError>,
     cache_hit: Option<bool>,
     timings: PhaseTimings,
+    /// The run log's size after this run's record was appended to it, if it was.
+    run_log_bytes: Option<u64>,
+    home: Option<Home>,
 }
 
 impl Execution {
@@ -167,7 +170,17 @@ impl Execution {
                     .and_then(|()| stdout.write_all(b"\n"))
             }
         };
-        if written.and_then(|()| stdout.flush()).is_err() && outcome == Outcome::Ok {
+        let flushed = written.and_then(|()| stdout.flush());
+        drop(stdout);
+        // Answered: now is the time to import a long run log, once in a few hundred runs.
+        if let (Some(bytes), Some(home)) = (self.run_log_bytes, &self.home)
+            && bytes > memory_store::run_log::IMPORT_AFTER_BYTES
+            && let Err(e) = Store::open(&home.store_path())
+            && crate::logging::enabled(tracing::Level::WARN)
+        {
+            tracing::warn!("could not import the run log: {e}");
+        }
+        if flushed.is_err() && outcome == Outcome::Ok {
             // The caller went away; there is nobody left to tell.
             return ExitCode::from(Outcome::Internal.exit_code());
         }
@@ -239,6 +252,8 @@ pub fn execute(
                     total_us: micros(started.elapsed()),
                     ..PhaseTimings::default()
                 },
+                run_log_bytes: None,
+                home: None,
             };
         }
     };
@@ -261,6 +276,7 @@ pub fn execute(
         cache_hit: None,
         llm_calls: Vec::new(),
         tool_calls: Vec::new(),
+        run_log_bytes: None,
         prepared,
         hook_call: header.hook.is_some(),
         home: Home::new(&header.home),
@@ -275,6 +291,8 @@ pub fn execute(
         result,
         cache_hit: run.cache_hit,
         timings: run.timings,
+        run_log_bytes: run.run_log_bytes,
+        home: Some(run.home),
     }
 }
 
@@ -295,6 +313,8 @@ struct Run {
     llm_calls: Vec<memory_store::LlmCall>,
     /// Evidence of the run's tool calls, for its record.
     tool_calls: Vec<memory_store::ToolCall>,
+    /// The run log's size after this run's record went there.
+    run_log_bytes: Option<u64>,
 }
 
 /// Time from `since` to now, in microseconds, and reset `since`.
@@ -314,35 +334,48 @@ impl Run {
         let manifest = Manifest::load(&path).map_err(ExecError::from);
         self.timings.config_us = lap(&mut clock);
 
+        // The store is opened when the run first uses memory, or to commit its writes; a
+        // run that uses none has its record logged without opening it. The home is made
+        // private here all the same, as the store's open would (a spare's open did).
         let prepared_store = self
             .prepared
             .as_mut()
             .filter(|p| p.home == self.header.home)
             .and_then(|p| p.store.take());
-        let store = match prepared_store {
-            Some(store) => store,
-            None => Store::open(&self.home.store_path())?,
+        let home_checked = match &prepared_store {
+            Some(_) => Ok(None),
+            None => agent_contract::home::ensure_private_dir(self.home.root()),
         };
-        if let Some(old) = store.made_private()
-            && crate::logging::enabled(tracing::Level::WARN)
-        {
-            tracing::warn!(
+        match home_checked {
+            Ok(Some(old)) if crate::logging::enabled(tracing::Level::WARN) => tracing::warn!(
                 "{}",
                 agent_contract::home::made_private_notice(self.home.root(), old)
-            );
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(ExecError::Store(memory_store::StoreError::Open {
+                    path: self.home.store_path(),
+                    source: e.into(),
+                }));
+            }
         }
+        let store_path = self.home.store_path();
         self.timings.store_us = lap(&mut clock);
 
         let manifest = match manifest {
             Ok(m) => m,
             Err(e) => {
                 // A real agent with a broken manifest: record the attempt.
-                let memory = RunMemory::new(store, "");
+                let memory = RunMemory::lazy(store_path, prepared_store, "");
                 let _ = self.record(memory, &Err(&e), DEFAULT_KEEP_RUNS, false);
                 return Err(e);
             }
         };
-        let memory = RunMemory::new(store, manifest.memory.namespace.clone());
+        let memory = RunMemory::lazy(
+            store_path,
+            prepared_store,
+            manifest.memory.namespace.clone(),
+        );
         let (result, memory) = self.run_component(&manifest, memory, &mut clock);
         let keep = manifest.memory.keep_runs;
         match result {
@@ -362,7 +395,7 @@ impl Run {
     /// writes and record only the run. Only a failure to commit a successful run changes
     /// its outcome; other recording failures are logged.
     fn record(
-        &self,
+        &mut self,
         memory: RunMemory,
         result: &Result<(), &ExecError>,
         keep_runs: u32,
@@ -400,7 +433,11 @@ impl Run {
             memory.discard(&record, keep_runs)
         };
         match committed {
-            Ok(_) => Ok(()),
+            Ok(memory_store::Recorded::Logged(bytes)) => {
+                self.run_log_bytes = Some(bytes);
+                Ok(())
+            }
+            Ok(memory_store::Recorded::Store(_)) => Ok(()),
             Err(e) if status == Outcome::Ok => Err(e.into()),
             Err(e) => {
                 if crate::logging::enabled(tracing::Level::WARN) {

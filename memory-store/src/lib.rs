@@ -21,6 +21,9 @@
 //! - A request's memory writes are buffered in [`RunMemory`] (reads see them) and committed
 //!   in one transaction together with the run record. A run that traps, times out or is
 //!   killed leaves no partial write behind.
+//! - A request that uses no memory does not open the store: [`RunMemory`] opens it on the
+//!   first read or write, and a run that wrote nothing appends its record to the
+//!   [`run_log`], which the next open imports.
 //!
 //! # Layout
 //!
@@ -30,6 +33,7 @@
 
 pub mod consents;
 pub mod memory;
+pub mod run_log;
 pub mod runs;
 pub mod schema;
 
@@ -40,7 +44,7 @@ use rusqlite::Connection;
 use rusqlite::config::DbConfig;
 
 pub use consents::Consent;
-pub use memory::{Entry, Event, MemoryError, RunMemory};
+pub use memory::{Entry, Event, MemoryError, Recorded, RunMemory};
 pub use runs::{LlmCall, RunFilter, RunRecord, ToolCall};
 
 /// How long a writer waits for the write lock before giving up.
@@ -118,6 +122,8 @@ fn open_private(path: &Path) -> Result<Connection, Box<dyn std::error::Error + S
 /// An open memory store: one SQLite connection, configured for many short-lived processes.
 pub struct Store {
     conn: Connection,
+    /// The store file; `None` for in-memory stores.
+    path: Option<PathBuf>,
     /// The `-wal` file, watched to keep it short; `None` for in-memory stores.
     wal_path: Option<PathBuf>,
     /// The old mode of the store's directory (the home) when opening found it open to
@@ -143,7 +149,15 @@ impl Store {
         wal.push("-wal");
         let mut store = Store::configure(conn, Some(PathBuf::from(wal)))?;
         store.made_private = made_private;
+        store.path = Some(path.to_owned());
+        store.import_run_log()?;
         Ok(store)
+    }
+
+    /// Whether there is a store at `path`, or run records logged for one (which its first
+    /// open imports): whether opening it would find anything.
+    pub fn exists(path: &Path) -> bool {
+        path.exists() || run_log::log_path(path).exists()
     }
 
     /// The old mode of the store's directory when [`Store::open`] found it open to other
@@ -164,6 +178,7 @@ impl Store {
         schema::migrate(&mut conn)?;
         Ok(Store {
             conn,
+            path: None,
             wal_path,
             made_private: None,
         })

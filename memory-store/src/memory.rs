@@ -1,11 +1,15 @@
 //! Per-namespace key/value memory and event log, seen through one run's write buffer.
 //!
-//! [`RunMemory`] owns the store for the length of a request. Writes go into a buffer that
-//! reads consult first, so an agent sees its own writes; [`RunMemory::commit`] applies the
-//! buffer and the run record in one `BEGIN IMMEDIATE` transaction, and
-//! [`RunMemory::discard`] drops the buffer and records only the run.
+//! [`RunMemory`] owns the store for the length of a request, and opens it only when the
+//! run first reads memory or needs it to commit. Writes go into a buffer that reads consult
+//! first, so an agent sees its own writes; [`RunMemory::commit`] applies the buffer and the
+//! run record in one `BEGIN IMMEDIATE` transaction, and [`RunMemory::discard`] drops the
+//! buffer and records only the run. A run with nothing to apply has its record appended to
+//! the [run log](crate::run_log) instead, without opening SQLite.
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
@@ -67,7 +71,10 @@ pub struct Event {
 
 /// The memory store as one run sees it: its namespace plus its buffered writes.
 pub struct RunMemory {
-    store: Store,
+    store: OnceCell<Store>,
+    /// The store's file, opened on first use; `None` when the store was given open (an
+    /// in-memory one), which then also keeps the records.
+    path: Option<PathBuf>,
     namespace: String,
     /// Buffered key writes: `Some` puts, `None` deletes.
     writes: BTreeMap<String, Option<Vec<u8>>>,
@@ -78,10 +85,11 @@ pub struct RunMemory {
 }
 
 impl RunMemory {
-    /// Start a run in `namespace`.
+    /// Start a run in `namespace` of an open store, which keeps its record too.
     pub fn new(store: Store, namespace: impl Into<String>) -> RunMemory {
         RunMemory {
-            store,
+            store: OnceCell::from(store),
+            path: None,
             namespace: namespace.into(),
             writes: BTreeMap::new(),
             events: Vec::new(),
@@ -89,9 +97,35 @@ impl RunMemory {
         }
     }
 
-    /// The store itself, for reads outside the namespace (the user's consents).
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// Start a run in `namespace` of the store file at `path`, opened when first needed
+    /// (`opened`: a connection to it made ahead of the request, if there is one).
+    pub fn lazy(path: PathBuf, opened: Option<Store>, namespace: impl Into<String>) -> RunMemory {
+        RunMemory {
+            store: opened.map_or_else(OnceCell::new, OnceCell::from),
+            path: Some(path),
+            namespace: namespace.into(),
+            writes: BTreeMap::new(),
+            events: Vec::new(),
+            written: 0,
+        }
+    }
+
+    /// The store itself, for reads outside the namespace (the user's consents); opened now
+    /// if it was not.
+    pub fn store(&self) -> Result<&Store, StoreError> {
+        if let Some(store) = self.store.get() {
+            return Ok(store);
+        }
+        let path = self.path.as_deref().ok_or_else(|| {
+            StoreError::Corrupt("the run's store is neither open nor on disk".into())
+        })?;
+        let store = Store::open(path)?;
+        Ok(self.store.get_or_init(|| store))
+    }
+
+    /// Whether the store has been opened (by a read, or given open).
+    pub fn is_open(&self) -> bool {
+        self.store.get().is_some()
     }
 
     /// The namespace this run reads and writes.
@@ -106,7 +140,7 @@ impl RunMemory {
             return Ok(pending.clone());
         }
         Ok(self
-            .store
+            .store()?
             .conn
             .prepare_cached("SELECT value FROM kv WHERE namespace = ?1 AND key = ?2")?
             .query_row(params![self.namespace, key], |r| r.get(0))
@@ -142,7 +176,7 @@ impl RunMemory {
         let fetch = limit.saturating_add(self.writes.len());
         let mut merged: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         {
-            let mut stmt = self.store.conn.prepare_cached(
+            let mut stmt = self.store()?.conn.prepare_cached(
                 "SELECT key, value FROM kv WHERE namespace = ?1 AND key >= ?2 ORDER BY key",
             )?;
             let mut rows = stmt.query(params![self.namespace, prefix])?;
@@ -202,7 +236,7 @@ impl RunMemory {
     /// Committed events after `after`, oldest first, then this run's pending ones.
     pub fn read_events(&self, after: u64, limit: u32) -> Result<Vec<Event>, MemoryError> {
         let limit = limit as usize;
-        let mut stmt = self.store.conn.prepare_cached(
+        let mut stmt = self.store()?.conn.prepare_cached(
             "SELECT seq, at_ms, kind, payload FROM events
              WHERE namespace = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
@@ -225,10 +259,20 @@ impl RunMemory {
     }
 
     /// Apply this run's writes and insert its record, in one transaction. Also prunes the
-    /// agent's run records down to `keep_runs`.
-    pub fn commit(mut self, record: &RunRecord, keep_runs: u32) -> Result<Store, StoreError> {
-        let tx = self
-            .store
+    /// agent's run records down to `keep_runs`. A run that wrote nothing has its record
+    /// logged instead (when its store is a file).
+    pub fn commit(mut self, record: &RunRecord, keep_runs: u32) -> Result<Recorded, StoreError> {
+        if self.writes.is_empty()
+            && self.events.is_empty()
+            && let Some(path) = &self.path
+        {
+            return crate::run_log::append(path, record, keep_runs).map(Recorded::Logged);
+        }
+        self.store()?;
+        let Some(mut store) = self.store.take() else {
+            return Err(StoreError::Corrupt("the run's store did not open".into()));
+        };
+        let tx = store
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
@@ -262,15 +306,20 @@ impl RunMemory {
             crate::runs::insert(&tx, record, keep_runs)?;
         }
         tx.commit()?;
-        self.store.truncate_wal_if_large()?;
-        Ok(self.store)
+        store.truncate_wal_if_large()?;
+        Ok(Recorded::Store(store))
     }
 
-    /// Drop this run's writes and record only the run.
-    pub fn discard(self, record: &RunRecord, keep_runs: u32) -> Result<Store, StoreError> {
-        let mut store = self.store;
+    /// Drop this run's writes and record only the run (logged, when its store is a file).
+    pub fn discard(mut self, record: &RunRecord, keep_runs: u32) -> Result<Recorded, StoreError> {
+        if let Some(path) = &self.path {
+            return crate::run_log::append(path, record, keep_runs).map(Recorded::Logged);
+        }
+        let Some(mut store) = self.store.take() else {
+            return Err(StoreError::Corrupt("the run's store is not open".into()));
+        };
         store.record_run(record, keep_runs)?;
-        Ok(store)
+        Ok(Recorded::Store(store))
     }
 
     fn charge(&mut self, bytes: usize) -> Result<(), MemoryError> {
@@ -282,6 +331,24 @@ impl RunMemory {
         }
         self.written = total;
         Ok(())
+    }
+}
+
+/// Where a run's record went.
+pub enum Recorded {
+    /// Into the store, with the run's writes; the connection, for more.
+    Store(Store),
+    /// Into the run log, which is this many bytes long now.
+    Logged(u64),
+}
+
+impl Recorded {
+    /// The store connection, when the record went into the store.
+    pub fn store(self) -> Option<Store> {
+        match self {
+            Recorded::Store(store) => Some(store),
+            Recorded::Logged(_) => None,
+        }
     }
 }
 
@@ -324,7 +391,11 @@ mod tests {
         m.put("a/2", b"two".to_vec()).expect("put");
         m.put("b/1", b"other".to_vec()).expect("put");
         assert_eq!(m.get("a/1").expect("get"), Some(b"one".to_vec()));
-        let store = m.commit(&record("r1", Outcome::Ok), 10).expect("commit");
+        let store = m
+            .commit(&record("r1", Outcome::Ok), 10)
+            .expect("commit")
+            .store()
+            .expect("open");
 
         let mut m = RunMemory::new(store, "ns");
         assert!(m.delete("a/1").expect("delete"));
@@ -338,7 +409,13 @@ mod tests {
         assert_eq!(keys, ["a/2", "a/3"]);
         assert_eq!(m.list("a/", 1).expect("list").len(), 1);
         // Another namespace sees none of it.
-        let other = RunMemory::new(m.discard(&record("r2", Outcome::Trap), 10).expect("d"), "x");
+        let other = RunMemory::new(
+            m.discard(&record("r2", Outcome::Trap), 10)
+                .expect("d")
+                .store()
+                .expect("open"),
+            "x",
+        );
         assert_eq!(other.get("a/2").expect("get"), None);
     }
 
@@ -350,11 +427,17 @@ mod tests {
         m.append_event("note", b"x".to_vec(), 5).expect("append");
         let store = m
             .discard(&record("r1", Outcome::Trap), 10)
-            .expect("discard");
+            .expect("discard")
+            .store()
+            .expect("open");
         let m = RunMemory::new(store, "ns");
         assert_eq!(m.get("k").expect("get"), None);
         assert!(m.read_events(0, 10).expect("events").is_empty());
-        let recent = m.store.runs(&crate::RunFilter::default()).expect("runs");
+        let recent = m
+            .store()
+            .expect("store")
+            .runs(&crate::RunFilter::default())
+            .expect("runs");
         assert_eq!(recent.len(), 1);
         assert_eq!(recent[0].status, Outcome::Trap);
     }
@@ -367,7 +450,11 @@ mod tests {
             .expect("append");
         let pending = m.read_events(0, 10).expect("read");
         assert_eq!(pending[0].seq, None);
-        let store = m.commit(&record("r1", Outcome::Ok), 10).expect("commit");
+        let store = m
+            .commit(&record("r1", Outcome::Ok), 10)
+            .expect("commit")
+            .store()
+            .expect("open");
         let mut m = RunMemory::new(store, "ns");
         m.append_event("note", b"second".to_vec(), 2)
             .expect("append");

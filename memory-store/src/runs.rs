@@ -2,12 +2,12 @@
 
 use agent_contract::{Outcome, PhaseTimings};
 use rusqlite::{Connection, Row, TransactionBehavior, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Store, StoreError, to_sql_int};
 
 /// What the store keeps about one run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     /// The run's id.
     pub run_id: String,
@@ -30,15 +30,15 @@ pub struct RunRecord {
     pub timings: PhaseTimings,
     /// Evidence of the run's language-model calls, in order. Read back by [`Store::run`]
     /// (lists leave it empty).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub llm_calls: Vec<LlmCall>,
     /// Evidence of the run's tool calls, in order; read back like `llm_calls`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
 }
 
 /// Evidence of one tool call.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolCall {
     /// The server (of `tools.toml`).
     pub server: String,
@@ -69,7 +69,7 @@ pub struct ToolCall {
 }
 
 /// Evidence of one language-model call.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlmCall {
     /// `local` (the broker), or the configured provider's name.
     pub provider: String,

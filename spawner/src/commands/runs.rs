@@ -18,7 +18,7 @@ pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
     }
     let path = home.store_path();
     let mut out = std::io::stdout().lock();
-    if !path.exists() {
+    if !Store::exists(&path) {
         if !args.json {
             writeln!(out, "no runs yet ({} does not exist)", path.display())?;
         }
@@ -65,7 +65,7 @@ pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
 /// Every run record whole, as JSON lines.
 fn export(home: &Home, agent: Option<String>) -> anyhow::Result<Outcome> {
     let path = home.store_path();
-    if !path.exists() {
+    if !Store::exists(&path) {
         return Ok(Outcome::Ok);
     }
     let store = Store::open(&path)?;
@@ -87,7 +87,7 @@ fn delete(home: &Home, run_ids: &[String], agent: Option<String>) -> anyhow::Res
         anyhow::bail!("name the runs to delete, or --agent <name> for all of an agent's runs");
     }
     let path = home.store_path();
-    let deleted = if path.exists() {
+    let deleted = if Store::exists(&path) {
         Store::open(&path)?.delete_runs(run_ids, agent.as_deref())?
     } else {
         0
@@ -102,7 +102,7 @@ fn delete(home: &Home, run_ids: &[String], agent: Option<String>) -> anyhow::Res
 /// One run whole, with the evidence of its LLM and tool calls.
 fn show(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
     let path = home.store_path();
-    let record = if path.exists() {
+    let record = if Store::exists(&path) {
         Store::open(&path)?.run(run_id)?
     } else {
         None

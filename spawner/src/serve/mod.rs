@@ -98,8 +98,13 @@ impl Daemon {
         self.active.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The keeper connection, with the run log imported, for reading runs.
     fn lock_store(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = store.import_run_log() {
+            crate::say!("spawner serve: warning: could not import the run log: {e}");
+        }
+        store
     }
 }
 
