@@ -275,7 +275,7 @@ impl Store {
     pub fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM runs WHERE (?1 IS NULL OR agent = ?1)
-             ORDER BY started_at_ms DESC, run_id DESC LIMIT ?2"
+             ORDER BY run_id DESC LIMIT ?2"
         ))?;
         let rows = stmt
             .query_map(params![filter.agent, i64::from(filter.limit)], from_row)?
