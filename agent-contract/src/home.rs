@@ -3,7 +3,7 @@
 //! ```text
 //! <home>/agents/<name>/agent.toml   one directory per agent
 //! <home>/memory.db                  the SQLite memory store (WAL)
-//! <home>/cache/components/          compiled components, keyed by hash and engine
+//! <home>/cache/components/          compiled components, per component path and engine
 //! ```
 //!
 //! The home is `--home`, else `$SPAWNER_HOME`, else `$XDG_DATA_HOME/spawner`, else

@@ -8,9 +8,10 @@
 //!
 //! 1. **config**: read the envelope, load and validate the agent's `agent.toml` (fresh on
 //!    every request: an edit applies to the next request, no restart).
-//! 2. **store**: open the SQLite memory store (WAL, no checkpoint on close).
-//! 3. **load**: hash the component, check its sha256 pin, and load the precompiled
-//!    component from the cache ([`cache`]). On a miss the spawner's requests
+//! 2. **store**: make sure the home is private. The SQLite memory store is opened later,
+//!    when the run first uses memory or has writes to commit (or was opened by a spare).
+//! 3. **load**: map the precompiled component from the cache ([`cache`]), checking the
+//!    sha256 pin against the hash the entry carries. On a miss the spawner's requests
 //!    (`CompileStep::Defer`) exit at once, unrecorded, for the spawner to compile the
 //!    component (`agent-exec --compile`) outside the deadline and ask again; a request
 //!    sent otherwise compiles it here.
@@ -20,7 +21,8 @@
 //! 5. **handler**: call the agent's `handle` export (for a hook, with the normalized
 //!    event of the request header, and its verdict into the JSON report).
 //! 6. **commit**: the agent's buffered memory writes and the run record, in one
-//!    transaction; a failed run records only the run.
+//!    transaction; a failed run records only the run. A run with no writes appends its
+//!    record to the store's run log ([`memory_store::run_log`]) instead.
 //!
 //! The answer goes to standard output (raw bytes, or a JSON report), log lines to standard
 //! error, and the exit code comes from [`agent_contract::Outcome`].
