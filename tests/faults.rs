@@ -207,7 +207,12 @@ fn runs_without_memory_are_recorded_once_wherever_agent_exec_is_killed() {
             );
         }
         let out = spawner.wait_with_output().expect("wait");
-        let r = report(&out);
+        // Killed after it wrote its report and before it exited, agent-exec leaves its
+        // report and the spawner's after it: the spawner's, last, is the answer.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last = stdout.lines().last().unwrap_or_default();
+        let r: serde_json::Value = serde_json::from_str(last)
+            .unwrap_or_else(|e| panic!("no JSON report ({e}): {stdout}\n{}", stderr(&out)));
         answered.push((
             r["run_id"].as_str().expect("run id").to_owned(),
             r["status"].as_str().expect("status").to_owned(),

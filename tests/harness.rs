@@ -106,17 +106,16 @@ impl TestHome {
         );
     }
 
-    /// Compile the agent installed as `name` into the compiled cache (`agent-exec
-    /// --compile`, the step the spawner takes on a request's cache miss), so that a test
+    /// Compile the agent installed as `name` into the compiled cache (`agent-compile`, the
+    /// step the spawner takes on a request's cache miss), so that a test
     /// about something else starts from a warm cache: its first run is then a plain run.
     pub fn precompile(&self, name: &str) {
-        let out = Command::new(bin("agent-exec"))
-            .arg("--compile")
+        let out = Command::new(bin("agent-compile"))
             .arg(self.path())
             .arg(name)
             .stdin(Stdio::null())
             .output()
-            .expect("agent-exec --compile runs");
+            .expect("agent-compile runs");
         assert_eq!(code(&out), 0, "{}", stderr(&out));
     }
 

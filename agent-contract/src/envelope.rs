@@ -88,12 +88,16 @@ pub enum CompileStep {
     Here,
     /// The caller, outside the request's deadline: agent-exec exits with
     /// [`COMPILE_FIRST_EXIT_CODE`] before anything is recorded, the caller runs
-    /// `agent-exec --compile`, then sends the request again with [`CompileStep::Done`].
+    /// [`COMPILE_PROGRAM`], then sends the request again with [`CompileStep::Done`].
     Defer,
     /// The caller has just compiled it for this request: the run is reported as a cache
     /// miss (it paid for a compile), and a missing entry is compiled here.
     Done,
 }
+
+/// The compile step's program (`agent-compile <home> <agent>`), installed beside agent-exec:
+/// the one binary that links a compiler.
+pub const COMPILE_PROGRAM: &str = "agent-compile";
 
 /// agent-exec's exit code for "the component is not compiled yet" under
 /// [`CompileStep::Defer`]: nothing ran and nothing was recorded. Not an outcome

@@ -50,10 +50,11 @@
 //!
 //! # Compiling
 //!
-//! On a miss the caller chooses ([`OnMiss`]): compile here, or leave it to the spawner's
-//! compile step, outside the request's deadline. Compiles of one entry are serialized by
-//! a lock file beside it, and a compiler that got the lock looks again first, so concurrent
-//! first runs of one component compile it once.
+//! A request only [`load`]s: on a miss it fails with [`CacheError::Missing`], and the
+//! component is compiled by `agent-compile` ([`crate::compile`]), outside the request's
+//! deadline, which calls [`compile`] (built with the `compiler` feature only). Compiles of
+//! one entry are serialized by a lock file beside it, and a compiler that got the lock
+//! looks again first, so concurrent first runs of one component compile it once.
 
 use std::fs::File;
 use std::io::Write;
@@ -97,7 +98,7 @@ pub enum CacheError {
     /// The component does not compile (not a component, or invalid).
     #[error("{0}")]
     Compile(String),
-    /// There is no usable entry and the caller asked not to compile ([`OnMiss::Refuse`]).
+    /// There is no usable entry: the component is to be compiled first.
     #[error("the component is not compiled yet{}", .rejected.as_ref().map_or(String::new(), |r| format!(" (its entry was rejected: {r})")))]
     Missing {
         /// Why an existing entry was rejected, if one was.
@@ -114,45 +115,39 @@ pub enum CacheError {
     },
 }
 
-/// What to do when the cache has no usable entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnMiss {
-    /// Compile the component and write its entry.
-    Compile,
-    /// Fail with [`CacheError::Missing`]: the caller compiles it elsewhere, in its own time.
-    Refuse,
-}
-
-/// The cache entry path for the component at `component` under `engine`.
-pub fn entry_path(cache_dir: &Path, component: &Path, engine: &Engine) -> PathBuf {
+/// The cache entry path for the component at `component` in a request engine that meters
+/// fuel or not.
+pub fn entry_path(cache_dir: &Path, component: &Path, fuel: bool) -> PathBuf {
     use sha2::{Digest, Sha256};
     let key = Sha256::digest(component.as_os_str().as_encoded_bytes());
     let key: String = key[..8].iter().map(|b| format!("{b:02x}")).collect();
-    cache_dir.join(format!(
-        "{key}-{}.cwasm",
-        crate::engine::fingerprint(engine)
-    ))
+    cache_dir.join(format!("{key}-{}.cwasm", crate::engine::fingerprint(fuel)))
 }
 
 /// The manifest's component from its entry at `entry`, loaded into `engine` (a request
-/// engine, without a compiler); on a miss, per `on_miss`, compiled (with a compiler engine
-/// of the same configuration, `fuel` or not) and written there.
-pub fn load(
+/// engine, without a compiler); [`CacheError::Missing`] when there is no entry to trust.
+pub fn load(engine: &Engine, entry: &Path, manifest: &Manifest) -> Result<Loaded, CacheError> {
+    match lookup(engine, entry, manifest)? {
+        Lookup::Hit(loaded) => Ok(loaded),
+        Lookup::Miss(missed) => Err(CacheError::Missing {
+            rejected: missed.rejected,
+        }),
+    }
+}
+
+/// [`load`], and on a miss compile the component (with a compiler engine of the same
+/// configuration, `fuel` or not), write its entry at `entry` and load that.
+#[cfg(feature = "compiler")]
+pub fn compile(
     engine: &Engine,
     entry: &Path,
     manifest: &Manifest,
     fuel: bool,
-    on_miss: OnMiss,
 ) -> Result<Loaded, CacheError> {
     let missed = match lookup(engine, entry, manifest)? {
         Lookup::Hit(loaded) => return Ok(loaded),
         Lookup::Miss(missed) => missed,
     };
-    if on_miss == OnMiss::Refuse {
-        return Err(CacheError::Missing {
-            rejected: missed.rejected,
-        });
-    }
     let write_err = |source| CacheError::Write {
         path: entry.to_owned(),
         source,
@@ -486,6 +481,7 @@ fn deserialize(engine: &Engine, path: &Path) -> Result<Component, String> {
         .map_err(|e| format!("wasmtime refused it: {e:#}"))
 }
 
+#[cfg(feature = "compiler")]
 fn lock_path(entry: &Path) -> PathBuf {
     let mut lock = entry.as_os_str().to_owned();
     lock.push(".lock");

@@ -2,12 +2,17 @@
 //! since a compiled component only loads into an engine configured like the one that
 //! compiled it.
 //!
-//! A request's engine has no compiler ([`build`]): creating Cranelift (its settings, the
-//! host's CPU features) is half of an engine's creation, and a request only ever loads a
-//! component compiled earlier. The compile step ([`build_compiler`]) is the one place that
-//! compiles, outside any request's deadline.
+//! A request's engine has no compiler ([`build`]), and agent-exec is built without one:
+//! Cranelift's code, its relocations and its setup are paid at every process start, and a
+//! request only ever loads a component compiled earlier. The compile step
+//! (`agent-compile`, [`crate::compile`]) is the one place that compiles, outside any
+//! request's deadline, with [`build_compiler`].
 
 use wasmtime::{Config, Engine};
+
+/// Bumped when [`config`] changes, so that entries of another configuration get other
+/// names instead of being rejected (and rebuilt) by each in turn.
+const CONFIG_VERSION: u32 = 1;
 
 fn config(fuel: bool) -> Config {
     let mut config = Config::new();
@@ -21,23 +26,31 @@ fn config(fuel: bool) -> Config {
 /// The engine a request runs in: loads compiled components, compiles none. Fuel metering
 /// changes the generated code, so it is part of the configuration (and so of the cache key).
 pub fn build(fuel: bool) -> Result<Engine, wasmtime::Error> {
+    #[allow(unused_mut)]
     let mut config = config(fuel);
+    // Built with a compiler (the `compiler` feature, or cargo's feature unification in a
+    // workspace build): the request's engine still does not set it up.
+    #[cfg(feature = "compiler")]
     config.enable_compiler(false);
     Engine::new(&config)
 }
 
 /// The engine that compiles for [`build`]'s: the same configuration, with Cranelift.
+#[cfg(feature = "compiler")]
 pub fn build_compiler(fuel: bool) -> Result<Engine, wasmtime::Error> {
     Engine::new(&config(fuel))
 }
 
-/// A short, stable text naming a request engine's configuration, for cache keys. Taken from
-/// the engine without a compiler: wasmtime's compatibility hash includes the compiler's
-/// flags when there is one, and the loading engine has none. What the compiler chose
-/// (target CPU features) is checked by wasmtime itself when an entry is loaded.
-pub fn fingerprint(engine: &Engine) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+/// A short, stable text naming a request engine's configuration, for cache keys: the
+/// configuration's version, whether it meters fuel, and the host's architecture. It only
+/// keeps entries of different configurations apart; it does not vouch for an entry.
+/// wasmtime itself checks, when it loads an entry, that it was compiled by this very
+/// version of wasmtime, with this configuration's settings, for CPU features this host
+/// has; an entry it refuses (after an upgrade, say) is rebuilt (see [`crate::cache`]).
+pub fn fingerprint(fuel: bool) -> String {
+    format!(
+        "c{CONFIG_VERSION}{}-{}",
+        if fuel { "-fuel" } else { "" },
+        std::env::consts::ARCH
+    )
 }

@@ -74,6 +74,14 @@ pub enum ExecError {
     /// compile it (`CompileStep::Defer`): nothing ran and nothing was recorded.
     #[error("{0}")]
     NotCompiled(String),
+    /// The compile step (`agent-compile`) failed: its outcome and its message.
+    #[error("{message}")]
+    CompileFailed {
+        /// The outcome it exited with.
+        outcome: Outcome,
+        /// What it said.
+        message: String,
+    },
     /// Anything else: a bug or unexpected I/O failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -97,6 +105,7 @@ impl ExecError {
             ExecError::Timeout(_) => Outcome::Timeout,
             ExecError::MemoryLimit { .. } => Outcome::MemoryLimit,
             ExecError::BrokerUnavailable(_) => Outcome::BrokerUnavailable,
+            ExecError::CompileFailed { outcome, .. } => *outcome,
             // Never an outcome a caller sees: agent-exec exits with COMPILE_FIRST_EXIT_CODE.
             ExecError::NotCompiled(_) | ExecError::Internal(_) => Outcome::Internal,
         }

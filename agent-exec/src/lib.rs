@@ -13,8 +13,9 @@
 //! 3. **load**: map the precompiled component from the cache ([`cache`]), checking the
 //!    sha256 pin against the hash the entry carries. On a miss the spawner's requests
 //!    (`CompileStep::Defer`) exit at once, unrecorded, for the spawner to compile the
-//!    component (`agent-exec --compile`) outside the deadline and ask again; a request
-//!    sent otherwise compiles it here.
+//!    component (`agent-compile`, [`compile`]) before the deadline and ask again; a
+//!    request sent otherwise runs agent-compile itself, before its deadline is armed.
+//!    agent-exec has no compiler of its own.
 //! 4. **instantiate**: link WASI (no network, no environment, only declared preopens) and
 //!    the host interfaces of `wit/agent.wit` ([`host`]), with the limits applied: a
 //!    wall-clock deadline by epoch interruption, a linear-memory cap, optional fuel.
@@ -28,6 +29,7 @@
 //! error, and the exit code comes from [`agent_contract::Outcome`].
 
 pub mod cache;
+pub mod compile;
 mod deadline;
 pub mod engine;
 mod error;
@@ -40,7 +42,7 @@ mod run;
 pub mod tools;
 
 pub use error::ExecError;
-pub use run::{Execution, Prepared, compile, execute};
+pub use run::{Execution, Prepared, execute};
 
 /// The process entry point: run the request on standard input, answer, return the exit code.
 ///
@@ -48,24 +50,13 @@ pub use run::{Execution, Prepared, compile, execute};
 /// ([`Prepared`]) and then waits for its one request on standard input. The `spawner serve`
 /// daemon keeps a few, so that a request does not wait for a process to start.
 ///
-/// `agent-exec --compile <home> <agent>` compiles an agent's component into the compiled
-/// cache and exits: the spawner's step, outside a request's deadline, for a request that
-/// found no entry.
+/// A component is compiled by `agent-compile` ([`compile`]), not here.
 pub fn main_entry() -> std::process::ExitCode {
     let mut started = std::time::Instant::now();
     let mut started_at = std::time::SystemTime::now();
     let mut args = std::env::args_os().skip(1);
     let prepared = match (args.next(), args.next(), args.next()) {
         (None, _, _) => None,
-        (Some(flag), Some(home), Some(agent)) if flag == "--compile" => {
-            return match compile(std::path::Path::new(&home), &agent.to_string_lossy()) {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("agent-exec: error: cannot compile {}: {e}", agent.display());
-                    std::process::ExitCode::from(e.outcome().exit_code())
-                }
-            };
-        }
         (Some(flag), Some(home), None) if flag == "--prepare" => match Prepared::new(home.into()) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -75,7 +66,7 @@ pub fn main_entry() -> std::process::ExitCode {
         },
         _ => {
             eprintln!(
-                "agent-exec: usage: agent-exec [--prepare <home>] < envelope\n       agent-exec --compile <home> <agent>"
+                "agent-exec: usage: agent-exec [--prepare <home>] < envelope (agent-compile compiles components)"
             );
             return std::process::ExitCode::from(agent_contract::Outcome::Usage.exit_code());
         }

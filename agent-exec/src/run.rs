@@ -16,7 +16,7 @@ use wasmtime::{Store as WasmStore, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::ExecError;
-use crate::cache::{CacheError, OnMiss};
+use crate::cache::CacheError;
 use crate::host::bindings::spawner::agent::types;
 use crate::host::{Agent, AgentHost};
 
@@ -31,7 +31,7 @@ fn hostcall_fuel(memory_cap: u64) -> usize {
 }
 
 /// The error for a component the cache could not provide.
-fn cache_error(e: CacheError, manifest: &Manifest) -> ExecError {
+pub(crate) fn cache_error(e: CacheError, manifest: &Manifest) -> ExecError {
     match e {
         CacheError::Component(e) => ExecError::Component(e),
         CacheError::Compile(message) => ExecError::InvalidComponent {
@@ -41,39 +41,6 @@ fn cache_error(e: CacheError, manifest: &Manifest) -> ExecError {
         e @ CacheError::Missing { .. } => ExecError::NotCompiled(e.to_string()),
         e @ CacheError::Write { .. } => ExecError::Internal(e.to_string()),
     }
-}
-
-/// `agent-exec --compile <home> <agent>`: compile the agent's component into the home's
-/// compiled cache, unless an entry is there already. The spawner runs
-/// this, outside any request's deadline, when a request found no entry (`CompileStep::Defer`).
-pub fn compile(home: &std::path::Path, agent: &str) -> Result<(), ExecError> {
-    let home = Home::new(home);
-    let manifest = Manifest::load(&home.agent_manifest(agent)?)?;
-    let engine = crate::engine::build(manifest.limits.fuel.is_some())
-        .map_err(|e| ExecError::Internal(format!("engine: {e:#}")))?;
-    let (loaded, entry) = load(&engine, &home, &manifest, OnMiss::Compile)?;
-    if let Some(why) = &loaded.rejected_entry {
-        eprintln!(
-            "agent-exec: warning: compiled-cache entry {} rejected and rebuilt: {why}",
-            entry.display()
-        );
-    }
-    Ok(())
-}
-
-/// The agent's component from the home's compiled cache (per `on_miss` on a miss), and
-/// the cache entry's path.
-fn load(
-    engine: &wasmtime::Engine,
-    home: &Home,
-    manifest: &Manifest,
-    on_miss: OnMiss,
-) -> Result<(crate::cache::Loaded, std::path::PathBuf), ExecError> {
-    let entry = crate::cache::entry_path(&home.component_cache_dir(), &manifest.component, engine);
-    let fuel = manifest.limits.fuel.is_some();
-    let loaded = crate::cache::load(engine, &entry, manifest, fuel, on_miss)
-        .map_err(|e| cache_error(e, manifest))?;
-    Ok((loaded, entry))
 }
 
 /// What the agent answered: its output and, for a hook, its verdict.
@@ -493,16 +460,23 @@ impl Run {
         engine: &wasmtime::Engine,
         manifest: &Manifest,
     ) -> Result<wasmtime::component::Component, ExecError> {
-        let on_miss = match self.header.compile {
-            CompileStep::Defer => OnMiss::Refuse,
-            CompileStep::Here | CompileStep::Done => OnMiss::Compile,
+        let fuel = manifest.limits.fuel.is_some();
+        let entry =
+            crate::cache::entry_path(&self.home.component_cache_dir(), &manifest.component, fuel);
+        let loaded = match crate::cache::load(engine, &entry, manifest) {
+            Ok(loaded) => loaded,
+            // Sent directly: compile it now, before the deadline is armed, and load it.
+            Err(CacheError::Missing { .. }) if self.header.compile != CompileStep::Defer => {
+                crate::compile::run_helper(self.home.root(), manifest)?;
+                let loaded = crate::cache::load(engine, &entry, manifest)
+                    .map_err(|e| cache_error(e, manifest))?;
+                crate::cache::Loaded {
+                    cache_hit: false,
+                    ..loaded
+                }
+            }
+            Err(e) => return Err(cache_error(e, manifest)),
         };
-        let (loaded, entry) = load(engine, &self.home, manifest, on_miss)?;
-        if let Some(why) = &loaded.rejected_entry
-            && crate::logging::enabled(tracing::Level::WARN)
-        {
-            tracing::warn!(entry = %entry.display(), "compiled-cache entry rejected and rebuilt: {why}");
-        }
         // Compiled by the caller for this very request: it was a miss all the same.
         self.cache_hit = Some(loaded.cache_hit && self.header.compile != CompileStep::Done);
         Ok(loaded.component)

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agent_contract::envelope::{
-    COMPILE_FIRST_EXIT_CODE, CompileStep, ENVELOPE_VERSION, write_envelope,
+    COMPILE_FIRST_EXIT_CODE, COMPILE_PROGRAM, CompileStep, ENVELOPE_VERSION, write_envelope,
 };
 use agent_contract::hook::HookEvent;
 use agent_contract::layout::BrokerLayout;
@@ -208,9 +208,12 @@ pub fn execute(
     if exit.termination == Termination::Exited(i32::from(COMPILE_FIRST_EXIT_CODE)) {
         // No compiled entry: compile it with no deadline but the compile's own, then run
         // the request in a fresh agent-exec, which finds the entry (or, if the compile
-        // failed, compiles it itself and reports why, as for any run).
-        let compile =
-            SpawnPolicy::for_compile(policy.program.clone(), &header.home, &manifest.name);
+        // failed, runs the compile step itself and records why, as for any run).
+        let compile = SpawnPolicy::for_compile(
+            policy.program.with_file_name(COMPILE_PROGRAM),
+            &header.home,
+            &manifest.name,
+        );
         let compiled = crate::spawn::run(Spawn {
             policy: &compile,
             stdin: &[],

@@ -44,7 +44,7 @@ use nix::unistd::Pid;
 /// backstop for when it cannot.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
 
-/// How long compiling one component may take (`agent-exec --compile`).
+/// How long compiling one component may take (`agent-compile`).
 pub const COMPILE_DEADLINE: Duration = Duration::from_secs(600);
 
 /// Largest standard output kept when it is captured: a JSON report, which agent-exec keeps
@@ -93,18 +93,14 @@ impl SpawnPolicy {
         }
     }
 
-    /// The policy for `agent-exec --compile <home> <agent>`: compiling a large component
+    /// The policy for `agent-compile <home> <agent>` (`program`): compiling a large component
     /// (a Python or JavaScript agent carries its language runtime: 12-18 MB) takes seconds
     /// of several cores, which no request's deadline should pay. Bounded by its own, long
     /// deadline and CPU limit.
     pub fn for_compile(program: PathBuf, home: &std::path::Path, agent: &str) -> SpawnPolicy {
         SpawnPolicy {
             program,
-            args: vec![
-                "--compile".into(),
-                home.as_os_str().to_owned(),
-                agent.into(),
-            ],
+            args: vec![home.as_os_str().to_owned(), agent.into()],
             kill_after: COMPILE_DEADLINE,
             limits: ResourceLimits {
                 cpu_seconds: COMPILE_DEADLINE.as_secs().saturating_mul(4),

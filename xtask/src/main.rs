@@ -318,32 +318,83 @@ fn build_python_agents(root: &Path) -> anyhow::Result<()> {
 /// The profile setup installs and the benchmarks measure (fat LTO; see Cargo.toml).
 pub const DIST_PROFILE: &str = "dist";
 
-/// Build spawner and agent-exec with the dist profile; returns their directory.
+/// Build the binaries with the dist profile, spawner and agent-exec static; returns their
+/// directory.
 pub fn build_dist(root: &Path) -> anyhow::Result<PathBuf> {
-    build_binaries(root, DIST_PROFILE)
+    build_binaries(root, DIST_PROFILE, Linking::Static)
 }
 
-/// Build spawner and agent-exec with the release profile (what the tests run); returns
-/// their directory.
+/// Build the binaries with the release profile (what the tests run), all dynamic: cargo
+/// test rebuilds its own; returns their directory.
 pub fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
-    build_binaries(root, "release")
+    build_binaries(root, "release", Linking::Dynamic)
 }
 
-/// Build the three binaries with `profile`, and put the ONNX Runtime library beside
+/// How the request path's binaries, spawner and agent-exec, are linked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Linking {
+    /// Against the shared C library, position-independent (cargo's default).
+    Dynamic,
+    /// Statically and not position-independent (`crt-static`, `relocation-model=static`):
+    /// no dynamic loader, no shared libraries to map and no relocations to apply at each
+    /// start, which a request pays twice (measured in BENCHMARKS.md). Only where the host
+    /// is `*-linux-gnu` (glibc's static libraries come with its development package);
+    /// elsewhere they are built dynamically.
+    Static,
+}
+
+/// The rustc flags of [`Linking::Static`].
+const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static -C relocation-model=static";
+
+/// Build the four binaries with `profile`, and put the ONNX Runtime library beside
 /// gpu-broker (where it looks for it); returns their directory.
-fn build_binaries(root: &Path, profile: &str) -> anyhow::Result<PathBuf> {
+///
+/// agent-exec is built apart from agent-compile: cargo unifies a dependency's features
+/// across the packages of one build, and agent-compile's Cranelift would end up in
+/// agent-exec too. gpu-broker stays dynamic whatever `linking` says (it loads ONNX Runtime
+/// with dlopen), and agent-compile too (it is off the request path).
+fn build_binaries(root: &Path, profile: &str, linking: Linking) -> anyhow::Result<PathBuf> {
+    let bin = target_dir(root).join(profile);
+    let host = host_triple()?;
+    if linking == Linking::Static && host.ends_with("-linux-gnu") {
+        // For the host's triple named explicitly, so that the flags reach neither build
+        // scripts nor proc macros; then copied beside the others.
+        let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
+        flags.push(' ');
+        flags.push_str(STATIC_RUSTFLAGS);
+        run(cargo()
+            .args(["build", "--profile", profile, "--target", &host])
+            .args(["-p", "spawner", "-p", "agent-exec"])
+            .env("RUSTFLAGS", flags.trim()))?;
+        std::fs::create_dir_all(&bin)?;
+        for name in ["spawner", "agent-exec"] {
+            let built = target_dir(root).join(&host).join(profile).join(name);
+            // Renamed into place: a running binary is not written over.
+            let tmp = bin.join(format!(".{name}.tmp"));
+            std::fs::copy(&built, &tmp)
+                .with_context(|| format!("cannot copy {}", built.display()))?;
+            std::fs::rename(&tmp, bin.join(name))?;
+        }
+    } else {
+        run(cargo().args([
+            "build",
+            "--profile",
+            profile,
+            "-p",
+            "spawner",
+            "-p",
+            "agent-exec",
+        ]))?;
+    }
     run(cargo().args([
         "build",
         "--profile",
         profile,
         "-p",
-        "spawner",
-        "-p",
-        "agent-exec",
+        "agent-compile",
         "-p",
         "gpu-broker",
     ]))?;
-    let bin = target_dir(root).join(profile);
     let library = fetch_onnxruntime(root)?;
     let beside = bin.join(library.file_name().context("library name")?);
     if !beside.exists() {
@@ -352,6 +403,20 @@ fn build_binaries(root: &Path, profile: &str) -> anyhow::Result<PathBuf> {
         })?;
     }
     Ok(bin)
+}
+
+/// The target triple rustc builds for by default (`rustc -vV`'s `host:`).
+fn host_triple() -> anyhow::Result<String> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(&rustc)
+        .arg("-vV")
+        .output()
+        .with_context(|| format!("cannot run {rustc} -vV"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(|h| h.trim().to_owned())
+        .context("rustc -vV names no host triple")
 }
 
 /// The ONNX Runtime shared library from PyPI's `onnxruntime` wheel (the ONNX Runtime CDN

@@ -1,7 +1,9 @@
 //! agent-exec alone, without the spawner: fed the request envelope on standard input by the
-//! benchmark's own spawn loop, on echo (14 KB component) and on bulky (echo's job in a
-//! 4 MB component). Shows the per-phase breakdown from the run records these runs wrote,
-//! each run's peak RSS, and how cold start grows with component size.
+//! benchmark's own spawn loop, on echo (14 KB component), on bulky (echo's job in a 4 MB
+//! component) and on shout-py (a Python agent, componentize-py: ~18 MB with the
+//! interpreter's pre-initialized heap), beside `python3 -c pass`. Shows the per-phase
+//! breakdown from the run records these runs wrote, each run's peak RSS, and how cold
+//! start grows with component size.
 
 use std::path::Path;
 
@@ -13,6 +15,7 @@ use super::report::Report;
 
 /// One agent measured: its stats, peak RSS, component size and phase medians (µs).
 struct Measured {
+    agent: &'static str,
     stats: Stats,
     peak_rss_kib: u64,
     component_bytes: u64,
@@ -90,8 +93,26 @@ pub fn measure(
         runs,
         |i| envelope(&path, home, "echo", i),
     )?;
+    // What a Python agent is compared with: the interpreter's own start.
+    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file());
+    let python_floor = match python {
+        Some(python) => Some(
+            measure::spawn_loop(
+                format!("{} -c pass < envelope", python.display()),
+                python,
+                &["-c", "pass"],
+                runs,
+                |i| envelope(&path, home, "echo", i),
+            )?
+            .0,
+        ),
+        None => None,
+    };
     let mut measured = Vec::new();
-    for agent in ["echo", "bulky"] {
+    for agent in ["echo", "bulky", "shout-py"] {
         let (stats, peak_rss_kib) = measure::spawn_loop(
             format!("agent-exec < envelope ({agent})"),
             &agent_exec,
@@ -106,6 +127,7 @@ pub fn measure(
         )?
         .len();
         measured.push(Measured {
+            agent,
             phases: phases(spawner, home, agent, runs.runs + runs.warmup)?,
             stats,
             peak_rss_kib,
@@ -119,7 +141,10 @@ pub fn measure(
          standard input (as the spawner does, without the spawner), waits for it, and reads \
          its peak RSS from `wait4`. `echo` is a 14 KB component; `bulky` does echo's job in a \
          4 MB component (a 4 MiB table in its data segment, as an agent with a vocabulary \
-         would carry). Both are compiled and cached before the clock starts. Phases are \
+         would carry); `shout-py` is a Python agent (`agents/shout-py`, componentize-py: \
+         the interpreter and its pre-initialized heap in the component), which also counts \
+         its runs in the memory store, beside `python3 -c pass` fed the same envelope. All \
+         are compiled and cached before the clock starts. Phases are \
          medians, in µs, over the run records these very runs wrote; `exit` is what is left \
          of the wall time: median wall − start_to_main − total (exit, reap, and the \
          loop's own spawn).",
@@ -145,6 +170,17 @@ pub fn measure(
         floor.percentile(95.0),
         " – |".repeat(phase_names.len())
     ));
+    if let Some(p) = &python_floor {
+        table.push_str(&format!(
+            "| `{}` | – | {:.2} ms | {:.2} ms | – | {:.1}× |{} – |\n",
+            p.command,
+            p.median(),
+            p.percentile(95.0),
+            p.median() / floor.median(),
+            " – |".repeat(phase_names.len())
+        ));
+        report.value("exec.python_c_pass_median_ms", p.median(), "ms");
+    }
     for m in &measured {
         let get = |key: &str| {
             m.phases
@@ -166,11 +202,7 @@ pub fn measure(
             table.push_str(&format!(" {v:.0} |"));
         }
         table.push_str(&format!(" {exit_us:.0} |\n"));
-        let agent = if m.stats.command.contains("bulky") {
-            "bulky"
-        } else {
-            "echo"
-        };
+        let agent = m.agent;
         report.value(
             &format!("memory.agent_exec_peak_rss.{agent}"),
             m.peak_rss_kib as f64,
@@ -187,7 +219,7 @@ pub fn measure(
         report.value(&format!("phases.{agent}.exit_us"), exit_us, "us");
     }
     report.text(&table);
-    let (echo, bulky) = (&measured[0], &measured[1]);
+    let (echo, bulky, python_agent) = (&measured[0], &measured[1], &measured[2]);
     report.text(&format!(
         "Component {:.0}× larger: cold start {:.2}× ({:+.2} ms at the median), peak RSS {:+.1} MiB.",
         bulky.component_bytes as f64 / echo.component_bytes as f64,
@@ -195,11 +227,26 @@ pub fn measure(
         bulky.stats.median() - echo.stats.median(),
         (bulky.peak_rss_kib as f64 - echo.peak_rss_kib as f64) / 1024.0,
     ));
+    let against_python = python_floor.as_ref().map_or(String::new(), |p| {
+        format!(
+            "; {:.2}× `python3 -c pass` ({:.2} ms)",
+            python_agent.stats.median() / p.median(),
+            p.median()
+        )
+    });
+    report.text(&format!(
+        "The Python agent ({:.1} MB): {:.2} ms at the median, {:.2}× echo{against_python}; peak RSS {}.",
+        python_agent.component_bytes as f64 / 1e6,
+        python_agent.stats.median(),
+        python_agent.stats.median() / echo.stats.median(),
+        mib(python_agent.peak_rss_kib),
+    ));
     report.provenance(&format!(
         "the spawn loop in xtask, {} warm-up + {} runs of each row, one after another",
         runs.warmup, runs.runs
     ));
     let rows: Vec<Stats> = std::iter::once(floor)
+        .chain(python_floor)
         .chain(measured.into_iter().map(|m| m.stats))
         .collect();
     report.section_rows("agent_exec_alone", &rows, "spawn loop in xtask");

@@ -120,7 +120,7 @@ pub fn run(root: &Path, mode: Mode) -> anyhow::Result<()> {
     let home = out.join("home");
     let _ = std::fs::remove_dir_all(&home);
     crate::install_models(root, &home)?;
-    for agent in ["echo", "bulky", "sentiment"] {
+    for agent in ["echo", "bulky", "sentiment", "shout-py"] {
         crate::install_agent(root, &home, agent)?;
         // The first run compiles the component into the cache; the benchmark measures
         // warm starts.
@@ -171,6 +171,9 @@ pub fn run(root: &Path, mode: Mode) -> anyhow::Result<()> {
         let what = match id.trim_start_matches("memory.") {
             "agent_exec_peak_rss.echo" => "agent-exec on echo, peak".to_owned(),
             "agent_exec_peak_rss.bulky" => "agent-exec on bulky (4 MB component), peak".to_owned(),
+            "agent_exec_peak_rss.shout-py" => {
+                "agent-exec on shout-py (Python, componentize-py), peak".to_owned()
+            }
             "daemon_idle_rss" => "`spawner serve`, idle".to_owned(),
             "broker_rss_models_loaded" => "`gpu-broker` with two models loaded".to_owned(),
             "broker_rss_llm_loaded" => "`gpu-broker` with the language model loaded".to_owned(),
