@@ -208,6 +208,8 @@ enum Lookup {
 /// A miss: why an entry was rejected, and the component as read, when it was.
 struct Missed {
     rejected: Option<String>,
+    // What the compile step reuses: a request, built without it, only reports the miss.
+    #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
     component: Option<(agent_contract::manifest::ComponentBytes, Identity, i64)>,
 }
 
