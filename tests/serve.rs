@@ -817,53 +817,6 @@ fn spares_serve_one_request_each_and_are_replaced_even_when_killed() {
 }
 
 #[test]
-fn a_spare_is_replaced_after_its_run_is_answered_not_while_it_runs() {
-    let home = TestHome::new();
-    home.install_testing("testing", "[limits]\ntimeout_ms = 60000\n");
-    home.precompile("testing");
-    let daemon = Daemon::start(&home, &["--spares", "2"]);
-    let mut b = daemon.client();
-    let ready = |c: &mut Client| c.result("health", json!({}))["spares_ready"].clone();
-    let wait_for_spares = |c: &mut Client, n: u64| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while ready(c) != n {
-            assert!(Instant::now() < deadline, "the pool did not fill");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    wait_for_spares(&mut b, 2);
-    let mut a = daemon.client();
-    let run_id = start_loop(&mut a);
-    // The run takes a spare (just after `run.started`)...
-    wait_for_spares(&mut b, 1);
-    // ...and holds it; its replacement waits for the answer. Watched for longer
-    // than the keeper's periodic wake (1 s): this can only fail if one starts meanwhile.
-    let watch = Instant::now() + Duration::from_millis(1500);
-    while Instant::now() < watch {
-        assert_eq!(
-            ready(&mut b),
-            1,
-            "a replacement started while the run was in flight"
-        );
-        assert_eq!(children(daemon.pid()).len(), 2, "the run and one spare");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(
-        b.result("runs.cancel", json!({"run_id": run_id}))["cancelled"],
-        true
-    );
-    let answer = loop {
-        let line = a.read().expect("the run's answer");
-        if line.get("id").is_some() {
-            break line;
-        }
-    };
-    assert_eq!(answer["result"]["status"], "killed", "{answer}");
-    // Answered: now it is replaced.
-    wait_for_spares(&mut b, 2);
-}
-
-#[test]
 fn sigterm_lets_runs_finish_within_the_grace_then_kills_the_rest() {
     let home = TestHome::new();
     home.install_testing("short", "[limits]\ntimeout_ms = 700\n");

@@ -14,7 +14,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::rpc::{self, Request, RpcError};
-use super::spares::Taken;
 use super::{ActiveRun, Daemon};
 use crate::request::Stop;
 
@@ -22,14 +21,11 @@ use crate::request::Stop;
 const MAX_LOG_LINES: usize = 200;
 
 /// The client's end, for answers and notifications.
-pub struct Connection<'d> {
+pub struct Connection {
     pub(super) stream: UnixStream,
-    /// The spares the requests of the answer being built took: dropped once it is sent
-    /// (or with the connection), so that their replacements start after the reply.
-    pub(super) taken: Vec<Taken<'d>>,
 }
 
-impl Connection<'_> {
+impl Connection {
     /// Write one line to the client.
     pub fn send(&mut self, line: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(line)
@@ -51,11 +47,7 @@ const METHODS: &[&str] = &[
 ];
 
 /// Answer one request.
-pub fn dispatch<'d>(
-    daemon: &'d Daemon,
-    conn: &mut Connection<'d>,
-    req: &Request,
-) -> Result<Value, RpcError> {
+pub fn dispatch(daemon: &Daemon, conn: &mut Connection, req: &Request) -> Result<Value, RpcError> {
     match req.method.as_str() {
         "run" => run(daemon, conn, params(&req.params)?),
         "agents.list" => {
@@ -212,7 +204,7 @@ fn run_failed(outcome: Outcome, message: String) -> RpcError {
 }
 
 /// `run`: one request in a fresh agent-exec.
-fn run<'d>(daemon: &'d Daemon, conn: &mut Connection<'d>, p: RunParams) -> Result<Value, RpcError> {
+fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, RpcError> {
     use base64::Engine as _;
     if daemon.shutting_down.load(Ordering::SeqCst) {
         return Err(RpcError::new(
@@ -308,12 +300,6 @@ fn run<'d>(daemon: &'d Daemon, conn: &mut Connection<'d>, p: RunParams) -> Resul
             }
         }
     };
-    let taken = std::cell::Cell::new(None);
-    let take_spare = || {
-        let (spare, token) = daemon.spares.take()?;
-        taken.set(Some(token));
-        Some(spare)
-    };
     let finished = crate::request::execute(
         &daemon.home,
         &request,
@@ -322,9 +308,8 @@ fn run<'d>(daemon: &'d Daemon, conn: &mut Connection<'d>, p: RunParams) -> Resul
             client: Some(conn.stream.as_fd()),
         },
         Some(&mut on_stderr),
-        Some(&take_spare),
+        Some(&|| daemon.spares.take()),
     );
-    conn.taken.extend(taken.into_inner());
     daemon.lock_active().remove(&run_id);
     let finished = match finished {
         Ok(f) => f,

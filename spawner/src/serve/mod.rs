@@ -383,10 +383,7 @@ fn serve_connection(daemon: &Daemon, stream: UnixStream) {
         return;
     };
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
-    let mut conn = methods::Connection {
-        stream,
-        taken: Vec::new(),
-    };
+    let mut conn = methods::Connection { stream };
     loop {
         let timeout = daemon.options.client_timeout;
         let read = rpc::read_line(&mut reader, rpc::MAX_LINE_BYTES, timeout, &daemon.pending);
@@ -432,9 +429,9 @@ fn serve_connection(daemon: &Daemon, stream: UnixStream) {
 }
 
 /// Answer one complete request line; an error when the answer cannot be sent.
-fn answer_line<'d>(
-    daemon: &'d Daemon,
-    conn: &mut methods::Connection<'d>,
+fn answer_line(
+    daemon: &Daemon,
+    conn: &mut methods::Connection,
     line: Vec<u8>,
 ) -> std::io::Result<()> {
     if line.iter().all(u8::is_ascii_whitespace) {
@@ -465,20 +462,17 @@ fn answer_line<'d>(
             Some(rpc::response(&serde_json::Value::Null, Err(error)))
         }
     };
-    let sent = match answer {
+    match answer {
         Some(answer) => conn.send(&answer),
         None => Ok(()),
-    };
-    // Answered: the spares its runs took may be replaced now.
-    conn.taken.clear();
-    sent
+    }
 }
 
 /// Answer one message (alone on its line or in a batch): the response object, or none for
 /// a notification.
-fn answer_one<'d>(
-    daemon: &'d Daemon,
-    conn: &mut methods::Connection<'d>,
+fn answer_one(
+    daemon: &Daemon,
+    conn: &mut methods::Connection,
     message: serde_json::Value,
 ) -> Option<serde_json::Value> {
     match rpc::request(message) {

@@ -235,7 +235,15 @@ pub fn run(root: &Path, mode: Mode) -> anyhow::Result<()> {
             Err(why) => format!("not drawn this time ({why})"),
         }
     );
-    let markdown = report.markdown(&intro);
+    let mut markdown = report.markdown(&intro);
+    // The A/B measurements of single changes (each needs its own builds of the binaries,
+    // which this run does not make), kept with the commands that produced them.
+    let ab = root.join("benches/ab.md");
+    if mode == Mode::Full
+        && let Ok(text) = std::fs::read_to_string(&ab)
+    {
+        markdown.push_str(&text);
+    }
     std::fs::write(&markdown_path, &markdown)?;
     print!("{markdown}");
     eprintln!(
