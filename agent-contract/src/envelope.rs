@@ -83,7 +83,7 @@ pub struct RequestHeader {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CompileStep {
-    /// agent-exec, within the request.
+    /// agent-exec, which runs the compile step itself before it arms the deadline.
     #[default]
     Here,
     /// The caller, outside the request's deadline: agent-exec exits with
@@ -91,7 +91,7 @@ pub enum CompileStep {
     /// [`COMPILE_PROGRAM`], then sends the request again with [`CompileStep::Done`].
     Defer,
     /// The caller has just compiled it for this request: the run is reported as a cache
-    /// miss (it paid for a compile), and a missing entry is compiled here.
+    /// miss (it paid for a compile), and a missing entry is compiled as for [`CompileStep::Here`].
     Done,
 }
 

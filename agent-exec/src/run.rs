@@ -468,8 +468,15 @@ impl Run {
             // Sent directly: compile it now, before the deadline is armed, and load it.
             Err(CacheError::Missing { .. }) if self.header.compile != CompileStep::Defer => {
                 crate::compile::run_helper(self.home.root(), manifest)?;
-                let loaded = crate::cache::load(engine, &entry, manifest)
-                    .map_err(|e| cache_error(e, manifest))?;
+                let loaded = crate::cache::load(engine, &entry, manifest).map_err(|e| match e {
+                    // Compiled, yet not loadable here (agent-compile of another build?).
+                    CacheError::Missing { rejected } => ExecError::Internal(format!(
+                        "agent-compile succeeded but its entry {} does not load: {}",
+                        entry.display(),
+                        rejected.as_deref().unwrap_or("no entry was written")
+                    )),
+                    e => cache_error(e, manifest),
+                })?;
                 crate::cache::Loaded {
                     cache_hit: false,
                     ..loaded

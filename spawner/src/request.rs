@@ -161,7 +161,7 @@ pub fn execute(
         work_dir: request.work_dir.clone(),
         hook: request.hook.clone(),
         // A compile must not eat the request's deadline: on a cache miss agent-exec leaves
-        // it to `compile_first` below.
+        // it to the compile step below.
         compile: CompileStep::Defer,
         // agent-exec's environment is cleared: the broker's socket and programs are
         // resolved here, as `spawner doctor` resolves them.
