@@ -99,6 +99,12 @@ pub enum CompileStep {
 /// the one binary that links a compiler.
 pub const COMPILE_PROGRAM: &str = "agent-compile";
 
+/// The compile step's path, beside the agent-exec executable at `agent_exec`: where the
+/// spawner and agent-exec both look for it.
+pub fn compile_program_beside(agent_exec: &std::path::Path) -> PathBuf {
+    agent_exec.with_file_name(COMPILE_PROGRAM)
+}
+
 /// agent-exec's exit code for "the component is not compiled yet" under
 /// [`CompileStep::Defer`]: nothing ran and nothing was recorded. Not an outcome
 /// (callers never see it): a word between spawner and agent-exec, outside the outcome

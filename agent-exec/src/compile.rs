@@ -8,29 +8,21 @@
 //! which only the agent-compile binary is built with, this module also holds the step
 //! itself ([`compile`], [`main_entry`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use agent_contract::{Manifest, Outcome};
 
 use crate::ExecError;
 
-/// The compile step's program, installed beside agent-exec.
-pub use agent_contract::envelope::COMPILE_PROGRAM as PROGRAM;
-
 /// What agent-compile's error line starts with; the rest is the error's text.
 const ERROR_PREFIX: &str = "agent-compile: error: ";
-
-/// agent-compile's path, beside the agent-exec executable at `agent_exec`.
-pub fn program_beside(agent_exec: &Path) -> PathBuf {
-    agent_exec.with_file_name(PROGRAM)
-}
 
 /// Run `agent-compile <home> <agent>` (beside this executable) and wait for it. Its
 /// warnings are logged here; its failure becomes [`ExecError::CompileFailed`], with its
 /// outcome and its message.
 pub(crate) fn run_helper(home: &Path, manifest: &Manifest) -> Result<(), ExecError> {
     let program = std::env::current_exe()
-        .map(|me| program_beside(&me))
+        .map(|me| agent_contract::envelope::compile_program_beside(&me))
         .map_err(|e| ExecError::Internal(format!("cannot locate agent-exec's executable: {e}")))?;
     let out = std::process::Command::new(&program)
         .arg(home)

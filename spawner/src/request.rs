@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agent_contract::envelope::{
-    COMPILE_FIRST_EXIT_CODE, COMPILE_PROGRAM, CompileStep, ENVELOPE_VERSION, write_envelope,
+    COMPILE_FIRST_EXIT_CODE, CompileStep, ENVELOPE_VERSION, compile_program_beside, write_envelope,
 };
 use agent_contract::hook::HookEvent;
 use agent_contract::layout::BrokerLayout;
@@ -210,7 +210,7 @@ pub fn execute(
         // the request in a fresh agent-exec, which finds the entry (or, if the compile
         // failed, runs the compile step itself and records why, as for any run).
         let compile = SpawnPolicy::for_compile(
-            policy.program.with_file_name(COMPILE_PROGRAM),
+            compile_program_beside(&policy.program),
             &header.home,
             &manifest.name,
         );
