@@ -224,6 +224,8 @@ pub fn start_agent_exec(
         compile: Default::default(),
         stream_llm: false,
         broker: None,
+        journal: Default::default(),
+        attempt: 1,
     };
     let mut envelope = Vec::new();
     write_envelope(&mut envelope, &header, input.as_bytes()).expect("envelope");

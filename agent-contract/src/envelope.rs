@@ -77,6 +77,34 @@ pub struct RequestHeader {
     /// its own (cleared) environment when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<crate::layout::BrokerLayout>,
+    /// How a durable agent's journal serves this run (ignored for other agents).
+    #[serde(default)]
+    pub journal: JournalMode,
+    /// Which attempt of `run_id` this is: 1, or more for a resume.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+/// How a durable run uses its journal of host calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JournalMode {
+    /// A new run: every call is made and journaled.
+    #[default]
+    Record,
+    /// Re-run a failed run: calls already journaled are served from the journal (each
+    /// must ask what it asked before), later ones are made and journaled.
+    Resume,
+    /// As `Resume`, accepting a component that has changed since the journal was written
+    /// (its calls must still ask what they asked).
+    ResumeChanged,
+    /// Re-run a finished run from its journal alone, to check that it is reproducible:
+    /// no call is made, nothing is written, and the answer must hash as it did.
+    Replay,
 }
 
 /// Who compiles an agent's component when the compiled cache has no entry for it.
@@ -237,6 +265,8 @@ mod tests {
             compile: CompileStep::Defer,
             stream_llm: false,
             broker: None,
+            journal: Default::default(),
+            attempt: 1,
         }
     }
 

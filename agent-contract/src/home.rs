@@ -140,6 +140,12 @@ impl Home {
         self.root.join("agents")
     }
 
+    /// The secret that seeds durable runs' random numbers (with the run id): 32 random
+    /// bytes, 0600, made on first use.
+    pub fn random_key_path(&self) -> PathBuf {
+        self.root.join("random.key")
+    }
+
     /// The SQLite memory store.
     pub fn store_path(&self) -> PathBuf {
         self.root.join("memory.db")

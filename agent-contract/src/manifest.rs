@@ -42,6 +42,12 @@
 //! [placement]
 //! requires_gpu = false
 //!
+//! [durable]
+//! journal = false                 # journal the run's host calls, so that a failed run
+//!                                 # can be resumed (`spawner runs resume`) and any run
+//!                                 # replayed; the journal keeps the calls' results (and
+//!                                 # the input) as long as the run's record
+//!
 //! [config]                        # strings, numbers and booleans, read by the agent
 //! greeting = "hello"
 //! ```
@@ -88,6 +94,8 @@ pub struct RawManifest {
     preopens: Vec<RawPreopen>,
     #[serde(default)]
     placement: Placement,
+    #[serde(default)]
+    durable: Durable,
     #[serde(default)]
     config: BTreeMap<String, Spanned<toml::Value>>,
 }
@@ -194,6 +202,20 @@ pub struct Placement {
     pub requires_gpu: bool,
 }
 
+/// `[durable]`: whether an agent's runs can be resumed and replayed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Durable {
+    /// Journal every host call whose result comes from outside the component (chats, tool
+    /// calls, inference, memory reads, clocks) before the guest gets it, and keep the
+    /// input: a failed run can then be resumed without redoing its completed calls, and
+    /// any run replayed. The agent's clocks and random numbers come from the host (the
+    /// random ones seeded from the run id), so that a re-run sees the same. Off: none of
+    /// that, and no cost.
+    #[serde(default)]
+    pub journal: bool,
+}
+
 /// A validated agent manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
@@ -223,6 +245,8 @@ pub struct Manifest {
     pub preopens: Vec<Preopen>,
     /// Where the agent may run.
     pub placement: Placement,
+    /// Whether its runs keep a journal, for resume and replay.
+    pub durable: Durable,
     /// `[config]` values rendered as text, for the agent to read.
     pub config: BTreeMap<String, String>,
 }
@@ -680,6 +704,7 @@ impl RawManifest {
             },
             preopens,
             placement: self.placement,
+            durable: self.durable,
             config,
         })
     }

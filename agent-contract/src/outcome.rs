@@ -17,6 +17,7 @@
 //! | 12   | `broker_unavailable` | inference was needed and no broker answered                   |
 //! | 13   | `busy`               | admission control refused the run; try again later            |
 //! | 14   | `killed`             | agent-exec died from a signal it was not sent by the runtime  |
+//! | 15   | `diverged`           | a resumed or replayed run did not do what its journal holds   |
 
 use std::fmt;
 use std::str::FromStr;
@@ -54,11 +55,14 @@ pub enum Outcome {
     Busy,
     /// agent-exec died from a signal the runtime did not send.
     Killed,
+    /// A resumed or replayed durable run asked its host something else than its journal
+    /// holds, or its replay answered otherwise.
+    Diverged,
 }
 
 impl Outcome {
     /// Every outcome, in exit-code order.
-    pub const ALL: [Outcome; 15] = [
+    pub const ALL: [Outcome; 16] = [
         Outcome::Ok,
         Outcome::Internal,
         Outcome::Usage,
@@ -74,6 +78,7 @@ impl Outcome {
         Outcome::BrokerUnavailable,
         Outcome::Busy,
         Outcome::Killed,
+        Outcome::Diverged,
     ];
 
     /// The process exit code for this outcome.
@@ -94,6 +99,7 @@ impl Outcome {
             Outcome::BrokerUnavailable => 12,
             Outcome::Busy => 13,
             Outcome::Killed => 14,
+            Outcome::Diverged => 15,
         }
     }
 
@@ -122,6 +128,7 @@ impl Outcome {
             Outcome::BrokerUnavailable => "broker_unavailable",
             Outcome::Busy => "busy",
             Outcome::Killed => "killed",
+            Outcome::Diverged => "diverged",
         }
     }
 }

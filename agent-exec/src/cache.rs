@@ -87,6 +87,8 @@ pub struct Loaded {
     pub cache_hit: bool,
     /// Why an existing entry was rejected, if one was.
     pub rejected_entry: Option<String>,
+    /// SHA-256 of the component file (hex), as the entry was checked against.
+    pub sha256_hex: String,
 }
 
 /// Why the cache could not provide a component.
@@ -187,6 +189,7 @@ pub fn compile(
         sha256_hex: wasm.sha256_hex,
     };
     write_entry(entry, &serialized, &trailer).map_err(write_err)?;
+    let sha256_hex = trailer.sha256_hex;
     drop(lock);
     // The compiler engine's component cannot be instantiated in the request's engine:
     // load the entry just written, as a hit would.
@@ -196,6 +199,7 @@ pub fn compile(
         component,
         cache_hit: false,
         rejected_entry: missed.rejected,
+        sha256_hex,
     })
 }
 
@@ -215,11 +219,12 @@ struct Missed {
 
 fn lookup(engine: &Engine, entry: &Path, manifest: &Manifest) -> Result<Lookup, CacheError> {
     let identity = Identity::of(&manifest.component)?;
-    let hit = |component| {
+    let hit = |component, sha256_hex: &str| {
         Lookup::Hit(Loaded {
             component,
             cache_hit: true,
             rejected_entry: None,
+            sha256_hex: sha256_hex.to_owned(),
         })
     };
     let sealed = match Sealed::open(entry) {
@@ -241,7 +246,7 @@ fn lookup(engine: &Engine, entry: &Path, manifest: &Manifest) -> Result<Lookup, 
     if sealed.trailer.identity == identity && !sealed.trailer.racy() {
         manifest.check_pin(&sealed.trailer.sha256_hex)?;
         return Ok(match sealed.deserialize(engine) {
-            Ok(component) => hit(component),
+            Ok(component) => hit(component, &sealed.trailer.sha256_hex),
             Err(why) => Lookup::Miss(Missed {
                 rejected: Some(why),
                 component: None,
@@ -270,7 +275,7 @@ fn lookup(engine: &Engine, entry: &Path, manifest: &Manifest) -> Result<Lookup, 
         let _ = write_entry(entry, &body, &stamped);
     }
     Ok(match sealed.deserialize(engine) {
-        Ok(component) => hit(component),
+        Ok(component) => hit(component, &wasm.sha256_hex),
         Err(why) => Lookup::Miss(Missed {
             rejected: Some(why),
             component: Some((wasm, identity, hashed_at_ns)),

@@ -82,6 +82,13 @@ pub enum ExecError {
         /// What it said.
         message: String,
     },
+    /// A durable run asked its host something else than its journal holds, or its replay
+    /// answered otherwise than the run did.
+    #[error("{0}")]
+    Diverged(String),
+    /// A durable run's journal could not be read or written.
+    #[error("{0}")]
+    Journal(String),
     /// Anything else: a bug or unexpected I/O failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -105,6 +112,8 @@ impl ExecError {
             ExecError::Timeout(_) => Outcome::Timeout,
             ExecError::MemoryLimit { .. } => Outcome::MemoryLimit,
             ExecError::BrokerUnavailable(_) => Outcome::BrokerUnavailable,
+            ExecError::Diverged(_) => Outcome::Diverged,
+            ExecError::Journal(_) => Outcome::Store,
             ExecError::CompileFailed { outcome, .. } => *outcome,
             // Never an outcome a caller sees: agent-exec exits with COMPILE_FIRST_EXIT_CODE.
             ExecError::NotCompiled(_) | ExecError::Internal(_) => Outcome::Internal,

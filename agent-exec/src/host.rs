@@ -17,11 +17,15 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         world: "agent",
         path: "../wit",
+        // A durable run journals the results of host calls, and serves them again.
+        additional_derives: [serde::Serialize, serde::Deserialize],
     });
 }
 
 pub use bindings::Agent;
 use bindings::spawner::agent::{config, hooks, inference, llm, log, memory, tools, types};
+
+use crate::journal::kind::{INFERENCE, LLM, MEMORY, TOOL, TOOLS};
 
 /// Per-request state the host functions work on. Lives in the wasmtime `Store`.
 pub struct AgentHost {
@@ -70,6 +74,10 @@ pub struct AgentHost {
     pub hook: Option<agent_contract::hook::HookEvent>,
     /// The agent's verdict on it, once it has decided.
     pub verdict: Option<agent_contract::hook::Verdict>,
+    /// A durable run's journal (`None` for other agents).
+    pub journal: Option<crate::journal::Shared>,
+    /// Set when a journal write failed: the run then fails, as the store did.
+    pub journal_error: Option<String>,
 }
 
 impl AgentHost {
@@ -77,6 +85,166 @@ impl AgentHost {
         self.memory
             .as_mut()
             .ok_or_else(|| memory::MemoryError::Unavailable("memory is closed".into()))
+    }
+}
+
+/// Whether a failed call may succeed when made again (a resume makes it again).
+trait Transient {
+    fn transient(&self) -> bool;
+}
+
+impl Transient for llm::LlmError {
+    fn transient(&self) -> bool {
+        use llm::LlmError as E;
+        matches!(
+            self,
+            E::NotAllowed(_) | E::Unavailable(_) | E::ConsentRequired(_) | E::Timeout(_)
+        )
+    }
+}
+
+impl Transient for tools::ToolError {
+    fn transient(&self) -> bool {
+        use tools::ToolError as E;
+        matches!(
+            self,
+            E::NotAllowed(_) | E::Unavailable(_) | E::ConsentRequired(_) | E::Timeout(_)
+        )
+    }
+}
+
+impl Transient for inference::InferenceError {
+    fn transient(&self) -> bool {
+        use inference::InferenceError as E;
+        matches!(self, E::NotAllowed(_) | E::Unavailable(_))
+    }
+}
+
+impl Transient for memory::MemoryError {
+    fn transient(&self) -> bool {
+        matches!(self, memory::MemoryError::Unavailable(_))
+    }
+}
+
+/// Where a call stands with the journal before it is made.
+enum Begun<R> {
+    /// Not a durable run.
+    Untracked,
+    /// Its result, from the journal.
+    Served(R),
+    /// The run has diverged from its journal.
+    Diverged(String),
+    /// To be made, then journaled.
+    Made(crate::journal::Call),
+}
+
+/// How the journal treats a kind of call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// It costs or acts: journaled in the store before the guest gets its result.
+    Write,
+    /// A read: journaled with the next write, or at the run's end.
+    Read,
+}
+
+impl AgentHost {
+    /// Make a host call of `kind` through a durable run's journal: served from it when the
+    /// step is journaled, else made by `call` and journaled (unless it failed in a way that
+    /// may pass). `fail` turns a divergence or a failed journal write into the error the
+    /// guest gets; the run then fails as `diverged` or `store_error`. Other runs just call.
+    fn journaled<T, E>(
+        &mut self,
+        kind: &'static str,
+        durability: Durability,
+        request: &impl serde::Serialize,
+        fail: impl FnOnce(String) -> E,
+        call: impl FnOnce(&mut Self) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        E: serde::Serialize + serde::de::DeserializeOwned + Transient,
+    {
+        match self.begin_step(kind, request) {
+            Begun::Served(result) => result,
+            Begun::Diverged(why) => Err(fail(why)),
+            Begun::Untracked => call(self),
+            Begun::Made(made) => {
+                let result = call(self);
+                self.end_step(made, result, durability, fail)
+            }
+        }
+    }
+
+    /// The first half of [`AgentHost::journaled`], for a call that must own its arguments.
+    fn begin_step<R: serde::de::DeserializeOwned>(
+        &mut self,
+        kind: &'static str,
+        request: &impl serde::Serialize,
+    ) -> Begun<R> {
+        let Some(journal) = &self.journal else {
+            return Begun::Untracked;
+        };
+        match crate::journal::lock(journal).begin::<R>(kind, request) {
+            Ok(crate::journal::Step::Served(result)) => Begun::Served(result),
+            Ok(crate::journal::Step::Call(made)) => Begun::Made(made),
+            Err(why) => Begun::Diverged(format!("this run diverged from its journal: {why}")),
+        }
+    }
+
+    /// The second half: journal the result of a call made live.
+    fn end_step<T, E>(
+        &mut self,
+        made: crate::journal::Call,
+        result: Result<T, E>,
+        durability: Durability,
+        fail: impl FnOnce(String) -> E,
+    ) -> Result<T, E>
+    where
+        T: serde::Serialize,
+        E: serde::Serialize + Transient,
+    {
+        let Some(journal) = self.journal.clone() else {
+            return result;
+        };
+        let pending = {
+            let mut journal = crate::journal::lock(&journal);
+            match &result {
+                Err(e) if e.transient() => journal.skip(made),
+                _ => journal.record(made, &result),
+            }
+            match durability {
+                Durability::Write => journal.take_pending(),
+                Durability::Read => Vec::new(),
+            }
+        };
+        match self.write_journal(&pending) {
+            Ok(()) => result,
+            Err(why) => Err(fail(why)),
+        }
+    }
+
+    /// Write journal entries to the store; a failure is kept and fails the run.
+    pub(crate) fn write_journal(
+        &mut self,
+        entries: &[memory_store::JournalEntry],
+    ) -> Result<(), String> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let written = self
+            .memory
+            .as_ref()
+            .ok_or_else(|| "the store is closed".to_owned())
+            .and_then(|m| m.store().map_err(|e| e.to_string()))
+            .and_then(|store| {
+                store
+                    .append_journal(&self.run_id, entries)
+                    .map_err(|e| e.to_string())
+            });
+        written.map_err(|e| {
+            let why = format!("cannot write this run's journal: {e}");
+            self.journal_error.get_or_insert(why).clone()
+        })
     }
 }
 
@@ -150,7 +318,13 @@ impl hooks::Host for AgentHost {
 
 impl memory::Host for AgentHost {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, memory::MemoryError> {
-        self.memory()?.get(&key).map_err(to_wit)
+        self.journaled(
+            MEMORY,
+            Durability::Read,
+            &("get", &key),
+            memory::MemoryError::Unavailable,
+            |h| h.memory()?.get(&key).map_err(to_wit),
+        )
     }
 
     fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), memory::MemoryError> {
@@ -158,7 +332,17 @@ impl memory::Host for AgentHost {
     }
 
     fn delete(&mut self, key: String) -> Result<bool, memory::MemoryError> {
-        self.memory()?.delete(&key).map_err(to_wit)
+        // Whether it was there is a read; the delete itself is buffered, like a put, and
+        // made again on every attempt.
+        let existed = self.journaled(
+            MEMORY,
+            Durability::Read,
+            &("delete", &key),
+            memory::MemoryError::Unavailable,
+            |h| h.memory()?.get(&key).map(|v| v.is_some()).map_err(to_wit),
+        )?;
+        self.memory()?.delete(&key).map_err(to_wit)?;
+        Ok(existed)
     }
 
     fn entries(
@@ -166,16 +350,23 @@ impl memory::Host for AgentHost {
         prefix: String,
         limit: u32,
     ) -> Result<Vec<memory::Entry>, memory::MemoryError> {
-        Ok(self
-            .memory()?
-            .list(&prefix, limit)
-            .map_err(to_wit)?
-            .into_iter()
-            .map(|e| memory::Entry {
-                key: e.key,
-                value: e.value,
-            })
-            .collect())
+        self.journaled(
+            MEMORY,
+            Durability::Read,
+            &("entries", &prefix, limit),
+            memory::MemoryError::Unavailable,
+            |h| {
+                Ok(h.memory()?
+                    .list(&prefix, limit)
+                    .map_err(to_wit)?
+                    .into_iter()
+                    .map(|e| memory::Entry {
+                        key: e.key,
+                        value: e.value,
+                    })
+                    .collect())
+            },
+        )
     }
 
     fn append_event(&mut self, kind: String, payload: Vec<u8>) -> Result<(), memory::MemoryError> {
@@ -190,18 +381,25 @@ impl memory::Host for AgentHost {
         after: u64,
         limit: u32,
     ) -> Result<Vec<memory::Event>, memory::MemoryError> {
-        Ok(self
-            .memory()?
-            .read_events(after, limit)
-            .map_err(to_wit)?
-            .into_iter()
-            .map(|e| memory::Event {
-                seq: e.seq,
-                at_ms: e.at_ms,
-                kind: e.kind,
-                payload: e.payload,
-            })
-            .collect())
+        self.journaled(
+            MEMORY,
+            Durability::Read,
+            &("read-events", after, limit),
+            memory::MemoryError::Unavailable,
+            |h| {
+                Ok(h.memory()?
+                    .read_events(after, limit)
+                    .map_err(to_wit)?
+                    .into_iter()
+                    .map(|e| memory::Event {
+                        seq: e.seq,
+                        at_ms: e.at_ms,
+                        kind: e.kind,
+                        payload: e.payload,
+                    })
+                    .collect())
+            },
+        )
     }
 }
 
@@ -253,8 +451,14 @@ impl inference::Host for AgentHost {
                 self.agent
             )));
         }
+        let made = match self.begin_step(INFERENCE, &(&model, &inputs)) {
+            Begun::Served(result) => return result,
+            Begun::Diverged(why) => return Err(inference::InferenceError::Failed(why)),
+            Begun::Untracked => None,
+            Begun::Made(made) => Some(made),
+        };
         let inputs = inputs.into_iter().map(crate::inference::to_wire).collect();
-        match self.inference.infer(&model, inputs) {
+        let result = match self.inference.infer(&model, inputs) {
             Ok(outputs) => Ok(outputs
                 .into_iter()
                 .map(crate::inference::from_wire)
@@ -266,12 +470,43 @@ impl inference::Host for AgentHost {
                 }
                 Err(e)
             }
+        };
+        match made {
+            Some(made) => self.end_step(
+                made,
+                result,
+                Durability::Write,
+                inference::InferenceError::Failed,
+            ),
+            None => result,
         }
     }
 }
 
 impl llm::Host for AgentHost {
     fn chat(
+        &mut self,
+        model: String,
+        messages: Vec<llm::Message>,
+        params: llm::Params,
+    ) -> Result<llm::Completion, llm::LlmError> {
+        let made = match self.begin_step(LLM, &(&model, &messages, &params)) {
+            Begun::Served(result) => return result,
+            Begun::Diverged(why) => return Err(llm::LlmError::Failed(why)),
+            Begun::Untracked => None,
+            Begun::Made(made) => Some(made),
+        };
+        let answer = self.chat_now(model, messages, params);
+        match made {
+            Some(made) => self.end_step(made, answer, Durability::Write, llm::LlmError::Failed),
+            None => answer,
+        }
+    }
+}
+
+impl AgentHost {
+    /// A chat, made now, with its evidence kept.
+    fn chat_now(
         &mut self,
         model: String,
         messages: Vec<llm::Message>,
@@ -343,9 +578,17 @@ impl AgentHost {
 
 impl tools::Host for AgentHost {
     fn list(&mut self) -> Result<Vec<tools::Tool>, tools::ToolError> {
-        let answer = self.with_tools(crate::tools::list);
-        self.note_unavailable(answer.as_ref().err());
-        answer
+        self.journaled(
+            TOOLS,
+            Durability::Write,
+            &(),
+            tools::ToolError::Failed,
+            |h| {
+                let answer = h.with_tools(crate::tools::list);
+                h.note_unavailable(answer.as_ref().err());
+                answer
+            },
+        )
     }
 
     fn call(
@@ -354,11 +597,20 @@ impl tools::Host for AgentHost {
         tool: String,
         arguments: String,
     ) -> Result<tools::ToolResult, tools::ToolError> {
+        let made = match self.begin_step(TOOL, &(&server, &tool, &arguments)) {
+            Begun::Served(result) => return result,
+            Begun::Diverged(why) => return Err(tools::ToolError::Failed(why)),
+            Begun::Untracked => None,
+            Begun::Made(made) => Some(made),
+        };
         let (answer, evidence) = self.with_tools(|broker, policy| {
             crate::tools::call(broker, policy, server, tool, arguments)
         });
         self.tool_calls.push(evidence);
         self.note_unavailable(answer.as_ref().err());
-        answer
+        match made {
+            Some(made) => self.end_step(made, answer, Durability::Write, tools::ToolError::Failed),
+            None => answer,
+        }
     }
 }

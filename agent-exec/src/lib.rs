@@ -36,6 +36,7 @@ mod error;
 mod hook;
 pub mod host;
 pub mod inference;
+pub mod journal;
 pub mod llm;
 mod logging;
 mod run;

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agent_contract::envelope::{CompileStep, MAX_OUTPUT_BYTES, read_envelope};
+use agent_contract::envelope::{CompileStep, JournalMode, MAX_OUTPUT_BYTES, read_envelope};
 use agent_contract::hook::{Decision, Verdict};
 use agent_contract::manifest::{DEFAULT_KEEP_RUNS, PreopenBase};
 use agent_contract::{
@@ -244,6 +244,9 @@ pub fn execute(
         llm_calls: Vec::new(),
         tool_calls: Vec::new(),
         run_log_bytes: None,
+        journal: None,
+        component_sha256: None,
+        output_sha256: None,
         prepared,
         hook_call: header.hook.is_some(),
         home: Home::new(&header.home),
@@ -282,6 +285,12 @@ struct Run {
     tool_calls: Vec<memory_store::ToolCall>,
     /// The run log's size after this run's record went there.
     run_log_bytes: Option<u64>,
+    /// A durable run's journal.
+    journal: Option<crate::journal::Shared>,
+    /// SHA-256 of the component, once loaded.
+    component_sha256: Option<String>,
+    /// A durable run's answer's SHA-256; for a replay, the one it must match.
+    output_sha256: Option<String>,
 }
 
 /// Time from `since` to now, in microseconds, and reset `since`.
@@ -343,18 +352,79 @@ impl Run {
             prepared_store,
             manifest.memory.namespace.clone(),
         );
-        let (result, memory) = self.run_component(&manifest, memory, &mut clock);
         let keep = manifest.memory.keep_runs;
+        let retain_input = manifest.memory.retain_input || manifest.durable.journal;
+        if manifest.durable.journal
+            && let Err(e) = self.open_journal(&memory)
+        {
+            if self.header.journal != JournalMode::Replay {
+                let _ = self.record(memory, &Err(&e), keep, retain_input);
+            }
+            return Err(e);
+        }
+        let (result, memory) = self.run_component(&manifest, memory, &mut clock);
+        let result = result.and_then(|answer| self.check_output(answer));
+        if self.header.journal == JournalMode::Replay && self.journal.is_some() {
+            // A replay writes nothing: its memory writes and its record are dropped.
+            return result;
+        }
         match result {
             // Nothing ran: nothing to record (the request runs again once compiled).
             Err(e @ ExecError::NotCompiled(_)) => Err(e),
             Ok(output) => self
-                .record(memory, &Ok(()), keep, manifest.memory.retain_input)
+                .record(memory, &Ok(()), keep, retain_input)
                 .map(|()| output),
             Err(e) => {
-                let _ = self.record(memory, &Err(&e), keep, manifest.memory.retain_input);
+                let _ = self.record(memory, &Err(&e), keep, retain_input);
                 Err(e)
             }
+        }
+    }
+
+    /// A durable run's journal: empty for a new run, as journaled for a resume or replay
+    /// (and, for a replay, the answer's hash it must match).
+    fn open_journal(&mut self, memory: &RunMemory) -> Result<(), ExecError> {
+        let mode = self.header.journal;
+        let run_id = &self.header.run_id;
+        let recorded = match mode {
+            JournalMode::Record => Vec::new(),
+            _ => {
+                let store = memory.store()?;
+                if mode == JournalMode::Replay {
+                    let record = store.run(run_id)?.ok_or_else(|| {
+                        ExecError::Journal(format!("run {run_id} has no record to replay"))
+                    })?;
+                    self.output_sha256 = record.output_sha256;
+                    if self.output_sha256.is_none() {
+                        return Err(ExecError::Journal(format!(
+                            "run {run_id} did not finish ok with a journal, so it has no answer to replay"
+                        )));
+                    }
+                }
+                store.journal(run_id)?
+            }
+        };
+        self.journal = Some(crate::journal::Journal::new(mode, recorded).shared());
+        Ok(())
+    }
+
+    /// A durable run's answer: hashed for its record; for a replay, checked against the
+    /// run's.
+    fn check_output(&mut self, answer: Answer) -> Result<Answer, ExecError> {
+        if self.journal.is_none() {
+            return Ok(answer);
+        }
+        use sha2::{Digest, Sha256};
+        let hash: String = Sha256::digest(&answer.output)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        match self.output_sha256.replace(hash.clone()) {
+            Some(expected) if expected != hash => Err(ExecError::Diverged(format!(
+                "the replay answered otherwise than run {}: its answer's sha256 is {hash}, the run's was {expected}",
+                self.header.run_id
+            ))),
+            _ => Ok(answer),
         }
     }
 
@@ -387,6 +457,10 @@ impl Run {
             },
             llm_calls: self.llm_calls.clone(),
             tool_calls: self.tool_calls.clone(),
+            attempt: self.header.attempt,
+            component_sha256: self.component_sha256.clone(),
+            // Only an answer that reached the caller counts.
+            output_sha256: self.output_sha256.clone().filter(|_| status == Outcome::Ok),
         };
         // The handler returned (with a response or a typed error): its writes count.
         // It trapped, timed out or hit a limit: they are discarded.
@@ -435,13 +509,18 @@ impl Run {
             Err(e) => return (Err(e), memory),
         };
         self.timings.load_us = lap(clock);
+        let durable = match self.durable_sources() {
+            Ok(d) => d,
+            Err(e) => return (Err(e), memory),
+        };
 
-        let wasi = match wasi_ctx(manifest, self.header.work_dir.as_deref()) {
+        let wasi = match wasi_ctx(manifest, self.header.work_dir.as_deref(), durable) {
             Ok(w) => w,
             Err(e) => return (Err(e), memory),
         };
         let mut store = self.new_store(&engine, manifest, wasi, memory);
         let result = self.instantiate_and_call(&engine, &component, manifest, &mut store, clock);
+        let result = self.close_journal(store.data_mut(), result);
         let memory = store
             .data_mut()
             .memory
@@ -453,6 +532,61 @@ impl Run {
         // memory, freeing its tables) is work the kernel does anyway, faster, at exit.
         std::mem::forget(store);
         (result, memory)
+    }
+
+    /// A durable run's step 0 (the component) and the guest's clocks and random
+    /// sources, which come through its journal; `None` for other runs.
+    fn durable_sources(&mut self) -> Result<Option<Durable>, ExecError> {
+        let Some(journal) = &self.journal else {
+            return Ok(None);
+        };
+        let sha = self.component_sha256.as_deref().unwrap_or_default();
+        crate::journal::lock(journal)
+            .component(sha)
+            .map_err(ExecError::Diverged)?;
+        let secret = crate::journal::random_secret(&self.home).map_err(|e| {
+            ExecError::Journal(format!(
+                "cannot read or make the home's random key {}: {e}",
+                self.home.random_key_path().display()
+            ))
+        })?;
+        Ok(Some(Durable {
+            journal: journal.clone(),
+            secret,
+            run_id: self.header.run_id.clone(),
+        }))
+    }
+
+    /// After the guest: write what the journal still holds, and let a divergence or a
+    /// failed journal write decide the outcome.
+    fn close_journal(
+        &self,
+        host: &mut AgentHost,
+        result: Result<Answer, ExecError>,
+    ) -> Result<Answer, ExecError> {
+        let Some(journal) = &self.journal else {
+            return result;
+        };
+        let (pending, diverged) = {
+            let mut journal = crate::journal::lock(journal);
+            (
+                journal.take_pending(),
+                journal.diverged().map(str::to_owned),
+            )
+        };
+        if let Some(why) = diverged {
+            return Err(ExecError::Diverged(format!(
+                "run {} diverged from its journal: {why}",
+                self.header.run_id
+            )));
+        }
+        if self.header.journal != JournalMode::Replay {
+            let _ = host.write_journal(&pending);
+        }
+        match host.journal_error.take() {
+            Some(why) => Err(ExecError::Journal(why)),
+            None => result,
+        }
     }
 
     fn load_component(
@@ -484,6 +618,7 @@ impl Run {
             }
             Err(e) => return Err(cache_error(e, manifest)),
         };
+        self.component_sha256 = Some(loaded.sha256_hex.clone());
         // Compiled by the caller for this very request: it was a miss all the same.
         self.cache_hit = Some(loaded.cache_hit && self.header.compile != CompileStep::Done);
         Ok(loaded.component)
@@ -528,6 +663,8 @@ impl Run {
             memory_cap_hit: None,
             hook: self.header.hook.take(),
             verdict: None,
+            journal: self.journal.clone(),
+            journal_error: None,
         };
         let mut store = WasmStore::new(engine, host);
         store.limiter(|h| h);
@@ -641,6 +778,13 @@ impl Run {
     }
 }
 
+/// What a durable run's guest gets its clocks and random numbers from.
+struct Durable {
+    journal: crate::journal::Shared,
+    secret: Vec<u8>,
+    run_id: String,
+}
+
 /// The real directory of a preopen (symlinks resolved), refused when it lies outside
 /// `base`: the manifest checked its path, but a symlink on the way can still lead
 /// elsewhere. The caller opens this real path, not `host` again by name.
@@ -672,12 +816,25 @@ fn check_within(
 fn wasi_ctx(
     manifest: &Manifest,
     work_dir: Option<&std::path::Path>,
+    durable: Option<Durable>,
 ) -> Result<wasmtime_wasi::WasiCtx, ExecError> {
     let mut wasi = WasiCtxBuilder::new();
     wasi.stdout(std::io::stderr())
         .stderr(std::io::stderr())
         .arg(&manifest.name)
         .allow_blocking_current_thread(true);
+    if let Some(d) = durable {
+        use crate::journal::{MonotonicClock, SeededRandom, WallClock};
+        let seed = SeededRandom::new(&d.secret, &d.run_id, "insecure-seed").seed_u128();
+        wasi.wall_clock(WallClock(d.journal.clone()))
+            .monotonic_clock(MonotonicClock {
+                journal: d.journal,
+                origin: Instant::now(),
+            })
+            .secure_random(SeededRandom::new(&d.secret, &d.run_id, "secure"))
+            .insecure_random(SeededRandom::new(&d.secret, &d.run_id, "insecure"))
+            .insecure_random_seed(seed);
+    }
     for p in &manifest.preopens {
         let perms = if p.writable {
             FsPerms::ReadWrite

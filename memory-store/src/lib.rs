@@ -30,8 +30,10 @@
 //! - [`schema`]: numbered migrations from `migrations/*.sql`, tracked by `user_version`.
 //! - [`memory`]: per-namespace key/value and event log, with the per-run write buffer.
 //! - [`runs`]: run records: insert, prune, list.
+//! - [`journal`]: the host calls of durable runs, for resume and replay.
 
 pub mod consents;
+pub mod journal;
 pub mod memory;
 pub mod run_log;
 pub mod runs;
@@ -44,6 +46,7 @@ use rusqlite::Connection;
 use rusqlite::config::DbConfig;
 
 pub use consents::Consent;
+pub use journal::JournalEntry;
 pub use memory::{Entry, Event, MemoryError, Recorded, RunMemory};
 pub use runs::{LlmCall, RunFilter, RunRecord, ToolCall};
 
@@ -274,6 +277,9 @@ mod tests {
                 timings: PhaseTimings::default(),
                 llm_calls: Vec::new(),
                 tool_calls: Vec::new(),
+                attempt: 1,
+                component_sha256: None,
+                output_sha256: None,
             };
             store.record_run(&record, 1000).expect("record");
             assert!(

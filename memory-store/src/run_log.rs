@@ -167,6 +167,9 @@ mod tests {
             timings: PhaseTimings::default(),
             llm_calls: Vec::new(),
             tool_calls: Vec::new(),
+            attempt: 1,
+            component_sha256: None,
+            output_sha256: None,
         }
     }
 

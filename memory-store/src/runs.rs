@@ -35,6 +35,21 @@ pub struct RunRecord {
     /// Evidence of the run's tool calls, in order; read back like `llm_calls`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
+    /// Which attempt of the run this record is: 1, or more once resumed. A record of a
+    /// later attempt replaces a failed one; nothing replaces an `ok` one.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// SHA-256 (hex) of the component that ran; kept for durable runs, whose resume
+    /// refuses another component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_sha256: Option<String>,
+    /// SHA-256 (hex) of the answer; kept for durable runs, whose replay must match it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_sha256: Option<String>,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 /// Evidence of one tool call.
@@ -124,36 +139,67 @@ impl Default for RunFilter {
 }
 
 const COLUMNS: &str = "run_id, agent, started_at_ms, ended_at_ms, status, error, input, cache_hit,
-    start_to_main_us, config_us, store_us, load_us, instantiate_us, handler_us, total_us";
+    start_to_main_us, config_us, store_us, load_us, instantiate_us, handler_us, total_us,
+    attempt, component_sha256, output_sha256";
 
-/// Insert `record` (once: a second insert of the same run id is ignored), then prune the
-/// agent's records to the newest `keep_runs`. Runs inside the caller's transaction.
+/// The statement that records a run: a new run id is inserted; an existing one is
+/// replaced only by a later attempt of a run that did not end `ok`, else left as it is.
+static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let set = COLUMNS
+        .split(',')
+        .map(str::trim)
+        .chain(["exit_code"])
+        .filter(|c| *c != "run_id")
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO runs ({COLUMNS}, exit_code)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18, ?19)
+         ON CONFLICT (run_id) DO UPDATE SET {set}
+         WHERE runs.status != 'ok' AND runs.attempt < excluded.attempt"
+    )
+});
+
+/// Record `r` (see [`UPSERT`]: once per attempt), then prune the agent's records to the
+/// newest `keep_runs`. Runs inside the caller's transaction. True when it was written.
 pub(crate) fn insert(conn: &Connection, r: &RunRecord, keep_runs: u32) -> Result<bool, StoreError> {
     let t = &r.timings;
     let opt = |v: Option<u64>| v.map(to_sql_int);
-    let inserted =
-        conn.prepare_cached(&format!(
-            "INSERT OR IGNORE INTO runs ({COLUMNS}, exit_code)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
-        ))?
-        .execute(params![
-            r.run_id,
-            r.agent,
-            to_sql_int(r.started_at_ms),
-            to_sql_int(r.ended_at_ms),
-            r.status.as_str(),
-            r.error,
-            r.input,
-            r.cache_hit,
-            opt(t.start_to_main_us),
-            opt(t.config_us),
-            opt(t.store_us),
-            opt(t.load_us),
-            opt(t.instantiate_us),
-            opt(t.handler_us),
-            to_sql_int(t.total_us),
-            r.status.exit_code(),
-        ])? == 1;
+    // A resumed run's evidence follows its earlier attempts'.
+    let first_seq = |table: &str| -> Result<i64, StoreError> {
+        if r.attempt <= 1 {
+            return Ok(0);
+        }
+        Ok(conn
+            .prepare_cached(&format!(
+                "SELECT COALESCE(MAX(seq) + 1, 0) FROM {table} WHERE run_id = ?1"
+            ))?
+            .query_row(params![r.run_id], |row| row.get(0))?)
+    };
+    let (first_llm, first_tool) = (first_seq("llm_calls")?, first_seq("tool_calls")?);
+    let inserted = conn.prepare_cached(&UPSERT)?.execute(params![
+        r.run_id,
+        r.agent,
+        to_sql_int(r.started_at_ms),
+        to_sql_int(r.ended_at_ms),
+        r.status.as_str(),
+        r.error,
+        r.input,
+        r.cache_hit,
+        opt(t.start_to_main_us),
+        opt(t.config_us),
+        opt(t.store_us),
+        opt(t.load_us),
+        opt(t.instantiate_us),
+        opt(t.handler_us),
+        to_sql_int(t.total_us),
+        r.attempt,
+        r.component_sha256,
+        r.output_sha256,
+        r.status.exit_code(),
+    ])? == 1;
     if inserted {
         let mut call = conn.prepare_cached(
             "INSERT INTO llm_calls (run_id, seq, provider, remote, model, device, outcome, error,
@@ -164,7 +210,7 @@ pub(crate) fn insert(conn: &Connection, r: &RunRecord, keep_runs: u32) -> Result
         for (seq, c) in r.llm_calls.iter().enumerate() {
             call.execute(params![
                 r.run_id,
-                seq as i64,
+                first_llm + seq as i64,
                 c.provider,
                 c.remote,
                 c.model,
@@ -190,7 +236,7 @@ pub(crate) fn insert(conn: &Connection, r: &RunRecord, keep_runs: u32) -> Result
         for (seq, c) in r.tool_calls.iter().enumerate() {
             call.execute(params![
                 r.run_id,
-                seq as i64,
+                first_tool + seq as i64,
                 c.server,
                 c.tool,
                 c.remote,
@@ -214,6 +260,12 @@ pub(crate) fn insert(conn: &Connection, r: &RunRecord, keep_runs: u32) -> Result
     .execute(params![r.agent, i64::from(keep_runs)])?;
     conn.prepare_cached(
         "DELETE FROM llm_calls WHERE run_id IN (
+             SELECT run_id FROM runs WHERE agent = ?1
+             ORDER BY started_at_ms DESC LIMIT -1 OFFSET ?2)",
+    )?
+    .execute(params![r.agent, i64::from(keep_runs)])?;
+    conn.prepare_cached(
+        "DELETE FROM journal WHERE run_id IN (
              SELECT run_id FROM runs WHERE agent = ?1
              ORDER BY started_at_ms DESC LIMIT -1 OFFSET ?2)",
     )?
@@ -253,6 +305,9 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
             },
             llm_calls: Vec::new(),
             tool_calls: Vec::new(),
+            attempt: row.get(15)?,
+            component_sha256: row.get(16)?,
+            output_sha256: row.get(17)?,
         },
         status,
     ))
@@ -260,7 +315,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
 
 impl Store {
     /// Record a run that wrote nothing else (failed runs, runs killed from outside).
-    /// Returns false when a record with that run id already exists.
+    /// Returns false when a record of that run id stands: an `ok` one, or one of the same
+    /// attempt or a later one.
     pub fn record_run(&mut self, record: &RunRecord, keep_runs: u32) -> Result<bool, StoreError> {
         let tx = self
             .conn
@@ -305,6 +361,7 @@ impl Store {
         for id in run_ids {
             tx.execute("DELETE FROM llm_calls WHERE run_id = ?1", params![id])?;
             tx.execute("DELETE FROM tool_calls WHERE run_id = ?1", params![id])?;
+            tx.execute("DELETE FROM journal WHERE run_id = ?1", params![id])?;
             deleted += tx.execute("DELETE FROM runs WHERE run_id = ?1", params![id])?;
         }
         if let Some(agent) = agent {
@@ -314,6 +371,10 @@ impl Store {
             )?;
             tx.execute(
                 "DELETE FROM tool_calls WHERE run_id IN (SELECT run_id FROM runs WHERE agent = ?1)",
+                params![agent],
+            )?;
+            tx.execute(
+                "DELETE FROM journal WHERE run_id IN (SELECT run_id FROM runs WHERE agent = ?1)",
                 params![agent],
             )?;
             deleted += tx.execute("DELETE FROM runs WHERE agent = ?1", params![agent])?;
@@ -424,6 +485,9 @@ mod tests {
             },
             llm_calls: Vec::new(),
             tool_calls: Vec::new(),
+            attempt: 1,
+            component_sha256: None,
+            output_sha256: None,
         }
     }
 
@@ -532,5 +596,40 @@ mod tests {
             Some("b".into())
         );
         assert_eq!(store.run("missing").expect("run"), None);
+    }
+
+    #[test]
+    fn a_later_attempt_replaces_a_failed_record_never_an_ok_one() {
+        let mut store = Store::open_in_memory().expect("store");
+        let failed = RunRecord {
+            status: Outcome::Killed,
+            error: Some("killed".into()),
+            tool_calls: vec![tool_call("first")],
+            ..record("r1", "a", 1)
+        };
+        assert!(store.record_run(&failed, 10).expect("insert"));
+        // The same attempt again (the spawner's record after agent-exec's): ignored.
+        assert!(!store.record_run(&failed, 10).expect("again"));
+        let resumed = RunRecord {
+            attempt: 2,
+            output_sha256: Some("ab".into()),
+            tool_calls: vec![tool_call("second")],
+            ..record("r1", "a", 1)
+        };
+        assert!(store.record_run(&resumed, 10).expect("resume"));
+        let stored = store.run("r1").expect("run").expect("recorded");
+        assert_eq!((stored.status, stored.attempt), (Outcome::Ok, 2));
+        assert_eq!(stored.output_sha256.as_deref(), Some("ab"));
+        // The evidence of both attempts, in order.
+        let tools: Vec<String> = stored.tool_calls.iter().map(|c| c.tool.clone()).collect();
+        assert_eq!(tools, ["first", "second"]);
+        // An ok record stands, whatever comes later.
+        let later = RunRecord {
+            attempt: 3,
+            status: Outcome::Killed,
+            ..record("r1", "a", 1)
+        };
+        assert!(!store.record_run(&later, 10).expect("later"));
+        assert_eq!(store.run("r1").expect("run").map(|r| r.attempt), Some(2));
     }
 }

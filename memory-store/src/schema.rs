@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_consents.sql"),
     include_str!("../migrations/0004_tool_calls.sql"),
     include_str!("../migrations/0005_drop_runs_by_start.sql"),
+    include_str!("../migrations/0006_journal.sql"),
 ];
 
 /// The schema version this program writes.

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agent_contract::envelope::{
-    COMPILE_FIRST_EXIT_CODE, CompileStep, ENVELOPE_VERSION, compile_program_beside, write_envelope,
+    COMPILE_FIRST_EXIT_CODE, CompileStep, ENVELOPE_VERSION, JournalMode, compile_program_beside,
+    write_envelope,
 };
 use agent_contract::hook::HookEvent;
 use agent_contract::layout::BrokerLayout;
@@ -48,6 +49,10 @@ pub struct Request {
     pub capture_stdout: bool,
     /// Have agent-exec show LLM text on its standard error as it is generated.
     pub stream_llm: bool,
+    /// How a durable agent's journal serves the run: a new run records it.
+    pub journal: JournalMode,
+    /// Which attempt of `run_id` this is: 1, or more for a resume.
+    pub attempt: u32,
 }
 
 /// What stops a run early, besides its deadline.
@@ -166,6 +171,8 @@ pub fn execute(
         // agent-exec's environment is cleared: the broker's socket and programs are
         // resolved here, as `spawner doctor` resolves them.
         stream_llm: request.stream_llm,
+        journal: request.journal,
+        attempt: request.attempt,
         broker: Some(BrokerLayout::resolve(
             home,
             policy.program.parent().unwrap_or(std::path::Path::new(".")),
@@ -295,7 +302,9 @@ pub fn execute(
         ended_at_ms: memory_store::now_ms(),
         status: outcome,
         error: Some(error.clone()),
-        input: None,
+        // A durable run keeps its input, so that it can be resumed.
+        input: (manifest.memory.retain_input || manifest.durable.journal)
+            .then(|| request.input.clone()),
         cache_hit: None,
         timings: PhaseTimings {
             total_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
@@ -303,6 +312,9 @@ pub fn execute(
         },
         llm_calls: Vec::new(),
         tool_calls: Vec::new(),
+        attempt: request.attempt,
+        component_sha256: None,
+        output_sha256: None,
     };
     // agent-exec may have committed its record (and the run's memory writes) just before it
     // was killed: then that record is the run's outcome, and the caller must see the same,

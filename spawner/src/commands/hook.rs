@@ -72,6 +72,8 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
                 hook: Some(event),
                 capture_stdout: true,
                 stream_llm: false,
+                journal: agent_contract::envelope::JournalMode::Record,
+                attempt: 1,
             };
             match crate::request::execute(home, &request, Stop::Signals, None, None) {
                 Ok(finished) => {

@@ -34,6 +34,8 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
         hook: None,
         capture_stdout: false,
         stream_llm: args.stream,
+        journal: agent_contract::envelope::JournalMode::Record,
+        attempt: 1,
     };
     let finished = crate::request::execute(home, &request, Stop::Signals, None, None)?;
     // agent-exec answered on our standard output itself.

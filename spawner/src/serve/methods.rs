@@ -268,6 +268,8 @@ fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, Rp
         hook: None,
         capture_stdout: true,
         stream_llm: p.stream,
+        journal: agent_contract::envelope::JournalMode::Record,
+        attempt: 1,
     };
     if p.stream {
         let _ = conn.send(&rpc::notification(

@@ -42,6 +42,8 @@ fn envelope(path: &Path, home: &Path, agent: &str, i: usize) -> anyhow::Result<s
         compile: Default::default(),
         stream_llm: false,
         broker: None,
+        journal: Default::default(),
+        attempt: 1,
     };
     write_envelope(std::fs::File::create(path)?, &header, b"hello")?;
     Ok(std::fs::File::open(path)?)
