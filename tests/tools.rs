@@ -32,7 +32,7 @@ fn python_server(name: &str, args: &[&str], env: &[(&str, &str)], extra: &str) -
     )
 }
 
-fn faulty(name: &str, env: &[(&str, &str)], extra: &str) -> String {
+pub(crate) fn faulty(name: &str, env: &[(&str, &str)], extra: &str) -> String {
     let script = root().join("tests/mcp/faulty_server.py");
     python_server(name, &[script.to_str().expect("utf-8 path")], env, extra)
 }
@@ -95,7 +95,7 @@ fn is_zombie(pid: u32) -> bool {
 }
 
 /// Stop the home's broker and wait until it, and every server it started, is gone.
-fn stop_and_count_leftovers(home: &TestHome) {
+pub(crate) fn stop_and_count_leftovers(home: &TestHome) {
     let pid = broker_pid(home);
     crate::harness::stop_broker_at(&home.path().join("run/broker.sock"));
     if let Some(pid) = pid {

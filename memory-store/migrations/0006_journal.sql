@@ -22,3 +22,11 @@ ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
 -- another component, and a replay's answer must hash the same.
 ALTER TABLE runs ADD COLUMN component_sha256 TEXT;
 ALTER TABLE runs ADD COLUMN output_sha256 TEXT;
+
+-- Who is resuming a run, taken under BEGIN IMMEDIATE: one resumer at a time. A lease whose
+-- process is gone is taken over.
+CREATE TABLE run_leases (
+    run_id      TEXT    PRIMARY KEY,
+    pid         INTEGER NOT NULL,
+    taken_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;

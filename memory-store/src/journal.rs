@@ -4,7 +4,7 @@
 //! the calls again; a replay is served nothing else. Rows go with their run's record when
 //! it is pruned or deleted.
 
-use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::{Store, StoreError, to_sql_int};
 
@@ -73,6 +73,44 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Take the lease on resuming `run_id` for process `pid`, unless a process that
+    /// `alive` says is running holds it: then `Err(its pid)`. Checked and taken in one
+    /// `BEGIN IMMEDIATE` transaction, so two resumers cannot both take it.
+    pub fn take_lease(
+        &self,
+        run_id: &str,
+        pid: u32,
+        alive: impl Fn(u32) -> bool,
+    ) -> Result<Result<(), u32>, StoreError> {
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let holder: Option<u32> = tx
+            .prepare_cached("SELECT pid FROM run_leases WHERE run_id = ?1")?
+            .query_row(params![run_id], |r| r.get(0))
+            .optional()?;
+        if let Some(holder) = holder
+            && holder != pid
+            && alive(holder)
+        {
+            return Ok(Err(holder));
+        }
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO run_leases (run_id, pid, taken_at_ms) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![run_id, pid, to_sql_int(crate::now_ms())])?;
+        tx.commit()?;
+        Ok(Ok(()))
+    }
+
+    /// Give back the lease on `run_id`, if `pid` holds it.
+    pub fn release_lease(&self, run_id: &str, pid: u32) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM run_leases WHERE run_id = ?1 AND pid = ?2")?
+            .execute(params![run_id, pid])?;
+        Ok(())
+    }
+}
+
 fn insert(conn: &Connection, run_id: &str, entries: &[JournalEntry]) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO journal (run_id, seq, kind, request_hash, result, duration_us, at_ms)
@@ -127,6 +165,23 @@ mod tests {
         assert!(store.append_journal("r1", &[entry(2, "llm")]).is_err());
         assert_eq!(store.journal("r1").expect("journal").len(), 3);
         assert!(store.journal("none").expect("journal").is_empty());
+    }
+
+    #[test]
+    fn one_resumer_at_a_time_and_a_dead_ones_lease_is_taken_over() {
+        let store = Store::open_in_memory().expect("store");
+        assert_eq!(store.take_lease("r1", 10, |_| true).expect("take"), Ok(()));
+        assert_eq!(store.take_lease("r1", 11, |_| true).expect("take"), Err(10));
+        assert_eq!(store.take_lease("r2", 11, |_| true).expect("take"), Ok(()));
+        // Its holder is gone: taken over.
+        assert_eq!(
+            store.take_lease("r1", 11, |pid| pid != 10).expect("take"),
+            Ok(())
+        );
+        store.release_lease("r1", 10).expect("not its lease");
+        assert_eq!(store.take_lease("r1", 12, |_| true).expect("take"), Err(11));
+        store.release_lease("r1", 11).expect("release");
+        assert_eq!(store.take_lease("r1", 12, |_| true).expect("take"), Ok(()));
     }
 
     #[test]

@@ -370,6 +370,33 @@ pub enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run a failed or interrupted run of a durable agent again, in a fresh process, with
+    /// the same run id and input: the calls its journal holds are served from it, not
+    /// made again, and the run goes on from there.
+    Resume {
+        /// The run's id (from `spawner runs`).
+        run_id: String,
+        /// Resume even though the agent's component has changed since the run (its calls
+        /// must still ask what they asked).
+        #[arg(long)]
+        allow_changed: bool,
+        /// Deadline for this attempt, e.g. 500ms, 5s, 2m [default: the agent's].
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Answer with a JSON report instead of the output alone.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a finished run of a durable agent again from its journal alone and check that
+    /// it answers the same, byte for byte; nothing is called and nothing written. A
+    /// replay that does not says at which step it diverged.
+    Replay {
+        /// The run's id (from `spawner runs`).
+        run_id: String,
+        /// The report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Every run record, with its evidence and retained content, as JSON lines (newest
     /// first; `--agent` for one agent's).
     Export {

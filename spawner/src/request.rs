@@ -319,13 +319,17 @@ pub fn execute(
     // agent-exec may have committed its record (and the run's memory writes) just before it
     // was killed: then that record is the run's outcome, and the caller must see the same,
     // so that one who retries on `killed` does not apply the writes twice.
-    let committed = Store::open(&home.store_path()).and_then(|mut store| {
-        if store.record_run(&record, manifest.memory.keep_runs)? {
-            Ok(None)
-        } else {
-            store.run(&run_id)
-        }
-    });
+    // A replay writes nothing, its failure included.
+    let committed = match request.journal {
+        JournalMode::Replay => Ok(None),
+        _ => Store::open(&home.store_path()).and_then(|mut store| {
+            if store.record_run(&record, manifest.memory.keep_runs)? {
+                Ok(None)
+            } else {
+                store.run(&run_id)
+            }
+        }),
+    };
     let (outcome, error, stopped) = match committed {
         Ok(Some(existing)) => (
             existing.status,

@@ -69,6 +69,17 @@ def big(megabytes: int) -> str:
 
 
 @server.tool()
+def record(path: str, line: str) -> str:
+    """Append `line` to the file `path`; answer how many lines it has now, so that a
+    call made twice answers otherwise the second time."""
+    with open(path, "a") as f:
+        f.write(line + "\n")
+    with open(path) as f:
+        count = sum(1 for _ in f)
+    return f"recorded {line} as line {count}"
+
+
+@server.tool()
 def where() -> str:
     """The working directory and the names of the environment's variables."""
     return json.dumps({"cwd": os.getcwd(), "env": sorted(os.environ)})

@@ -21,6 +21,10 @@
 //!   `seed <n>`, `stop <text>` (each may repeat) and `msg <role> <content>`: one llm chat;
 //!   answers `finish <stop|length> prompt <n> completion <n> provider <p> model <m>` on
 //!   the first line and the text after it; an error fails with its Debug form
+//! - `steps <n> <server> <path>`: a multi-step run for the durable tests: reads memory
+//!   key `steps`, then `n` tool calls `record` of `<server>` (each appends a line to
+//!   `path`, at the server), with a random number and the wall clock; answers each
+//!   step's result, then the random number and the time, and puts `steps`
 //! - anything else: echoed back
 //!
 //! As a hook (`spawner hook testing`), it describes the normalized event it received, one
@@ -198,6 +202,7 @@ impl Agent for Testing {
         match (command, args.as_slice()) {
             ("panic", _) => panic!("testing agent was asked to panic"),
             ("unreachable", _) => core::arch::wasm32::unreachable(),
+            ("steps", [n, server, path]) => steps(n, server, path),
             ("loop", _) => {
                 let mut n: u64 = 0;
                 loop {
@@ -300,6 +305,41 @@ impl Agent for Testing {
             _ => Ok(Response::text(text)),
         }
     }
+}
+
+/// `steps <n> <server> <path>` (see the crate's docs).
+fn steps(n: &str, server: &str, path: &str) -> Result<Response, AgentError> {
+    use std::hash::{BuildHasher, Hasher};
+    let n: u32 = n
+        .parse()
+        .map_err(|_| AgentError::InvalidInput(format!("not a count: {n}")))?;
+    let before = memory::get("steps")
+        .map_err(|e| AgentError::Failed(format!("{e:?}")))?
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_else(|| "(none)".into());
+    let mut out = format!("before {before}\n");
+    for i in 0..n {
+        let arguments = format!(r#"{{"path": "{path}", "line": "step {i}"}}"#);
+        match agent_sdk::tools::call(server, "record", &arguments) {
+            Ok(r) => out.push_str(&format!("step {i}: {}\n", r.text)),
+            Err(e) => {
+                return Err(AgentError::Failed(format!(
+                    "step {i}: {}",
+                    agent_sdk::tool_use::describe_error(&e)
+                )));
+            }
+        }
+    }
+    // std's hash keys come from the host's random source.
+    let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+    random.write_u32(n);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    out.push_str(&format!("random {}\ntime {now}\n", random.finish()));
+    memory::put("steps", format!("{n} steps").as_bytes())
+        .map_err(|e| AgentError::Failed(format!("{e:?}")))?;
+    Ok(Response::text(out))
 }
 
 /// One tool call, `<server> <tool> <arguments as JSON, to the end>`: its result's text

@@ -2,11 +2,14 @@
 
 use std::io::Write;
 
+use agent_contract::envelope::JournalMode;
 use agent_contract::report::utc;
-use agent_contract::{Home, Outcome};
+use agent_contract::{Home, LogFormat, Manifest, Outcome, OutputFormat};
 use memory_store::{RunFilter, Store};
 
 use crate::cli::{RunsArgs, RunsCommand};
+use crate::exit::{Interrupted, UsageError};
+use crate::request::{Request, Stop, StopReason};
 
 /// List recent runs, newest first; or show one.
 pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
@@ -14,6 +17,13 @@ pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
         Some(RunsCommand::Show { run_id, json }) => return show(home, &run_id, json),
         Some(RunsCommand::Export { agent }) => return export(home, agent),
         Some(RunsCommand::Delete { run_ids, agent }) => return delete(home, &run_ids, agent),
+        Some(RunsCommand::Resume {
+            run_id,
+            allow_changed,
+            timeout,
+            json,
+        }) => return resume(home, &run_id, allow_changed, timeout, json),
+        Some(RunsCommand::Replay { run_id, json }) => return replay(home, &run_id, json),
         None => {}
     }
     let path = home.store_path();
@@ -81,6 +91,163 @@ fn export(home: &Home, agent: Option<String>) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
+/// A durable run's record and its agent's manifest, checked for a resume or a replay.
+fn durable_run(home: &Home, run_id: &str) -> anyhow::Result<(Store, memory_store::RunRecord)> {
+    let path = home.store_path();
+    let record = if Store::exists(&path) {
+        let store = Store::open(&path)?;
+        store.run(run_id)?.map(|r| (store, r))
+    } else {
+        None
+    };
+    let Some((store, record)) = record else {
+        return Err(UsageError(format!(
+            "no run {run_id:?} in {} (see `spawner runs`)",
+            path.display()
+        ))
+        .into());
+    };
+    let manifest = Manifest::load(&home.agent_manifest(&record.agent)?)?;
+    if !manifest.durable.journal {
+        return Err(UsageError(format!(
+            "agent {} keeps no journal, so its runs cannot be resumed or replayed (set `[durable] journal = true` in its agent.toml; runs made since then can be)",
+            record.agent
+        ))
+        .into());
+    }
+    if record.input.is_none() {
+        return Err(UsageError(format!(
+            "run {run_id} kept no input (it ran before its agent kept a journal), so it cannot be run again"
+        ))
+        .into());
+    }
+    Ok((store, record))
+}
+
+/// The request that runs `record` again.
+fn again(record: memory_store::RunRecord, journal: JournalMode, json: bool) -> Request {
+    Request {
+        run_id: record.run_id,
+        agent: record.agent,
+        input: record.input.unwrap_or_default(),
+        timeout: None,
+        output: if json {
+            OutputFormat::Json
+        } else {
+            OutputFormat::Raw
+        },
+        log_format: if json {
+            LogFormat::Json
+        } else {
+            LogFormat::Human
+        },
+        log_level: std::env::var("SPAWNER_LOG").ok(),
+        work_dir: std::env::current_dir().ok(),
+        hook: None,
+        capture_stdout: journal == JournalMode::Replay,
+        stream_llm: false,
+        journal,
+        attempt: record.attempt.saturating_add(1),
+    }
+}
+
+/// Resume a failed run: a fresh agent-exec, served the journaled calls.
+fn resume(
+    home: &Home,
+    run_id: &str,
+    allow_changed: bool,
+    timeout: Option<std::time::Duration>,
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    let (store, record) = durable_run(home, run_id)?;
+    if record.status == Outcome::Ok {
+        return Err(UsageError(format!(
+            "run {run_id} finished ok (attempt {}): there is nothing to resume (`spawner runs replay {run_id}` checks that it reproduces)",
+            record.attempt
+        ))
+        .into());
+    }
+    let pid = std::process::id();
+    let alive =
+        |pid: u32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
+    if let Err(holder) = store.take_lease(run_id, pid, alive)? {
+        return Err(UsageError(format!(
+            "run {run_id} is being resumed by process {holder}; wait for it to finish"
+        ))
+        .into());
+    }
+    let mode = if allow_changed {
+        JournalMode::ResumeChanged
+    } else {
+        JournalMode::Resume
+    };
+    let request = Request {
+        timeout,
+        ..again(record, mode, json)
+    };
+    let finished = crate::request::execute(home, &request, Stop::Signals, None, None);
+    store.release_lease(run_id, pid)?;
+    report_again(finished?, json)
+}
+
+/// Replay a finished run from its journal and check its answer.
+fn replay(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
+    let (store, record) = durable_run(home, run_id)?;
+    if record.status != Outcome::Ok || record.output_sha256.is_none() {
+        return Err(UsageError(format!(
+            "run {run_id} did not finish ok ({}), so it has no answer to replay against; `spawner runs resume {run_id}` runs it on",
+            record.status
+        ))
+        .into());
+    }
+    let steps = store.journal(run_id)?.len();
+    drop(store);
+    let finished = crate::request::execute(
+        home,
+        &again(record, JournalMode::Replay, json),
+        Stop::Signals,
+        None,
+        None,
+    )?;
+    if finished.outcome == Outcome::Ok && finished.spawner_report.is_none() {
+        let mut out = std::io::stdout().lock();
+        if json {
+            out.write_all(&finished.stdout)?;
+        } else {
+            writeln!(
+                out,
+                "replay of run {run_id} matches: the same answer from its journal of {steps} step(s)"
+            )?;
+        }
+        return Ok(Outcome::Ok);
+    }
+    report_again(finished, json)
+}
+
+/// How a resume or a failed replay ended, when agent-exec could not say it itself.
+fn report_again(finished: crate::request::Finished, json: bool) -> anyhow::Result<Outcome> {
+    if json && !finished.stdout.is_empty() {
+        std::io::stdout().lock().write_all(&finished.stdout)?;
+    }
+    let Some(report) = &finished.spawner_report else {
+        return Ok(finished.outcome);
+    };
+    if json {
+        let mut stdout = std::io::stdout().lock();
+        serde_json::to_writer(&mut stdout, report)?;
+        stdout.write_all(b"\n")?;
+    } else {
+        crate::say!(
+            "spawner: error: {}",
+            report.error.as_deref().unwrap_or("the run failed")
+        );
+    }
+    if let Some(StopReason::Signal(sig)) = finished.stopped {
+        return Err(Interrupted(sig).into());
+    }
+    Ok(finished.outcome)
+}
+
 /// Delete runs with their evidence.
 fn delete(home: &Home, run_ids: &[String], agent: Option<String>) -> anyhow::Result<Outcome> {
     if run_ids.is_empty() && agent.is_none() {
@@ -102,10 +269,11 @@ fn delete(home: &Home, run_ids: &[String], agent: Option<String>) -> anyhow::Res
 /// One run whole, with the evidence of its LLM and tool calls.
 fn show(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
     let path = home.store_path();
-    let record = if Store::exists(&path) {
-        Store::open(&path)?.run(run_id)?
+    let (record, journal) = if Store::exists(&path) {
+        let store = Store::open(&path)?;
+        (store.run(run_id)?, store.journal(run_id)?)
     } else {
-        None
+        (None, Vec::new())
     };
     let Some(r) = record else {
         anyhow::bail!(
@@ -131,6 +299,9 @@ fn show(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
     writeln!(out, "total {:.2} ms", r.timings.total_us as f64 / 1000.0)?;
     if let Some(hit) = r.cache_hit {
         writeln!(out, "compiled cache {}", if hit { "hit" } else { "miss" })?;
+    }
+    if r.attempt > 1 {
+        writeln!(out, "attempt {} (resumed)", r.attempt)?;
     }
     if let Some(e) = &r.error {
         writeln!(out, "error {e}")?;
@@ -196,6 +367,16 @@ fn show(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
                 writeln!(out, "  {label}: {v}")?;
             }
         }
+    }
+    for e in &journal {
+        writeln!(
+            out,
+            "journal step {}: {} at {} UTC, {:.3} ms",
+            e.seq,
+            e.kind,
+            utc(e.at_ms),
+            e.duration_us as f64 / 1000.0
+        )?;
     }
     Ok(Outcome::Ok)
 }

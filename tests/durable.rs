@@ -1,0 +1,297 @@
+//! Durable runs through the real binaries: the testing agent with `[durable] journal =
+//! true` making tool calls to a real MCP server (tests/mcp/faulty_server.py's `record`,
+//! which appends a line to a file per call, so the calls made can be counted at the
+//! server), killed at a step, resumed, replayed, and refused where it must be.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::harness::{
+    TestHome, children_of, code, count, exit_of, report, stderr, stdout, wait_until,
+};
+use agent_contract::Outcome;
+
+/// A home with the faulty server and the testing agent as `steps`, durable.
+fn durable_home() -> TestHome {
+    let home = TestHome::new();
+    std::fs::write(
+        home.path().join("tools.toml"),
+        crate::tools::faulty("faulty", &[], "timeout_s = 60"),
+    )
+    .expect("tools.toml");
+    home.install_testing(
+        "steps",
+        "[limits]\ntimeout_ms = 60000\n\n[tools]\nservers = [\"faulty\"]\n\n[durable]\njournal = true\n",
+    );
+    home.precompile("steps");
+    home
+}
+
+/// The lines of a file the server appended to (none when it does not exist yet).
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn journal_count(home: &TestHome, run_id: &str, kind: &str) -> i64 {
+    count(
+        &home.store(),
+        &format!("SELECT count(*) FROM journal WHERE run_id = '{run_id}' AND kind = '{kind}'"),
+    )
+}
+
+#[test]
+fn a_finished_durable_run_replays_the_same_from_its_journal_alone() {
+    let home = durable_home();
+    let file = home.path().join("calls.txt");
+    let input = format!("steps 3 faulty {}", file.display());
+    let out = home.run(&["run", "steps", "--json", &input]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let first = report(&out);
+    let run_id = first["run_id"].as_str().expect("run id").to_owned();
+    let answer = first["output"].as_str().expect("output").to_owned();
+    assert!(
+        answer.contains("step 2: recorded step 2 as line 3"),
+        "{answer}"
+    );
+    assert_eq!(lines(&file).len(), 3);
+    // The component, the memory read, three tool calls and a clock read.
+    assert_eq!(journal_count(&home, &run_id, "component"), 1);
+    assert_eq!(journal_count(&home, &run_id, "memory"), 1);
+    assert_eq!(journal_count(&home, &run_id, "tool"), 3);
+    assert_eq!(journal_count(&home, &run_id, "clock"), 1);
+
+    // The replay answers the same (its random number and time included) and calls
+    // nothing: the server saw no more calls.
+    let replay = home.run(&["runs", "replay", &run_id]);
+    assert_eq!(code(&replay), 0, "{}", stderr(&replay));
+    assert!(stdout(&replay).contains("matches"), "{}", stdout(&replay));
+    assert_eq!(lines(&file).len(), 3, "a replay makes no call");
+    let json = home.run(&["runs", "replay", "--json", &run_id]);
+    assert_eq!(code(&json), 0, "{}", stderr(&json));
+    assert_eq!(report(&json)["output"].as_str(), Some(answer.as_str()));
+    // Another run of the same input draws other random numbers.
+    let other = home.run(&["run", "steps", "--json", &input]);
+    let other = report(&other)["output"].as_str().unwrap_or("").to_owned();
+    let random = |a: &str| {
+        a.lines()
+            .find(|l| l.starts_with("random "))
+            .map(str::to_owned)
+    };
+    assert!(random(&answer).is_some());
+    assert_ne!(random(&answer), random(&other));
+
+    // A finished run is not resumed.
+    let resume = home.run(&["runs", "resume", &run_id]);
+    assert_eq!(code(&resume), exit_of(Outcome::Usage));
+    assert!(
+        stderr(&resume).contains("nothing to resume"),
+        "{}",
+        stderr(&resume)
+    );
+
+    // A journal that says otherwise than the run did: the replay diverges and says where.
+    home.store()
+        .connection()
+        .execute(
+            "UPDATE journal SET result = CAST('{\"Ok\":{\"text\":\"tampered\",\"structured\":null}}' AS BLOB)
+             WHERE run_id = ?1 AND seq = 3",
+            [&run_id],
+        )
+        .expect("update");
+    let tampered = home.run(&["runs", "replay", &run_id]);
+    assert_eq!(
+        code(&tampered),
+        exit_of(Outcome::Diverged),
+        "{}",
+        stderr(&tampered)
+    );
+    assert!(
+        stderr(&tampered).contains("diverged") || stderr(&tampered).contains("answered otherwise"),
+        "{}",
+        stderr(&tampered)
+    );
+    home.store()
+        .connection()
+        .execute(
+            "UPDATE journal SET request_hash = zeroblob(32) WHERE run_id = ?1 AND seq = 2",
+            [&run_id],
+        )
+        .expect("update");
+    let asked = home.run(&["runs", "replay", &run_id]);
+    assert_eq!(
+        code(&asked),
+        exit_of(Outcome::Diverged),
+        "{}",
+        stderr(&asked)
+    );
+    assert!(
+        stderr(&asked).contains("step 2 (tool) asked otherwise"),
+        "{}",
+        stderr(&asked)
+    );
+    // Replays wrote nothing: the run's record is as it was.
+    let show = home.run(&["runs", "show", "--json", &run_id]);
+    let record = report(&show);
+    assert_eq!(
+        (record["status"].as_str(), record["attempt"].as_u64()),
+        (Some("ok"), Some(1))
+    );
+    crate::tools::stop_and_count_leftovers(&home);
+}
+
+#[test]
+fn a_run_killed_at_any_step_resumes_without_redoing_its_journaled_steps() {
+    let home = durable_home();
+    let trials = 20;
+    let mut killed = 0;
+    for trial in 0..trials {
+        let file = home.path().join(format!("calls-{trial}.txt"));
+        let input = format!("steps 5 faulty {}", file.display());
+        let spawner = home
+            .spawner(&["run", "steps", "--json", &input])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawner starts");
+        // Kill agent-exec once the server has seen 1 to 4 of the 5 calls.
+        let at = 1 + trial % 4;
+        wait_until("the server sees the calls", || lines(&file).len() >= at);
+        for pid in children_of(spawner.id()) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        let out = spawner.wait_with_output().expect("spawner ends");
+        let ended = report(&out);
+        let run_id = ended["run_id"].as_str().expect("run id").to_owned();
+        if code(&out) == 0 {
+            continue; // it finished before the kill landed
+        }
+        assert_eq!(code(&out), exit_of(Outcome::Killed), "{}", stderr(&out));
+        killed += 1;
+        let journaled = journal_count(&home, &run_id, "tool") as usize;
+        let before = lines(&file);
+
+        let resumed = home.run(&["runs", "resume", &run_id]);
+        assert_eq!(code(&resumed), 0, "trial {trial}: {}", stderr(&resumed));
+        let answer = stdout(&resumed);
+        let after = lines(&file);
+        // Every step ran; none journaled before the kill ran again; only the one in
+        // flight when it was killed (sent, not yet journaled) may have run twice.
+        for step in 0..5 {
+            let times = after
+                .iter()
+                .filter(|l| **l == format!("step {step}"))
+                .count();
+            assert!(
+                times >= 1,
+                "trial {trial}: step {step} never ran: {after:?}"
+            );
+            if step < journaled {
+                assert_eq!(
+                    times, 1,
+                    "trial {trial}: journaled step {step} ran again: {after:?}"
+                );
+                // Its result is the journaled one (the line it was then), not a new call's.
+                let line = before
+                    .iter()
+                    .position(|l| *l == format!("step {step}"))
+                    .expect("ran")
+                    + 1;
+                assert!(
+                    answer.contains(&format!(
+                        "step {step}: recorded step {step} as line {line}\n"
+                    )),
+                    "trial {trial}: {answer}"
+                );
+            }
+        }
+        assert!(after.len() <= 6, "trial {trial}: {after:?}");
+        let record = home.store().run(&run_id).expect("run").expect("recorded");
+        assert_eq!(
+            (record.status, record.attempt),
+            (Outcome::Ok, 2),
+            "trial {trial}"
+        );
+        // And the resumed run replays.
+        let replay = home.run(&["runs", "replay", &run_id]);
+        assert_eq!(code(&replay), 0, "trial {trial}: {}", stderr(&replay));
+    }
+    assert!(
+        killed >= trials / 2,
+        "only {killed} of {trials} runs were killed mid-run"
+    );
+    let integrity: String = home
+        .store()
+        .connection()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity");
+    assert_eq!(integrity, "ok");
+    crate::tools::stop_and_count_leftovers(&home);
+}
+
+#[test]
+fn a_resume_refuses_a_changed_component_unless_told_and_a_plain_agent_cannot_resume() {
+    let home = durable_home();
+    // A run that fails: its server is not one the agent may use (not journaled).
+    let out = home.run(&["run", "steps", "--json", "steps 2 elsewhere /nonexistent"]);
+    assert_eq!(code(&out), exit_of(Outcome::AgentError), "{}", stderr(&out));
+    let run_id = report(&out)["run_id"].as_str().expect("id").to_owned();
+    assert_eq!(journal_count(&home, &run_id, "component"), 1);
+    assert_eq!(
+        journal_count(&home, &run_id, "tool"),
+        0,
+        "a refused call is not journaled"
+    );
+
+    // Another component in its place.
+    std::fs::copy(
+        crate::harness::wasm("echo"),
+        home.agent_dir("steps").join("steps.wasm"),
+    )
+    .expect("copy");
+    let refused = home.run(&["runs", "resume", &run_id]);
+    assert_eq!(
+        code(&refused),
+        exit_of(Outcome::Diverged),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(
+        stderr(&refused).contains("component has changed")
+            && stderr(&refused).contains("--allow-changed"),
+        "{}",
+        stderr(&refused)
+    );
+    let allowed = home.run(&["runs", "resume", "--allow-changed", &run_id]);
+    assert_eq!(code(&allowed), 0, "{}", stderr(&allowed));
+    assert_eq!(
+        stdout(&allowed),
+        "steps 2 elsewhere /nonexistent",
+        "echo answers"
+    );
+    let record = home.store().run(&run_id).expect("run").expect("recorded");
+    assert_eq!(record.attempt, 3, "two resumes");
+    assert_eq!(record.status, Outcome::Ok);
+
+    // An agent without a journal: its runs cannot be resumed, and say why.
+    home.install_testing("plain", "");
+    home.precompile("plain");
+    let out = home.run(&["run", "plain", "--json", "fail"]);
+    let plain = report(&out)["run_id"].as_str().expect("id").to_owned();
+    let refused = home.run(&["runs", "resume", &plain]);
+    assert_eq!(code(&refused), exit_of(Outcome::Usage));
+    assert!(
+        stderr(&refused).contains("[durable] journal = true"),
+        "{}",
+        stderr(&refused)
+    );
+    let missing = home.run(&["runs", "resume", "no-such-run"]);
+    assert_eq!(code(&missing), exit_of(Outcome::Usage));
+    assert!(stderr(&missing).contains("no run"), "{}", stderr(&missing));
+}
