@@ -21,10 +21,12 @@
 //!   `seed <n>`, `stop <text>` (each may repeat) and `msg <role> <content>`: one llm chat;
 //!   answers `finish <stop|length> prompt <n> completion <n> provider <p> model <m>` on
 //!   the first line and the text after it; an error fails with its Debug form
-//! - `steps <n> <server> <path>`: a multi-step run for the durable tests: reads memory
-//!   key `steps`, then `n` tool calls `record` of `<server>` (each appends a line to
-//!   `path`, at the server), with a random number and the wall clock; answers each
-//!   step's result, then the random number and the time, and puts `steps`
+//! - `steps <n> <server> <path> [<hang at>]`: a multi-step run for the durable tests:
+//!   reads memory key `steps`, then `n` tool calls `record` of `<server>` (each appends a
+//!   line to `path`, at the server), before step `<hang at>` a call `hang` of half a
+//!   second (marking `<path>.hang` when it starts), then a random number and the wall
+//!   clock; answers each step's result, then the random number and the time, and puts
+//!   `steps`
 //! - anything else: echoed back
 //!
 //! As a hook (`spawner hook testing`), it describes the normalized event it received, one
@@ -202,7 +204,8 @@ impl Agent for Testing {
         match (command, args.as_slice()) {
             ("panic", _) => panic!("testing agent was asked to panic"),
             ("unreachable", _) => core::arch::wasm32::unreachable(),
-            ("steps", [n, server, path]) => steps(n, server, path),
+            ("steps", [n, server, path]) => steps(n, server, path, None),
+            ("steps", [n, server, path, hang_at]) => steps(n, server, path, Some(hang_at)),
             ("loop", _) => {
                 let mut n: u64 = 0;
                 loop {
@@ -308,17 +311,26 @@ impl Agent for Testing {
 }
 
 /// `steps <n> <server> <path>` (see the crate's docs).
-fn steps(n: &str, server: &str, path: &str) -> Result<Response, AgentError> {
+fn steps(n: &str, server: &str, path: &str, hang_at: Option<&str>) -> Result<Response, AgentError> {
     use std::hash::{BuildHasher, Hasher};
-    let n: u32 = n
-        .parse()
-        .map_err(|_| AgentError::InvalidInput(format!("not a count: {n}")))?;
+    let number = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| AgentError::InvalidInput(format!("not a count: {v}")))
+    };
+    let n = number(n)?;
+    let hang_at = hang_at.map(number).transpose()?;
     let before = memory::get("steps")
         .map_err(|e| AgentError::Failed(format!("{e:?}")))?
         .map(|v| String::from_utf8_lossy(&v).into_owned())
         .unwrap_or_else(|| "(none)".into());
     let mut out = format!("before {before}\n");
     for i in 0..n {
+        if hang_at == Some(i) {
+            let arguments = format!(r#"{{"seconds": 0.5, "mark": "{path}.hang"}}"#);
+            agent_sdk::tools::call(server, "hang", &arguments).map_err(|e| {
+                AgentError::Failed(format!("hang: {}", agent_sdk::tool_use::describe_error(&e)))
+            })?;
+        }
         let arguments = format!(r#"{{"path": "{path}", "line": "step {i}"}}"#);
         match agent_sdk::tools::call(server, "record", &arguments) {
             Ok(r) => out.push_str(&format!("step {i}: {}\n", r.text)),
