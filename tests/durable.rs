@@ -3,7 +3,7 @@
 //! which appends a line to a file per call, so the calls made can be counted at the
 //! server), killed at a step, resumed, replayed, and refused where it must be.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use nix::sys::signal::{Signal, kill};
@@ -49,7 +49,7 @@ fn journal_count(home: &TestHome, run_id: &str, kind: &str) -> i64 {
 #[test]
 fn a_finished_durable_run_replays_the_same_from_its_journal_alone() {
     let home = durable_home();
-    let file = home.path().join("calls.txt");
+    let file = home.path().join("calls-ελληνικά-🦀.txt");
     let input = format!("steps 3 faulty {}", file.display());
     let out = home.run(&["run", "steps", "--json", &input]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -154,10 +154,14 @@ fn a_run_killed_at_any_step_resumes_without_redoing_its_journaled_steps() {
     let home = durable_home();
     let trials = 20;
     for trial in 0..trials {
-        let file = home.path().join(format!("calls-{trial}.txt"));
-        // Killed while it waits on a call (a hang, before step `at`), after `at` steps.
+        // Any script in the tool's arguments and results: the journal keeps them as sent.
+        let file = home.path().join(format!("calls-{trial}-日本語-é́-🦀.txt"));
+        // Killed while it waits on a call (at a gate, before step `at`), after `at` steps:
+        // the gate stays shut until the kill has landed, whatever the machine's speed.
         let at = trial % STEPS;
-        let mark = home.path().join(format!("calls-{trial}.txt.hang"));
+        let mark = PathBuf::from(format!("{}.hang", file.display()));
+        let gate = PathBuf::from(format!("{}.gate", file.display()));
+        std::fs::write(&gate, "").expect("gate");
         let input = format!("steps {STEPS} faulty {} {at}", file.display());
         let spawner = home
             .spawner(&["run", "steps", "--json", &input])
@@ -165,11 +169,12 @@ fn a_run_killed_at_any_step_resumes_without_redoing_its_journaled_steps() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawner starts");
-        wait_until("the run waits on its hang call", || mark.exists());
+        wait_until("the run waits at its gate", || mark.exists());
         for pid in children_of(spawner.id()) {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
         let out = spawner.wait_with_output().expect("spawner ends");
+        std::fs::remove_file(&gate).expect("open the gate");
         let ended = report(&out);
         let run_id = ended["run_id"].as_str().expect("run id").to_owned();
         assert_eq!(code(&out), exit_of(Outcome::Killed), "{}", stderr(&out));

@@ -772,8 +772,8 @@ pub fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Lowercase hexadecimal.
-fn to_hex(bytes: &[u8]) -> String {
+/// Lowercase hexadecimal, as component hashes are written.
+pub fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes
         .iter()

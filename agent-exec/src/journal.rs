@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use agent_contract::envelope::JournalMode;
+use agent_contract::manifest::to_hex;
 use memory_store::JournalEntry;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -126,8 +127,8 @@ impl Journal {
             }
             Some(entry) if entry.kind == kind => Err(self.diverge(format!(
                 "step {seq} ({kind}) asked otherwise than when it was journaled (request hash {} there, {} now)",
-                hex(&entry.request_hash[..6.min(entry.request_hash.len())]),
-                hex(&request_hash[..6])
+                to_hex(&entry.request_hash[..6.min(entry.request_hash.len())]),
+                to_hex(&request_hash[..6])
             ))),
             Some(entry) => Err(self.diverge(format!(
                 "step {seq} is a {kind} call, where the journal has a {} call",
@@ -235,10 +236,6 @@ fn request_hash(kind: &str, request: &impl Serialize) -> Vec<u8> {
     // A request that cannot be serialized hashes as its kind alone; none of ours fails.
     hash.update(serde_json::to_vec(request).unwrap_or_default());
     hash.finalize().to_vec()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The guest's wall clock: the host's, journaled.

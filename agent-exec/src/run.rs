@@ -415,10 +415,7 @@ impl Run {
             return Ok(answer);
         }
         use sha2::{Digest, Sha256};
-        let hash: String = Sha256::digest(&answer.output)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = agent_contract::manifest::to_hex(&Sha256::digest(&answer.output));
         match self.output_sha256.replace(hash.clone()) {
             Some(expected) if expected != hash => Err(ExecError::Diverged(format!(
                 "the replay answered otherwise than run {}: its answer's sha256 is {hash}, the run's was {expected}",
@@ -618,9 +615,9 @@ impl Run {
             }
             Err(e) => return Err(cache_error(e, manifest)),
         };
-        self.component_sha256 = Some(loaded.sha256_hex.clone());
         // Compiled by the caller for this very request: it was a miss all the same.
         self.cache_hit = Some(loaded.cache_hit && self.header.compile != CompileStep::Done);
+        self.component_sha256 = Some(loaded.sha256_hex);
         Ok(loaded.component)
     }
 

@@ -14,6 +14,12 @@ CREATE TABLE journal (
     at_ms        INTEGER NOT NULL,  -- when it was made
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
+-- A run's journal goes with its record (pruned by keep_runs, or deleted): only when a
+-- record is deleted, so recording a run costs nothing more.
+CREATE TRIGGER journal_goes_with_its_run AFTER DELETE ON runs
+BEGIN
+    DELETE FROM journal WHERE run_id = old.run_id;
+END;
 
 -- Which attempt of its run a record is: 1, or more once resumed. A later attempt's
 -- record replaces a failed one; nothing replaces an `ok` one.

@@ -2,7 +2,7 @@
 //! from outside the component, in the order the run made it, with a hash of its request
 //! and the result the guest got. A resumed run is served these results instead of making
 //! the calls again; a replay is served nothing else. Rows go with their run's record when
-//! it is pruned or deleted.
+//! it is pruned or deleted (a trigger on `runs`).
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
@@ -182,6 +182,40 @@ mod tests {
         assert_eq!(store.take_lease("r1", 12, |_| true).expect("take"), Err(11));
         store.release_lease("r1", 11).expect("release");
         assert_eq!(store.take_lease("r1", 12, |_| true).expect("take"), Ok(()));
+    }
+
+    #[test]
+    fn a_journal_goes_with_its_runs_record_and_not_before() {
+        let mut store = Store::open_in_memory().expect("store");
+        store
+            .append_journal("r1", &[entry(0, "tool")])
+            .expect("append");
+        let record = |id: &str, started: u64| crate::RunRecord {
+            run_id: id.into(),
+            agent: "a".into(),
+            started_at_ms: started,
+            ended_at_ms: started,
+            status: agent_contract::Outcome::Ok,
+            error: None,
+            input: None,
+            cache_hit: None,
+            timings: agent_contract::PhaseTimings::default(),
+            llm_calls: Vec::new(),
+            tool_calls: Vec::new(),
+            attempt: 1,
+            component_sha256: None,
+            output_sha256: None,
+        };
+        store.record_run(&record("r1", 1), 1).expect("record");
+        assert_eq!(store.journal("r1").expect("journal").len(), 1);
+        // keep_runs = 1: r1 is pruned, its journal with it.
+        store.record_run(&record("r2", 2), 1).expect("record");
+        assert!(store.journal("r1").expect("journal").is_empty());
+        store
+            .append_journal("r2", &[entry(0, "tool")])
+            .expect("append");
+        store.delete_runs(&["r2".into()], None).expect("delete");
+        assert!(store.journal("r2").expect("journal").is_empty());
     }
 
     #[test]

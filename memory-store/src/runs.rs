@@ -265,12 +265,6 @@ pub(crate) fn insert(conn: &Connection, r: &RunRecord, keep_runs: u32) -> Result
     )?
     .execute(params![r.agent, i64::from(keep_runs)])?;
     conn.prepare_cached(
-        "DELETE FROM journal WHERE run_id IN (
-             SELECT run_id FROM runs WHERE agent = ?1
-             ORDER BY started_at_ms DESC LIMIT -1 OFFSET ?2)",
-    )?
-    .execute(params![r.agent, i64::from(keep_runs)])?;
-    conn.prepare_cached(
         "DELETE FROM runs WHERE run_id IN (
              SELECT run_id FROM runs WHERE agent = ?1
              ORDER BY started_at_ms DESC LIMIT -1 OFFSET ?2)",
@@ -361,7 +355,6 @@ impl Store {
         for id in run_ids {
             tx.execute("DELETE FROM llm_calls WHERE run_id = ?1", params![id])?;
             tx.execute("DELETE FROM tool_calls WHERE run_id = ?1", params![id])?;
-            tx.execute("DELETE FROM journal WHERE run_id = ?1", params![id])?;
             deleted += tx.execute("DELETE FROM runs WHERE run_id = ?1", params![id])?;
         }
         if let Some(agent) = agent {
@@ -371,10 +364,6 @@ impl Store {
             )?;
             tx.execute(
                 "DELETE FROM tool_calls WHERE run_id IN (SELECT run_id FROM runs WHERE agent = ?1)",
-                params![agent],
-            )?;
-            tx.execute(
-                "DELETE FROM journal WHERE run_id IN (SELECT run_id FROM runs WHERE agent = ?1)",
                 params![agent],
             )?;
             deleted += tx.execute("DELETE FROM runs WHERE agent = ?1", params![agent])?;

@@ -69,6 +69,15 @@ def big(megabytes: int) -> str:
 
 
 @server.tool()
+async def gate(mark: str, gate: str) -> str:
+    """Create the file `mark`, then wait while the file `gate` exists."""
+    open(mark, "w").close()
+    while os.path.exists(gate):
+        await anyio.sleep(0.01)
+    return "passed the gate"
+
+
+@server.tool()
 def record(path: str, line: str) -> str:
     """Append `line` to the file `path`; answer how many lines it has now, so that a
     call made twice answers otherwise the second time."""

@@ -23,8 +23,8 @@
 //!   the first line and the text after it; an error fails with its Debug form
 //! - `steps <n> <server> <path> [<hang at>]`: a multi-step run for the durable tests:
 //!   reads memory key `steps`, then `n` tool calls `record` of `<server>` (each appends a
-//!   line to `path`, at the server), before step `<hang at>` a call `hang` of half a
-//!   second (marking `<path>.hang` when it starts), then a random number and the wall
+//!   line to `path`, at the server), before step `<hang at>` a call `gate` that marks
+//!   `<path>.hang` and waits while `<path>.gate` exists, then a random number and the wall
 //!   clock; answers each step's result, then the random number and the time, and puts
 //!   `steps`
 //! - anything else: echoed back
@@ -326,9 +326,9 @@ fn steps(n: &str, server: &str, path: &str, hang_at: Option<&str>) -> Result<Res
     let mut out = format!("before {before}\n");
     for i in 0..n {
         if hang_at == Some(i) {
-            let arguments = format!(r#"{{"seconds": 0.5, "mark": "{path}.hang"}}"#);
-            agent_sdk::tools::call(server, "hang", &arguments).map_err(|e| {
-                AgentError::Failed(format!("hang: {}", agent_sdk::tool_use::describe_error(&e)))
+            let arguments = format!(r#"{{"mark": "{path}.hang", "gate": "{path}.gate"}}"#);
+            agent_sdk::tools::call(server, "gate", &arguments).map_err(|e| {
+                AgentError::Failed(format!("gate: {}", agent_sdk::tool_use::describe_error(&e)))
             })?;
         }
         let arguments = format!(r#"{{"path": "{path}", "line": "step {i}"}}"#);

@@ -6,7 +6,7 @@ use agent_contract::{Home, LogFormat, Outcome, OutputFormat};
 
 use crate::cli::RunArgs;
 use crate::exit::{Interrupted, UsageError};
-use crate::request::{Request, Stop, StopReason};
+use crate::request::{Finished, Request, Stop, StopReason};
 
 /// Run the agent once and exit with its outcome.
 pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
@@ -38,11 +38,18 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
         attempt: 1,
     };
     let finished = crate::request::execute(home, &request, Stop::Signals, None, None)?;
+    finish(&finished, args.json)
+}
+
+/// After a run from the command line: when agent-exec did not answer itself (it did not
+/// finish), the spawner's report (`json`) or its error; a signal to the spawner becomes its
+/// own exit. The outcome to exit with.
+pub fn finish(finished: &Finished, json: bool) -> anyhow::Result<Outcome> {
     // agent-exec answered on our standard output itself.
     let Some(report) = &finished.spawner_report else {
         return Ok(finished.outcome);
     };
-    if args.json {
+    if json {
         let mut stdout = std::io::stdout().lock();
         serde_json::to_writer(&mut stdout, report)?;
         stdout.write_all(b"\n")?;
@@ -50,7 +57,7 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
     if let Some(StopReason::Signal(sig)) = finished.stopped {
         return Err(Interrupted(sig).into());
     }
-    if !args.json {
+    if !json {
         crate::say!(
             "spawner: {}: {}",
             if finished.answer_lost() {

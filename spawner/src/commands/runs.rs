@@ -8,8 +8,8 @@ use agent_contract::{Home, LogFormat, Manifest, Outcome, OutputFormat};
 use memory_store::{RunFilter, Store};
 
 use crate::cli::{RunsArgs, RunsCommand};
-use crate::exit::{Interrupted, UsageError};
-use crate::request::{Request, Stop, StopReason};
+use crate::exit::UsageError;
+use crate::request::{Request, Stop};
 
 /// List recent runs, newest first; or show one.
 pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
@@ -224,28 +224,13 @@ fn replay(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
     report_again(finished, json)
 }
 
-/// How a resume or a failed replay ended, when agent-exec could not say it itself.
+/// How a resume or a failed replay ended: a replay's captured JSON report, then what
+/// `spawner run` says of a run agent-exec could not finish.
 fn report_again(finished: crate::request::Finished, json: bool) -> anyhow::Result<Outcome> {
     if json && !finished.stdout.is_empty() {
         std::io::stdout().lock().write_all(&finished.stdout)?;
     }
-    let Some(report) = &finished.spawner_report else {
-        return Ok(finished.outcome);
-    };
-    if json {
-        let mut stdout = std::io::stdout().lock();
-        serde_json::to_writer(&mut stdout, report)?;
-        stdout.write_all(b"\n")?;
-    } else {
-        crate::say!(
-            "spawner: error: {}",
-            report.error.as_deref().unwrap_or("the run failed")
-        );
-    }
-    if let Some(StopReason::Signal(sig)) = finished.stopped {
-        return Err(Interrupted(sig).into());
-    }
-    Ok(finished.outcome)
+    super::run::finish(&finished, json)
 }
 
 /// Delete runs with their evidence.
