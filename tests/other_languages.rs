@@ -68,3 +68,66 @@ fn runs_compiled_outside_its_deadline_and_keeps_its_memory(agent: &str) {
         "one record a run, newest first, none for the compile"
     );
 }
+
+/// A compile step killed while it compiles (here by SIGKILL; by its own 600 s limit
+/// alike) ends the run: the agent is not started, nor compiled again inside agent-exec
+/// under the request's limits, and the run is recorded as killed, naming the compile. The
+/// next run compiles anew and answers: the killed compile left no entry to trust.
+#[test]
+fn a_killed_compile_ends_the_run_and_the_next_run_compiles_anew() {
+    let home = TestHome::new();
+    home.install_example("shout-py");
+    let child = home
+        .spawner(&["run", "--json", "shout-py", "hi"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawner");
+    let spawner = child.id();
+    let mut compiler = None;
+    crate::harness::wait_until("agent-compile runs", || {
+        compiler = crate::harness::children_of(spawner)
+            .into_iter()
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "agent-compile")
+            });
+        compiler.is_some()
+    });
+    let compiler = compiler.expect("agent-compile's pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(compiler).expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill agent-compile");
+    let killed = child.wait_with_output().expect("spawner's output");
+    assert_eq!(
+        code(&killed),
+        exit_of(Outcome::Killed),
+        "{}",
+        stderr(&killed)
+    );
+    let r = report(&killed);
+    let error = r["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("the compile step") && error.contains("killed by signal 9"),
+        "{r}"
+    );
+    let store = home.store();
+    let records = store
+        .runs(&memory_store::RunFilter {
+            agent: Some("shout-py".into()),
+            limit: 10,
+        })
+        .expect("runs");
+    assert_eq!(
+        records.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [Outcome::Killed]
+    );
+
+    let next = home.run(&["run", "--json", "shout-py", "again"]);
+    assert_eq!(code(&next), 0, "{}", stderr(&next));
+    let r = report(&next);
+    assert_eq!(r["output"], "AGAIN (run 1)", "the killed run wrote nothing");
+    assert_eq!(r["cache_hit"], false, "the killed compile cached nothing");
+}

@@ -19,7 +19,7 @@ use anyhow::Context;
 use memory_store::{RunRecord, Store};
 use nix::sys::signal::Signal;
 
-use crate::spawn::{Spawn, SpawnPolicy, StderrSink, StopOn, Termination};
+use crate::spawn::{COMPILE_DEADLINE, Spawn, SpawnPolicy, StderrSink, StopOn, Termination};
 
 /// Environment variable naming the agent-exec binary, for installs that keep it elsewhere.
 pub const AGENT_EXEC_ENV: &str = "SPAWNER_AGENT_EXEC";
@@ -212,6 +212,7 @@ pub fn execute(
         Some(_dead) => crate::spawn::run(spawn)?,
         None => crate::spawn::run(spawn)?,
     };
+    let mut failed_compile: Option<(Outcome, String)> = None;
     if exit.termination == Termination::Exited(i32::from(COMPILE_FIRST_EXIT_CODE)) {
         // No compiled entry: compile it with no deadline but the compile's own, then run
         // the request in a fresh agent-exec, which finds the entry (or, if the compile
@@ -232,6 +233,29 @@ pub fn execute(
         exit = match compiled.termination {
             // Stopped while compiling: the run ends so, and is recorded below.
             Termination::Interrupted(_) | Termination::Stopped(_) => compiled,
+            // The compile itself was killed: the run does not start. Another try here
+            // would compile again inside agent-exec, under the request's own limits.
+            Termination::DeadlineKilled | Termination::Signaled(_) => {
+                failed_compile = Some(match compiled.termination {
+                    Termination::Signaled(sig) => (
+                        Outcome::Killed,
+                        format!(
+                            "the compile step ({}) was killed by signal {sig}; agent {:?} did not start: run it again to compile it anew",
+                            compile.program.display(),
+                            manifest.name
+                        ),
+                    ),
+                    _ => (
+                        Outcome::Timeout,
+                        format!(
+                            "compiling agent {:?} took longer than the compile step's {} s limit; it was killed and the agent did not start",
+                            manifest.name,
+                            COMPILE_DEADLINE.as_secs()
+                        ),
+                    ),
+                });
+                compiled
+            }
             _ => {
                 let header = RequestHeader {
                     compile: CompileStep::Done,
@@ -259,40 +283,44 @@ pub fn execute(
         _ => None,
     };
 
-    let (outcome, error) = match termination {
-        Termination::Exited(code) => match Outcome::from_exit_code(code) {
-            Some(outcome) => {
-                return Ok(Finished {
-                    outcome,
-                    stdout,
-                    spawner_report: None,
-                    stopped: None,
-                });
-            }
-            // Not one of ours (a panic exits with 101): agent-exec failed before it could
-            // record the run.
-            None => (
-                Outcome::Internal,
-                format!("agent-exec exited with unexpected code {code}"),
+    let (outcome, error) = if let Some(failed) = failed_compile {
+        failed
+    } else {
+        match termination {
+            Termination::Exited(code) => match Outcome::from_exit_code(code) {
+                Some(outcome) => {
+                    return Ok(Finished {
+                        outcome,
+                        stdout,
+                        spawner_report: None,
+                        stopped: None,
+                    });
+                }
+                // Not one of ours (a panic exits with 101): agent-exec failed before it could
+                // record the run.
+                None => (
+                    Outcome::Internal,
+                    format!("agent-exec exited with unexpected code {code}"),
+                ),
+            },
+            Termination::DeadlineKilled => (
+                Outcome::Timeout,
+                format!(
+                    "agent {:?} was still running {} ms after its {} ms deadline; its process group was killed",
+                    manifest.name,
+                    policy.kill_after.saturating_sub(timeout).as_millis(),
+                    timeout.as_millis()
+                ),
             ),
-        },
-        Termination::DeadlineKilled => (
-            Outcome::Timeout,
-            format!(
-                "agent {:?} was still running {} ms after its {} ms deadline; its process group was killed",
-                manifest.name,
-                policy.kill_after.saturating_sub(timeout).as_millis(),
-                timeout.as_millis()
+            Termination::Signaled(sig) => (
+                Outcome::Killed,
+                format!("agent-exec was killed by signal {sig}"),
             ),
-        ),
-        Termination::Signaled(sig) => (
-            Outcome::Killed,
-            format!("agent-exec was killed by signal {sig}"),
-        ),
-        Termination::Interrupted(_) | Termination::Stopped(_) => (
-            Outcome::Killed,
-            stopped.map_or_else(String::new, StopReason::describe),
-        ),
+            Termination::Interrupted(_) | Termination::Stopped(_) => (
+                Outcome::Killed,
+                stopped.map_or_else(String::new, StopReason::describe),
+            ),
+        }
     };
     // agent-exec did not finish, so it may not have recorded the run: record it here.
     let record = RunRecord {
