@@ -181,3 +181,45 @@ fn agents_checks_each_components_imports_against_what_the_host_provides() {
     assert_eq!(code(&run), exit_of(Outcome::Component), "{}", stderr(&run));
     assert!(stderr(&run).contains("wasi:http"), "{}", stderr(&run));
 }
+
+#[test]
+fn doctor_names_the_programs_a_request_runs_and_a_missing_one() {
+    let home = TestHome::new();
+    let json = |out: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).expect("doctor JSON")
+    };
+    let report = json(&home.run(&["doctor", "--json"]));
+    for program in ["agent-exec", "agent-compile", "gpu-broker"] {
+        assert_eq!(report["programs"][program]["found"], true, "{report}");
+    }
+    // agent-exec alone in a directory: the compile step and the broker are not beside it.
+    let lone = tempfile::tempdir().expect("tempdir");
+    let exec = lone.path().join("agent-exec");
+    std::fs::copy(crate::harness::bin("agent-exec"), &exec).expect("copy agent-exec");
+    let out = home
+        .spawner(&["doctor"])
+        .env("SPAWNER_AGENT_EXEC", &exec)
+        .output()
+        .expect("doctor");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("program  agent-exec: {}", exec.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "program  agent-compile: {} missing: a component not compiled yet cannot run",
+            lone.path().join("agent-compile").display()
+        )),
+        "{text}"
+    );
+    let report = json(
+        &home
+            .spawner(&["doctor", "--json"])
+            .env("SPAWNER_AGENT_EXEC", &exec)
+            .output()
+            .expect("doctor"),
+    );
+    assert_eq!(report["programs"]["gpu-broker"]["found"], false, "{report}");
+}

@@ -24,6 +24,36 @@ pub fn broker_status(home: &Home) -> Value {
     }
 }
 
+/// The programs a request runs, where this spawner finds them, and whether they are there:
+/// agent-exec (every request), agent-compile (a request whose component is not compiled
+/// yet) and gpu-broker (the first inference, LLM or tool call).
+fn programs(home: &Home) -> Value {
+    let found = |path: &std::path::Path, what: &str| {
+        if path.is_file() {
+            json!({"path": path, "found": true})
+        } else {
+            json!({"path": path, "found": false, "detail": format!("missing: {what}; build it with `cargo xtask setup` (or `cargo build --release --workspace`)")})
+        }
+    };
+    match crate::request::agent_exec_path() {
+        Ok(exec) => {
+            let layout = agent_contract::layout::BrokerLayout::resolve(
+                home,
+                exec.parent().unwrap_or(std::path::Path::new(".")),
+            );
+            json!({
+                "agent-exec": found(&exec, "no request can run"),
+                "agent-compile": found(
+                    &agent_contract::envelope::compile_program_beside(&exec),
+                    "a component not compiled yet cannot run",
+                ),
+                "gpu-broker": found(&layout.program, "inference, LLM and tool calls fail"),
+            })
+        }
+        Err(e) => json!({"agent-exec": {"found": false, "detail": format!("{e:#}")}}),
+    }
+}
+
 /// Everything the report shows, as JSON.
 pub fn report(home: &Home) -> anyhow::Result<Value> {
     let agents = crate::commands::agents::list(home)?;
@@ -80,6 +110,7 @@ pub fn report(home: &Home) -> anyhow::Result<Value> {
         "providers": providers,
         "tools": tools,
         "home": home.root(),
+        "programs": programs(home),
         "agents": agents.iter().map(|a| json!({"name": a.name, "status": a.status, "error": a.error})).collect::<Vec<_>>(),
         "daemon": {"status": daemon, "socket": daemon_socket},
         "broker": broker_status(home),
@@ -110,6 +141,21 @@ pub fn execute(home: &Home, args: DoctorArgs) -> anyhow::Result<Outcome> {
             a["name"].as_str().unwrap_or("?"),
             a["error"].as_str().unwrap_or("")
         )?;
+    }
+    for (name, p) in report["programs"].as_object().into_iter().flatten() {
+        match p["found"].as_bool() {
+            Some(true) => writeln!(
+                out,
+                "program  {name}: {}",
+                p["path"].as_str().unwrap_or("?")
+            )?,
+            _ => writeln!(
+                out,
+                "program  {name}: {} {}",
+                p["path"].as_str().unwrap_or(""),
+                p["detail"].as_str().unwrap_or("")
+            )?,
+        }
     }
     writeln!(
         out,
