@@ -191,6 +191,7 @@ pub fn compile(
     write_entry(entry, &serialized, &trailer).map_err(write_err)?;
     let sha256_hex = trailer.sha256_hex;
     drop(lock);
+    remove_stale_entries(dir);
     // The compiler engine's component cannot be instantiated in the request's engine:
     // load the entry just written, as a hit would.
     let component = deserialize(engine, entry)
@@ -495,6 +496,48 @@ fn lock_path(entry: &Path) -> PathBuf {
     PathBuf::from(lock)
 }
 
+/// Remove from the cache directory `dir` what no engine of this build can use: entries
+/// (and their locks) of another engine fingerprint, left by an earlier configuration, and
+/// temporary files of compiles whose process is gone (killed while writing). Best effort:
+/// a file that cannot be removed is left for the next compile.
+#[cfg_attr(not(feature = "compiler"), allow(dead_code))]
+fn remove_stale_entries(dir: &Path) {
+    let current = [
+        crate::engine::fingerprint(false),
+        crate::engine::fingerprint(true),
+    ];
+    let Ok(files) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for file in files.flatten() {
+        let name = file.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let stale = if let Some(tmp) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) {
+            // `.<entry>.<pid>.tmp`: stale once no process has that pid.
+            tmp.rsplit_once('.')
+                .and_then(|(_, pid)| pid.parse::<i32>().ok())
+                .is_some_and(|pid| {
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                        == Err(nix::errno::Errno::ESRCH)
+                })
+        } else {
+            // `<path key>-<fingerprint>.cwasm[.lock]`, the key 16 hex digits.
+            name.strip_suffix(".lock")
+                .unwrap_or(name)
+                .strip_suffix(".cwasm")
+                .and_then(|n| n.split_once('-'))
+                .is_some_and(|(key, fingerprint)| {
+                    key.len() == 16
+                        && key.bytes().all(|b| b.is_ascii_hexdigit())
+                        && !current.iter().any(|c| c == fingerprint)
+                })
+        };
+        if stale {
+            let _ = std::fs::remove_file(file.path());
+        }
+    }
+}
+
 /// Write `body` plus its trailer to `entry`, sealed, atomically (temp file, then rename).
 fn write_entry(entry: &Path, body: &[u8], trailer: &Trailer) -> std::io::Result<()> {
     let dir = entry.parent().unwrap_or(Path::new("."));
@@ -543,6 +586,43 @@ mod tests {
     use super::*;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn stale_entries_and_leftovers_of_dead_compiles_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let current = crate::engine::fingerprint(false);
+        let fuel = crate::engine::fingerprint(true);
+        let gone = {
+            let mut child = std::process::Command::new("true").spawn().expect("true");
+            let pid = child.id();
+            child.wait().expect("wait");
+            pid
+        };
+        let me = std::process::id();
+        let keep = [
+            format!("0123456789abcdef-{current}.cwasm"),
+            format!("0123456789abcdef-{current}.cwasm.lock"),
+            format!("fedcba9876543210-{fuel}.cwasm"),
+            format!(".0123456789abcdef-{current}.cwasm.{me}.tmp"),
+            "notes.txt".to_owned(),
+            "short-c0-x86_64.cwasm".to_owned(),
+        ];
+        let remove = [
+            "0123456789abcdef-c0-x86_64.cwasm".to_owned(),
+            "0123456789abcdef-c0-x86_64.cwasm.lock".to_owned(),
+            format!(".0123456789abcdef-{current}.cwasm.{gone}.tmp"),
+        ];
+        for name in keep.iter().chain(&remove) {
+            std::fs::write(dir.path().join(name), b"x").expect("write");
+        }
+        remove_stale_entries(dir.path());
+        for name in &keep {
+            assert!(dir.path().join(name).exists(), "{name} was removed");
+        }
+        for name in &remove {
+            assert!(!dir.path().join(name).exists(), "{name} was left");
+        }
+    }
 
     fn trailer(body: &[u8]) -> Trailer {
         Trailer {
