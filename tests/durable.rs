@@ -61,6 +61,18 @@ fn a_finished_durable_run_replays_the_same_from_its_journal_alone() {
         "{answer}"
     );
     assert_eq!(lines(&file).len(), 3);
+    // Each call carried its step's idempotency key, `<run id>:<seq>`, one per step.
+    let keys = lines(&PathBuf::from(format!("{}.keys", file.display())));
+    let seqs: Vec<u32> = keys
+        .iter()
+        .map(|k| {
+            k.strip_prefix(&format!("{run_id}:"))
+                .and_then(|seq| seq.parse().ok())
+                .unwrap_or_else(|| panic!("not a key of run {run_id}: {k:?}"))
+        })
+        .collect();
+    assert_eq!(seqs.len(), 3, "{keys:?}");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
     // The component, the memory read, three tool calls and a clock read.
     assert_eq!(journal_count(&home, &run_id, "component"), 1);
     assert_eq!(journal_count(&home, &run_id, "memory"), 1);
@@ -169,7 +181,10 @@ fn a_run_killed_at_any_step_resumes_without_redoing_its_journaled_steps() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawner starts");
-        wait_until("the run waits at its gate", || mark.exists());
+        wait_until("the run waits at its gate", || {
+            std::fs::read_to_string(&mark).is_ok_and(|key| !key.is_empty())
+        });
+        let gate_key = std::fs::read_to_string(&mark).expect("the gate call's key");
         for pid in children_of(spawner.id()) {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
@@ -189,6 +204,13 @@ fn a_run_killed_at_any_step_resumes_without_redoing_its_journaled_steps() {
         assert_eq!(code(&resumed), 0, "trial {trial}: {}", stderr(&resumed));
         let answer = stdout(&resumed);
         let after = lines(&file);
+        // The gate call, cut short by the kill, was made again with the same key.
+        assert!(gate_key.starts_with(&format!("{run_id}:")), "{gate_key:?}");
+        assert_eq!(
+            std::fs::read_to_string(&mark).expect("the gate call's key, again"),
+            gate_key,
+            "trial {trial}: the call made again carries its first attempt's key"
+        );
         // Every step ran once: those journaled before the kill were not made again.
         for step in 0..STEPS {
             let times = after

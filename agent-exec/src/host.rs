@@ -603,8 +603,12 @@ impl tools::Host for AgentHost {
             Begun::Untracked => None,
             Begun::Made(made) => Some(made),
         };
+        // The step's key: a resume that makes this call again sends the same one.
+        let key = made
+            .as_ref()
+            .map(|m| format!("{}:{}", self.run_id, m.seq()));
         let (answer, evidence) = self.with_tools(|broker, policy| {
-            crate::tools::call(broker, policy, server, tool, arguments)
+            crate::tools::call(broker, policy, server, tool, arguments, key)
         });
         self.tool_calls.push(evidence);
         self.note_unavailable(answer.as_ref().err());

@@ -85,6 +85,13 @@ pub struct Call {
     at_ms: u64,
 }
 
+impl Call {
+    /// The step's sequence number in its run's journal.
+    pub fn seq(&self) -> u32 {
+        self.seq
+    }
+}
+
 impl Journal {
     /// A run's journal: `recorded` holds what earlier attempts journaled (empty for a new
     /// run).

@@ -139,6 +139,7 @@ pub fn call(
     server: String,
     tool: String,
     arguments: String,
+    idempotency_key: Option<String>,
 ) -> (Result<wit::ToolResult, wit::ToolError>, ToolCall) {
     let started = Instant::now();
     let mut evidence = ToolCall {
@@ -179,6 +180,7 @@ pub fn call(
                     server,
                     tool,
                     arguments,
+                    idempotency_key,
                     timeout_ms: policy.timeout_ms(),
                 };
                 broker.call(&request).map_err(to_wit_error)

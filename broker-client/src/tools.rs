@@ -5,6 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The `_meta` key a tool call's idempotency key is sent under (a prefixed name, as MCP
+/// asks of keys that are not its own).
+pub const IDEMPOTENCY_KEY: &str = "spawner/idempotency-key";
+
 /// A request to the broker's tool servers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -25,6 +29,11 @@ pub enum ToolRequest {
         tool: String,
         /// Its arguments: a JSON object, as text.
         arguments: String,
+        /// The same for every attempt at this one effect (a durable run's `<run id>:<step>`),
+        /// so that a server that takes one can tell a call made again after a crash: sent
+        /// to it as `_meta."spawner/idempotency-key"`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
         /// Give up after this many milliseconds (the caller's own deadline); the server's
         /// own `timeout_s` applies as well, whichever is shorter.
         #[serde(default, skip_serializing_if = "Option::is_none")]

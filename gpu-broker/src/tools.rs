@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_contract::tools::{ToolServer, ToolServers};
-use broker_client::tools::{ToolInfo, ToolList, ToolOutput, ToolRequest};
+use broker_client::tools::{IDEMPOTENCY_KEY, ToolInfo, ToolList, ToolOutput, ToolRequest};
 use broker_client::wire::ErrorCode;
 use rmcp::model::{CallToolRequestParams, ContentBlock, Tool};
 use rmcp::service::RunningService;
@@ -165,12 +165,17 @@ impl Tools {
                 server,
                 tool,
                 arguments,
+                idempotency_key,
                 timeout_ms,
             } => {
                 let deadline = timeout_ms.map(|ms| started + Duration::from_millis(ms));
                 let inner = self.inner.clone();
                 let output = self.on_runtime(
-                    async move { inner.call(&server, &tool, &arguments, deadline).await },
+                    async move {
+                        inner
+                            .call(&server, &tool, &arguments, idempotency_key, deadline)
+                            .await
+                    },
                     gone,
                 )?;
                 serde_json::to_string(&output)
@@ -342,6 +347,7 @@ impl Inner {
         server: &str,
         tool: &str,
         arguments: &str,
+        idempotency_key: Option<String>,
         deadline: Option<Instant>,
     ) -> Result<ToolOutput, Failure> {
         let config = self.config(server)?;
@@ -411,7 +417,12 @@ impl Inner {
         let own_end = Instant::now() + config.call_timeout();
         let end = deadline.map_or(own_end, |d| d.min(own_end));
         let limit = end.saturating_duration_since(Instant::now());
-        let params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
+        let mut params = CallToolRequestParams::new(tool.to_owned()).with_arguments(arguments);
+        if let Some(key) = idempotency_key {
+            let mut meta = rmcp::model::RequestMetaObject::new();
+            meta.insert(IDEMPOTENCY_KEY.to_owned(), key.into());
+            params.meta = Some(meta);
+        }
         let oversized = session.oversized.notified();
         let answer = tokio::select! {
             answer = tokio::time::timeout(limit, session.service.call_tool(params)) => answer,

@@ -10,12 +10,20 @@ import sys
 import time
 
 import anyio
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 if os.environ.get("FAULTY_SLOW_START"):
     time.sleep(float(os.environ["FAULTY_SLOW_START"]))
 
 server = MCPServer("faulty")
+
+# Where a durable run's call carries its idempotency key (broker_client::tools).
+IDEMPOTENCY_KEY = "spawner/idempotency-key"
+
+
+def idempotency_key(ctx: Context) -> str:
+    """The call's idempotency key, or "" when it came without one."""
+    return (ctx.request_context.meta or {}).get(IDEMPOTENCY_KEY, "")
 calls = 0
 
 
@@ -69,20 +77,25 @@ def big(megabytes: int) -> str:
 
 
 @server.tool()
-async def gate(mark: str, gate: str) -> str:
-    """Create the file `mark`, then wait while the file `gate` exists."""
-    open(mark, "w").close()
+async def gate(mark: str, gate: str, ctx: Context) -> str:
+    """Write the call's idempotency key to the file `mark`, then wait while the file
+    `gate` exists."""
+    with open(mark, "w") as f:
+        f.write(idempotency_key(ctx))
     while os.path.exists(gate):
         await anyio.sleep(0.01)
     return "passed the gate"
 
 
 @server.tool()
-def record(path: str, line: str) -> str:
-    """Append `line` to the file `path`; answer how many lines it has now, so that a
-    call made twice answers otherwise the second time."""
+def record(path: str, line: str, ctx: Context) -> str:
+    """Append `line` to the file `path` (and the call's idempotency key to `path`.keys);
+    answer how many lines it has now, so that a call made twice answers otherwise the
+    second time."""
     with open(path, "a") as f:
         f.write(line + "\n")
+    with open(path + ".keys", "a") as f:
+        f.write(idempotency_key(ctx) + "\n")
     with open(path) as f:
         count = sum(1 for _ in f)
     return f"recorded {line} as line {count}"
