@@ -193,8 +193,10 @@ fn doctor_names_the_programs_a_request_runs_and_a_missing_one() {
         assert_eq!(report["programs"][program]["found"], true, "{report}");
     }
     // agent-exec alone in a directory: the compile step and the broker are not beside it.
-    let lone = tempfile::tempdir().expect("tempdir");
-    let exec = lone.path().join("agent-exec");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let lone = scratch.path().join("программы-🦀-e\u{301}");
+    std::fs::create_dir(&lone).expect("mkdir");
+    let exec = lone.join("agent-exec");
     std::fs::copy(crate::harness::bin("agent-exec"), &exec).expect("copy agent-exec");
     let out = home
         .spawner(&["doctor"])
@@ -210,7 +212,7 @@ fn doctor_names_the_programs_a_request_runs_and_a_missing_one() {
     assert!(
         text.contains(&format!(
             "program  agent-compile: {} missing: a component not compiled yet cannot run",
-            lone.path().join("agent-compile").display()
+            lone.join("agent-compile").display()
         )),
         "{text}"
     );

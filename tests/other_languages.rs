@@ -78,7 +78,7 @@ fn a_killed_compile_ends_the_run_and_the_next_run_compiles_anew() {
     let home = TestHome::new();
     home.install_example("shout-py");
     let child = home
-        .spawner(&["run", "--json", "shout-py", "hi"])
+        .spawner(&["run", "--json", "shout-py", "hi, wörld 🦀"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -125,9 +125,13 @@ fn a_killed_compile_ends_the_run_and_the_next_run_compiles_anew() {
         [Outcome::Killed]
     );
 
-    let next = home.run(&["run", "--json", "shout-py", "again"]);
+    // Any script, an emoji and a combining mark (e and U+0301).
+    let next = home.run(&["run", "--json", "shout-py", "again, мир 🦀 e\u{301}"]);
     assert_eq!(code(&next), 0, "{}", stderr(&next));
     let r = report(&next);
-    assert_eq!(r["output"], "AGAIN (run 1)", "the killed run wrote nothing");
+    assert_eq!(
+        r["output"], "AGAIN, МИР 🦀 E\u{301} (run 1)",
+        "the killed run wrote nothing"
+    );
     assert_eq!(r["cache_hit"], false, "the killed compile cached nothing");
 }

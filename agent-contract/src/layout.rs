@@ -46,4 +46,10 @@ impl BrokerLayout {
             ort_library: from_env(ORT_LIBRARY_ENV).map(absolute),
         }
     }
+
+    /// [`BrokerLayout::resolve`] with the programs beside the agent-exec executable at
+    /// `agent_exec`: where the spawner, its doctor and agent-exec itself look.
+    pub fn beside(home: &Home, agent_exec: &Path) -> BrokerLayout {
+        BrokerLayout::resolve(home, agent_exec.parent().unwrap_or(Path::new(".")))
+    }
 }

@@ -122,9 +122,23 @@ pub enum CacheError {
 pub fn entry_path(cache_dir: &Path, component: &Path, fuel: bool) -> PathBuf {
     use sha2::{Digest, Sha256};
     let key = Sha256::digest(component.as_os_str().as_encoded_bytes());
-    let key: String = key[..8].iter().map(|b| format!("{b:02x}")).collect();
-    cache_dir.join(format!("{key}-{}.cwasm", crate::engine::fingerprint(fuel)))
+    let key = agent_contract::manifest::to_hex(&key[..PATH_KEY_LEN / 2]);
+    cache_dir.join(format!(
+        "{key}-{}{ENTRY_SUFFIX}",
+        crate::engine::fingerprint(fuel)
+    ))
 }
+
+/// An entry's name: `<path key>-<engine fingerprint>` and this suffix.
+const ENTRY_SUFFIX: &str = ".cwasm";
+/// The path key's length, in hex digits (the first 8 bytes of the path's SHA-256).
+const PATH_KEY_LEN: usize = 16;
+/// What an entry's name takes to name its lock file.
+#[cfg_attr(not(feature = "compiler"), allow(dead_code))]
+const LOCK_SUFFIX: &str = ".lock";
+/// What an entry's temporary file is named, besides the entry's name and the writer's pid:
+/// `.<entry>.<pid>.tmp`.
+const TEMP_SUFFIX: &str = ".tmp";
 
 /// The manifest's component from its entry at `entry`, loaded into `engine` (a request
 /// engine, without a compiler); [`CacheError::Missing`] when there is no entry to trust.
@@ -492,7 +506,7 @@ fn deserialize(engine: &Engine, path: &Path) -> Result<Component, String> {
 #[cfg(feature = "compiler")]
 fn lock_path(entry: &Path) -> PathBuf {
     let mut lock = entry.as_os_str().to_owned();
-    lock.push(".lock");
+    lock.push(LOCK_SUFFIX);
     PathBuf::from(lock)
 }
 
@@ -512,8 +526,11 @@ fn remove_stale_entries(dir: &Path) {
     for file in files.flatten() {
         let name = file.file_name();
         let Some(name) = name.to_str() else { continue };
-        let stale = if let Some(tmp) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) {
-            // `.<entry>.<pid>.tmp`: stale once no process has that pid.
+        let stale = if let Some(tmp) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(TEMP_SUFFIX))
+        {
+            // A temporary file: stale once no process has its writer's pid.
             tmp.rsplit_once('.')
                 .and_then(|(_, pid)| pid.parse::<i32>().ok())
                 .is_some_and(|pid| {
@@ -521,13 +538,13 @@ fn remove_stale_entries(dir: &Path) {
                         == Err(nix::errno::Errno::ESRCH)
                 })
         } else {
-            // `<path key>-<fingerprint>.cwasm[.lock]`, the key 16 hex digits.
-            name.strip_suffix(".lock")
+            // An entry or its lock: stale when of another fingerprint.
+            name.strip_suffix(LOCK_SUFFIX)
                 .unwrap_or(name)
-                .strip_suffix(".cwasm")
+                .strip_suffix(ENTRY_SUFFIX)
                 .and_then(|n| n.split_once('-'))
                 .is_some_and(|(key, fingerprint)| {
-                    key.len() == 16
+                    key.len() == PATH_KEY_LEN
                         && key.bytes().all(|b| b.is_ascii_hexdigit())
                         && !current.iter().any(|c| c == fingerprint)
                 })
@@ -543,7 +560,7 @@ fn write_entry(entry: &Path, body: &[u8], trailer: &Trailer) -> std::io::Result<
     let dir = entry.parent().unwrap_or(Path::new("."));
     agent_contract::home::create_private_dir_all(dir)?;
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}{TEMP_SUFFIX}",
         entry
             .file_name()
             .and_then(|n| n.to_str())

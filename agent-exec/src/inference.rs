@@ -28,11 +28,7 @@ impl Broker {
     /// it: `$SPAWNER_GPU_BROKER`, else `gpu-broker` beside this executable.
     pub fn new(home: Home, layout: Option<BrokerLayout>) -> Broker {
         let layout = layout.unwrap_or_else(|| {
-            let programs = std::env::current_exe()
-                .ok()
-                .and_then(|e| e.parent().map(std::path::Path::to_path_buf))
-                .unwrap_or_default();
-            BrokerLayout::resolve(&home, &programs)
+            BrokerLayout::beside(&home, &std::env::current_exe().unwrap_or_default())
         });
         Broker {
             layout,

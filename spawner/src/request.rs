@@ -173,10 +173,7 @@ pub fn execute(
         stream_llm: request.stream_llm,
         journal: request.journal,
         attempt: request.attempt,
-        broker: Some(BrokerLayout::resolve(
-            home,
-            policy.program.parent().unwrap_or(std::path::Path::new(".")),
-        )),
+        broker: Some(BrokerLayout::beside(home, &policy.program)),
     };
     let mut envelope = Vec::with_capacity(request.input.len() + 512);
     write_envelope(&mut envelope, &header, &request.input).context("cannot build the request")?;
@@ -235,25 +232,26 @@ pub fn execute(
             Termination::Interrupted(_) | Termination::Stopped(_) => compiled,
             // The compile itself was killed: the run does not start. Another try here
             // would compile again inside agent-exec, under the request's own limits.
-            Termination::DeadlineKilled | Termination::Signaled(_) => {
-                failed_compile = Some(match compiled.termination {
-                    Termination::Signaled(sig) => (
-                        Outcome::Killed,
-                        format!(
-                            "the compile step ({}) was killed by signal {sig}; agent {:?} did not start: run it again to compile it anew",
-                            compile.program.display(),
-                            manifest.name
-                        ),
+            Termination::Signaled(sig) => {
+                failed_compile = Some((
+                    Outcome::Killed,
+                    format!(
+                        "the compile step ({}) was killed by signal {sig}; agent {:?} did not start: run it again to compile it anew",
+                        compile.program.display(),
+                        manifest.name
                     ),
-                    _ => (
-                        Outcome::Timeout,
-                        format!(
-                            "compiling agent {:?} took longer than the compile step's {} s limit; it was killed and the agent did not start",
-                            manifest.name,
-                            COMPILE_DEADLINE.as_secs()
-                        ),
+                ));
+                compiled
+            }
+            Termination::DeadlineKilled => {
+                failed_compile = Some((
+                    Outcome::Timeout,
+                    format!(
+                        "compiling agent {:?} took longer than the compile step's {} s limit; it was killed and the agent did not start",
+                        manifest.name,
+                        COMPILE_DEADLINE.as_secs()
                     ),
-                });
+                ));
                 compiled
             }
             _ => {

@@ -24,6 +24,8 @@ IDEMPOTENCY_KEY = "spawner/idempotency-key"
 def idempotency_key(ctx: Context) -> str:
     """The call's idempotency key, or "" when it came without one."""
     return (ctx.request_context.meta or {}).get(IDEMPOTENCY_KEY, "")
+
+
 calls = 0
 
 

@@ -37,10 +37,7 @@ fn programs(home: &Home) -> Value {
     };
     match crate::request::agent_exec_path() {
         Ok(exec) => {
-            let layout = agent_contract::layout::BrokerLayout::resolve(
-                home,
-                exec.parent().unwrap_or(std::path::Path::new(".")),
-            );
+            let layout = agent_contract::layout::BrokerLayout::beside(home, &exec);
             json!({
                 "agent-exec": found(&exec, "no request can run"),
                 "agent-compile": found(
