@@ -30,6 +30,22 @@ fn durable_home() -> TestHome {
     home
 }
 
+/// A home with the faulty server and the testing agent as `steps`, durable, retried twice.
+fn retrying_home() -> TestHome {
+    let home = TestHome::new();
+    std::fs::write(
+        home.path().join("tools.toml"),
+        crate::tools::faulty("faulty", &[], "timeout_s = 60"),
+    )
+    .expect("tools.toml");
+    home.install_testing(
+        "steps",
+        "[limits]\ntimeout_ms = 60000\n\n[tools]\nservers = [\"faulty\"]\n\n[durable]\njournal = true\nretries = 2\nretry_backoff_ms = 10\n",
+    );
+    home.precompile("steps");
+    home
+}
+
 /// The lines of a file the server appended to (none when it does not exist yet).
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -162,9 +178,82 @@ fn a_finished_durable_run_replays_the_same_from_its_journal_alone() {
 const STEPS: usize = 5;
 
 #[test]
+fn a_failed_attempt_is_retried_from_its_journal_as_the_manifest_says() {
+    let home = retrying_home();
+    // The server crashes in the middle of step 1 once: the attempt fails (the server
+    // unavailable), the retry serves step 0 from the journal and makes step 1 again.
+    let file = home.path().join("calls-한국어-🦀.txt");
+    let crash = PathBuf::from(format!("{}.crash", file.display()));
+    std::fs::write(&crash, "step 1").expect("crash mark");
+    let input = format!("steps 3 faulty {}", file.display());
+    let out = home.run(&["run", "steps", "--json", &input]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!crash.exists(), "the server crashed once");
+    // One report, of the attempt that answered.
+    let answered = report(&out);
+    let run_id = answered["run_id"].as_str().expect("run id").to_owned();
+    assert_eq!(answered["status"], "ok");
+    assert!(
+        stderr(&out).contains(&format!(
+            "run {run_id} attempt 1 ended agent_error; retry 1 of 2 in 10 ms"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("retry 2 of 2"), "{}", stderr(&out));
+    assert_eq!(
+        lines(&file),
+        ["step 0", "step 1", "step 2"],
+        "the journaled step was not made again"
+    );
+    let record = home.store().run(&run_id).expect("run").expect("recorded");
+    assert_eq!((record.status, record.attempt), (Outcome::Ok, 2));
+    assert_eq!(journal_count(&home, &run_id, "tool"), 3);
+    let shown = home.run(&["runs", "show", &run_id]);
+    assert!(
+        stdout(&shown).contains("attempt 2 (resumed or retried)"),
+        "{}",
+        stdout(&shown)
+    );
+
+    // A failure that does not pass: the retries run out, the last attempt is the answer.
+    let file = home.path().join("calls-always.txt");
+    std::fs::write(format!("{}.crash", file.display()), "always step 1").expect("mark");
+    let input = format!("steps 3 faulty {}", file.display());
+    let out = home.run(&["run", "steps", "--json", &input]);
+    assert_eq!(code(&out), exit_of(Outcome::AgentError), "{}", stderr(&out));
+    let failed = report(&out);
+    let run_id = failed["run_id"].as_str().expect("run id").to_owned();
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("step 1")),
+        "{failed}"
+    );
+    for n in 1..=2 {
+        assert!(
+            stderr(&out).contains(&format!(
+                "attempt {n} ended agent_error; retry {n} of 2 in {} ms",
+                10 << (n - 1)
+            )),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(
+        lines(&file),
+        ["step 0"],
+        "step 0 ran once in three attempts"
+    );
+    let record = home.store().run(&run_id).expect("run").expect("recorded");
+    assert_eq!((record.status, record.attempt), (Outcome::AgentError, 3));
+    crate::tools::stop_and_count_leftovers(&home);
+}
+
+#[test]
 fn a_run_killed_at_any_step_resumes_without_redoing_its_journaled_steps() {
     let home = durable_home();
-    let trials = 20;
+    let trials = 200;
     for trial in 0..trials {
         // Any script in the tool's arguments and results: the journal keeps them as sent.
         let file = home.path().join(format!("calls-{trial}-日本語-é́-🦀.txt"));

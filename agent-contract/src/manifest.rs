@@ -47,6 +47,9 @@
 //!                                 # can be resumed (`spawner runs resume`) and any run
 //!                                 # replayed; the journal keeps the calls' results (and
 //!                                 # the input) as long as the run's record
+//! retries = 0                     # a failed attempt is resumed up to this many times
+//! retry_backoff_ms = 200          # before the first retry; doubled before each next,
+//!                                 # up to a minute
 //!
 //! [config]                        # strings, numbers and booleans, read by the agent
 //! greeting = "hello"
@@ -70,6 +73,12 @@ pub const DEFAULT_MEMORY_MB: u64 = 64;
 pub const MAX_MEMORY_MB: u64 = 4096;
 /// Default number of run records kept per agent.
 pub const DEFAULT_KEEP_RUNS: u32 = 1000;
+/// The most retries `[durable] retries` may ask for.
+pub const MAX_RETRIES: u64 = 10;
+/// The default wait before a durable run's first retry.
+pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 200;
+/// The longest wait `[durable] retry_backoff_ms` may ask for.
+pub const MAX_RETRY_BACKOFF_MS: u64 = 60_000;
 
 /// An `agent.toml` as written, before validation. Spans point back into the file.
 #[derive(Debug, Deserialize)]
@@ -95,7 +104,7 @@ pub struct RawManifest {
     #[serde(default)]
     placement: Placement,
     #[serde(default)]
-    durable: Durable,
+    durable: RawDurable,
     #[serde(default)]
     config: BTreeMap<String, Spanned<toml::Value>>,
 }
@@ -143,6 +152,15 @@ struct RawTools {
     allow: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     retain: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDurable {
+    #[serde(default)]
+    journal: bool,
+    retries: Option<Spanned<u64>>,
+    retry_backoff_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -202,9 +220,8 @@ pub struct Placement {
     pub requires_gpu: bool,
 }
 
-/// `[durable]`: whether an agent's runs can be resumed and replayed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[durable]`: whether an agent's runs can be resumed and replayed, and retried.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Durable {
     /// Journal every host call whose result comes from outside the component (chats, tool
     /// calls, inference, memory reads, clocks) before the guest gets it, and keep the
@@ -212,8 +229,22 @@ pub struct Durable {
     /// any run replayed. The agent's clocks and random numbers come from the host (the
     /// random ones seeded from the run id), so that a re-run sees the same. Off: none of
     /// that, and no cost.
-    #[serde(default)]
     pub journal: bool,
+    /// How many times a failed attempt is resumed at once, by whoever ran it (the command
+    /// line, the daemon, a hook), when it failed for a reason that may pass; 0: never.
+    pub retries: u32,
+    /// The wait before the first retry; each next one waits twice as long.
+    pub retry_backoff: Duration,
+}
+
+impl Durable {
+    /// The wait before retry `retry` (1 for the first): the backoff, doubled for each
+    /// retry before it, up to [`MAX_RETRY_BACKOFF_MS`].
+    pub fn backoff(&self, retry: u32) -> Duration {
+        self.retry_backoff
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
+            .min(Duration::from_millis(MAX_RETRY_BACKOFF_MS))
+    }
 }
 
 /// A validated agent manifest.
@@ -534,6 +565,35 @@ impl RawManifest {
             "limits.memory_mb",
             invalid,
         )?;
+        let durable = self.durable;
+        if let Some(retries) = &durable.retries
+            && *retries.get_ref() > 0
+            && !durable.journal
+        {
+            return Err(invalid(
+                retries.span(),
+                "durable.retries needs `journal = true` in [durable]: a retry resumes the run from its journal"
+                    .into(),
+            ));
+        }
+        let durable = Durable {
+            journal: durable.journal,
+            retries: u32::try_from(bounded(
+                durable.retries,
+                0,
+                0..=MAX_RETRIES,
+                "durable.retries",
+                invalid,
+            )?)
+            .unwrap_or(0),
+            retry_backoff: Duration::from_millis(bounded(
+                durable.retry_backoff_ms,
+                DEFAULT_RETRY_BACKOFF_MS,
+                0..=MAX_RETRY_BACKOFF_MS,
+                "durable.retry_backoff_ms",
+                invalid,
+            )?),
+        };
         let fuel = match self.limits.fuel {
             Some(f) if *f.get_ref() == 0 => {
                 return Err(invalid(f.span(), "limits.fuel must be at least 1".into()));
@@ -704,7 +764,7 @@ impl RawManifest {
             },
             preopens,
             placement: self.placement,
-            durable: self.durable,
+            durable,
             config,
         })
     }
@@ -823,6 +883,41 @@ mod tests {
         assert_eq!(m.limits.memory_bytes, DEFAULT_MEMORY_MB << 20);
         assert_eq!(m.memory.namespace, "echo");
         assert!(m.preopens.is_empty() && m.config.is_empty() && m.sha256.is_none());
+    }
+
+    #[test]
+    fn retries_need_a_journal_and_back_off_doubling() {
+        let m = parse(&format!(
+            "{MINIMAL}[durable]\njournal = true\nretries = 3\nretry_backoff_ms = 50\n"
+        ))
+        .expect("valid");
+        assert_eq!(m.durable.retries, 3);
+        let waits: Vec<u128> = (1..=3).map(|r| m.durable.backoff(r).as_millis()).collect();
+        assert_eq!(waits, [50, 100, 200]);
+        let slow = parse(&format!(
+            "{MINIMAL}[durable]\njournal = true\nretries = 10\nretry_backoff_ms = 40000\n"
+        ))
+        .expect("valid");
+        assert_eq!(slow.durable.backoff(2), Duration::from_secs(60), "capped");
+        assert_eq!(
+            parse(MINIMAL).expect("valid").durable.retries,
+            0,
+            "no retries unless asked"
+        );
+        let (line, _, message) =
+            position(parse(&format!("{MINIMAL}[durable]\nretries = 2\n")).expect_err("no journal"));
+        assert_eq!(line, 5);
+        assert!(message.contains("needs `journal = true`"), "{message}");
+        let (_, _, message) = position(
+            parse(&format!(
+                "{MINIMAL}[durable]\njournal = true\nretries = 11\n"
+            ))
+            .expect_err("too many"),
+        );
+        assert!(
+            message.contains("durable.retries = 11 is out of range"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -61,6 +61,22 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Whether a run that ended so may end otherwise when run on (a durable run's retry):
+    /// a failure in the agent, its host calls or the runtime; not a refusal, a bad
+    /// request or agent, a limit the agent will hit again, or a divergence.
+    pub fn may_pass(self) -> bool {
+        matches!(
+            self,
+            Outcome::Internal
+                | Outcome::AgentError
+                | Outcome::Trap
+                | Outcome::Timeout
+                | Outcome::Store
+                | Outcome::BrokerUnavailable
+                | Outcome::Killed
+        )
+    }
+
     /// Every outcome, in exit-code order.
     pub const ALL: [Outcome; 16] = [
         Outcome::Ok,

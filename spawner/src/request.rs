@@ -116,10 +116,12 @@ impl Finished {
     }
 
     /// The run's report: agent-exec's own (the captured JSON answer of a request made
-    /// with [`OutputFormat::Json`] and `capture_stdout`), or the spawner's.
+    /// with [`OutputFormat::Json`] and `capture_stdout`) when it wrote one whole (it
+    /// writes it after recording the run, so it stands even when agent-exec was killed
+    /// then), else the spawner's.
     pub fn into_report(self) -> anyhow::Result<RunReport> {
         if let Some(report) = self.spawner_report {
-            return Ok(report);
+            return Ok(serde_json::from_slice(&self.stdout).unwrap_or(report));
         }
         serde_json::from_slice(&self.stdout).with_context(|| {
             format!(
@@ -135,14 +137,162 @@ impl Finished {
 /// is asked for a fresh agent-exec already started (`--prepare`) to take the request
 /// instead of a new one, once the request is known to be runnable (a bad one does not use
 /// up a spare); a spare must have been started with the same output settings.
+///
+/// A durable agent whose manifest asks for retries (`[durable] retries`) is resumed here
+/// after an attempt that failed for a reason that may pass ([`Outcome::may_pass`]), each
+/// retry a fresh agent-exec with the whole deadline, served the steps its journal holds,
+/// after a backoff that doubles; a stop ends the retries. The last attempt is what is
+/// returned.
 pub fn execute(
     home: &Home,
     request: &Request,
     stop: Stop<'_>,
-    on_stderr: Option<StderrSink<'_>>,
+    mut on_stderr: Option<StderrSink<'_>>,
     spare: Option<&dyn Fn() -> Option<crate::spawn::Started>>,
 ) -> anyhow::Result<Finished> {
     let manifest = Manifest::load(&home.agent_manifest(&request.agent)?)?;
+    let mut finished = attempt(
+        home,
+        request,
+        &manifest,
+        stop,
+        // Shortens the callback's lifetime to the attempt's.
+        on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
+        spare,
+    )?;
+    let durable = &manifest.durable;
+    let mut retry = request.clone();
+    for n in 1..=durable.retries {
+        if finished.stopped.is_some()
+            || !finished.outcome.may_pass()
+            || request.journal == JournalMode::Replay
+        {
+            break;
+        }
+        let wait = durable.backoff(n);
+        say_to(
+            &mut on_stderr,
+            request.log_format,
+            &format!(
+                "run {} attempt {} ended {}; retry {n} of {} in {} ms",
+                request.run_id,
+                retry.attempt,
+                finished.outcome,
+                durable.retries,
+                wait.as_millis()
+            ),
+        );
+        if let Some(reason) = wait_unless_stopped(stop, wait)? {
+            finished.stopped = Some(reason);
+            break;
+        }
+        let store = Store::open(&home.store_path())?;
+        if let Err(holder) = take_lease(&store, &request.run_id)? {
+            say_to(
+                &mut on_stderr,
+                request.log_format,
+                &format!(
+                    "run {} is being resumed by process {holder}: no retry here",
+                    request.run_id
+                ),
+            );
+            break;
+        }
+        retry = Request {
+            journal: match request.journal {
+                JournalMode::ResumeChanged => JournalMode::ResumeChanged,
+                _ => JournalMode::Resume,
+            },
+            attempt: retry.attempt.saturating_add(1),
+            ..retry
+        };
+        let again = attempt(
+            home,
+            &retry,
+            &manifest,
+            stop,
+            // Shortens the callback's lifetime to the attempt's.
+            on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
+            None,
+        );
+        store.release_lease(&request.run_id, std::process::id())?;
+        finished = again?;
+    }
+    Ok(finished)
+}
+
+/// Take the lease on resuming `run_id` for this process: `Err(pid)` when a live process
+/// `pid` holds it.
+pub fn take_lease(store: &Store, run_id: &str) -> anyhow::Result<Result<(), u32>> {
+    let alive =
+        |pid: u32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
+    Ok(store.take_lease(run_id, std::process::id(), alive)?)
+}
+
+/// Wait `wait`, or less when `stop` says so: why it stopped.
+fn wait_unless_stopped(stop: Stop<'_>, wait: Duration) -> anyhow::Result<Option<StopReason>> {
+    match stop {
+        // A signal has its default effect (the failed attempt is recorded already).
+        Stop::Signals => {
+            std::thread::sleep(wait);
+            Ok(None)
+        }
+        Stop::Fds { cancel, client } => {
+            use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+            let mut fds = vec![PollFd::new(cancel, PollFlags::POLLIN)];
+            fds.extend(client.map(|fd| PollFd::new(fd, PollFlags::POLLHUP)));
+            let deadline = Instant::now() + wait;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+                match poll(&mut fds, PollTimeout::from(ms)) {
+                    Ok(0) if left.is_zero() => return Ok(None),
+                    Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+                    Ok(_) => {
+                        let cancelled = fds[0].any().unwrap_or(false);
+                        return Ok(Some(if cancelled {
+                            StopReason::Cancelled
+                        } else {
+                            StopReason::ClientGone
+                        }));
+                    }
+                    Err(e) => return Err(std::io::Error::from(e).into()),
+                }
+            }
+        }
+    }
+}
+
+/// A line from the spawner among agent-exec's log lines: to `on_stderr` when it takes
+/// them (as a JSON log line when that is their format), else to standard error.
+fn say_to(on_stderr: &mut Option<StderrSink<'_>>, format: LogFormat, text: &str) {
+    match on_stderr {
+        Some(sink) => {
+            let mut line = match format {
+                LogFormat::Json => serde_json::json!({
+                    "level": "WARN",
+                    "fields": {"message": text},
+                    "target": "spawner",
+                })
+                .to_string(),
+                LogFormat::Human => format!("spawner: {text}"),
+            };
+            line.push('\n');
+            sink(line.as_bytes());
+        }
+        None => crate::say!("spawner: {text}"),
+    }
+}
+
+/// One attempt at `request`: [`execute`] without its retries.
+fn attempt(
+    home: &Home,
+    request: &Request,
+    manifest: &Manifest,
+    stop: Stop<'_>,
+    on_stderr: Option<StderrSink<'_>>,
+    spare: Option<&dyn Fn() -> Option<crate::spawn::Started>>,
+) -> anyhow::Result<Finished> {
     let timeout = request.timeout.unwrap_or(manifest.limits.timeout);
     let policy = SpawnPolicy::for_request(agent_exec_path()?, timeout);
     let run_id = request.run_id.clone();
@@ -378,7 +528,7 @@ pub fn execute(
         stdout,
         spawner_report: Some(RunReport {
             run_id,
-            agent: manifest.name,
+            agent: manifest.name.clone(),
             status: outcome,
             exit_code: outcome.exit_code(),
             output: None,

@@ -93,7 +93,16 @@ async def gate(mark: str, gate: str, ctx: Context) -> str:
 def record(path: str, line: str, ctx: Context) -> str:
     """Append `line` to the file `path` (and the call's idempotency key to `path`.keys);
     answer how many lines it has now, so that a call made twice answers otherwise the
-    second time."""
+    second time. When the file `path`.crash names this line, exit in the middle of the
+    call instead: once (the file is removed), or every time if it says `always` too."""
+    crash = path + ".crash"
+    if os.path.exists(crash):
+        with open(crash) as f:
+            words = f.read().split()
+        if " ".join(w for w in words if w != "always") == line:
+            if "always" not in words:
+                os.remove(crash)
+            os._exit(3)
     with open(path, "a") as f:
         f.write(line + "\n")
     with open(path + ".keys", "a") as f:

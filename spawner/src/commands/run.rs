@@ -32,7 +32,8 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
             .or_else(|| std::env::var("SPAWNER_LOG").ok()),
         work_dir: std::env::current_dir().ok(),
         hook: None,
-        capture_stdout: false,
+        // A JSON answer is one report, whichever process writes it (see `finish`).
+        capture_stdout: args.json,
         stream_llm: args.stream,
         journal: agent_contract::envelope::JournalMode::Record,
         attempt: 1,
@@ -41,19 +42,27 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
     finish(&finished, args.json)
 }
 
-/// After a run from the command line: when agent-exec did not answer itself (it did not
-/// finish), the spawner's report (`json`) or its error; a signal to the spawner becomes its
-/// own exit. The outcome to exit with.
+/// After a run from the command line: with `json`, the one report of the run (agent-exec's,
+/// captured, when it wrote one whole, else the spawner's); without, agent-exec has
+/// answered on our standard output itself, and when it did not finish the spawner says
+/// why. A signal to the spawner becomes its own exit. The outcome to exit with.
 pub fn finish(finished: &Finished, json: bool) -> anyhow::Result<Outcome> {
-    // agent-exec answered on our standard output itself.
+    if json {
+        let mut stdout = std::io::stdout().lock();
+        // agent-exec writes its report after recording the run: killed after writing it,
+        // its report and the record agree, and the spawner's adds nothing.
+        let whole = serde_json::from_slice::<agent_contract::RunReport>(&finished.stdout).is_ok();
+        match &finished.spawner_report {
+            Some(report) if !whole => {
+                serde_json::to_writer(&mut stdout, report)?;
+                stdout.write_all(b"\n")?;
+            }
+            _ => stdout.write_all(&finished.stdout)?,
+        }
+    }
     let Some(report) = &finished.spawner_report else {
         return Ok(finished.outcome);
     };
-    if json {
-        let mut stdout = std::io::stdout().lock();
-        serde_json::to_writer(&mut stdout, report)?;
-        stdout.write_all(b"\n")?;
-    }
     if let Some(StopReason::Signal(sig)) = finished.stopped {
         return Err(Interrupted(sig).into());
     }

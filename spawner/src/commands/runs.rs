@@ -144,7 +144,8 @@ fn again(record: memory_store::RunRecord, journal: JournalMode, json: bool) -> R
         log_level: std::env::var("SPAWNER_LOG").ok(),
         work_dir: std::env::current_dir().ok(),
         hook: None,
-        capture_stdout: journal == JournalMode::Replay,
+        // A JSON answer is one report, whichever process writes it (see `run::finish`).
+        capture_stdout: json || journal == JournalMode::Replay,
         stream_llm: false,
         journal,
         attempt: record.attempt.saturating_add(1),
@@ -167,10 +168,7 @@ fn resume(
         ))
         .into());
     }
-    let pid = std::process::id();
-    let alive =
-        |pid: u32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
-    if let Err(holder) = store.take_lease(run_id, pid, alive)? {
+    if let Err(holder) = crate::request::take_lease(&store, run_id)? {
         return Err(UsageError(format!(
             "run {run_id} is being resumed by process {holder}; wait for it to finish"
         ))
@@ -186,7 +184,7 @@ fn resume(
         ..again(record, mode, json)
     };
     let finished = crate::request::execute(home, &request, Stop::Signals, None, None);
-    store.release_lease(run_id, pid)?;
+    store.release_lease(run_id, std::process::id())?;
     report_again(finished?, json)
 }
 
@@ -224,12 +222,8 @@ fn replay(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
     report_again(finished, json)
 }
 
-/// How a resume or a failed replay ended: a replay's captured JSON report, then what
-/// `spawner run` says of a run agent-exec could not finish.
+/// How a resume or a failed replay ended: as `spawner run` says it.
 fn report_again(finished: crate::request::Finished, json: bool) -> anyhow::Result<Outcome> {
-    if json && !finished.stdout.is_empty() {
-        std::io::stdout().lock().write_all(&finished.stdout)?;
-    }
     super::run::finish(&finished, json)
 }
 
@@ -286,7 +280,7 @@ fn show(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
         writeln!(out, "compiled cache {}", if hit { "hit" } else { "miss" })?;
     }
     if r.attempt > 1 {
-        writeln!(out, "attempt {} (resumed)", r.attempt)?;
+        writeln!(out, "attempt {} (resumed or retried)", r.attempt)?;
     }
     if let Some(e) = &r.error {
         writeln!(out, "error {e}")?;
