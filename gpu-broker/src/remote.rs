@@ -222,3 +222,124 @@ impl Remote {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// A home whose `providers.toml` names `lab`, a server on a loopback port that answers
+    /// one request with `answer` (a whole HTTP response), taken as it is written.
+    fn lab_answering(answer: Vec<u8>, case: &str) -> PathBuf {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("accept");
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("header");
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().expect("length");
+                }
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).expect("body");
+            let mut stream = reader.into_inner();
+            stream.write_all(&answer).expect("answer");
+        });
+        let home =
+            std::env::temp_dir().join(format!("gpu-broker-remote-{}-{case}", std::process::id()));
+        std::fs::create_dir_all(&home).expect("home");
+        let file = home.join(agent_contract::providers::PROVIDERS_FILE);
+        std::fs::write(
+            &file,
+            format!(
+                "[[provider]]\nname = \"lab\"\nurl = \"http://127.0.0.1:{port}/v1\"\nmodels = [\"m\"]\ntimeout_s = 20\n"
+            ),
+        )
+        .expect("providers.toml");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        home
+    }
+
+    fn http(status: &str, body: &[u8]) -> Vec<u8> {
+        let mut answer = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        answer.extend_from_slice(body);
+        answer
+    }
+
+    fn chat(home: &Path) -> Result<Completion, Failure> {
+        let request = ChatRequest {
+            model: "m".into(),
+            messages: vec![broker_client::chat::Message {
+                role: "user".into(),
+                content: "héllo, 世界 🦀".into(),
+            }],
+            provider: Some("lab".into()),
+            ..ChatRequest::default()
+        };
+        let answer = Remote::default().chat(home, &request);
+        let _ = std::fs::remove_dir_all(home);
+        answer
+    }
+
+    #[test]
+    fn answers_that_are_not_chat_completions_fail_and_say_what_they_were() {
+        let cases: [(&str, Vec<u8>, &str); 4] = [
+            (
+                "not-json",
+                http("200 OK", b"<html>a login page</html>"),
+                "its answer is not JSON",
+            ),
+            (
+                "invalid-utf8",
+                http("200 OK", b"{\"choices\": [\"\xff\xfe\"]}"),
+                "cannot read its answer",
+            ),
+            (
+                "no-content",
+                http("200 OK", br#"{"object": "list", "data": []}"#),
+                "has no choices[0].message.content",
+            ),
+            (
+                "error-page",
+                http("502 Bad Gateway", "ошибка 🦀 ".repeat(100).as_bytes()),
+                "answered HTTP 502: ошибка 🦀",
+            ),
+        ];
+        for (case, answer, says) in cases {
+            let failure = chat(&lab_answering(answer, case)).expect_err(case);
+            assert_eq!(failure.code, ErrorCode::Failed, "{case}");
+            assert!(
+                failure.message.starts_with("provider \"lab\": ") && failure.message.contains(says),
+                "{case}: {}",
+                failure.message
+            );
+        }
+    }
+
+    #[test]
+    fn a_chat_completion_is_read_whole() {
+        let body = r#"{"model": "m-7b", "choices": [{"message": {"role": "assistant", "content": "こんにちは 🦀"}, "finish_reason": "length"}], "usage": {"prompt_tokens": 9, "completion_tokens": 4}}"#;
+        let answer = chat(&lab_answering(http("200 OK", body.as_bytes()), "ok")).expect("served");
+        assert_eq!(answer.text, "こんにちは 🦀");
+        assert_eq!(answer.finish_reason, FinishReason::Length);
+        assert_eq!((answer.prompt_tokens, answer.completion_tokens), (9, 4));
+        assert_eq!(answer.model, "m-7b");
+        assert!(!answer.remote, "a loopback provider is local unless marked");
+        assert!(answer.bytes_sent > 0);
+    }
+}
