@@ -55,6 +55,27 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Replay every run in `home` that journaled and finished ok: each must answer the same
+/// from its journal alone. Durable tests end with it, so that each run they make, fresh,
+/// resumed or retried, is replayed. Returns how many were.
+fn replay_every_run(home: &TestHome) -> usize {
+    let listed = home.run(&["runs", "--json", "--limit", "10000"]);
+    assert_eq!(code(&listed), 0, "{}", stderr(&listed));
+    let mut replayed = 0;
+    for line in stdout(&listed).lines() {
+        let run: serde_json::Value = serde_json::from_str(line).expect("a run record");
+        let run_id = run["run_id"].as_str().expect("run id");
+        if run["status"] != "ok" || journal_count(home, run_id, "component") == 0 {
+            continue;
+        }
+        let replay = home.run(&["runs", "replay", run_id]);
+        assert_eq!(code(&replay), 0, "run {run_id}: {}", stderr(&replay));
+        assert!(stdout(&replay).contains("matches"), "{}", stdout(&replay));
+        replayed += 1;
+    }
+    replayed
+}
+
 fn journal_count(home: &TestHome, run_id: &str, kind: &str) -> i64 {
     count(
         &home.store(),
@@ -247,6 +268,85 @@ fn a_failed_attempt_is_retried_from_its_journal_as_the_manifest_says() {
     );
     let record = home.store().run(&run_id).expect("run").expect("recorded");
     assert_eq!((record.status, record.attempt), (Outcome::AgentError, 3));
+    assert_eq!(replay_every_run(&home), 1, "the retried run replays");
+    crate::tools::stop_and_count_leftovers(&home);
+}
+
+#[test]
+fn the_daemon_resumes_replays_and_retries_durable_runs() {
+    let home = durable_home();
+    home.install_testing(
+        "retried",
+        "[limits]\ntimeout_ms = 60000\n\n[tools]\nservers = [\"faulty\"]\n\n[durable]\njournal = true\nretries = 1\nretry_backoff_ms = 10\n",
+    );
+    home.precompile("retried");
+    // A run that failed at step 1 (the server crashes there each time), from the CLI.
+    let file = home.path().join("calls-देवनागरी-🦀.txt");
+    let crash = PathBuf::from(format!("{}.crash", file.display()));
+    std::fs::write(&crash, "always step 1").expect("crash mark");
+    let input = format!("steps 3 faulty {}", file.display());
+    let out = home.run(&["run", "steps", "--json", &input]);
+    assert_eq!(code(&out), exit_of(Outcome::AgentError), "{}", stderr(&out));
+    let run_id = report(&out)["run_id"].as_str().expect("run id").to_owned();
+    assert_eq!(lines(&file), ["step 0"]);
+    std::fs::remove_file(&crash).expect("the server mends");
+
+    let daemon = crate::serve::Daemon::start(&home, &[]);
+    let mut c = daemon.client();
+    let resumed = c.result("runs.resume", serde_json::json!({"run_id": run_id}));
+    assert_eq!(resumed["status"], "ok", "{resumed}");
+    assert_eq!(resumed["run_id"], run_id.as_str());
+    let answer = resumed["output"].as_str().expect("output").to_owned();
+    assert!(
+        answer.contains("step 0: recorded step 0 as line 1\n"),
+        "step 0 from the journal: {answer}"
+    );
+    assert_eq!(lines(&file), ["step 0", "step 1", "step 2"]);
+    let record = home.store().run(&run_id).expect("run").expect("recorded");
+    assert_eq!((record.status, record.attempt), (Outcome::Ok, 2));
+    // Finished ok: nothing to resume, said as the command line says it.
+    let again = c.call("runs.resume", serde_json::json!({"run_id": run_id}));
+    assert_eq!(again["error"]["data"]["status"], "usage_error", "{again}");
+    assert!(
+        again["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("there is nothing to resume")),
+        "{again}"
+    );
+    let replayed = c.result("runs.replay", serde_json::json!({"run_id": run_id}));
+    assert_eq!(replayed["status"], "ok", "{replayed}");
+    assert_eq!(replayed["output"].as_str(), Some(answer.as_str()));
+    assert_eq!(lines(&file).len(), 3, "a replay makes no call");
+    let unknown = c.call("runs.replay", serde_json::json!({"run_id": "no-such-run"}));
+    assert!(
+        unknown["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no run \"no-such-run\"")),
+        "{unknown}"
+    );
+
+    // A run through the daemon is retried as its manifest says; the retry is a log line.
+    let file = home.path().join("calls-retried.txt");
+    std::fs::write(format!("{}.crash", file.display()), "step 0").expect("mark");
+    let input = format!("steps 2 faulty {}", file.display());
+    let ran = c.result(
+        "run",
+        serde_json::json!({"agent": "retried", "input": input}),
+    );
+    assert_eq!(ran["status"], "ok", "{ran}");
+    let said = ran["logs"].to_string();
+    assert!(
+        said.contains("attempt 1 ended agent_error; retry 1 of 1 in 10 ms"),
+        "{said}"
+    );
+    assert_eq!(lines(&file), ["step 0", "step 1"]);
+    drop(c);
+    drop(daemon);
+    assert_eq!(
+        replay_every_run(&home),
+        2,
+        "the resumed and the retried run"
+    );
     crate::tools::stop_and_count_leftovers(&home);
 }
 

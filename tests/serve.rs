@@ -14,14 +14,14 @@ use agent_contract::Outcome;
 use crate::harness::{TestHome, bin, code, exit_of, rss_kib, stderr, stdout};
 
 /// A daemon started on a socket in its own temp dir; killed on drop.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     socket: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Daemon {
-    fn start(home: &TestHome, extra: &[&str]) -> Daemon {
+    pub(crate) fn start(home: &TestHome, extra: &[&str]) -> Daemon {
         Self::start_under(home, None, extra)
     }
 
@@ -95,7 +95,7 @@ impl Daemon {
         self.child.id()
     }
 
-    fn client(&self) -> Client {
+    pub(crate) fn client(&self) -> Client {
         Client::connect(&self.socket).expect("connect")
     }
 
@@ -128,7 +128,7 @@ fn signal(pid: u32, sig: &str) {
 }
 
 /// A JSON-RPC client over one connection.
-struct Client {
+pub(crate) struct Client {
     stream: UnixStream,
     reader: BufReader<UnixStream>,
     next_id: u64,
@@ -166,7 +166,7 @@ impl Client {
     }
 
     /// Send a request and return its response (skipping notifications).
-    fn call(&mut self, method: &str, params: Value) -> Value {
+    pub(crate) fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         let mut line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
@@ -182,7 +182,7 @@ impl Client {
         }
     }
 
-    fn result(&mut self, method: &str, params: Value) -> Value {
+    pub(crate) fn result(&mut self, method: &str, params: Value) -> Value {
         let answer = self.call(method, params);
         answer
             .get("result")

@@ -10,6 +10,8 @@
 //!   forwarding, reaping.
 //! - [`request`]: one request from any front: envelope, spawn, and the record of a run
 //!   agent-exec could not finish.
+//! - [`durable`]: which durable runs may be resumed or replayed, and the request that
+//!   runs one again (the command line's `runs resume|replay`, the daemon's methods).
 //! - [`hook`]: hook protocols (Claude Code, git, plain): the caller's wire format to one
 //!   normalized event, and the agent's verdict back to the caller's answer.
 //! - [`serve`]: the `spawner serve` daemon (JSON-RPC on a local socket); [`client`]
@@ -69,6 +71,7 @@ pub fn ensure_standard_fds() {
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod durable;
 pub mod exit;
 pub mod hook;
 pub mod request;

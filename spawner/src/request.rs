@@ -187,7 +187,7 @@ pub fn execute(
             break;
         }
         let store = Store::open(&home.store_path())?;
-        if let Err(holder) = take_lease(&store, &request.run_id)? {
+        if let Err(holder) = crate::durable::take_lease(&store, &request.run_id)? {
             say_to(
                 &mut on_stderr,
                 request.log_format,
@@ -219,14 +219,6 @@ pub fn execute(
         finished = again?;
     }
     Ok(finished)
-}
-
-/// Take the lease on resuming `run_id` for this process: `Err(pid)` when a live process
-/// `pid` holds it.
-pub fn take_lease(store: &Store, run_id: &str) -> anyhow::Result<Result<(), u32>> {
-    let alive =
-        |pid: u32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
-    Ok(store.take_lease(run_id, std::process::id(), alive)?)
 }
 
 /// Wait `wait`, or less when `stop` says so: why it stopped.

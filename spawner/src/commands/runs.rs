@@ -4,11 +4,10 @@ use std::io::Write;
 
 use agent_contract::envelope::JournalMode;
 use agent_contract::report::utc;
-use agent_contract::{Home, LogFormat, Manifest, Outcome, OutputFormat};
+use agent_contract::{Home, Outcome};
 use memory_store::{RunFilter, Store};
 
 use crate::cli::{RunsArgs, RunsCommand};
-use crate::exit::UsageError;
 use crate::request::{Request, Stop};
 
 /// List recent runs, newest first; or show one.
@@ -91,67 +90,6 @@ fn export(home: &Home, agent: Option<String>) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// A durable run's record and its agent's manifest, checked for a resume or a replay.
-fn durable_run(home: &Home, run_id: &str) -> anyhow::Result<(Store, memory_store::RunRecord)> {
-    let path = home.store_path();
-    let record = if Store::exists(&path) {
-        let store = Store::open(&path)?;
-        store.run(run_id)?.map(|r| (store, r))
-    } else {
-        None
-    };
-    let Some((store, record)) = record else {
-        return Err(UsageError(format!(
-            "no run {run_id:?} in {} (see `spawner runs`)",
-            path.display()
-        ))
-        .into());
-    };
-    let manifest = Manifest::load(&home.agent_manifest(&record.agent)?)?;
-    if !manifest.durable.journal {
-        return Err(UsageError(format!(
-            "agent {} keeps no journal, so its runs cannot be resumed or replayed (set `[durable] journal = true` in its agent.toml; runs made since then can be)",
-            record.agent
-        ))
-        .into());
-    }
-    if record.input.is_none() {
-        return Err(UsageError(format!(
-            "run {run_id} kept no input (it ran before its agent kept a journal), so it cannot be run again"
-        ))
-        .into());
-    }
-    Ok((store, record))
-}
-
-/// The request that runs `record` again.
-fn again(record: memory_store::RunRecord, journal: JournalMode, json: bool) -> Request {
-    Request {
-        run_id: record.run_id,
-        agent: record.agent,
-        input: record.input.unwrap_or_default(),
-        timeout: None,
-        output: if json {
-            OutputFormat::Json
-        } else {
-            OutputFormat::Raw
-        },
-        log_format: if json {
-            LogFormat::Json
-        } else {
-            LogFormat::Human
-        },
-        log_level: std::env::var("SPAWNER_LOG").ok(),
-        work_dir: std::env::current_dir().ok(),
-        hook: None,
-        // A JSON answer is one report, whichever process writes it (see `run::finish`).
-        capture_stdout: json || journal == JournalMode::Replay,
-        stream_llm: false,
-        journal,
-        attempt: record.attempt.saturating_add(1),
-    }
-}
-
 /// Resume a failed run: a fresh agent-exec, served the journaled calls.
 fn resume(
     home: &Home,
@@ -160,20 +98,8 @@ fn resume(
     timeout: Option<std::time::Duration>,
     json: bool,
 ) -> anyhow::Result<Outcome> {
-    let (store, record) = durable_run(home, run_id)?;
-    if record.status == Outcome::Ok {
-        return Err(UsageError(format!(
-            "run {run_id} finished ok (attempt {}): there is nothing to resume (`spawner runs replay {run_id}` checks that it reproduces)",
-            record.attempt
-        ))
-        .into());
-    }
-    if let Err(holder) = crate::request::take_lease(&store, run_id)? {
-        return Err(UsageError(format!(
-            "run {run_id} is being resumed by process {holder}; wait for it to finish"
-        ))
-        .into());
-    }
+    let (store, record) = crate::durable::resumable(home, run_id)?;
+    crate::durable::lease(&store, run_id)?;
     let mode = if allow_changed {
         JournalMode::ResumeChanged
     } else {
@@ -190,14 +116,7 @@ fn resume(
 
 /// Replay a finished run from its journal and check its answer.
 fn replay(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
-    let (store, record) = durable_run(home, run_id)?;
-    if record.status != Outcome::Ok || record.output_sha256.is_none() {
-        return Err(UsageError(format!(
-            "run {run_id} did not finish ok ({}), so it has no answer to replay against; `spawner runs resume {run_id}` runs it on",
-            record.status
-        ))
-        .into());
-    }
+    let (store, record) = crate::durable::replayable(home, run_id)?;
     let steps = store.journal(run_id)?.len();
     drop(store);
     let finished = crate::request::execute(
@@ -220,6 +139,15 @@ fn replay(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Ok);
     }
     report_again(finished, json)
+}
+
+/// The request that runs `record` again from the command line.
+fn again(record: memory_store::RunRecord, journal: JournalMode, json: bool) -> Request {
+    Request {
+        log_level: std::env::var("SPAWNER_LOG").ok(),
+        work_dir: std::env::current_dir().ok(),
+        ..crate::durable::again(record, journal, json)
+    }
 }
 
 /// How a resume or a failed replay ended: as `spawner run` says it.

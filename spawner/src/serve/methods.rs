@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use agent_contract::envelope::JournalMode;
 use agent_contract::{LogFormat, Manifest, Outcome, OutputFormat};
 use memory_store::RunFilter;
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -41,6 +42,8 @@ const METHODS: &[&str] = &[
     "runs.get",
     "runs.active",
     "runs.cancel",
+    "runs.resume",
+    "runs.replay",
     "health",
     "capabilities",
     "metrics",
@@ -50,6 +53,8 @@ const METHODS: &[&str] = &[
 pub fn dispatch(daemon: &Daemon, conn: &mut Connection, req: &Request) -> Result<Value, RpcError> {
     match req.method.as_str() {
         "run" => run(daemon, conn, params(&req.params)?),
+        "runs.resume" => resume(daemon, conn, params(&req.params)?),
+        "runs.replay" => replay(daemon, conn, params(&req.params)?),
         "agents.list" => {
             no_params::<Empty>(&req.params)?;
             let agents = crate::commands::agents::list(&daemon.home).map_err(internal)?;
@@ -162,6 +167,26 @@ struct RunParams {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ResumeParams {
+    run_id: String,
+    #[serde(default)]
+    allow_changed: bool,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayParams {
+    run_id: String,
+    #[serde(default)]
+    stream: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AgentName {
     agent: String,
 }
@@ -203,15 +228,77 @@ fn run_failed(outcome: Outcome, message: String) -> RpcError {
     }
 }
 
-/// `run`: one request in a fresh agent-exec.
-fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, RpcError> {
-    use base64::Engine as _;
+/// A request refused before it ran (a run that cannot be resumed, say), with its place in
+/// the outcome table.
+fn refused(e: &anyhow::Error) -> RpcError {
+    run_failed(crate::exit::outcome(e), format!("{e:#}"))
+}
+
+/// No new runs once the daemon is shutting down.
+fn open_for_runs(daemon: &Daemon) -> Result<(), RpcError> {
     if daemon.shutting_down.load(Ordering::SeqCst) {
         return Err(RpcError::new(
             rpc::SHUTTING_DOWN,
             "the daemon is shutting down; no new runs",
         ));
     }
+    Ok(())
+}
+
+/// A deadline in milliseconds from the params: more than zero.
+fn timeout(ms: Option<u64>) -> Result<Option<std::time::Duration>, RpcError> {
+    if ms == Some(0) {
+        return Err(RpcError::params("timeout_ms must be greater than zero"));
+    }
+    Ok(ms.map(std::time::Duration::from_millis))
+}
+
+/// `runs.resume`: a failed or killed durable run again, as `spawner runs resume`: under
+/// its lease, served its journaled steps; the result is the attempt's run report.
+fn resume(daemon: &Daemon, conn: &mut Connection, p: ResumeParams) -> Result<Value, RpcError> {
+    open_for_runs(daemon)?;
+    let timeout = timeout(p.timeout_ms)?;
+    let (store, record) =
+        crate::durable::resumable(&daemon.home, &p.run_id).map_err(|e| refused(&e))?;
+    // The lease keeps other processes out; this daemon's own threads share its pid, so a
+    // run in flight here (its first attempt, or its retries) is refused by `serve`.
+    crate::durable::lease(&store, &p.run_id).map_err(|e| refused(&e))?;
+    let mode = if p.allow_changed {
+        JournalMode::ResumeChanged
+    } else {
+        JournalMode::Resume
+    };
+    let request = crate::request::Request {
+        timeout,
+        stream_llm: p.stream,
+        ..crate::durable::again(record, mode, true)
+    };
+    let served = serve(daemon, conn, request, p.stream);
+    if let Err(e) = store.release_lease(&p.run_id, std::process::id()) {
+        crate::say!(
+            "spawner serve: warning: could not release run {}'s lease: {e}",
+            p.run_id
+        );
+    }
+    served
+}
+
+/// `runs.replay`: a finished durable run again from its journal alone, as `spawner runs
+/// replay`; the result is the replay's run report: `ok` when it answered the same,
+/// `diverged` (naming the step) when not.
+fn replay(daemon: &Daemon, conn: &mut Connection, p: ReplayParams) -> Result<Value, RpcError> {
+    open_for_runs(daemon)?;
+    let (store, record) =
+        crate::durable::replayable(&daemon.home, &p.run_id).map_err(|e| refused(&e))?;
+    drop(store);
+    let request = crate::durable::again(record, JournalMode::Replay, true);
+    serve(daemon, conn, request, p.stream)
+}
+
+/// `run`: one request in a fresh agent-exec.
+fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, RpcError> {
+    use base64::Engine as _;
+    open_for_runs(daemon)?;
     let input = match (p.input, p.input_base64) {
         (Some(_), Some(_)) => {
             return Err(RpcError::params("give input or input_base64, not both"));
@@ -228,9 +315,33 @@ fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, Rp
             agent_contract::envelope::MAX_INPUT_BYTES
         )));
     }
-    if p.timeout_ms == Some(0) {
-        return Err(RpcError::params("timeout_ms must be greater than zero"));
-    }
+    let request = crate::request::Request {
+        run_id: crate::run_id::new_run_id(),
+        agent: p.agent,
+        input,
+        timeout: timeout(p.timeout_ms)?,
+        output: OutputFormat::Json,
+        log_format: LogFormat::Json,
+        log_level: None,
+        work_dir: None,
+        hook: None,
+        capture_stdout: true,
+        stream_llm: p.stream,
+        journal: JournalMode::Record,
+        attempt: 1,
+    };
+    serve(daemon, conn, request, p.stream)
+}
+
+/// Run `request` under admission control, cancellable (`runs.cancel`, the client hanging
+/// up), its log lines streamed as notifications (`stream`) or kept for the result: the
+/// run report.
+fn serve(
+    daemon: &Daemon,
+    conn: &mut Connection,
+    request: crate::request::Request,
+    stream: bool,
+) -> Result<Value, RpcError> {
     let admitted = Instant::now();
     let _permit = daemon.admission.enter().map_err(|busy| {
         daemon.metrics.busy.fetch_add(1, Ordering::Relaxed);
@@ -243,35 +354,29 @@ fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, Rp
             data: Some(json!({"status": Outcome::Busy, "exit_code": Outcome::Busy.exit_code()})),
         }
     })?;
-    let run_id = crate::run_id::new_run_id();
+    let run_id = request.run_id.clone();
     let cancel = Arc::new(
         EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
             .map_err(|e| internal(std::io::Error::from(e)))?,
     );
-    daemon.lock_active().insert(
-        run_id.clone(),
-        ActiveRun {
-            agent: p.agent.clone(),
-            started_at_ms: memory_store::now_ms(),
-            cancel: Arc::clone(&cancel),
-        },
-    );
-    let request = crate::request::Request {
-        run_id: run_id.clone(),
-        agent: p.agent,
-        input,
-        timeout: p.timeout_ms.map(std::time::Duration::from_millis),
-        output: OutputFormat::Json,
-        log_format: LogFormat::Json,
-        log_level: None,
-        work_dir: None,
-        hook: None,
-        capture_stdout: true,
-        stream_llm: p.stream,
-        journal: agent_contract::envelope::JournalMode::Record,
-        attempt: 1,
-    };
-    if p.stream {
+    {
+        let mut active = daemon.lock_active();
+        if active.contains_key(&run_id) {
+            return Err(run_failed(
+                Outcome::Usage,
+                format!("run {run_id} is in flight here; wait for it to end (`runs.active`)"),
+            ));
+        }
+        active.insert(
+            run_id.clone(),
+            ActiveRun {
+                agent: request.agent.clone(),
+                started_at_ms: memory_store::now_ms(),
+                cancel: Arc::clone(&cancel),
+            },
+        );
+    }
+    if stream {
         let _ = conn.send(&rpc::notification(
             "run.started",
             json!({"run_id": run_id, "agent": request.agent}),
@@ -288,7 +393,7 @@ fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, Rp
             let line = &line[..line.len() - 1];
             let value = serde_json::from_slice::<Value>(line)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(line).into_owned()));
-            if p.stream {
+            if stream {
                 // LLM text as it is generated gets its own notification.
                 let notification = match value.get("llm_text") {
                     Some(text) => {
@@ -343,9 +448,7 @@ fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, Rp
         daemon.metrics.cold_start.observe_us(a + b + c + d + e);
     }
     let mut result = serde_json::to_value(&report).map_err(internal)?;
-    if !p.stream
-        && let Some(object) = result.as_object_mut()
-    {
+    if !stream && let Some(object) = result.as_object_mut() {
         object.insert("logs".into(), Value::Array(logs));
     }
     Ok(result)
