@@ -869,6 +869,19 @@ fn test(root: &Path) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // agent-exec as requests run it, without the compiler: in the workspace, agent-compile
+    // turns the `compiler` feature on, so the code only a compiler-less build has is
+    // linted here.
+    run(cargo().args([
+        "clippy",
+        "--package",
+        "agent-exec",
+        "--all-targets",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(agents_cargo(root, "clippy").args(["--target", "wasm32-wasip2", "--", "-D", "warnings"]))?;
     // The agents' own unit tests (pure logic) run on the host.
     run(agents_cargo(root, "test").args([
