@@ -135,3 +135,100 @@ fn a_killed_compile_ends_the_run_and_the_next_run_compiles_anew() {
     );
     assert_eq!(r["cache_hit"], false, "the killed compile cached nothing");
 }
+
+#[test]
+fn concurrent_first_runs_of_a_component_compile_it_once() {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use sha2::{Digest, Sha256};
+
+    let home = TestHome::new();
+    home.install_example("shout-py");
+    // The entry's name is `<the first 8 bytes of the component path's SHA-256, in hex>-
+    // <the engine's fingerprint>.cwasm`: the fingerprint is read off another agent's.
+    home.install_example("echo");
+    home.precompile("echo");
+    let cache = home.path().join("cache").join("components");
+    let echo_entry = std::fs::read_dir(&cache)
+        .expect("the cache")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.ends_with(".cwasm"))
+        .expect("echo's entry");
+    // `<key>-<fingerprint>.cwasm`
+    let (_, fingerprint) = echo_entry.split_once('-').expect("key-fingerprint");
+    let component = home.path().join("agents/shout-py/shout-py.wasm");
+    let key = Sha256::digest(component.as_os_str().as_encoded_bytes());
+    let key: String = key[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let entry = format!("{key}-{fingerprint}");
+
+    // Hold the entry's compile lock, so that every run reaches its compile step before
+    // any compile can start, however fast this machine is.
+    let lock = std::fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(cache.join(format!("{entry}.lock")))
+        .expect("the lock file");
+    lock.lock().expect("hold the lock");
+    let watch = Inotify::init(InitFlags::IN_NONBLOCK).expect("inotify");
+    watch
+        .add_watch(&cache, AddWatchFlags::IN_MOVED_TO)
+        .expect("watch the cache");
+
+    const RUNS: usize = 3;
+    let runs: Vec<std::process::Child> = (0..RUNS)
+        .map(|i| {
+            home.spawner(&["run", "--json", "shout-py", &format!("run {i}, ünïcode 🦀")])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawner starts")
+        })
+        .collect();
+    let compiling = |run: &std::process::Child| {
+        crate::harness::children_of(run.id())
+            .into_iter()
+            .any(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim_end() == "agent-compile")
+            })
+    };
+    crate::harness::wait_until("every run is at its compile step", || {
+        runs.iter().all(compiling)
+    });
+    drop(lock);
+
+    for (i, run) in runs.into_iter().enumerate() {
+        let out = run.wait_with_output().expect("spawner ends");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let answer = report(&out)["output"].as_str().unwrap_or("").to_owned();
+        assert!(
+            answer.starts_with(&format!("RUN {i}, ÜNÏCODE 🦀 (run ")),
+            "{answer}"
+        );
+    }
+    let written = watch
+        .read_events()
+        .expect("the cache's events")
+        .iter()
+        .filter(|e| {
+            e.name
+                .as_ref()
+                .is_some_and(|n| *n == std::ffi::OsString::from(&entry))
+        })
+        .count();
+    let listing: Vec<_> = std::fs::read_dir(&cache)
+        .expect("the cache")
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    assert_eq!(
+        written, 1,
+        "{RUNS} first runs wrote the entry {entry} {written} times: {listing:?}"
+    );
+    assert!(
+        cache.join(&entry).is_file(),
+        "the lock held was the entry's own"
+    );
+}
