@@ -340,6 +340,60 @@ fn the_daemon_resumes_replays_and_retries_durable_runs() {
         "{said}"
     );
     assert_eq!(lines(&file), ["step 0", "step 1"]);
+
+    // In its backoff, a retried run holds its lease: a resume is refused; a cancel ends the
+    // wait (the client's 30 s read timeout is shorter than the minute's backoff).
+    home.install_testing(
+        "patient",
+        "[tools]\nservers = [\"faulty\"]\n\n[durable]\njournal = true\nretries = 1\nretry_backoff_ms = 60000\n",
+    );
+    home.precompile("patient");
+    let file = home.path().join("calls-patient.txt");
+    std::fs::write(format!("{}.crash", file.display()), "always step 0").expect("mark");
+    let input = format!("steps 2 faulty {}", file.display());
+    let mut waiting = daemon.client();
+    let line = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "run",
+                      "params": {"agent": "patient", "input": input, "stream": true}});
+    waiting.send_raw(format!("{line}\n").as_bytes());
+    let mut run_id = String::new();
+    loop {
+        let message = waiting.read().expect("a notification");
+        match message["method"].as_str() {
+            Some("run.started") => {
+                run_id = message["params"]["run_id"].as_str().expect("id").to_owned();
+            }
+            Some("run.log") if message.to_string().contains("retry 1 of 1 in 60000 ms") => break,
+            Some(_) => {}
+            None => panic!("the run ended before its retry: {message}"),
+        }
+    }
+    let refused = c.call("runs.resume", serde_json::json!({"run_id": run_id}));
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is being resumed or retried by process")),
+        "{refused}"
+    );
+    let cancelled = c.result("runs.cancel", serde_json::json!({"run_id": run_id}));
+    assert_eq!(cancelled["cancelled"], true);
+    let ended = loop {
+        let message = waiting.read().expect("the result");
+        if message.get("id").is_some() {
+            break message;
+        }
+    };
+    assert_eq!(ended["result"]["status"], "agent_error", "{ended}");
+    let record = home.store().run(&run_id).expect("run").expect("recorded");
+    assert_eq!(record.attempt, 1, "no retry after the cancel");
+    assert_eq!(
+        count(
+            &home.store(),
+            &format!("SELECT count(*) FROM run_leases WHERE run_id = '{run_id}'")
+        ),
+        0,
+        "the lease was given back"
+    );
+    drop(waiting);
     drop(c);
     drop(daemon);
     assert_eq!(

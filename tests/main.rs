@@ -11,7 +11,8 @@ mod broker;
 mod cli;
 /// command-guard: allow, deny, rules read fresh on every run.
 mod command_guard;
-/// Durable runs: the journal of host calls, resume after a kill, replay.
+/// Durable runs: the journal of host calls, resume after a kill, replay, retries, and the
+/// daemon's runs.resume and runs.replay.
 mod durable;
 /// echo: input from words, files and stdin; JSON reports; phase timings.
 mod echo;

@@ -146,7 +146,7 @@ impl Client {
         })
     }
 
-    fn send_raw(&mut self, bytes: &[u8]) {
+    pub(crate) fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("send");
     }
 
@@ -157,7 +157,7 @@ impl Client {
     }
 
     /// The next line from the daemon, as JSON; `None` at end of stream.
-    fn read(&mut self) -> Option<Value> {
+    pub(crate) fn read(&mut self) -> Option<Value> {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) | Err(_) => None,

@@ -62,8 +62,9 @@ pub enum Outcome {
 
 impl Outcome {
     /// Whether a run that ended so may end otherwise when run on (a durable run's retry):
-    /// a failure in the agent, its host calls or the runtime; not a refusal, a bad
-    /// request or agent, a limit the agent will hit again, or a divergence.
+    /// a failure in the agent (its typed errors included, `invalid-input` too), its host
+    /// calls, its deadline or the runtime; not a refusal, a bad request or agent, the
+    /// memory cap, admission control or a divergence.
     pub fn may_pass(self) -> bool {
         matches!(
             self,

@@ -73,33 +73,43 @@ impl Store {
     }
 }
 
+/// How [`Store::take_lease`] had the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leased {
+    /// Taken now: the taker gives it back.
+    Taken,
+    /// The same process held it already.
+    Held,
+}
+
 impl Store {
     /// Take the lease on resuming `run_id` for process `pid`, unless a process that
     /// `alive` says is running holds it: then `Err(its pid)`. Checked and taken in one
-    /// `BEGIN IMMEDIATE` transaction, so two resumers cannot both take it.
+    /// `BEGIN IMMEDIATE` transaction, so two resumers cannot both take it. A lease `pid`
+    /// holds already is [`Leased::Held`]: within one process (the daemon's threads), who
+    /// holds it is the caller's to know.
     pub fn take_lease(
         &self,
         run_id: &str,
         pid: u32,
         alive: impl Fn(u32) -> bool,
-    ) -> Result<Result<(), u32>, StoreError> {
+    ) -> Result<Result<Leased, u32>, StoreError> {
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
         let holder: Option<u32> = tx
             .prepare_cached("SELECT pid FROM run_leases WHERE run_id = ?1")?
             .query_row(params![run_id], |r| r.get(0))
             .optional()?;
-        if let Some(holder) = holder
-            && holder != pid
-            && alive(holder)
-        {
-            return Ok(Err(holder));
+        match holder {
+            Some(holder) if holder == pid => return Ok(Ok(Leased::Held)),
+            Some(holder) if alive(holder) => return Ok(Err(holder)),
+            _ => {}
         }
         tx.prepare_cached(
             "INSERT OR REPLACE INTO run_leases (run_id, pid, taken_at_ms) VALUES (?1, ?2, ?3)",
         )?
         .execute(params![run_id, pid, to_sql_int(crate::now_ms())])?;
         tx.commit()?;
-        Ok(Ok(()))
+        Ok(Ok(Leased::Taken))
     }
 
     /// Give back the lease on `run_id`, if `pid` holds it.
@@ -170,18 +180,32 @@ mod tests {
     #[test]
     fn one_resumer_at_a_time_and_a_dead_ones_lease_is_taken_over() {
         let store = Store::open_in_memory().expect("store");
-        assert_eq!(store.take_lease("r1", 10, |_| true).expect("take"), Ok(()));
+        assert_eq!(
+            store.take_lease("r1", 10, |_| true).expect("take"),
+            Ok(Leased::Taken)
+        );
         assert_eq!(store.take_lease("r1", 11, |_| true).expect("take"), Err(10));
-        assert_eq!(store.take_lease("r2", 11, |_| true).expect("take"), Ok(()));
+        assert_eq!(
+            store.take_lease("r2", 11, |_| true).expect("take"),
+            Ok(Leased::Taken)
+        );
         // Its holder is gone: taken over.
         assert_eq!(
             store.take_lease("r1", 11, |pid| pid != 10).expect("take"),
-            Ok(())
+            Ok(Leased::Taken)
+        );
+        assert_eq!(
+            store.take_lease("r1", 11, |_| true).expect("take"),
+            Ok(Leased::Held),
+            "its own lease"
         );
         store.release_lease("r1", 10).expect("not its lease");
         assert_eq!(store.take_lease("r1", 12, |_| true).expect("take"), Err(11));
         store.release_lease("r1", 11).expect("release");
-        assert_eq!(store.take_lease("r1", 12, |_| true).expect("take"), Ok(()));
+        assert_eq!(
+            store.take_lease("r1", 12, |_| true).expect("take"),
+            Ok(Leased::Taken)
+        );
     }
 
     #[test]

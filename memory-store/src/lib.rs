@@ -46,7 +46,7 @@ use rusqlite::Connection;
 use rusqlite::config::DbConfig;
 
 pub use consents::Consent;
-pub use journal::JournalEntry;
+pub use journal::{JournalEntry, Leased};
 pub use memory::{Entry, Event, MemoryError, Recorded, RunMemory};
 pub use runs::{LlmCall, RunFilter, RunRecord, ToolCall};
 

@@ -4,7 +4,7 @@
 
 use agent_contract::envelope::JournalMode;
 use agent_contract::{Home, LogFormat, Manifest, Outcome, OutputFormat};
-use memory_store::{RunRecord, Store};
+use memory_store::{Leased, RunRecord, Store};
 
 use crate::exit::UsageError;
 use crate::request::Request;
@@ -71,20 +71,24 @@ pub fn replayable(home: &Home, run_id: &str) -> anyhow::Result<(Store, RunRecord
 
 /// Take the lease on resuming `run_id` for this process: `Err(pid)` when a live process
 /// `pid` holds it (the lease of a process that is gone is taken over).
-pub fn take_lease(store: &Store, run_id: &str) -> anyhow::Result<Result<(), u32>> {
+pub fn take_lease(store: &Store, run_id: &str) -> anyhow::Result<Result<Leased, u32>> {
     let alive =
         |pid: u32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
     Ok(store.take_lease(run_id, std::process::id(), alive)?)
 }
 
-/// [`take_lease`], or the usage error that says who holds it.
+/// [`take_lease`] for a resume, which the caller gives back; else the usage error that
+/// says who holds it (this process, when it is the daemon running it on another thread).
 pub fn lease(store: &Store, run_id: &str) -> anyhow::Result<()> {
-    take_lease(store, run_id)?.map_err(|holder| {
-        UsageError(format!(
-            "run {run_id} is being resumed by process {holder}; wait for it to finish"
-        ))
-        .into()
-    })
+    let holder = match take_lease(store, run_id)? {
+        Ok(Leased::Taken) => return Ok(()),
+        Ok(Leased::Held) => std::process::id(),
+        Err(holder) => holder,
+    };
+    Err(UsageError(format!(
+        "run {run_id} is being resumed or retried by process {holder}; wait for it to finish"
+    ))
+    .into())
 }
 
 /// The request that runs `record` again (its run id, agent and input, the next attempt),

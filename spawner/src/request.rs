@@ -16,7 +16,7 @@ use agent_contract::{
     Home, LogFormat, Manifest, Outcome, OutputFormat, PhaseTimings, RequestHeader, RunReport,
 };
 use anyhow::Context;
-use memory_store::{RunRecord, Store};
+use memory_store::{Leased, RunRecord, Store};
 use nix::sys::signal::Signal;
 
 use crate::spawn::{COMPILE_DEADLINE, Spawn, SpawnPolicy, StderrSink, StopOn, Termination};
@@ -105,6 +105,10 @@ pub struct Finished {
     pub spawner_report: Option<RunReport>,
     /// Set when the run was stopped early.
     pub stopped: Option<StopReason>,
+    /// Whether running it on could end otherwise (a retry): it failed in a way that may
+    /// pass ([`Outcome::may_pass`]), was not stopped (even after it had finished), and was
+    /// not ended by its compile step.
+    pub retryable: bool,
 }
 
 impl Finished {
@@ -151,7 +155,7 @@ pub fn execute(
     spare: Option<&dyn Fn() -> Option<crate::spawn::Started>>,
 ) -> anyhow::Result<Finished> {
     let manifest = Manifest::load(&home.agent_manifest(&request.agent)?)?;
-    let mut finished = attempt(
+    let finished = attempt(
         home,
         request,
         &manifest,
@@ -161,118 +165,172 @@ pub fn execute(
         spare,
     )?;
     let durable = &manifest.durable;
-    let mut retry = request.clone();
-    for n in 1..=durable.retries {
-        if finished.stopped.is_some()
-            || !finished.outcome.may_pass()
-            || request.journal == JournalMode::Replay
-        {
-            break;
-        }
-        let wait = durable.backoff(n);
+    if durable.retries == 0 || request.journal == JournalMode::Replay || !finished.retryable {
+        return Ok(finished);
+    }
+    // The run's lease, held from the first retry to the last: taken here (and given back
+    // here), or held already by this process's resume of it.
+    let mut leased: Option<(Store, Leased)> = None;
+    let retried = retry(
+        home,
+        request,
+        &manifest,
+        stop,
+        &mut on_stderr,
+        finished,
+        &mut leased,
+    );
+    if let Some((store, Leased::Taken)) = leased
+        && let Err(e) = store.release_lease(&request.run_id, std::process::id())
+    {
         say_to(
             &mut on_stderr,
             request.log_format,
             &format!(
-                "run {} attempt {} ended {}; retry {n} of {} in {} ms",
-                request.run_id,
-                retry.attempt,
+                "warning: could not give back run {}'s lease: {e}",
+                request.run_id
+            ),
+        );
+    }
+    retried
+}
+
+/// [`execute`]'s retries of `finished`, the lease they hold kept in `leased`.
+fn retry(
+    home: &Home,
+    request: &Request,
+    manifest: &Manifest,
+    stop: Stop<'_>,
+    on_stderr: &mut Option<StderrSink<'_>>,
+    mut finished: Finished,
+    leased: &mut Option<(Store, Leased)>,
+) -> anyhow::Result<Finished> {
+    let durable = &manifest.durable;
+    let run_id = &request.run_id;
+    let mut attempt_no = request.attempt;
+    for n in 1..=durable.retries {
+        if !finished.retryable {
+            break;
+        }
+        if leased.is_none() {
+            let store = Store::open(&home.store_path())?;
+            match crate::durable::take_lease(&store, run_id)? {
+                Ok(how) => *leased = Some((store, how)),
+                Err(holder) => {
+                    say_to(
+                        on_stderr,
+                        request.log_format,
+                        &format!(
+                            "run {run_id} is being resumed by process {holder}: no retry here"
+                        ),
+                    );
+                    break;
+                }
+            }
+        }
+        let wait = durable.backoff(n);
+        say_to(
+            on_stderr,
+            request.log_format,
+            &format!(
+                "run {run_id} attempt {attempt_no} ended {}; retry {n} of {} in {} ms",
                 finished.outcome,
                 durable.retries,
                 wait.as_millis()
             ),
         );
-        if let Some(reason) = wait_unless_stopped(stop, wait)? {
-            finished.stopped = Some(reason);
+        let woken = crate::spawn::pause(wait, &stop_fds(stop), matches!(stop, Stop::Signals))?;
+        if let Some(woken) = woken {
+            finished.stopped = Some(match woken {
+                crate::spawn::Woken::Signal(sig) => StopReason::Signal(sig),
+                crate::spawn::Woken::StopOn(0) => StopReason::Cancelled,
+                crate::spawn::Woken::StopOn(_) => StopReason::ClientGone,
+            });
             break;
         }
-        let store = Store::open(&home.store_path())?;
-        if let Err(holder) = crate::durable::take_lease(&store, &request.run_id)? {
-            say_to(
-                &mut on_stderr,
-                request.log_format,
-                &format!(
-                    "run {} is being resumed by process {holder}: no retry here",
-                    request.run_id
-                ),
-            );
+        let Some((store, _)) = leased.as_mut() else {
             break;
+        };
+        // What agent-exec recorded lands in the run log when the store was open: read it.
+        store.import_run_log()?;
+        // Under the lease, the run must still be where this attempt left it: another
+        // resumer may have run it on during the backoff.
+        match store.run(run_id)? {
+            Some(r) if r.attempt == attempt_no && r.status.may_pass() => {}
+            r => {
+                say_to(
+                    on_stderr,
+                    request.log_format,
+                    &format!(
+                        "run {run_id} was run on elsewhere ({}): no retry here",
+                        r.map_or_else(
+                            || "it has no record".to_owned(),
+                            |r| format!("attempt {} ended {}", r.attempt, r.status)
+                        )
+                    ),
+                );
+                break;
+            }
         }
-        retry = Request {
+        attempt_no = attempt_no.saturating_add(1);
+        let again = Request {
             journal: match request.journal {
                 JournalMode::ResumeChanged => JournalMode::ResumeChanged,
                 _ => JournalMode::Resume,
             },
-            attempt: retry.attempt.saturating_add(1),
-            ..retry
+            attempt: attempt_no,
+            ..request.clone()
         };
-        let again = attempt(
+        finished = attempt(
             home,
-            &retry,
-            &manifest,
+            &again,
+            manifest,
             stop,
             // Shortens the callback's lifetime to the attempt's.
             on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
             None,
-        );
-        store.release_lease(&request.run_id, std::process::id())?;
-        finished = again?;
+        )?;
     }
     Ok(finished)
 }
 
-/// Wait `wait`, or less when `stop` says so: why it stopped.
-fn wait_unless_stopped(stop: Stop<'_>, wait: Duration) -> anyhow::Result<Option<StopReason>> {
+/// The daemon's descriptors a run stops on: `Termination::Stopped(0)` is the cancel,
+/// `(1)` the client.
+fn stop_fds(stop: Stop<'_>) -> Vec<StopOn<'_>> {
     match stop {
-        // A signal has its default effect (the failed attempt is recorded already).
-        Stop::Signals => {
-            std::thread::sleep(wait);
-            Ok(None)
-        }
+        Stop::Signals => Vec::new(),
         Stop::Fds { cancel, client } => {
-            use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-            let mut fds = vec![PollFd::new(cancel, PollFlags::POLLIN)];
-            fds.extend(client.map(|fd| PollFd::new(fd, PollFlags::POLLHUP)));
-            let deadline = Instant::now() + wait;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-                match poll(&mut fds, PollTimeout::from(ms)) {
-                    Ok(0) if left.is_zero() => return Ok(None),
-                    Ok(0) | Err(nix::errno::Errno::EINTR) => {}
-                    Ok(_) => {
-                        let cancelled = fds[0].any().unwrap_or(false);
-                        return Ok(Some(if cancelled {
-                            StopReason::Cancelled
-                        } else {
-                            StopReason::ClientGone
-                        }));
-                    }
-                    Err(e) => return Err(std::io::Error::from(e).into()),
-                }
-            }
+            let mut fds = vec![StopOn {
+                fd: cancel,
+                events: nix::poll::PollFlags::POLLIN,
+            }];
+            fds.extend(client.map(|fd| StopOn {
+                fd,
+                events: nix::poll::PollFlags::POLLHUP,
+            }));
+            fds
         }
     }
 }
 
-/// A line from the spawner among agent-exec's log lines: to `on_stderr` when it takes
-/// them (as a JSON log line when that is their format), else to standard error.
+/// A line from the spawner among agent-exec's log lines, in their format (a JSON line
+/// shaped as agent-exec's), to `on_stderr` when it takes them, else to standard error.
 fn say_to(on_stderr: &mut Option<StderrSink<'_>>, format: LogFormat, text: &str) {
+    let line = match format {
+        LogFormat::Json => serde_json::json!({
+            "level": "WARN",
+            "message": text,
+            "target": "spawner",
+        })
+        .to_string(),
+        LogFormat::Human => format!("spawner: {text}"),
+    };
     match on_stderr {
         Some(sink) => {
-            let mut line = match format {
-                LogFormat::Json => serde_json::json!({
-                    "level": "WARN",
-                    "fields": {"message": text},
-                    "target": "spawner",
-                })
-                .to_string(),
-                LogFormat::Human => format!("spawner: {text}"),
-            };
-            line.push('\n');
             sink(line.as_bytes());
+            sink(b"\n");
         }
-        None => crate::say!("spawner: {text}"),
+        None => crate::say!("{line}"),
     }
 }
 
@@ -319,21 +377,7 @@ fn attempt(
     };
     let mut envelope = Vec::with_capacity(request.input.len() + 512);
     write_envelope(&mut envelope, &header, &request.input).context("cannot build the request")?;
-    // The daemon's descriptors: `Termination::Stopped(0)` is the cancel, `(1)` the client.
-    let stop_on: Vec<StopOn<'_>> = match stop {
-        Stop::Signals => Vec::new(),
-        Stop::Fds { cancel, client } => {
-            let mut fds = vec![StopOn {
-                fd: cancel,
-                events: nix::poll::PollFlags::POLLIN,
-            }];
-            fds.extend(client.map(|fd| StopOn {
-                fd,
-                events: nix::poll::PollFlags::POLLHUP,
-            }));
-            fds
-        }
-    };
+    let stop_on = stop_fds(stop);
     let mut on_stderr = on_stderr;
     let stop_on_signals = matches!(stop, Stop::Signals);
     let spawn = Spawn {
@@ -423,6 +467,8 @@ fn attempt(
         _ => None,
     };
 
+    // A stop or a failed compile is not retried, whatever the record says.
+    let retryable_failure = stopped.is_none() && failed_compile.is_none();
     let (outcome, error) = if let Some(failed) = failed_compile {
         failed
     } else {
@@ -434,6 +480,7 @@ fn attempt(
                         stdout,
                         spawner_report: None,
                         stopped: None,
+                        retryable: outcome.may_pass(),
                     });
                 }
                 // Not one of ours (a panic exits with 101): agent-exec failed before it could
@@ -531,6 +578,7 @@ fn attempt(
             verdict: None,
         }),
         stopped,
+        retryable: retryable_failure && outcome.may_pass(),
     })
 }
 

@@ -591,6 +591,59 @@ fn apply_limits(pid: libc::pid_t, limits: &ResourceLimits) {
     }
 }
 
+/// What ended a [`pause`] early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// `stop_on[i]` became ready.
+    StopOn(usize),
+    /// This process got the signal (with `stop_on_signals`).
+    Signal(Signal),
+}
+
+/// Wait `wait` (between a durable run's attempts), or less: until one of `stop_on` is
+/// ready, or, with `stop_on_signals`, SIGINT, SIGTERM or SIGHUP arrives, as a run
+/// would be stopped.
+pub fn pause(
+    wait: Duration,
+    stop_on: &[StopOn<'_>],
+    stop_on_signals: bool,
+) -> Result<Option<Woken>, SpawnError> {
+    let signals = if stop_on_signals {
+        Some(InterruptSignals::block()?)
+    } else {
+        None
+    };
+    let mut fds: Vec<PollFd<'_>> = stop_on
+        .iter()
+        .chain(signals.as_ref().map(InterruptSignals::stop_on).as_ref())
+        .map(|s| PollFd::new(s.fd, s.events))
+        .collect();
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+            Ok(_) => {
+                let ready = fds
+                    .iter()
+                    .position(|f| f.any().unwrap_or(false))
+                    .unwrap_or(0);
+                return Ok(Some(match &signals {
+                    Some(s) if ready == stop_on.len() => {
+                        Woken::Signal(s.received().unwrap_or(Signal::SIGTERM))
+                    }
+                    _ => Woken::StopOn(ready),
+                }));
+            }
+            Err(e) => return Err(os("wait between attempts")(e.into())),
+        }
+    }
+}
+
 /// What the command line stops a run on: SIGINT, SIGTERM and SIGHUP, blocked in this
 /// thread and read from a signalfd, so that the spawner kills the run's group and records
 /// it before exiting. The previous mask comes back on drop.

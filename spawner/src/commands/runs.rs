@@ -111,7 +111,7 @@ fn resume(
     };
     let finished = crate::request::execute(home, &request, Stop::Signals, None, None);
     store.release_lease(run_id, std::process::id())?;
-    report_again(finished?, json)
+    super::run::finish(&finished?, json)
 }
 
 /// Replay a finished run from its journal and check its answer.
@@ -138,7 +138,7 @@ fn replay(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
         }
         return Ok(Outcome::Ok);
     }
-    report_again(finished, json)
+    super::run::finish(&finished, json)
 }
 
 /// The request that runs `record` again from the command line.
@@ -148,11 +148,6 @@ fn again(record: memory_store::RunRecord, journal: JournalMode, json: bool) -> R
         work_dir: std::env::current_dir().ok(),
         ..crate::durable::again(record, journal, json)
     }
-}
-
-/// How a resume or a failed replay ended: as `spawner run` says it.
-fn report_again(finished: crate::request::Finished, json: bool) -> anyhow::Result<Outcome> {
-    super::run::finish(&finished, json)
 }
 
 /// Delete runs with their evidence.
