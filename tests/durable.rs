@@ -16,34 +16,37 @@ use agent_contract::Outcome;
 
 /// A home with the faulty server and the testing agent as `steps`, durable.
 fn durable_home() -> TestHome {
-    let home = TestHome::new();
-    std::fs::write(
-        home.path().join("tools.toml"),
-        crate::tools::faulty("faulty", &[], "timeout_s = 60"),
-    )
-    .expect("tools.toml");
-    home.install_testing(
-        "steps",
-        "[limits]\ntimeout_ms = 60000\n\n[tools]\nservers = [\"faulty\"]\n\n[durable]\njournal = true\n",
-    );
-    home.precompile("steps");
-    home
+    home_with_steps("")
 }
 
 /// A home with the faulty server and the testing agent as `steps`, durable, retried twice.
 fn retrying_home() -> TestHome {
+    home_with_steps("retries = 2\nretry_backoff_ms = 10\n")
+}
+
+/// A home with the faulty server and the testing agent as `steps`, its `[durable]` table
+/// `journal = true` and `durable`.
+fn home_with_steps(durable: &str) -> TestHome {
     let home = TestHome::new();
     std::fs::write(
         home.path().join("tools.toml"),
         crate::tools::faulty("faulty", &[], "timeout_s = 60"),
     )
     .expect("tools.toml");
-    home.install_testing(
-        "steps",
-        "[limits]\ntimeout_ms = 60000\n\n[tools]\nservers = [\"faulty\"]\n\n[durable]\njournal = true\nretries = 2\nretry_backoff_ms = 10\n",
-    );
-    home.precompile("steps");
+    install_steps(&home, "steps", durable);
     home
+}
+
+/// The testing agent as `name`, using the faulty server, durable with `durable` too, and
+/// compiled.
+fn install_steps(home: &TestHome, name: &str, durable: &str) {
+    home.install_testing(
+        name,
+        &format!(
+            "[limits]\ntimeout_ms = 60000\n\n[tools]\nservers = [\"faulty\"]\n\n[durable]\njournal = true\n{durable}"
+        ),
+    );
+    home.precompile(name);
 }
 
 /// The lines of a file the server appended to (none when it does not exist yet).
@@ -275,11 +278,7 @@ fn a_failed_attempt_is_retried_from_its_journal_as_the_manifest_says() {
 #[test]
 fn the_daemon_resumes_replays_and_retries_durable_runs() {
     let home = durable_home();
-    home.install_testing(
-        "retried",
-        "[limits]\ntimeout_ms = 60000\n\n[tools]\nservers = [\"faulty\"]\n\n[durable]\njournal = true\nretries = 1\nretry_backoff_ms = 10\n",
-    );
-    home.precompile("retried");
+    install_steps(&home, "retried", "retries = 1\nretry_backoff_ms = 10\n");
     // A run that failed at step 1 (the server crashes there each time), from the CLI.
     let file = home.path().join("calls-देवनागरी-🦀.txt");
     let crash = PathBuf::from(format!("{}.crash", file.display()));
@@ -343,11 +342,7 @@ fn the_daemon_resumes_replays_and_retries_durable_runs() {
 
     // In its backoff, a retried run holds its lease: a resume is refused; a cancel ends the
     // wait (the client's 30 s read timeout is shorter than the minute's backoff).
-    home.install_testing(
-        "patient",
-        "[tools]\nservers = [\"faulty\"]\n\n[durable]\njournal = true\nretries = 1\nretry_backoff_ms = 60000\n",
-    );
-    home.precompile("patient");
+    install_steps(&home, "patient", "retries = 1\nretry_backoff_ms = 60000\n");
     let file = home.path().join("calls-patient.txt");
     std::fs::write(format!("{}.crash", file.display()), "always step 0").expect("mark");
     let input = format!("steps 2 faulty {}", file.display());

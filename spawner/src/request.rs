@@ -213,10 +213,21 @@ fn retry(
             break;
         }
         if leased.is_none() {
-            let store = Store::open(&home.store_path())?;
-            match crate::durable::take_lease(&store, run_id)? {
-                Ok(how) => *leased = Some((store, how)),
-                Err(holder) => {
+            let taken = Store::open(&home.store_path())
+                .map_err(anyhow::Error::from)
+                .and_then(|store| Ok((crate::durable::take_lease(&store, run_id)?, store)));
+            match taken {
+                Ok((Ok(how), store)) => *leased = Some((store, how)),
+                // The failed attempt stands as the answer; the store's trouble is said.
+                Err(e) => {
+                    say_to(
+                        on_stderr,
+                        request.log_format,
+                        &format!("warning: run {run_id} cannot be retried: {e:#}"),
+                    );
+                    break;
+                }
+                Ok((Err(holder), _)) => {
                     say_to(
                         on_stderr,
                         request.log_format,
@@ -252,12 +263,23 @@ fn retry(
             break;
         };
         // What agent-exec recorded lands in the run log when the store was open: read it.
-        store.import_run_log()?;
         // Under the lease, the run must still be where this attempt left it: another
         // resumer may have run it on during the backoff.
-        match store.run(run_id)? {
-            Some(r) if r.attempt == attempt_no && r.status.may_pass() => {}
-            r => {
+        let record = store
+            .import_run_log()
+            .and_then(|_| store.run(run_id))
+            .map_err(|e| format!("its record cannot be read: {e}"));
+        match record {
+            Ok(Some(r)) if r.attempt == attempt_no && r.status.may_pass() => {}
+            Err(why) => {
+                say_to(
+                    on_stderr,
+                    request.log_format,
+                    &format!("warning: run {run_id} cannot be retried: {why}"),
+                );
+                break;
+            }
+            Ok(r) => {
                 say_to(
                     on_stderr,
                     request.log_format,
