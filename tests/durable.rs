@@ -79,6 +79,13 @@ fn replay_every_run(home: &TestHome) -> usize {
     replayed
 }
 
+/// Whether a JSON-RPC answer is an error whose message says `text`.
+fn error_says(answer: &serde_json::Value, text: &str) -> bool {
+    answer["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains(text))
+}
+
 fn journal_count(home: &TestHome, run_id: &str, kind: &str) -> i64 {
     count(
         &home.store(),
@@ -306,23 +313,13 @@ fn the_daemon_resumes_replays_and_retries_durable_runs() {
     // Finished ok: nothing to resume, said as the command line says it.
     let again = c.call("runs.resume", serde_json::json!({"run_id": run_id}));
     assert_eq!(again["error"]["data"]["status"], "usage_error", "{again}");
-    assert!(
-        again["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("there is nothing to resume")),
-        "{again}"
-    );
+    assert!(error_says(&again, "there is nothing to resume"), "{again}");
     let replayed = c.result("runs.replay", serde_json::json!({"run_id": run_id}));
     assert_eq!(replayed["status"], "ok", "{replayed}");
     assert_eq!(replayed["output"].as_str(), Some(answer.as_str()));
     assert_eq!(lines(&file).len(), 3, "a replay makes no call");
     let unknown = c.call("runs.replay", serde_json::json!({"run_id": "no-such-run"}));
-    assert!(
-        unknown["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("no run \"no-such-run\"")),
-        "{unknown}"
-    );
+    assert!(error_says(&unknown, "no run \"no-such-run\""), "{unknown}");
 
     // A run through the daemon is retried as its manifest says; the retry is a log line.
     let file = home.path().join("calls-retried.txt");
@@ -364,9 +361,7 @@ fn the_daemon_resumes_replays_and_retries_durable_runs() {
     }
     let refused = c.call("runs.resume", serde_json::json!({"run_id": run_id}));
     assert!(
-        refused["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("is being resumed or retried by process")),
+        error_says(&refused, "is being resumed or retried by process"),
         "{refused}"
     );
     let cancelled = c.result("runs.cancel", serde_json::json!({"run_id": run_id}));

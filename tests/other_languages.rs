@@ -180,11 +180,16 @@ fn concurrent_first_runs_of_a_component_compile_it_once() {
     const RUNS: usize = 3;
     let runs: Vec<std::process::Child> = (0..RUNS)
         .map(|i| {
-            home.spawner(&["run", "--json", "shout-py", &format!("run {i}, ünïcode 🦀")])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawner starts")
+            home.spawner(&[
+                "run",
+                "--json",
+                "shout-py",
+                &format!("run {i}, ünïcode 🦀 e\u{301}"),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawner starts")
         })
         .collect();
     let compiling = |run: &std::process::Child| {
@@ -205,7 +210,7 @@ fn concurrent_first_runs_of_a_component_compile_it_once() {
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         let answer = report(&out)["output"].as_str().unwrap_or("").to_owned();
         assert!(
-            answer.starts_with(&format!("RUN {i}, ÜNÏCODE 🦀 (run ")),
+            answer.starts_with(&format!("RUN {i}, ÜNÏCODE 🦀 E\u{301} (run ")),
             "{answer}"
         );
     }

@@ -69,6 +69,16 @@ pub fn replayable(home: &Home, run_id: &str) -> anyhow::Result<(Store, RunRecord
     Ok((store, record))
 }
 
+/// How a resume serves the journal: the component must be the run's unless
+/// `allow_changed`.
+pub fn resume_mode(allow_changed: bool) -> JournalMode {
+    if allow_changed {
+        JournalMode::ResumeChanged
+    } else {
+        JournalMode::Resume
+    }
+}
+
 /// Take the lease on resuming `run_id` for this process: `Err(pid)` when a live process
 /// `pid` holds it (the lease of a process that is gone is taken over).
 pub fn take_lease(store: &Store, run_id: &str) -> anyhow::Result<Result<Leased, u32>> {

@@ -296,10 +296,7 @@ fn retry(
         }
         attempt_no = attempt_no.saturating_add(1);
         let again = Request {
-            journal: match request.journal {
-                JournalMode::ResumeChanged => JournalMode::ResumeChanged,
-                _ => JournalMode::Resume,
-            },
+            journal: crate::durable::resume_mode(request.journal == JournalMode::ResumeChanged),
             attempt: attempt_no,
             ..request.clone()
         };

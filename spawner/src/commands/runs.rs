@@ -100,11 +100,7 @@ fn resume(
 ) -> anyhow::Result<Outcome> {
     let (store, record) = crate::durable::resumable(home, run_id)?;
     crate::durable::lease(&store, run_id)?;
-    let mode = if allow_changed {
-        JournalMode::ResumeChanged
-    } else {
-        JournalMode::Resume
-    };
+    let mode = crate::durable::resume_mode(allow_changed);
     let request = Request {
         timeout,
         ..again(record, mode, json)

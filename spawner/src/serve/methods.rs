@@ -228,8 +228,8 @@ fn run_failed(outcome: Outcome, message: String) -> RpcError {
     }
 }
 
-/// A request refused before it ran (a run that cannot be resumed, say), with its place in
-/// the outcome table.
+/// A request that failed before it could run (a run that cannot be resumed, an agent-exec
+/// that cannot be spawned), with its place in the outcome table.
 fn refused(e: &anyhow::Error) -> RpcError {
     run_failed(crate::exit::outcome(e), format!("{e:#}"))
 }
@@ -263,11 +263,7 @@ fn resume(daemon: &Daemon, conn: &mut Connection, p: ResumeParams) -> Result<Val
     // The lease keeps other processes out; this daemon's own threads share its pid, so a
     // run in flight here (its first attempt, or its retries) is refused by `serve`.
     crate::durable::lease(&store, &p.run_id).map_err(|e| refused(&e))?;
-    let mode = if p.allow_changed {
-        JournalMode::ResumeChanged
-    } else {
-        JournalMode::Resume
-    };
+    let mode = crate::durable::resume_mode(p.allow_changed);
     let request = crate::request::Request {
         timeout,
         stream_llm: p.stream,
@@ -421,14 +417,13 @@ fn serve(
     let finished = match finished {
         Ok(f) => f,
         Err(e) => {
-            let outcome = crate::exit::outcome(&e);
             if e.downcast_ref::<crate::spawn::SpawnError>().is_some() {
                 daemon
                     .metrics
                     .spawn_failures
                     .fetch_add(1, Ordering::Relaxed);
             }
-            return Err(run_failed(outcome, format!("{e:#}")));
+            return Err(refused(&e));
         }
     };
     let report = finished
