@@ -68,6 +68,7 @@ pub fn ensure_standard_fds() {
     }
 }
 
+pub mod admission;
 pub mod cli;
 pub mod client;
 pub mod commands;

@@ -10,7 +10,7 @@
 //!   more connections for more concurrency). Each run waits on its child with
 //!   [`crate::spawn`]'s poll loop, which also watches the client's socket (a client that
 //!   disconnects has its run's process group killed) and the run's cancel eventfd.
-//! - **Admission**: [`admission`] bounds runs in flight and waiting; beyond, `busy`.
+//! - **Admission**: [`crate::admission`] bounds runs in flight and waiting; beyond, `busy`.
 //! - **Spares**: [`spares`] keeps a few agent-execs started ahead (`--prepare`), each
 //!   taking exactly one request, so that a run does not wait for a process to start.
 //! - **Store**: the daemon keeps one connection to the memory store open for its life (a
@@ -20,7 +20,6 @@
 //!
 //! Methods: [`methods`]. Wire format and error codes: [`rpc`].
 
-pub mod admission;
 mod methods;
 pub mod metrics;
 pub mod rpc;
@@ -42,9 +41,9 @@ use memory_store::Store;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::EventFd;
 
-use self::admission::Admission;
 use self::metrics::Metrics;
 use self::rpc::{Line, RpcError};
+use crate::admission::Admission;
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
