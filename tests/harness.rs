@@ -226,6 +226,8 @@ pub fn start_agent_exec(
         broker: None,
         journal: Default::default(),
         attempt: 1,
+        sub_runs: None,
+        parent_run_id: None,
     };
     let mut envelope = Vec::new();
     write_envelope(&mut envelope, &header, input.as_bytes()).expect("envelope");

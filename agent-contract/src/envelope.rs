@@ -83,6 +83,14 @@ pub struct RequestHeader {
     /// Which attempt of `run_id` this is: 1, or more for a resume.
     #[serde(default = "first_attempt")]
     pub attempt: u32,
+    /// Where this run asks for sub-runs, when its agent may start any (`[runs]`) and the
+    /// spawner runs them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_runs: Option<crate::subruns::SubRunChannel>,
+    /// Set for a sub-run: its parent's run id (recorded with the run, which also keeps
+    /// its answer for the parent's resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<String>,
 }
 
 fn first_attempt() -> u32 {
@@ -267,6 +275,8 @@ mod tests {
             broker: None,
             journal: Default::default(),
             attempt: 1,
+            sub_runs: None,
+            parent_run_id: None,
         }
     }
 

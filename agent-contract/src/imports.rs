@@ -42,6 +42,7 @@ pub const AGENT_INTERFACES: &[&str] = &[
     "spawner:agent/llm",
     "spawner:agent/log",
     "spawner:agent/memory",
+    "spawner:agent/runs",
     "spawner:agent/tools",
     "spawner:agent/types",
 ];

@@ -12,6 +12,8 @@
 //!   component's imports against them.
 //! - [`outcome`]: the one table of run outcomes, their exit codes and status names.
 //! - [`report`]: the JSON report of a run (`--json`) and its phase timings.
+//! - [`subruns`]: the wire between a parent run's agent-exec and the spawner that starts
+//!   its sub-runs.
 //! - [`tools`]: `tools.toml`, the MCP tool servers of a home.
 //! - [`service`]: what the home's long-lived processes (daemon, broker) set up for
 //!   themselves at start: their own resource limits.
@@ -26,6 +28,7 @@ pub mod outcome;
 pub mod providers;
 pub mod report;
 pub mod service;
+pub mod subruns;
 pub mod tools;
 
 pub use envelope::{LogFormat, OutputFormat, RequestHeader};

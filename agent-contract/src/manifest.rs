@@ -51,6 +51,11 @@
 //! retry_backoff_ms = 200          # before the first retry; doubled before each next,
 //!                                 # up to a minute
 //!
+//! [runs]
+//! agents = ["reviewer"]           # agents it may start as sub-runs (none by default)
+//! parallel = 4                    # of its sub-runs running at once
+//! max = 256                       # sub-runs one run may start
+//!
 //! [config]                        # strings, numbers and booleans, read by the agent
 //! greeting = "hello"
 //! ```
@@ -79,6 +84,17 @@ pub const MAX_RETRIES: u64 = 10;
 pub const DEFAULT_RETRY_BACKOFF_MS: u64 = 200;
 /// The longest wait `[durable] retry_backoff_ms` may ask for.
 pub const MAX_RETRY_BACKOFF_MS: u64 = 60_000;
+/// How many of a run's sub-runs run at once by default (`[runs] parallel`).
+pub const DEFAULT_SUB_RUNS_PARALLEL: u64 = 4;
+/// The most `[runs] parallel` may ask for.
+pub const MAX_SUB_RUNS_PARALLEL: u64 = 64;
+/// How many sub-runs one run may start by default (`[runs] max`).
+pub const DEFAULT_SUB_RUNS_MAX: u64 = 256;
+/// The most `[runs] max` may ask for.
+pub const MAX_SUB_RUNS_MAX: u64 = 4096;
+/// How deep sub-runs may nest: a run this many levels below the one a caller asked for
+/// may start none.
+pub const MAX_SUB_RUN_DEPTH: u32 = 8;
 
 /// An `agent.toml` as written, before validation. Spans point back into the file.
 #[derive(Debug, Deserialize)]
@@ -105,6 +121,8 @@ pub struct RawManifest {
     placement: Placement,
     #[serde(default)]
     durable: RawDurable,
+    #[serde(default)]
+    runs: RawRuns,
     #[serde(default)]
     config: BTreeMap<String, Spanned<toml::Value>>,
 }
@@ -163,6 +181,15 @@ struct RawDurable {
     retry_backoff_ms: Option<Spanned<u64>>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuns {
+    #[serde(default)]
+    agents: Vec<Spanned<String>>,
+    parallel: Option<Spanned<u64>>,
+    max: Option<Spanned<u64>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPreopen {
@@ -208,6 +235,39 @@ impl ToolPolicy {
                     .iter()
                     .any(|a| a.split_once('/') == Some((server, tool)))
             })
+    }
+}
+
+/// `[runs]`: which agents an agent may start as sub-runs, and how many.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubRunPolicy {
+    /// The agents, by name; starting any other is refused.
+    pub agents: Vec<String>,
+    /// How many of one run's sub-runs run at once; the rest wait, unstarted.
+    pub parallel: usize,
+    /// How many sub-runs one run may start.
+    pub max: u32,
+}
+
+impl Default for SubRunPolicy {
+    fn default() -> SubRunPolicy {
+        SubRunPolicy {
+            agents: Vec::new(),
+            parallel: DEFAULT_SUB_RUNS_PARALLEL as usize,
+            max: DEFAULT_SUB_RUNS_MAX as u32,
+        }
+    }
+}
+
+impl SubRunPolicy {
+    /// Whether the agent may start sub-runs at all.
+    pub fn any(&self) -> bool {
+        !self.agents.is_empty()
+    }
+
+    /// Whether it may start a run of `agent`.
+    pub fn allows(&self, agent: &str) -> bool {
+        self.agents.iter().any(|a| a == agent)
     }
 }
 
@@ -278,6 +338,8 @@ pub struct Manifest {
     pub placement: Placement,
     /// Whether its runs keep a journal, for resume and replay.
     pub durable: Durable,
+    /// Which agents it may start as sub-runs.
+    pub runs: SubRunPolicy,
     /// `[config]` values rendered as text, for the agent to read.
     pub config: BTreeMap<String, String>,
 }
@@ -650,6 +712,8 @@ impl RawManifest {
             }
         };
 
+        let runs = sub_run_policy(self.runs, invalid)?;
+
         let mut preopens = Vec::with_capacity(self.preopens.len());
         for p in self.preopens {
             let host = Path::new(p.host.get_ref());
@@ -765,12 +829,42 @@ impl RawManifest {
             preopens,
             placement: self.placement,
             durable,
+            runs,
             config,
         })
     }
 }
 
 /// A list of names, none of them empty.
+fn sub_run_policy(raw: RawRuns, invalid: &Invalid<'_>) -> Result<SubRunPolicy, ManifestError> {
+    let mut agents = Vec::with_capacity(raw.agents.len());
+    for agent in raw.agents {
+        if let Err(e) = crate::home::validate_agent_name(agent.get_ref()) {
+            return Err(invalid(agent.span(), format!("runs.agents: {e}")));
+        }
+        agents.push(agent.into_inner());
+    }
+    let parallel = bounded(
+        raw.parallel,
+        DEFAULT_SUB_RUNS_PARALLEL,
+        1..=MAX_SUB_RUNS_PARALLEL,
+        "runs.parallel",
+        invalid,
+    )?;
+    let max = bounded(
+        raw.max,
+        DEFAULT_SUB_RUNS_MAX,
+        1..=MAX_SUB_RUNS_MAX,
+        "runs.max",
+        invalid,
+    )?;
+    Ok(SubRunPolicy {
+        agents,
+        parallel: usize::try_from(parallel).unwrap_or(1),
+        max: u32::try_from(max).unwrap_or(1),
+    })
+}
+
 fn names(
     list: Vec<Spanned<String>>,
     what: &str,
@@ -916,6 +1010,41 @@ mod tests {
         );
         assert!(
             message.contains("durable.retries = 11 is out of range"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn runs_name_the_agents_it_may_start_and_bound_them() {
+        let m = parse(&format!(
+            "{MINIMAL}[runs]\nagents = [\"reviewer\", \"secret-guard\"]\nparallel = 2\n"
+        ))
+        .expect("valid");
+        assert!(m.runs.any() && m.runs.allows("reviewer") && !m.runs.allows("echo"));
+        assert_eq!(
+            (m.runs.parallel, m.runs.max),
+            (2, DEFAULT_SUB_RUNS_MAX as u32)
+        );
+        assert!(
+            !parse(MINIMAL).expect("valid").runs.any(),
+            "none unless asked"
+        );
+        let (line, _, message) = position(
+            parse(&format!("{MINIMAL}[runs]\nagents = [\"../etc\"]\n")).expect_err("a path"),
+        );
+        assert_eq!(line, 5);
+        assert!(
+            message.contains("runs.agents: invalid agent name"),
+            "{message}"
+        );
+        let (_, _, message) = position(
+            parse(&format!(
+                "{MINIMAL}[runs]\nagents = [\"a\"]\nparallel = 0\n"
+            ))
+            .expect_err("none at once"),
+        );
+        assert!(
+            message.contains("runs.parallel = 0 is out of range"),
             "{message}"
         );
     }

@@ -23,9 +23,9 @@ pub mod bindings {
 }
 
 pub use bindings::Agent;
-use bindings::spawner::agent::{config, hooks, inference, llm, log, memory, tools, types};
+use bindings::spawner::agent::{config, hooks, inference, llm, log, memory, runs, tools, types};
 
-use crate::journal::kind::{INFERENCE, LLM, MEMORY, TOOL, TOOLS};
+use crate::journal::kind::{INFERENCE, LLM, MEMORY, SUB_RUN, TOOL, TOOLS};
 
 /// Per-request state the host functions work on. Lives in the wasmtime `Store`.
 pub struct AgentHost {
@@ -78,6 +78,8 @@ pub struct AgentHost {
     pub journal: Option<crate::journal::Shared>,
     /// Set when a journal write failed: the run then fails, as the store did.
     pub journal_error: Option<String>,
+    /// The sub-runs this run starts (`runs`).
+    pub sub_runs: crate::subruns::SubRuns,
 }
 
 impl AgentHost {
@@ -117,6 +119,13 @@ impl Transient for inference::InferenceError {
     fn transient(&self) -> bool {
         use inference::InferenceError as E;
         matches!(self, E::NotAllowed(_) | E::Unavailable(_))
+    }
+}
+
+impl Transient for runs::RunError {
+    fn transient(&self) -> bool {
+        use runs::RunError as E;
+        matches!(self, E::NotAllowed(_) | E::Unavailable(_) | E::Timeout(_))
     }
 }
 
@@ -616,5 +625,29 @@ impl tools::Host for AgentHost {
             Some(made) => self.end_step(made, answer, Durability::Write, tools::ToolError::Failed),
             None => answer,
         }
+    }
+}
+
+impl runs::Host for AgentHost {
+    fn start(&mut self, agent: String, input: Vec<u8>) -> Result<u32, runs::RunError> {
+        let deadline = self.deadline;
+        self.sub_runs.start(agent, input, deadline)
+    }
+
+    fn join(&mut self, child: u32) -> Result<runs::Finished, runs::RunError> {
+        let Some(request) = self.sub_runs.join_request(child) else {
+            // Not started: the same error whether journaled or not.
+            return self.sub_runs.join(child, self.deadline);
+        };
+        self.journaled(
+            SUB_RUN,
+            Durability::Write,
+            &request,
+            runs::RunError::Unavailable,
+            |h| {
+                let deadline = h.deadline;
+                h.sub_runs.join(child, deadline)
+            },
+        )
     }
 }

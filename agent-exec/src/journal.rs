@@ -50,6 +50,8 @@ pub mod kind {
     pub const MEMORY: &str = "memory";
     /// A clock read.
     pub const CLOCK: &str = "clock";
+    /// `runs.join`: a sub-run's result.
+    pub const SUB_RUN: &str = "sub-run";
 }
 
 /// A run's journal, shared by the host and the guest's clocks.

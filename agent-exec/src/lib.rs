@@ -40,6 +40,7 @@ pub mod journal;
 pub mod llm;
 mod logging;
 mod run;
+pub mod subruns;
 pub mod tools;
 
 pub use error::ExecError;

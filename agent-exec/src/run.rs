@@ -247,6 +247,7 @@ pub fn execute(
         journal: None,
         component_sha256: None,
         output_sha256: None,
+        sub_run_output: None,
         prepared,
         hook_call: header.hook.is_some(),
         home: Home::new(&header.home),
@@ -291,6 +292,8 @@ struct Run {
     component_sha256: Option<String>,
     /// A durable run's answer's SHA-256; for a replay, the one it must match.
     output_sha256: Option<String>,
+    /// A sub-run's answer, kept with its record for its parent's resume.
+    sub_run_output: Option<Vec<u8>>,
 }
 
 /// Time from `since` to now, in microseconds, and reset `since`.
@@ -371,9 +374,13 @@ impl Run {
         match result {
             // Nothing ran: nothing to record (the request runs again once compiled).
             Err(e @ ExecError::NotCompiled(_)) => Err(e),
-            Ok(output) => self
-                .record(memory, &Ok(()), keep, retain_input)
-                .map(|()| output),
+            Ok(output) => {
+                if self.header.parent_run_id.is_some() {
+                    self.sub_run_output = Some(output.output.clone());
+                }
+                self.record(memory, &Ok(()), keep, retain_input)
+                    .map(|()| output)
+            }
             Err(e) => {
                 let _ = self.record(memory, &Err(&e), keep, retain_input);
                 Err(e)
@@ -458,6 +465,8 @@ impl Run {
             component_sha256: self.component_sha256.clone(),
             // Only an answer that reached the caller counts.
             output_sha256: self.output_sha256.clone().filter(|_| status == Outcome::Ok),
+            parent_run_id: self.header.parent_run_id.clone(),
+            output: self.sub_run_output.take(),
         };
         // The handler returned (with a response or a typed error): its writes count.
         // It trapped, timed out or hit a limit: they are discarded.
@@ -662,6 +671,12 @@ impl Run {
             verdict: None,
             journal: self.journal.clone(),
             journal_error: None,
+            sub_runs: crate::subruns::SubRuns::new(
+                self.header.run_id.clone(),
+                manifest.runs.clone(),
+                self.header.sub_runs.clone(),
+                self.header.journal == JournalMode::Replay && manifest.durable.journal,
+            ),
         };
         let mut store = WasmStore::new(engine, host);
         store.limiter(|h| h);

@@ -5,8 +5,8 @@
 // with build.mjs): its default output imports wasi:http, which the host does not provide,
 // so the build disables the `http` and `fetch-event` features.
 
-import { get, put } from "spawner:agent/memory@0.2.3";
-import { log } from "spawner:agent/log@0.2.3";
+import { get, put } from "spawner:agent/memory@0.2.4";
+import { log } from "spawner:agent/log@0.2.4";
 
 export function handle(request) {
   let text;

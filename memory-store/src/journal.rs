@@ -229,6 +229,8 @@ mod tests {
             attempt: 1,
             component_sha256: None,
             output_sha256: None,
+            parent_run_id: None,
+            output: None,
         };
         store.record_run(&record("r1", 1), 1).expect("record");
         assert_eq!(store.journal("r1").expect("journal").len(), 1);

@@ -280,6 +280,8 @@ mod tests {
                 attempt: 1,
                 component_sha256: None,
                 output_sha256: None,
+                parent_run_id: None,
+                output: None,
             };
             store.record_run(&record, 1000).expect("record");
             assert!(

@@ -383,6 +383,8 @@ mod tests {
             attempt: 1,
             component_sha256: None,
             output_sha256: None,
+            parent_run_id: None,
+            output: None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Run records: one row per request, written once when it ends.
 
 use agent_contract::{Outcome, PhaseTimings};
-use rusqlite::{Connection, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::{Store, StoreError, to_sql_int};
@@ -46,6 +46,13 @@ pub struct RunRecord {
     /// SHA-256 (hex) of the answer; kept for durable runs, whose replay must match it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_sha256: Option<String>,
+    /// The run that started this one as a sub-run; `None` for a run a caller asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_run_id: Option<String>,
+    /// A sub-run's answer, written with its record for its parent's resume
+    /// ([`Store::sub_run_output`] reads it back; records read back leave it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Vec<u8>>,
 }
 
 fn first_attempt() -> u32 {
@@ -140,7 +147,7 @@ impl Default for RunFilter {
 
 const COLUMNS: &str = "run_id, agent, started_at_ms, ended_at_ms, status, error, input, cache_hit,
     start_to_main_us, config_us, store_us, load_us, instantiate_us, handler_us, total_us,
-    attempt, component_sha256, output_sha256";
+    attempt, component_sha256, output_sha256, parent_run_id";
 
 /// The statement that records a run: a new run id is inserted; an existing one is
 /// replaced only by a later attempt of a run that did not end `ok`, else left as it is.
@@ -148,15 +155,15 @@ static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let set = COLUMNS
         .split(',')
         .map(str::trim)
-        .chain(["exit_code"])
+        .chain(["output", "exit_code"])
         .filter(|c| *c != "run_id")
         .map(|c| format!("{c} = excluded.{c}"))
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "INSERT INTO runs ({COLUMNS}, exit_code)
+        "INSERT INTO runs ({COLUMNS}, output, exit_code)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19)
+                 ?18, ?19, ?20, ?21)
          ON CONFLICT (run_id) DO UPDATE SET {set}
          WHERE runs.status != 'ok' AND runs.attempt < excluded.attempt"
     )
@@ -198,6 +205,8 @@ pub(crate) fn insert(conn: &Connection, r: &RunRecord, keep_runs: u32) -> Result
         r.attempt,
         r.component_sha256,
         r.output_sha256,
+        r.parent_run_id,
+        r.output,
         r.status.exit_code(),
     ])? == 1;
     if inserted {
@@ -302,6 +311,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
             attempt: row.get(15)?,
             component_sha256: row.get(16)?,
             output_sha256: row.get(17)?,
+            parent_run_id: row.get(18)?,
+            output: None,
         },
         status,
     ))
@@ -451,6 +462,41 @@ impl Store {
             }
         }
     }
+
+    /// The sub-runs `parent_run_id` started, in the order it started them.
+    pub fn children(&self, parent_run_id: &str) -> Result<Vec<RunRecord>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM runs WHERE parent_run_id = ?1"
+        ))?;
+        let mut children = stmt
+            .query_map(params![parent_run_id], from_row)?
+            .map(|row| {
+                let (mut record, status) = row?;
+                record.status = status
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("run {}: {e}", record.run_id)))?;
+                Ok(record)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Child ids end in their number: `<parent>.<n>`.
+        children.sort_by_key(|r| {
+            r.run_id
+                .rsplit_once('.')
+                .and_then(|(_, n)| n.parse::<u32>().ok())
+                .unwrap_or(u32::MAX)
+        });
+        Ok(children)
+    }
+
+    /// The answer a sub-run's record keeps, if it has one.
+    pub fn sub_run_output(&self, run_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT output FROM runs WHERE run_id = ?1")?
+            .query_row(params![run_id], |row| row.get::<_, Option<Vec<u8>>>(0))
+            .optional()?
+            .flatten())
+    }
 }
 
 #[cfg(test)]
@@ -477,6 +523,8 @@ mod tests {
             attempt: 1,
             component_sha256: None,
             output_sha256: None,
+            parent_run_id: None,
+            output: None,
         }
     }
 
@@ -602,6 +650,8 @@ mod tests {
         let resumed = RunRecord {
             attempt: 2,
             output_sha256: Some("ab".into()),
+            parent_run_id: None,
+            output: None,
             tool_calls: vec![tool_call("second")],
             ..record("r1", "a", 1)
         };

@@ -15,6 +15,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_tool_calls.sql"),
     include_str!("../migrations/0005_drop_runs_by_start.sql"),
     include_str!("../migrations/0006_journal.sql"),
+    include_str!("../migrations/0007_sub_runs.sql"),
 ];
 
 /// The schema version this program writes.

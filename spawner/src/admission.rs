@@ -97,6 +97,35 @@ impl Admission {
         Permit { gate: self }
     }
 
+    /// [`Admission::enter_waiting`], giving up (`None`) once `give_up` says so: it is asked
+    /// whenever a slot frees and when [`Admission::wake_waiters`] is called.
+    pub fn enter_waiting_unless(&self, give_up: &dyn Fn() -> bool) -> Option<Permit<'_>> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.queued += 1;
+        while state.running >= self.max_running && !give_up() {
+            state = self
+                .slot_freed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        state.queued -= 1;
+        if give_up() {
+            drop(state);
+            // Another waiter may take the slot this one woke for.
+            self.slot_freed.notify_one();
+            return None;
+        }
+        state.running += 1;
+        Some(Permit { gate: self })
+    }
+
+    /// Wake every waiter, for those of [`Admission::enter_waiting_unless`] to ask whether
+    /// they give up.
+    pub fn wake_waiters(&self) {
+        let _state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        self.slot_freed.notify_all();
+    }
+
     /// Give back the slot a caller's permit holds while it waits on runs that need one;
     /// the permit stays with the caller, to be made good by [`Lent::take_back`].
     pub fn lend(&self) -> Lent<'_> {

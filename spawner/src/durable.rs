@@ -127,5 +127,6 @@ pub fn again(record: RunRecord, journal: JournalMode, json: bool) -> Request {
         stream_llm: false,
         journal,
         attempt: record.attempt.saturating_add(1),
+        parent_run_id: record.parent_run_id,
     }
 }

@@ -79,3 +79,4 @@ pub mod request;
 pub mod run_id;
 pub mod serve;
 pub mod spawn;
+pub mod subruns;

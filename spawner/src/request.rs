@@ -19,7 +19,8 @@ use anyhow::Context;
 use memory_store::{Leased, RunRecord, Store};
 use nix::sys::signal::Signal;
 
-use crate::spawn::{COMPILE_DEADLINE, Spawn, SpawnPolicy, StderrSink, StopOn, Termination};
+use crate::admission::Admission;
+use crate::spawn::{COMPILE_DEADLINE, Exit, Spawn, SpawnPolicy, StderrSink, StopOn, Termination};
 
 /// Environment variable naming the agent-exec binary, for installs that keep it elsewhere.
 pub const AGENT_EXEC_ENV: &str = "SPAWNER_AGENT_EXEC";
@@ -53,6 +54,8 @@ pub struct Request {
     pub journal: JournalMode,
     /// Which attempt of `run_id` this is: 1, or more for a resume.
     pub attempt: u32,
+    /// Set for a sub-run: the run that started it.
+    pub parent_run_id: Option<String>,
 }
 
 /// What stops a run early, besides its deadline.
@@ -147,19 +150,28 @@ impl Finished {
 /// retry a fresh agent-exec with the whole deadline, served the steps its journal holds,
 /// after a backoff that doubles; a stop ends the retries. The last attempt is what is
 /// returned.
+///
+/// `shared` is the admission gate the caller passed for this run, whose slot it holds
+/// (the daemon's): the run's sub-runs pass it too, and the run lends its slot to them
+/// while it waits on them ([`crate::subruns`]). `None` on the command line.
 pub fn execute(
     home: &Home,
     request: &Request,
     stop: Stop<'_>,
     mut on_stderr: Option<StderrSink<'_>>,
     spare: Option<&dyn Fn() -> Option<crate::spawn::Started>>,
+    shared: Option<&Admission>,
 ) -> anyhow::Result<Finished> {
     let manifest = Manifest::load(&home.agent_manifest(&request.agent)?)?;
-    let finished = attempt(
+    let ctx = Attempts {
         home,
-        request,
-        &manifest,
+        manifest: &manifest,
         stop,
+        shared,
+    };
+    let finished = attempt(
+        ctx,
+        request,
         // Shortens the callback's lifetime to the attempt's.
         on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
         spare,
@@ -171,15 +183,7 @@ pub fn execute(
     // The run's lease, held from the first retry to the last: taken here (and given back
     // here), or held already by this process's resume of it.
     let mut leased: Option<(Store, Leased)> = None;
-    let retried = retry(
-        home,
-        request,
-        &manifest,
-        stop,
-        &mut on_stderr,
-        finished,
-        &mut leased,
-    );
+    let retried = retry(ctx, request, &mut on_stderr, finished, &mut leased);
     if let Some((store, Leased::Taken)) = leased
         && let Err(e) = store.release_lease(&request.run_id, std::process::id())
     {
@@ -197,14 +201,18 @@ pub fn execute(
 
 /// [`execute`]'s retries of `finished`, the lease they hold kept in `leased`.
 fn retry(
-    home: &Home,
+    ctx: Attempts<'_>,
     request: &Request,
-    manifest: &Manifest,
-    stop: Stop<'_>,
     on_stderr: &mut Option<StderrSink<'_>>,
     mut finished: Finished,
     leased: &mut Option<(Store, Leased)>,
 ) -> anyhow::Result<Finished> {
+    let Attempts {
+        home,
+        manifest,
+        stop,
+        ..
+    } = ctx;
     let durable = &manifest.durable;
     let run_id = &request.run_id;
     let mut attempt_no = request.attempt;
@@ -301,10 +309,8 @@ fn retry(
             ..request.clone()
         };
         finished = attempt(
-            home,
+            ctx,
             &again,
-            manifest,
-            stop,
             // Shortens the callback's lifetime to the attempt's.
             on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
             None,
@@ -353,20 +359,43 @@ fn say_to(on_stderr: &mut Option<StderrSink<'_>>, format: LogFormat, text: &str)
     }
 }
 
+/// What every attempt at one request shares.
+#[derive(Clone, Copy)]
+struct Attempts<'a> {
+    home: &'a Home,
+    manifest: &'a Manifest,
+    stop: Stop<'a>,
+    /// The gate the caller passed (see [`execute`]).
+    shared: Option<&'a Admission>,
+}
+
 /// One attempt at `request`: [`execute`] without its retries.
 fn attempt(
-    home: &Home,
+    ctx: Attempts<'_>,
     request: &Request,
-    manifest: &Manifest,
-    stop: Stop<'_>,
     on_stderr: Option<StderrSink<'_>>,
     spare: Option<&dyn Fn() -> Option<crate::spawn::Started>>,
 ) -> anyhow::Result<Finished> {
+    let Attempts {
+        home,
+        manifest,
+        stop,
+        shared,
+    } = ctx;
     let timeout = request.timeout.unwrap_or(manifest.limits.timeout);
     let policy = SpawnPolicy::for_request(agent_exec_path()?, timeout);
     let run_id = request.run_id.clone();
     let started = Instant::now();
     let started_ms = memory_store::now_ms();
+    // A replay starts no sub-runs: its joins come from the journal.
+    let sub_runs = if manifest.runs.any() && request.journal != JournalMode::Replay {
+        Some(
+            crate::subruns::Server::open(&run_id)
+                .context("cannot open the channel for the run's sub-runs")?,
+        )
+    } else {
+        None
+    };
     let header = RequestHeader {
         v: ENVELOPE_VERSION,
         run_id: run_id.clone(),
@@ -393,91 +422,41 @@ fn attempt(
         journal: request.journal,
         attempt: request.attempt,
         broker: Some(BrokerLayout::beside(home, &policy.program)),
+        sub_runs: sub_runs.as_ref().map(crate::subruns::Server::channel),
+        parent_run_id: request.parent_run_id.clone(),
     };
-    let mut envelope = Vec::with_capacity(request.input.len() + 512);
-    write_envelope(&mut envelope, &header, &request.input).context("cannot build the request")?;
-    let stop_on = stop_fds(stop);
-    let mut on_stderr = on_stderr;
-    let stop_on_signals = matches!(stop, Stop::Signals);
-    let spawn = Spawn {
+    let envelope = Vec::with_capacity(request.input.len() + 512);
+    let run = AgentExec {
         policy: &policy,
-        stdin: &envelope,
-        capture_stdout: request.capture_stdout,
-        // Shortens the callback's lifetime to this call's.
-        on_stderr: on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
-        stop_on: &stop_on,
-        stop_on_signals,
+        header,
+        envelope,
+        request,
+        manifest,
+        stop,
     };
-    let mut exit = match spare.and_then(|take| take()) {
-        Some(spare) if spare.is_alive() => crate::spawn::feed(spare, spawn)?,
-        // A spare that died while it waited is reaped on drop.
-        Some(_dead) => crate::spawn::run(spawn)?,
-        None => crate::spawn::run(spawn)?,
+    let (exit, failed_compile) = match &sub_runs {
+        None => run.run(on_stderr, spare)?,
+        Some(server) => {
+            let parent = crate::subruns::Parent {
+                home,
+                request,
+                manifest,
+                shared,
+            };
+            let local = Admission::new(manifest.runs.parallel, 0);
+            std::thread::scope(|scope| {
+                // The server's threads must not take the signals the command line waits
+                // for: they inherit this mask, and the signalfd reads them.
+                let serving = crate::spawn::with_stop_signals_blocked(|| {
+                    scope.spawn(|| server.serve(&parent, &local))
+                });
+                let ran = run.run(on_stderr, spare);
+                server.end(shared, Some(&local));
+                let _ = serving.join();
+                ran
+            })?
+        }
     };
-    let mut failed_compile: Option<(Outcome, String)> = None;
-    if exit.termination == Termination::Exited(i32::from(COMPILE_FIRST_EXIT_CODE)) {
-        // No compiled entry: compile it with no deadline but the compile's own, then run
-        // the request in a fresh agent-exec, which finds the entry (or, if the compile
-        // failed, runs the compile step itself and records why, as for any run).
-        let compile = SpawnPolicy::for_compile(
-            compile_program_beside(&policy.program),
-            &header.home,
-            &manifest.name,
-        );
-        let compiled = crate::spawn::run(Spawn {
-            policy: &compile,
-            stdin: &[],
-            capture_stdout: false,
-            on_stderr: on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
-            stop_on: &stop_on,
-            stop_on_signals,
-        })?;
-        exit = match compiled.termination {
-            // Stopped while compiling: the run ends so, and is recorded below.
-            Termination::Interrupted(_) | Termination::Stopped(_) => compiled,
-            // The compile itself was killed: the run does not start. Another try here
-            // would compile again inside agent-exec, under the request's own limits.
-            Termination::Signaled(sig) => {
-                failed_compile = Some((
-                    Outcome::Killed,
-                    format!(
-                        "the compile step ({}) was killed by signal {sig}; agent {:?} did not start: run it again to compile it anew",
-                        compile.program.display(),
-                        manifest.name
-                    ),
-                ));
-                compiled
-            }
-            Termination::DeadlineKilled => {
-                failed_compile = Some((
-                    Outcome::Timeout,
-                    format!(
-                        "compiling agent {:?} took longer than the compile step's {} s limit; it was killed and the agent did not start",
-                        manifest.name,
-                        COMPILE_DEADLINE.as_secs()
-                    ),
-                ));
-                compiled
-            }
-            _ => {
-                let header = RequestHeader {
-                    compile: CompileStep::Done,
-                    ..header
-                };
-                envelope.clear();
-                write_envelope(&mut envelope, &header, &request.input)
-                    .context("cannot build the request")?;
-                crate::spawn::run(Spawn {
-                    policy: &policy,
-                    stdin: &envelope,
-                    capture_stdout: request.capture_stdout,
-                    on_stderr: on_stderr.map(|f| f as &mut dyn FnMut(&[u8])),
-                    stop_on: &stop_on,
-                    stop_on_signals,
-                })?
-            }
-        };
-    }
     let (termination, stdout) = (exit.termination, exit.stdout);
     let stopped = match termination {
         Termination::Interrupted(sig) => Some(StopReason::Signal(sig)),
@@ -549,6 +528,8 @@ fn attempt(
         attempt: request.attempt,
         component_sha256: None,
         output_sha256: None,
+        parent_run_id: request.parent_run_id.clone(),
+        output: None,
     };
     // agent-exec may have committed its record (and the run's memory writes) just before it
     // was killed: then that record is the run's outcome, and the caller must see the same,
@@ -599,6 +580,120 @@ fn attempt(
         stopped,
         retryable: retryable_failure && outcome.may_pass(),
     })
+}
+
+/// One agent-exec for a request, and the compile step before it when its component is not
+/// compiled yet.
+struct AgentExec<'a> {
+    policy: &'a SpawnPolicy,
+    header: RequestHeader,
+    envelope: Vec<u8>,
+    request: &'a Request,
+    manifest: &'a Manifest,
+    stop: Stop<'a>,
+}
+
+impl AgentExec<'_> {
+    /// Run it: how it exited, and why the compile step ended the run, if it did.
+    fn run(
+        self,
+        on_stderr: Option<StderrSink<'_>>,
+        spare: Option<&dyn Fn() -> Option<crate::spawn::Started>>,
+    ) -> anyhow::Result<(Exit, Option<(Outcome, String)>)> {
+        let AgentExec {
+            policy,
+            header,
+            mut envelope,
+            request,
+            manifest,
+            stop,
+        } = self;
+        write_envelope(&mut envelope, &header, &request.input)
+            .context("cannot build the request")?;
+        let stop_on = stop_fds(stop);
+        let mut on_stderr = on_stderr;
+        let stop_on_signals = matches!(stop, Stop::Signals);
+        let spawn = Spawn {
+            policy,
+            stdin: &envelope,
+            capture_stdout: request.capture_stdout,
+            // Shortens the callback's lifetime to this call's.
+            on_stderr: on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
+            stop_on: &stop_on,
+            stop_on_signals,
+        };
+        let mut exit = match spare.and_then(|take| take()) {
+            Some(spare) if spare.is_alive() => crate::spawn::feed(spare, spawn)?,
+            // A spare that died while it waited is reaped on drop.
+            Some(_dead) => crate::spawn::run(spawn)?,
+            None => crate::spawn::run(spawn)?,
+        };
+        let mut failed_compile: Option<(Outcome, String)> = None;
+        if exit.termination == Termination::Exited(i32::from(COMPILE_FIRST_EXIT_CODE)) {
+            // No compiled entry: compile it with no deadline but the compile's own, then run
+            // the request in a fresh agent-exec, which finds the entry (or, if the compile
+            // failed, runs the compile step itself and records why, as for any run).
+            let compile = SpawnPolicy::for_compile(
+                compile_program_beside(&policy.program),
+                &header.home,
+                &manifest.name,
+            );
+            let compiled = crate::spawn::run(Spawn {
+                policy: &compile,
+                stdin: &[],
+                capture_stdout: false,
+                on_stderr: on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
+                stop_on: &stop_on,
+                stop_on_signals,
+            })?;
+            exit = match compiled.termination {
+                // Stopped while compiling: the run ends so, and is recorded below.
+                Termination::Interrupted(_) | Termination::Stopped(_) => compiled,
+                // The compile itself was killed: the run does not start. Another try here
+                // would compile again inside agent-exec, under the request's own limits.
+                Termination::Signaled(sig) => {
+                    failed_compile = Some((
+                        Outcome::Killed,
+                        format!(
+                            "the compile step ({}) was killed by signal {sig}; agent {:?} did not start: run it again to compile it anew",
+                            compile.program.display(),
+                            manifest.name
+                        ),
+                    ));
+                    compiled
+                }
+                Termination::DeadlineKilled => {
+                    failed_compile = Some((
+                        Outcome::Timeout,
+                        format!(
+                            "compiling agent {:?} took longer than the compile step's {} s limit; it was killed and the agent did not start",
+                            manifest.name,
+                            COMPILE_DEADLINE.as_secs()
+                        ),
+                    ));
+                    compiled
+                }
+                _ => {
+                    let header = RequestHeader {
+                        compile: CompileStep::Done,
+                        ..header
+                    };
+                    envelope.clear();
+                    write_envelope(&mut envelope, &header, &request.input)
+                        .context("cannot build the request")?;
+                    crate::spawn::run(Spawn {
+                        policy,
+                        stdin: &envelope,
+                        capture_stdout: request.capture_stdout,
+                        on_stderr: on_stderr.map(|f| f as &mut dyn FnMut(&[u8])),
+                        stop_on: &stop_on,
+                        stop_on_signals,
+                    })?
+                }
+            };
+        }
+        Ok((exit, failed_compile))
+    }
 }
 
 /// The agent-exec binary: `$SPAWNER_AGENT_EXEC`, else next to this executable.

@@ -644,6 +644,21 @@ pub fn pause(
     }
 }
 
+/// Run `f` with the signals the command line stops runs on (SIGINT, SIGTERM, SIGHUP)
+/// blocked in this thread, then put the mask back: a thread `f` spawns keeps them blocked,
+/// so that they reach the signalfd of the thread that waits on the run instead of ending
+/// the process. (A child spawned from such a thread gets an empty mask from
+/// `std::process::Command`.)
+pub fn with_stop_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    use nix::sys::signal::SigmaskHow;
+    let previous = InterruptSignals::set().thread_swap_mask(SigmaskHow::SIG_BLOCK);
+    let result = f();
+    if let Ok(previous) = previous {
+        let _ = previous.thread_set_mask();
+    }
+    result
+}
+
 /// What the command line stops a run on: SIGINT, SIGTERM and SIGHUP, blocked in this
 /// thread and read from a signalfd, so that the spawner kills the run's group and records
 /// it before exiting. The previous mask comes back on drop.

@@ -21,7 +21,7 @@
 //! code for them.
 //!
 //! The host interfaces of `wit/agent.wit` are re-exported as [`memory`], [`config`],
-//! [`inference`], [`llm`], [`tools`] and [`log`]; [`chat`] builds conversations for [`llm`],
+//! [`inference`], [`llm`], [`tools`], [`runs`] (sub-runs) and [`log`]; [`chat`] builds conversations for [`llm`],
 //! and [`tool_use`] hands [`tools`] to a model and reads its tool calls back. Memory writes become durable when the handler returns
 //! (with `Ok` or `Err`); a trap, timeout or kill discards them.
 
@@ -44,7 +44,7 @@ pub use bindings::spawner::agent::hooks::{
     AddedLine, Advice, AssistantEvent, Decision, FileChange, HookEvent, Push, PushRef, Verdict,
 };
 pub use bindings::spawner::agent::types::{AgentError, Request, Response};
-pub use bindings::spawner::agent::{config, hooks, inference, llm, memory, tools};
+pub use bindings::spawner::agent::{config, hooks, inference, llm, memory, runs, tools};
 
 pub mod tool_use;
 

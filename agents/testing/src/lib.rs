@@ -174,6 +174,31 @@ fn hook(event: &HookEvent) -> Result<Response, AgentError> {
     Ok(Response::text(output))
 }
 
+/// Start `n` sub-runs of `agent`, each with `input` (`{i}` replaced by its number), then
+/// join them in order: a line per child, `<n> <run id> <status> <answer or error>`.
+fn fan_out(agent: &str, n: &str, input: &str) -> Result<Response, AgentError> {
+    use agent_sdk::runs;
+    let n: u32 = n
+        .parse()
+        .map_err(|_| AgentError::InvalidInput("bad count".into()))?;
+    let failed = |e: runs::RunError| AgentError::Failed(format!("{e:?}"));
+    let mut children = Vec::new();
+    for i in 0..n {
+        let input = input.replace("{i}", &i.to_string());
+        children.push(runs::start(agent, input.as_bytes()).map_err(failed)?);
+    }
+    let mut out = String::new();
+    for child in children {
+        let done = runs::join(child).map_err(failed)?;
+        let said = match &done.error {
+            Some(e) => e.clone(),
+            None => String::from_utf8_lossy(&done.output).into_owned(),
+        };
+        out.push_str(&format!("{child} {} {} {said}\n", done.run_id, done.status));
+    }
+    Ok(Response::text(out))
+}
+
 fn words(input: &str) -> (&str, Vec<&str>) {
     let mut it = input.split_whitespace();
     (it.next().unwrap_or(""), it.collect())
@@ -222,6 +247,25 @@ impl Agent for Testing {
             ("put", [key, value]) => {
                 memory::put(key, value.as_bytes())?;
                 Ok(Response::text("ok"))
+            }
+            ("fan-out", [agent, n, input @ ..]) => fan_out(agent, n, &input.join(" ")),
+            ("busy", [ms]) => {
+                // Wall-clock readings around a spin, for tests that check how many runs
+                // overlapped.
+                let ms: u64 = ms
+                    .parse()
+                    .map_err(|_| AgentError::InvalidInput("bad ms".into()))?;
+                let now = || {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos())
+                };
+                let started = now();
+                let spin = std::time::Instant::now();
+                while spin.elapsed() < std::time::Duration::from_millis(ms) {
+                    std::hint::black_box(());
+                }
+                Ok(Response::text(format!("{started} {}", now())))
             }
             ("put-then-loop", [key, value]) => {
                 memory::put(key, value.as_bytes())?;

@@ -74,8 +74,9 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
                 stream_llm: false,
                 journal: agent_contract::envelope::JournalMode::Record,
                 attempt: 1,
+                parent_run_id: None,
             };
-            match crate::request::execute(home, &request, Stop::Signals, None, None) {
+            match crate::request::execute(home, &request, Stop::Signals, None, None, None) {
                 Ok(finished) => {
                     if let Some(StopReason::Signal(sig)) = finished.stopped {
                         return Err(Interrupted(sig).into());

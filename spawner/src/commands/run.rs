@@ -37,8 +37,9 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
         stream_llm: args.stream,
         journal: agent_contract::envelope::JournalMode::Record,
         attempt: 1,
+        parent_run_id: None,
     };
-    let finished = crate::request::execute(home, &request, Stop::Signals, None, None)?;
+    let finished = crate::request::execute(home, &request, Stop::Signals, None, None, None)?;
     finish(&finished, args.json)
 }
 

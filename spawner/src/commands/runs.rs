@@ -105,7 +105,7 @@ fn resume(
         timeout,
         ..again(record, mode, json)
     };
-    let finished = crate::request::execute(home, &request, Stop::Signals, None, None);
+    let finished = crate::request::execute(home, &request, Stop::Signals, None, None, None);
     store.release_lease(run_id, std::process::id())?;
     super::run::finish(&finished?, json)
 }
@@ -119,6 +119,7 @@ fn replay(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
         home,
         &again(record, JournalMode::Replay, json),
         Stop::Signals,
+        None,
         None,
         None,
     )?;

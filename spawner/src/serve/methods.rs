@@ -325,6 +325,7 @@ fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, Rp
         stream_llm: p.stream,
         journal: JournalMode::Record,
         attempt: 1,
+        parent_run_id: None,
     };
     serve(daemon, conn, request, p.stream)
 }
@@ -412,6 +413,7 @@ fn serve(
         },
         Some(&mut on_stderr),
         Some(&|| daemon.spares.take()),
+        Some(&daemon.admission),
     );
     daemon.lock_active().remove(&run_id);
     let finished = match finished {

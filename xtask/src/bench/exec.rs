@@ -44,6 +44,8 @@ fn envelope(path: &Path, home: &Path, agent: &str, i: usize) -> anyhow::Result<s
         broker: None,
         journal: Default::default(),
         attempt: 1,
+        sub_runs: None,
+        parent_run_id: None,
     };
     write_envelope(std::fs::File::create(path)?, &header, b"hello")?;
     Ok(std::fs::File::open(path)?)
