@@ -35,6 +35,8 @@ mod providers;
 mod sandbox;
 /// `spawner serve`: the daemon, its methods, misbehaving clients and agents, load.
 mod serve;
+/// Sub-runs: fan-out under admission control, order, cancel, refusals, resume and replay.
+mod subruns;
 /// Tools: MCP servers (time, git, filesystem, everything over HTTP, a faulty one) through
 /// the host, the allowlist, faults, consent, evidence, and the tool-agent loop.
 mod tools;

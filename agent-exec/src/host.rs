@@ -639,15 +639,30 @@ impl runs::Host for AgentHost {
             // Not started: the same error whether journaled or not.
             return self.sub_runs.join(child, self.deadline);
         };
-        self.journaled(
-            SUB_RUN,
-            Durability::Write,
-            &request,
-            runs::RunError::Unavailable,
-            |h| {
-                let deadline = h.deadline;
-                h.sub_runs.join(child, deadline)
-            },
-        )
+        let made = match self.begin_step(SUB_RUN, &request) {
+            Begun::Served(result) => return result,
+            Begun::Diverged(why) => return Err(runs::RunError::Unavailable(why)),
+            Begun::Untracked => None,
+            Begun::Made(made) => Some(made),
+        };
+        let deadline = self.deadline;
+        let answer = self.sub_runs.join(child, deadline);
+        let Some(made) = made else {
+            return answer;
+        };
+        // A child that failed in a way that may pass is run again by a resume of this run
+        // (its own next attempt), so its result is not journaled.
+        let may_pass = answer.as_ref().is_ok_and(|f| {
+            f.status
+                .parse::<agent_contract::Outcome>()
+                .map_or(true, |o| o.may_pass())
+        });
+        if may_pass {
+            if let Some(journal) = &self.journal {
+                crate::journal::lock(journal).skip(made);
+            }
+            return answer;
+        }
+        self.end_step(made, answer, Durability::Write, runs::RunError::Unavailable)
     }
 }

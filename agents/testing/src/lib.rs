@@ -175,7 +175,8 @@ fn hook(event: &HookEvent) -> Result<Response, AgentError> {
 }
 
 /// Start `n` sub-runs of `agent`, each with `input` (`{i}` replaced by its number), then
-/// join them in order: a line per child, `<n> <run id> <status> <answer or error>`.
+/// join them in order: a line per child, `<n> <run id> <status> <answer or error>`; the
+/// run fails, with those lines, when a child did not end `ok`.
 fn fan_out(agent: &str, n: &str, input: &str) -> Result<Response, AgentError> {
     use agent_sdk::runs;
     let n: u32 = n
@@ -188,6 +189,7 @@ fn fan_out(agent: &str, n: &str, input: &str) -> Result<Response, AgentError> {
         children.push(runs::start(agent, input.as_bytes()).map_err(failed)?);
     }
     let mut out = String::new();
+    let mut all_ok = true;
     for child in children {
         let done = runs::join(child).map_err(failed)?;
         let said = match &done.error {
@@ -195,8 +197,13 @@ fn fan_out(agent: &str, n: &str, input: &str) -> Result<Response, AgentError> {
             None => String::from_utf8_lossy(&done.output).into_owned(),
         };
         out.push_str(&format!("{child} {} {} {said}\n", done.run_id, done.status));
+        all_ok &= done.status == "ok";
     }
-    Ok(Response::text(out))
+    if all_ok {
+        Ok(Response::text(out))
+    } else {
+        Err(AgentError::Failed(format!("not every sub-run ended ok:\n{out}")))
+    }
 }
 
 fn words(input: &str) -> (&str, Vec<&str>) {
@@ -249,6 +256,15 @@ impl Agent for Testing {
                 Ok(Response::text("ok"))
             }
             ("fan-out", [agent, n, input @ ..]) => fan_out(agent, n, &input.join(" ")),
+            ("fail-once-at", [i, at]) => {
+                // Child `at` of a fan-out fails on its first attempt (the mark it leaves is
+                // committed with the failure) and succeeds on the next; the others succeed.
+                if i == at && memory::get("failed-once")?.is_none() {
+                    memory::put("failed-once", b"1")?;
+                    return Err(AgentError::Failed(format!("child {i} fails once")));
+                }
+                Ok(Response::text(format!("child {i} done")))
+            }
             ("busy", [ms]) => {
                 // Wall-clock readings around a spin, for tests that check how many runs
                 // overlapped.

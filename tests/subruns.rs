@@ -1,0 +1,313 @@
+//! Sub-runs through the real binaries: the testing agent as a parent (`fan`) starting
+//! runs of itself (`kid`) with `runs.start` and joining them, from the command line and
+//! through the daemon; admission, order, cancel, refusals, and a durable parent resumed
+//! and replayed without running its finished children again.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::harness::{TestHome, code, exit_of, report, stderr, stdout};
+use agent_contract::Outcome;
+
+/// A home with `fan` (the testing agent, which may start `kid`s, `parallel` at once, and
+/// `durable` in its `[durable]`) and `kid` (the testing agent), both compiled.
+fn fan_home(parallel: u32, durable: &str) -> TestHome {
+    let home = TestHome::new();
+    home.install_testing(
+        "fan",
+        &format!(
+            "[limits]\ntimeout_ms = 60000\n\n[runs]\nagents = [\"kid\"]\nparallel = {parallel}\nmax = 64\n\n[durable]\n{durable}"
+        ),
+    );
+    home.install_testing("kid", "[limits]\ntimeout_ms = 60000\n");
+    home.precompile("fan");
+    home.precompile("kid");
+    home
+}
+
+/// One line of a fan-out's answer: `<n> <run id> <status> <rest>`.
+struct Line {
+    child: u32,
+    run_id: String,
+    status: String,
+    rest: String,
+}
+
+fn lines_of(answer: &str) -> Vec<Line> {
+    answer
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .next()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .map(|l| {
+            let mut parts = l.splitn(4, ' ');
+            let mut next = || parts.next().unwrap_or("").to_owned();
+            Line {
+                child: next().parse().expect("child number"),
+                run_id: next(),
+                status: next(),
+                rest: next(),
+            }
+        })
+        .collect()
+}
+
+/// The most intervals `(start, end)` open at one instant.
+fn most_at_once(intervals: &[(u128, u128)]) -> usize {
+    let mut edges: Vec<(u128, i32)> = intervals
+        .iter()
+        .flat_map(|&(start, end)| [(start, 1), (end, -1)])
+        .collect();
+    // An end and a start at the same instant do not overlap.
+    edges.sort_by_key(|&(at, delta)| (at, delta));
+    let (mut open, mut most) = (0i32, 0i32);
+    for (_, delta) in edges {
+        open += delta;
+        most = most.max(open);
+    }
+    usize::try_from(most).unwrap_or(0)
+}
+
+#[test]
+fn a_fan_out_of_64_runs_at_most_4_at_once_and_answers_in_the_order_asked() {
+    let home = fan_home(4, "");
+    let out = home.run(&["run", "fan", "--json", "fan-out", "kid", "64", "busy", "20"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let parent = report(&out);
+    let parent_id = parent["run_id"].as_str().expect("run id").to_owned();
+    let answer = parent["output"].as_str().expect("output");
+    let lines = lines_of(answer);
+    assert_eq!(lines.len(), 64, "{answer}");
+    let mut intervals = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line.child as usize, i, "joined in the order asked");
+        assert_eq!(
+            line.run_id,
+            format!("{parent_id}.{i}"),
+            "derived from the parent's"
+        );
+        assert_eq!(line.status, "ok", "{answer}");
+        let (start, end) = line.rest.split_once(' ').expect("two clock readings");
+        intervals.push((
+            start.parse::<u128>().expect("start"),
+            end.parse::<u128>().expect("end"),
+        ));
+    }
+    let most = most_at_once(&intervals);
+    assert!(
+        most <= 4,
+        "{most} sub-runs ran at once; [runs] parallel is 4"
+    );
+
+    // Each child has its own record, linked to its parent, in the order started.
+    let store = home.store();
+    let children = store.children(&parent_id).expect("children");
+    assert_eq!(children.len(), 64);
+    for (i, child) in children.iter().enumerate() {
+        assert_eq!(child.run_id, format!("{parent_id}.{i}"));
+        assert_eq!(child.parent_run_id.as_deref(), Some(parent_id.as_str()));
+        assert_eq!((child.agent.as_str(), child.status), ("kid", Outcome::Ok));
+    }
+    let record = store
+        .run(&parent_id)
+        .expect("run")
+        .expect("parent recorded");
+    assert_eq!((record.status, record.parent_run_id), (Outcome::Ok, None));
+}
+
+#[test]
+fn a_parent_in_a_daemon_of_one_slot_lends_it_to_its_children() {
+    // With one slot, a parent that held it while joining would wait forever for children
+    // that need it: the client's 30 s read timeout would fail the test.
+    let home = fan_home(4, "");
+    let daemon = crate::serve::Daemon::start(&home, &["--max-running", "1", "--spares", "0"]);
+    let mut c = daemon.client();
+    let ran = c.result(
+        "run",
+        serde_json::json!({"agent": "fan", "input": "fan-out kid 6 busy 5"}),
+    );
+    assert_eq!(ran["status"], "ok", "{ran}");
+    let lines = lines_of(ran["output"].as_str().expect("output"));
+    assert_eq!(lines.len(), 6);
+    let intervals: Vec<(u128, u128)> = lines
+        .iter()
+        .map(|l| {
+            let (a, b) = l.rest.split_once(' ').expect("two readings");
+            (a.parse().expect("start"), b.parse().expect("end"))
+        })
+        .collect();
+    assert_eq!(most_at_once(&intervals), 1, "one slot: one run at a time");
+    // The slot came back: the daemon serves the next run.
+    let next = c.result(
+        "run",
+        serde_json::json!({"agent": "kid", "input": "busy 1"}),
+    );
+    assert_eq!(next["status"], "ok", "{next}");
+}
+
+#[test]
+fn stopping_a_parent_cancels_its_children_and_starts_no_more() {
+    let home = fan_home(2, "");
+    let mut child = home
+        .spawner(&[
+            "run",
+            "--log-level",
+            "info",
+            "fan",
+            "fan-out",
+            "kid",
+            "5",
+            "put-then-loop",
+            "k",
+            "v",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawner starts");
+    // The children's log lines (at the parent's level) reach the spawner's standard
+    // error: two running.
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = 0;
+    let mut line = String::new();
+    while seen < 2 {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).expect("stderr") > 0,
+            "the run ended early"
+        );
+        seen += usize::from(line.contains("wrote, now looping"));
+    }
+    let pids = crate::harness::children_of(child.id());
+    assert_eq!(
+        pids.len(),
+        3,
+        "the parent's agent-exec and two children: {pids:?}"
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+    let status = child.wait().expect("spawner ends");
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "128 + the signal, as shells expect"
+    );
+    for pid in pids {
+        assert!(
+            crate::harness::stat_field(pid, 3).is_none(),
+            "process {pid} outlived its run"
+        );
+    }
+    let store = home.store();
+    let parent = store
+        .runs(&memory_store::RunFilter {
+            agent: Some("fan".into()),
+            limit: 1,
+        })
+        .expect("runs")
+        .pop()
+        .expect("the parent's record");
+    assert_eq!(parent.status, Outcome::Killed);
+    let children = store.children(&parent.run_id).expect("children");
+    assert_eq!(children.len(), 2, "the three still waiting never started");
+    for c in &children {
+        assert_eq!(c.status, Outcome::Killed, "{c:?}");
+        assert!(
+            c.error.as_deref().is_some_and(|e| e.contains("cancelled")),
+            "{c:?}"
+        );
+    }
+}
+
+#[test]
+fn a_sub_run_of_an_agent_not_listed_is_refused() {
+    let home = fan_home(4, "");
+    home.install_example("echo");
+    let out = home.run(&["run", "fan", "fan-out", "echo", "1", "hi"]);
+    assert_eq!(code(&out), exit_of(Outcome::AgentError));
+    assert!(
+        stderr(&out).contains("agent \\\"echo\\\" is not in this agent's [runs] agents (kid)"),
+        "{}",
+        stderr(&out)
+    );
+    // An agent with no [runs] may start none.
+    let out = home.run(&["run", "kid", "fan-out", "kid", "1", "busy", "1"]);
+    assert_eq!(code(&out), exit_of(Outcome::AgentError));
+    assert!(
+        stderr(&out).contains("[runs] agents (none)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn a_resumed_parent_is_handed_its_finished_children_and_reruns_only_the_failed_one() {
+    let home = fan_home(4, "journal = true\n");
+    let out = home.run(&[
+        "run",
+        "fan",
+        "--json",
+        "fan-out",
+        "kid",
+        "3",
+        "fail-once-at",
+        "{i}",
+        "2",
+    ]);
+    assert_eq!(code(&out), exit_of(Outcome::AgentError), "{}", stderr(&out));
+    let first = report(&out);
+    let parent_id = first["run_id"].as_str().expect("run id").to_owned();
+    let error = first["error"].as_str().expect("error");
+    assert!(
+        error.contains("agent_error failed: child 2 fails once"),
+        "{error}"
+    );
+    let attempts = |home: &TestHome| -> Vec<(u32, Outcome)> {
+        home.store()
+            .children(&parent_id)
+            .expect("children")
+            .iter()
+            .map(|c| (c.attempt, c.status))
+            .collect()
+    };
+    assert_eq!(
+        attempts(&home),
+        [(1, Outcome::Ok), (1, Outcome::Ok), (1, Outcome::AgentError)]
+    );
+
+    let out = home.run(&["runs", "resume", &parent_id, "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let resumed = report(&out);
+    let answer = resumed["output"].as_str().expect("output").to_owned();
+    let lines = lines_of(&answer);
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| (l.status.as_str(), l.rest.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("ok", "child 0 done"),
+            ("ok", "child 1 done"),
+            ("ok", "child 2 done")
+        ]
+    );
+    // Children 0 and 1 did not run again; child 2 ran its second attempt.
+    assert_eq!(
+        attempts(&home),
+        [(1, Outcome::Ok), (1, Outcome::Ok), (2, Outcome::Ok)]
+    );
+
+    // A replay starts no child, and answers the same.
+    let out = home.run(&["runs", "replay", &parent_id, "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(report(&out)["output"].as_str(), Some(answer.as_str()));
+    assert_eq!(
+        attempts(&home),
+        [(1, Outcome::Ok), (1, Outcome::Ok), (2, Outcome::Ok)]
+    );
+}
