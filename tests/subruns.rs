@@ -118,6 +118,34 @@ fn a_fan_out_of_64_runs_at_most_4_at_once_and_answers_in_the_order_asked() {
         .expect("run")
         .expect("parent recorded");
     assert_eq!((record.status, record.parent_run_id), (Outcome::Ok, None));
+
+    // `spawner runs` folds the children into their parent; `runs show` lists them.
+    let listed = stdout(&home.run(&["runs"]));
+    assert!(listed.contains("+ 64 sub-runs: 64 ok"), "{listed}");
+    assert!(!listed.contains(&format!("{parent_id}.0")), "{listed}");
+    let of_kid = stdout(&home.run(&["runs", "--agent", "kid", "--limit", "5"]));
+    assert_eq!(
+        of_kid.lines().filter(|l| l.contains(&parent_id)).count(),
+        5,
+        "{of_kid}"
+    );
+    let shown = stdout(&home.run(&["runs", "show", &parent_id]));
+    assert!(
+        shown.contains(&format!("sub-run {parent_id}.63: kid ok (exit 0)")),
+        "{shown}"
+    );
+    let child = stdout(&home.run(&["runs", "show", &format!("{parent_id}.7")]));
+    assert!(
+        child.contains(&format!("sub-run of {parent_id}\n")),
+        "{child}"
+    );
+    let json = stdout(&home.run(&["runs", "show", &parent_id, "--json"]));
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(
+        json["sub_runs"].as_array().map(Vec::len),
+        Some(64),
+        "{json}"
+    );
 }
 
 #[test]
@@ -142,6 +170,17 @@ fn a_parent_in_a_daemon_of_one_slot_lends_it_to_its_children() {
         })
         .collect();
     assert_eq!(most_at_once(&intervals), 1, "one slot: one run at a time");
+    let parent_id = ran["run_id"].as_str().expect("run id");
+    let listed = c.result("runs.list", serde_json::json!({}));
+    let runs = listed["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 1, "children folded: {listed}");
+    assert_eq!(
+        runs[0]["sub_runs"],
+        serde_json::json!({"ok": 6}),
+        "{listed}"
+    );
+    let got = c.result("runs.get", serde_json::json!({"run_id": parent_id}));
+    assert_eq!(got["sub_runs"].as_array().map(Vec::len), Some(6), "{got}");
     // The slot came back: the daemon serves the next run.
     let next = c.result(
         "run",

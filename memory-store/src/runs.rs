@@ -334,8 +334,39 @@ impl Store {
 
     /// Run records, newest first.
     pub fn runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, StoreError> {
+        self.runs_where(filter, "")
+    }
+
+    /// Run records of runs a caller asked for, newest first: sub-runs are left out (see
+    /// [`Store::sub_run_counts`] and [`Store::children`]).
+    pub fn caller_runs(&self, filter: &RunFilter) -> Result<Vec<RunRecord>, StoreError> {
+        self.runs_where(filter, "AND parent_run_id IS NULL")
+    }
+
+    /// How the sub-runs of `parent_run_id` ended: each status and how many, by status.
+    pub fn sub_run_counts(&self, parent_run_id: &str) -> Result<Vec<(Outcome, u32)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT status, count(*) FROM runs WHERE parent_run_id = ?1
+             GROUP BY status ORDER BY status",
+        )?;
+        let rows = stmt
+            .query_map(params![parent_run_id], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, u32>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(status, n)| {
+                let status = status.parse().map_err(|e| {
+                    StoreError::Corrupt(format!("a sub-run of {parent_run_id}: {e}"))
+                })?;
+                Ok((status, n))
+            })
+            .collect()
+    }
+
+    fn runs_where(&self, filter: &RunFilter, more: &str) -> Result<Vec<RunRecord>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM runs WHERE (?1 IS NULL OR agent = ?1)
+            "SELECT {COLUMNS} FROM runs WHERE (?1 IS NULL OR agent = ?1) {more}
              ORDER BY run_id DESC LIMIT ?2"
         ))?;
         let rows = stmt

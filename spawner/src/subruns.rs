@@ -197,10 +197,7 @@ impl Server {
             }
             // The parent is done with the channel; its children end with it.
             while !self.ending() {
-                let _ = poll(
-                    &mut [PollFd::new(self.ended.as_fd(), PollFlags::POLLIN)],
-                    PollTimeout::NONE,
-                );
+                poll_again(&mut [PollFd::new(self.ended.as_fd(), PollFlags::POLLIN)]);
             }
             children.changed.notify_all();
         });
@@ -214,7 +211,7 @@ impl Server {
                 PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.ended.as_fd(), PollFlags::POLLIN),
             ];
-            if poll(&mut fds, PollTimeout::NONE).is_err() || self.ending() {
+            if !poll_again(&mut fds) || self.ending() {
                 return None;
             }
             let Ok((stream, _)) = self.listener.accept() else {
@@ -232,7 +229,7 @@ impl Server {
             PollFd::new(conn.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.ended.as_fd(), PollFlags::POLLIN),
         ];
-        poll(&mut fds, PollTimeout::NONE).is_ok() && !self.ending()
+        poll_again(&mut fds) && !self.ending()
     }
 
     /// Check a start against the parent's `[runs]` and number it: the child's run id and
@@ -454,6 +451,17 @@ fn earlier_attempt(home: &Home, run_id: &str) -> anyhow::Result<Earlier> {
     }
     .with_output(output);
     Ok(Earlier::Ended(Box::new(report)))
+}
+
+/// Poll `fds` until one is ready, again when a signal interrupts it: false on an error.
+fn poll_again(fds: &mut [PollFd<'_>]) -> bool {
+    loop {
+        match poll(fds, PollTimeout::NONE) {
+            Ok(_) => return true,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Whether the peer runs as this user and is this process's child.

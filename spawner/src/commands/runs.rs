@@ -34,10 +34,17 @@ pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Ok);
     }
     let store = Store::open(&path)?;
-    let runs = store.runs(&RunFilter {
+    // Sub-runs are folded into their parents, unless the runs of one agent are asked for.
+    let fold = args.agent.is_none();
+    let filter = RunFilter {
         agent: args.agent,
         limit: args.limit,
-    })?;
+    };
+    let runs = if fold {
+        store.caller_runs(&filter)?
+    } else {
+        store.runs(&filter)?
+    };
     if args.json {
         for run in &runs {
             serde_json::to_writer(&mut out, run)?;
@@ -67,8 +74,30 @@ pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
                 .next()
                 .unwrap_or("")
         )?;
+        if fold {
+            let counts = store.sub_run_counts(&r.run_id)?;
+            if !counts.is_empty() {
+                writeln!(
+                    out,
+                    "  + {} (`spawner runs show {}`)",
+                    describe_counts(&counts),
+                    r.run_id
+                )?;
+            }
+        }
     }
     Ok(Outcome::Ok)
+}
+
+/// "3 sub-runs: 2 ok, 1 agent_error".
+fn describe_counts(counts: &[(Outcome, u32)]) -> String {
+    let total: u32 = counts.iter().map(|(_, n)| n).sum();
+    let each: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    format!(
+        "{total} sub-run{}: {}",
+        if total == 1 { "" } else { "s" },
+        each.join(", ")
+    )
 }
 
 /// Every run record whole, as JSON lines.
@@ -168,11 +197,15 @@ fn delete(home: &Home, run_ids: &[String], agent: Option<String>) -> anyhow::Res
 /// One run whole, with the evidence of its LLM and tool calls.
 fn show(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
     let path = home.store_path();
-    let (record, journal) = if Store::exists(&path) {
+    let (record, journal, children) = if Store::exists(&path) {
         let store = Store::open(&path)?;
-        (store.run(run_id)?, store.journal(run_id)?)
+        (
+            store.run(run_id)?,
+            store.journal(run_id)?,
+            store.children(run_id)?,
+        )
     } else {
-        (None, Vec::new())
+        (None, Vec::new(), Vec::new())
     };
     let Some(r) = record else {
         anyhow::bail!(
@@ -182,11 +215,18 @@ fn show(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
     };
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer(&mut out, &r)?;
+        let mut whole = serde_json::to_value(&r)?;
+        if let Some(map) = whole.as_object_mut() {
+            map.insert("sub_runs".into(), serde_json::to_value(&children)?);
+        }
+        serde_json::to_writer(&mut out, &whole)?;
         out.write_all(b"\n")?;
         return Ok(Outcome::Ok);
     }
     writeln!(out, "run {}", r.run_id)?;
+    if let Some(parent) = &r.parent_run_id {
+        writeln!(out, "sub-run of {parent}")?;
+    }
     writeln!(out, "agent {}", r.agent)?;
     writeln!(
         out,
@@ -275,6 +315,27 @@ fn show(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
             e.kind,
             utc(e.at_ms),
             e.duration_us as f64 / 1000.0
+        )?;
+    }
+    for c in &children {
+        writeln!(
+            out,
+            "sub-run {}: {} {} (exit {}), {:.2} ms{}{}",
+            c.run_id,
+            c.agent,
+            c.status.as_str(),
+            c.status.exit_code(),
+            c.timings.total_us as f64 / 1000.0,
+            if c.attempt > 1 {
+                format!(", attempt {}", c.attempt)
+            } else {
+                String::new()
+            },
+            c.error
+                .as_deref()
+                .and_then(|e| e.lines().next())
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
         )?;
     }
     Ok(Outcome::Ok)

@@ -63,20 +63,49 @@ pub fn dispatch(daemon: &Daemon, conn: &mut Connection, req: &Request) -> Result
         "agents.describe" => describe(daemon, params(&req.params)?),
         "runs.list" => {
             let p: RunsList = params(&req.params)?;
-            let runs = daemon
-                .lock_store()
-                .runs(&RunFilter {
-                    agent: p.agent,
-                    limit: p.limit.unwrap_or(20).min(10_000),
-                })
-                .map_err(internal)?;
-            Ok(json!({ "runs": runs }))
+            // Sub-runs are folded into their parents (counted by status), unless the runs
+            // of one agent are asked for.
+            let store = daemon.lock_store();
+            let fold = p.agent.is_none();
+            let filter = RunFilter {
+                agent: p.agent,
+                limit: p.limit.unwrap_or(20).min(10_000),
+            };
+            let runs = if fold {
+                store.caller_runs(&filter)
+            } else {
+                store.runs(&filter)
+            }
+            .map_err(internal)?;
+            let mut listed = Vec::with_capacity(runs.len());
+            for run in runs {
+                let mut entry = serde_json::to_value(&run).map_err(internal)?;
+                let counts = store.sub_run_counts(&run.run_id).map_err(internal)?;
+                if fold
+                    && !counts.is_empty()
+                    && let Some(map) = entry.as_object_mut()
+                {
+                    let by_status: serde_json::Map<String, Value> = counts
+                        .into_iter()
+                        .map(|(status, n)| (status.to_string(), json!(n)))
+                        .collect();
+                    map.insert("sub_runs".into(), Value::Object(by_status));
+                }
+                listed.push(entry);
+            }
+            Ok(json!({ "runs": listed }))
         }
         "runs.get" => {
             let p: RunId = params(&req.params)?;
-            let run = daemon.lock_store().run(&p.run_id).map_err(internal)?;
-            match run {
-                Some(run) => Ok(json!({ "run": run })),
+            let found = {
+                let store = daemon.lock_store();
+                match store.run(&p.run_id).map_err(internal)? {
+                    Some(run) => Some((run, store.children(&p.run_id).map_err(internal)?)),
+                    None => None,
+                }
+            };
+            match found {
+                Some((run, children)) => Ok(json!({ "run": run, "sub_runs": children })),
                 None if daemon.lock_active().contains_key(&p.run_id) => Err(RpcError::new(
                     rpc::NOT_FOUND,
                     format!(
