@@ -553,3 +553,41 @@ fn commit_draft_writes_one_subject_line_from_a_staged_diff() {
     );
     stop_broker(&home);
 }
+
+#[test]
+fn review_adds_a_note_from_the_model_for_each_file() {
+    let home = home_with_model();
+    crate::subruns::review_home(&home, true);
+    let out = home.run_with_stdin(
+        &["run", "review", "--json"],
+        crate::subruns::REVIEW_DIFF.as_bytes(),
+    );
+    assert_eq!(code(&out), 7, "rejected: {}", stderr(&out));
+    let review = crate::harness::report(&out);
+    let said = review["error"].as_str().expect("error");
+    let notes: Vec<&str> = said
+        .lines()
+        .filter_map(|l| l.strip_prefix("  note: "))
+        .collect();
+    assert_eq!(notes.len(), 2, "{said}");
+    assert!(
+        notes
+            .iter()
+            .all(|n| !n.trim().is_empty() && !n.starts_with("(no note")),
+        "{said}"
+    );
+    let run_id = review["run_id"].as_str().expect("run id");
+    let children = home.store().children(run_id).expect("children");
+    let agents: Vec<&str> = children.iter().map(|c| c.agent.as_str()).collect();
+    assert_eq!(agents, ["secret-guard", "review", "secret-guard", "review"]);
+    // Each note's sub-run made one chat, recorded with it.
+    for note in children.iter().filter(|c| c.agent == "review") {
+        let whole = home
+            .store()
+            .run(&note.run_id)
+            .expect("run")
+            .expect("record");
+        assert_eq!(whole.llm_calls.len(), 1, "{whole:?}");
+    }
+    stop_broker(&home);
+}

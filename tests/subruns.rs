@@ -350,3 +350,86 @@ fn a_resumed_parent_is_handed_its_finished_children_and_reruns_only_the_failed_o
         [(1, Outcome::Ok), (1, Outcome::Ok), (2, Outcome::Ok)]
     );
 }
+
+/// A diff of two new files, `greet.py` and `deploy.env`; the second adds an AWS key id.
+pub const REVIEW_DIFF: &str = "diff --git a/greet.py b/greet.py
+new file mode 100644
+--- /dev/null
++++ b/greet.py
+@@ -0,0 +1,2 @@
++def greet(name):
++    return f\"Hello, {name}!\"
+diff --git a/deploy.env b/deploy.env
+new file mode 100644
+--- /dev/null
++++ b/deploy.env
+@@ -0,0 +1,2 @@
++REGION=eu-west-1
++AWS_ACCESS_KEY_ID=AKIAZ7QW3RT5YU8PLM2K
+";
+
+/// The review example with secret-guard, `notes` as given.
+pub fn review_home(home: &TestHome, notes: bool) {
+    home.install_example("secret-guard");
+    let manifest = std::fs::read_to_string(crate::harness::root().join("agents/review/agent.toml"))
+        .expect("review's manifest");
+    let manifest = manifest.replace("notes = true", &format!("notes = {notes}"));
+    home.install("review", "review", &manifest);
+    home.precompile("review");
+    home.precompile("secret-guard");
+}
+
+#[test]
+fn review_scans_each_file_in_a_sub_run_and_names_the_one_with_a_secret() {
+    let home = TestHome::new();
+    review_home(&home, false);
+    let out = home.run_with_stdin(&["run", "review", "--json"], REVIEW_DIFF.as_bytes());
+    assert_eq!(code(&out), exit_of(Outcome::Rejected), "{}", stderr(&out));
+    let review = report(&out);
+    let said = review["error"].as_str().expect("error");
+    assert!(
+        said.contains("greet.py:\n  secrets: no secrets found\n"),
+        "{said}"
+    );
+    assert!(said.contains("deploy.env:2: AWS access key id"), "{said}");
+    assert!(
+        said.contains("2 file(s) reviewed, 1 with secrets"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("AKIAZ7QW3RT5YU8PLM2K"),
+        "the secret is not repeated: {said}"
+    );
+    let run_id = review["run_id"].as_str().expect("run id");
+    let children = home.store().children(run_id).expect("children");
+    assert_eq!(
+        children
+            .iter()
+            .map(|c| (c.agent.as_str(), c.status))
+            .collect::<Vec<_>>(),
+        [
+            ("secret-guard", Outcome::Ok),
+            ("secret-guard", Outcome::Rejected)
+        ]
+    );
+    // A clean diff passes; no diff is refused before any sub-run.
+    let clean: String = REVIEW_DIFF
+        .split("diff --git a/deploy.env")
+        .next()
+        .unwrap_or("")
+        .into();
+    let out = home.run_with_stdin(&["run", "review"], clean.as_bytes());
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).ends_with("1 file(s) reviewed, 0 with secrets\n"),
+        "{}",
+        stdout(&out)
+    );
+    let out = home.run_with_stdin(&["run", "review"], b"");
+    assert_eq!(code(&out), exit_of(Outcome::AgentError), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pipe a unified diff"),
+        "{}",
+        stderr(&out)
+    );
+}

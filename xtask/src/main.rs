@@ -24,6 +24,7 @@ const EXAMPLE_AGENTS: &[&str] = &[
     "secret-guard",
     "sentiment",
     "chat",
+    "review",
     "commit-draft",
     "tool-agent",
 ];
@@ -778,12 +779,97 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     if !show(&["run", "tool-agent", "What time is it in Tokyo?"])? {
         bail!("tool-agent failed");
     }
+    demo_review(&spawner)?;
     demo_hooks(&spawner)?;
     show(&["runs", "--limit", "8"])?;
     eprintln!(
         "\nEach run above was a fresh agent-exec process; notes came back from {}.",
         demo_home()?.join("memory.db").display()
     );
+    Ok(())
+}
+
+/// The diff the demo's review reviews: two new files, the second with an AWS key id.
+const REVIEW_DIFF: &str = "diff --git a/greet.py b/greet.py
+new file mode 100644
+--- /dev/null
++++ b/greet.py
+@@ -0,0 +1,2 @@
++def greet(name):
++    return f\"Hello, {name}!\"
+diff --git a/deploy.env b/deploy.env
+new file mode 100644
+--- /dev/null
++++ b/deploy.env
+@@ -0,0 +1,2 @@
++REGION=eu-west-1
++AWS_ACCESS_KEY_ID=AKIAZ7QW3RT5YU8PLM2K
+";
+
+/// review fans out one sub-run per changed file (secret-guard, and a note from the model),
+/// is killed once its secret scans have ended, and is resumed: the scans are handed back
+/// from their records, only the notes run again.
+fn demo_review(spawner: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    eprintln!("\n$ spawner run review < change.diff   # stopped (SIGTERM) once its secret scans have ended");
+    let since = memory_store::now_ms();
+    let mut review = Command::new(spawner)
+        .args(["run", "review"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start spawner run review")?;
+    review
+        .stdin
+        .take()
+        .context("review's standard input")?
+        .write_all(REVIEW_DIFF.as_bytes())?;
+    // The two scans' records name their parent: the review, whose own record is written
+    // when it ends.
+    let store_path = demo_home()?.join("memory.db");
+    let scans_ended = || -> Option<String> {
+        let store = memory_store::Store::open(&store_path).ok()?;
+        let scans = store
+            .runs(&memory_store::RunFilter {
+                agent: Some("secret-guard".into()),
+                limit: 2,
+            })
+            .ok()?;
+        let ours: Vec<_> = scans
+            .into_iter()
+            .filter(|r| r.started_at_ms >= since && r.parent_run_id.is_some())
+            .collect();
+        (ours.len() == 2).then(|| ours[0].parent_run_id.clone()).flatten()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let parent = loop {
+        if let Some(parent) = scans_ended() {
+            break Some(parent);
+        }
+        if review.try_wait()?.is_some() || std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    if review.try_wait()?.is_none() {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(review.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+    }
+    review.wait()?;
+    let Some(parent) = parent else {
+        eprintln!("(the review ended before its scans were seen; nothing to resume)");
+        return Ok(());
+    };
+    let show = |args: &[&str]| -> anyhow::Result<()> {
+        eprintln!("\n$ spawner {}", args.join(" "));
+        Command::new(spawner).args(args).status()?;
+        Ok(())
+    };
+    show(&["runs", "show", &parent])?;
+    // Rejected (exit 7): deploy.env holds a secret.
+    show(&["runs", "resume", &parent])?;
+    show(&["runs", "show", &parent])?;
     Ok(())
 }
 
