@@ -150,7 +150,9 @@ impl Store {
         let conn = open_private(path).map_err(open_err)?;
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
-        let mut store = Store::configure(conn, Some(PathBuf::from(wal)))?;
+        let mut lock = path.as_os_str().to_owned();
+        lock.push("-migrate.lock");
+        let mut store = Store::configure(conn, Some(PathBuf::from(wal)), Some(Path::new(&lock)))?;
         store.made_private = made_private;
         store.path = Some(path.to_owned());
         store.import_run_log()?;
@@ -171,14 +173,18 @@ impl Store {
 
     /// A private in-memory store, for tests.
     pub fn open_in_memory() -> Result<Store, StoreError> {
-        Store::configure(Connection::open_in_memory()?, None)
+        Store::configure(Connection::open_in_memory()?, None, None)
     }
 
-    fn configure(mut conn: Connection, wal_path: Option<PathBuf>) -> Result<Store, StoreError> {
+    fn configure(
+        mut conn: Connection,
+        wal_path: Option<PathBuf>,
+        migrate_lock: Option<&Path>,
+    ) -> Result<Store, StoreError> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
-        schema::migrate(&mut conn)?;
+        schema::migrate(&mut conn, migrate_lock)?;
         Ok(Store {
             conn,
             path: None,
@@ -254,6 +260,30 @@ fn to_sql_int(v: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_first_opens_of_a_new_store_all_succeed() {
+        // A parent's sub-runs open a new home's store at once: none may be told the
+        // database is locked while another switches it to WAL or migrates it.
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("memory.db");
+            let gate = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                let opens: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            gate.wait();
+                            Store::open(&path).map(|_| ())
+                        })
+                    })
+                    .collect();
+                for open in opens {
+                    open.join().expect("thread").expect("the store opens");
+                }
+            });
+        }
+    }
     use agent_contract::{Outcome, PhaseTimings};
 
     #[test]

@@ -3,6 +3,8 @@
 //! A migration is a file `migrations/NNNN_name.sql`, listed in [`MIGRATIONS`]. Never edit
 //! one that has shipped; add the next number instead.
 
+use std::path::Path;
+
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::StoreError;
@@ -29,9 +31,13 @@ fn user_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
 
 /// Bring the store up to [`latest_version`]. Cheap when it already is: one pragma read.
 ///
-/// Concurrent first opens are safe: the version is read again under the write lock, so
-/// exactly one process applies each migration.
-pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+/// Concurrent first opens are safe: a store that is not up to date is switched to WAL and
+/// migrated by one opener at a time, under an exclusive `flock` of `lock` (a file beside
+/// the store), since SQLite answers a `journal_mode` switch that meets another connection
+/// with "database is locked" at once, without waiting; the version is read again under
+/// it, so exactly one process applies each migration. `None` (an in-memory store): no
+/// lock.
+pub fn migrate(conn: &mut Connection, lock: Option<&Path>) -> Result<(), StoreError> {
     let supported = latest_version();
     let found = user_version(conn)?;
     if found == supported {
@@ -39,6 +45,13 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     if found > supported {
         return Err(StoreError::TooNew { found, supported });
+    }
+    let _held = match lock {
+        Some(path) => Some(lock_file(path)?),
+        None => None,
+    };
+    if user_version(conn)? == supported {
+        return Ok(());
     }
     // Persistent: once set, every later connection uses WAL. Must run outside a transaction.
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
@@ -59,6 +72,22 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// `path`, created 0600 if need be, locked exclusively (released when the file closes).
+fn lock_file(path: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .and_then(|file| file.lock().map(|()| file));
+    file.map_err(|e| StoreError::Open {
+        path: path.to_owned(),
+        source: e.into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,11 +95,14 @@ mod tests {
     #[test]
     fn migrating_twice_is_a_no_op_and_newer_stores_are_refused() {
         let mut conn = Connection::open_in_memory().expect("open");
-        migrate(&mut conn).expect("first");
-        migrate(&mut conn).expect("second");
+        migrate(&mut conn, None).expect("first");
+        migrate(&mut conn, None).expect("second");
         assert_eq!(user_version(&conn).expect("version"), latest_version());
         conn.pragma_update(None, "user_version", latest_version() + 1)
             .expect("bump");
-        assert!(matches!(migrate(&mut conn), Err(StoreError::TooNew { .. })));
+        assert!(matches!(
+            migrate(&mut conn, None),
+            Err(StoreError::TooNew { .. })
+        ));
     }
 }
