@@ -811,7 +811,9 @@ new file mode 100644
 /// from their records, only the notes run again.
 fn demo_review(spawner: &Path) -> anyhow::Result<()> {
     use std::io::Write as _;
-    eprintln!("\n$ spawner run review < change.diff   # stopped (SIGTERM) once its secret scans have ended");
+    eprintln!(
+        "\n$ spawner run review < change.diff   # stopped (SIGTERM) once its secret scans have ended"
+    );
     let since = memory_store::now_ms();
     let mut review = Command::new(spawner)
         .args(["run", "review"])
@@ -838,7 +840,9 @@ fn demo_review(spawner: &Path) -> anyhow::Result<()> {
             .into_iter()
             .filter(|r| r.started_at_ms >= since && r.parent_run_id.is_some())
             .collect();
-        (ours.len() == 2).then(|| ours[0].parent_run_id.clone()).flatten()
+        (ours.len() == 2)
+            .then(|| ours[0].parent_run_id.clone())
+            .flatten()
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     let parent = loop {
