@@ -560,7 +560,7 @@ fn review_adds_a_note_from_the_model_for_each_file() {
     crate::subruns::review_home(&home, true);
     let out = home.run_with_stdin(
         &["run", "review", "--json"],
-        crate::subruns::REVIEW_DIFF.as_bytes(),
+        crate::subruns::review_diff().as_bytes(),
     );
     assert_eq!(code(&out), 7, "rejected: {}", stderr(&out));
     let review = crate::harness::report(&out);

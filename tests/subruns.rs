@@ -351,22 +351,12 @@ fn a_resumed_parent_is_handed_its_finished_children_and_reruns_only_the_failed_o
     );
 }
 
-/// A diff of two new files, `greet.py` and `deploy.env`; the second adds an AWS key id.
-pub const REVIEW_DIFF: &str = "diff --git a/greet.py b/greet.py
-new file mode 100644
---- /dev/null
-+++ b/greet.py
-@@ -0,0 +1,2 @@
-+def greet(name):
-+    return f\"Hello, {name}!\"
-diff --git a/deploy.env b/deploy.env
-new file mode 100644
---- /dev/null
-+++ b/deploy.env
-@@ -0,0 +1,2 @@
-+REGION=eu-west-1
-+AWS_ACCESS_KEY_ID=AKIAZ7QW3RT5YU8PLM2K
-";
+/// The review example's diff: two new files, `greet.py` and `deploy.env`; the second adds
+/// an AWS key id.
+pub fn review_diff() -> String {
+    std::fs::read_to_string(crate::harness::root().join("agents/review/example.diff"))
+        .expect("agents/review/example.diff")
+}
 
 /// The review example with secret-guard, `notes` as given.
 pub fn review_home(home: &TestHome, notes: bool) {
@@ -383,7 +373,7 @@ pub fn review_home(home: &TestHome, notes: bool) {
 fn review_scans_each_file_in_a_sub_run_and_names_the_one_with_a_secret() {
     let home = TestHome::new();
     review_home(&home, false);
-    let out = home.run_with_stdin(&["run", "review", "--json"], REVIEW_DIFF.as_bytes());
+    let out = home.run_with_stdin(&["run", "review", "--json"], review_diff().as_bytes());
     assert_eq!(code(&out), exit_of(Outcome::Rejected), "{}", stderr(&out));
     let review = report(&out);
     let said = review["error"].as_str().expect("error");
@@ -413,7 +403,7 @@ fn review_scans_each_file_in_a_sub_run_and_names_the_one_with_a_secret() {
         ]
     );
     // A clean diff passes; no diff is refused before any sub-run.
-    let clean: String = REVIEW_DIFF
+    let clean: String = review_diff()
         .split("diff --git a/deploy.env")
         .next()
         .unwrap_or("")

@@ -84,17 +84,11 @@ impl Admission {
     /// Take a slot, waiting as long as it takes, whatever the queue holds: for sub-runs,
     /// whose number their parent's manifest bounds.
     pub fn enter_waiting(&self) -> Permit<'_> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.queued += 1;
-        while state.running >= self.max_running {
-            state = self
-                .slot_freed
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(permit) = self.enter_waiting_unless(&|| false) {
+                return permit;
+            }
         }
-        state.queued -= 1;
-        state.running += 1;
-        Permit { gate: self }
     }
 
     /// [`Admission::enter_waiting`], giving up (`None`) once `give_up` says so: it is asked

@@ -779,7 +779,7 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     if !show(&["run", "tool-agent", "What time is it in Tokyo?"])? {
         bail!("tool-agent failed");
     }
-    demo_review(&spawner)?;
+    demo_review(root, &spawner)?;
     demo_hooks(&spawner)?;
     show(&["runs", "--limit", "8"])?;
     eprintln!(
@@ -789,28 +789,13 @@ fn demo(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The diff the demo's review reviews: two new files, the second with an AWS key id.
-const REVIEW_DIFF: &str = "diff --git a/greet.py b/greet.py
-new file mode 100644
---- /dev/null
-+++ b/greet.py
-@@ -0,0 +1,2 @@
-+def greet(name):
-+    return f\"Hello, {name}!\"
-diff --git a/deploy.env b/deploy.env
-new file mode 100644
---- /dev/null
-+++ b/deploy.env
-@@ -0,0 +1,2 @@
-+REGION=eu-west-1
-+AWS_ACCESS_KEY_ID=AKIAZ7QW3RT5YU8PLM2K
-";
-
 /// review fans out one sub-run per changed file (secret-guard, and a note from the model),
 /// is killed once its secret scans have ended, and is resumed: the scans are handed back
 /// from their records, only the notes run again.
-fn demo_review(spawner: &Path) -> anyhow::Result<()> {
+fn demo_review(root: &Path, spawner: &Path) -> anyhow::Result<()> {
     use std::io::Write as _;
+    // Two new files, the second with an AWS key id.
+    let diff = std::fs::read_to_string(root.join("agents/review/example.diff"))?;
     eprintln!(
         "\n$ spawner run review < change.diff   # stopped (SIGTERM) once its secret scans have ended"
     );
@@ -824,7 +809,7 @@ fn demo_review(spawner: &Path) -> anyhow::Result<()> {
         .stdin
         .take()
         .context("review's standard input")?
-        .write_all(REVIEW_DIFF.as_bytes())?;
+        .write_all(diff.as_bytes())?;
     // The two scans' records name their parent: the review, whose own record is written
     // when it ends.
     let store_path = demo_home()?.join("memory.db");

@@ -202,7 +202,9 @@ fn fan_out(agent: &str, n: &str, input: &str) -> Result<Response, AgentError> {
     if all_ok {
         Ok(Response::text(out))
     } else {
-        Err(AgentError::Failed(format!("not every sub-run ended ok:\n{out}")))
+        Err(AgentError::Failed(format!(
+            "not every sub-run ended ok:\n{out}"
+        )))
     }
 }
 
