@@ -269,6 +269,35 @@ impl SubRunPolicy {
     pub fn allows(&self, agent: &str) -> bool {
         self.agents.iter().any(|a| a == agent)
     }
+
+    /// Why run `run_id` may not start its sub-run number `child`, a run of `agent`; `None`
+    /// when it may. The one rule, checked by agent-exec before it asks and by the spawner
+    /// that runs the parent again.
+    pub fn refuses(&self, run_id: &str, child: u32, agent: &str) -> Option<String> {
+        if !self.allows(agent) {
+            return Some(format!(
+                "agent {agent:?} is not in this agent's [runs] agents ({}); add it there to let this agent start it",
+                if self.agents.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.agents.join(", ")
+                }
+            ));
+        }
+        // A sub-run's id is its parent's, a dot and its number.
+        let depth = run_id.matches('.').count();
+        if depth >= MAX_SUB_RUN_DEPTH as usize {
+            return Some(format!(
+                "run {run_id} is {depth} sub-runs deep, the most there may be; it cannot start more"
+            ));
+        }
+        if child >= self.max {
+            return Some(format!(
+                "this run has started {child} sub-runs, its [runs] max; raise it in agent.toml to start more"
+            ));
+        }
+        None
+    }
 }
 
 /// Where an agent may run.

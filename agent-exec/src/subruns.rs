@@ -14,7 +14,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
 use std::time::Instant;
 
-use agent_contract::manifest::{MAX_SUB_RUN_DEPTH, SubRunPolicy};
+use agent_contract::manifest::SubRunPolicy;
 use agent_contract::subruns::{Answer, Call, Refusal, SubRunChannel, read_message, write_message};
 use sha2::{Digest, Sha256};
 
@@ -68,28 +68,9 @@ impl SubRuns {
         input: Vec<u8>,
         deadline: Option<Instant>,
     ) -> Result<u32, RunError> {
-        if !self.policy.allows(&agent) {
-            return Err(RunError::NotAllowed(format!(
-                "agent {agent:?} is not in this agent's [runs] agents ({}); add it there to let this agent start it",
-                if self.policy.agents.is_empty() {
-                    "none".to_owned()
-                } else {
-                    self.policy.agents.join(", ")
-                }
-            )));
-        }
-        let depth = self.run_id.matches('.').count();
-        if depth >= MAX_SUB_RUN_DEPTH as usize {
-            return Err(RunError::NotAllowed(format!(
-                "run {} is {depth} sub-runs deep, the most there may be; it cannot start more",
-                self.run_id
-            )));
-        }
         let child = u32::try_from(self.started.len()).unwrap_or(u32::MAX);
-        if child >= self.policy.max {
-            return Err(RunError::NotAllowed(format!(
-                "this run has started {child} sub-runs, its [runs] max; raise it in agent.toml to start more"
-            )));
+        if let Some(why) = self.policy.refuses(&self.run_id, child, &agent) {
+            return Err(RunError::NotAllowed(why));
         }
         if input.len() as u64 > agent_contract::envelope::MAX_INPUT_BYTES {
             return Err(RunError::InvalidInput(format!(

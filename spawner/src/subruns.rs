@@ -45,7 +45,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 
 use agent_contract::envelope::{JournalMode, MAX_INPUT_BYTES};
-use agent_contract::manifest::MAX_SUB_RUN_DEPTH;
 use agent_contract::subruns::{
     Answer, Call, Refusal, SubRunChannel, child_run_id, read_message, write_message,
 };
@@ -243,22 +242,6 @@ impl Server {
         input_base64: &str,
     ) -> Result<(String, Vec<u8>), (Refusal, String)> {
         use base64::Engine as _;
-        let policy = &parent.manifest.runs;
-        if !policy.allows(agent) {
-            return Err((
-                Refusal::NotAllowed,
-                format!(
-                    "agent {agent:?} is not in {:?}'s [runs] agents",
-                    parent.manifest.name
-                ),
-            ));
-        }
-        if parent.request.run_id.matches('.').count() >= MAX_SUB_RUN_DEPTH as usize {
-            return Err((
-                Refusal::NotAllowed,
-                format!("sub-runs nest at most {MAX_SUB_RUN_DEPTH} deep"),
-            ));
-        }
         let mut list = children.list.lock().unwrap_or_else(PoisonError::into_inner);
         if child as usize != list.len() {
             return Err((
@@ -269,11 +252,12 @@ impl Server {
                 ),
             ));
         }
-        if child >= policy.max {
-            return Err((
-                Refusal::NotAllowed,
-                format!("the run has started {child} sub-runs, its [runs] max"),
-            ));
+        if let Some(why) = parent
+            .manifest
+            .runs
+            .refuses(&parent.request.run_id, child, agent)
+        {
+            return Err((Refusal::NotAllowed, why));
         }
         let input = base64::engine::general_purpose::STANDARD
             .decode(input_base64)
