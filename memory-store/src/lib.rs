@@ -101,13 +101,19 @@ pub enum StoreError {
 /// files the mode of the database file, so none of the three is ever readable by others.
 /// The usual case, a store that exists, costs one open, as before: the file is created
 /// (and opened again) only when that open finds none.
+///
+/// SQLite retries a read-write open that fails (here: no such file) read-only, so when
+/// another process creates the store between the two tries, that open succeeds read-only
+/// and every write on it would fail with "attempt to write a readonly database". Such a
+/// connection is dropped and the store opened again, read-write.
 fn open_private(path: &Path) -> Result<Connection, Box<dyn std::error::Error + Send + Sync>> {
     use rusqlite::OpenFlags;
     let existing = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_URI
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     match Connection::open_with_flags(path, existing) {
-        Ok(conn) => Ok(conn),
+        Ok(conn) if !conn.is_readonly(rusqlite::MAIN_DB)? => Ok(conn),
+        Ok(_) => Ok(Connection::open_with_flags(path, existing)?),
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::CannotOpen => {
             use std::os::unix::fs::OpenOptionsExt;
             std::fs::File::options()
