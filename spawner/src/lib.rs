@@ -8,8 +8,10 @@
 //! - [`spawn`]: the spawn policy, in one place: posix_spawn (no `pre_exec`), a process
 //!   group per run, resource limits, the deadline that kills the whole group, signal
 //!   forwarding, reaping.
-//! - [`request`]: one request from any front: envelope, spawn, and the record of a run
-//!   agent-exec could not finish.
+//! - [`request`]: one request from any front: envelope header, retries, sub-runs, and the
+//!   record of a run agent-exec could not finish.
+//! - [`executor`]: where an attempt runs (today [`executor::Local`]: a fresh agent-exec,
+//!   or one of the daemon's spares); [`cancel`]: the token that stops a run early.
 //! - [`durable`]: which durable runs may be resumed or replayed, and the request that
 //!   runs one again (the command line's `runs resume|replay`, the daemon's methods).
 //! - [`hook`]: hook protocols (Claude Code, git, plain): the caller's wire format to one
@@ -69,10 +71,12 @@ pub fn ensure_standard_fds() {
 }
 
 pub mod admission;
+pub mod cancel;
 pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod durable;
+pub mod executor;
 pub mod exit;
 pub mod hook;
 pub mod request;

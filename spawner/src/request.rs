@@ -2,14 +2,10 @@
 //! envelope, spawn a fresh agent-exec under the spawn policy, and, when agent-exec could
 //! not finish (deadline kill, signal, unexpected exit), record the run in its place.
 
-use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agent_contract::envelope::{
-    COMPILE_FIRST_EXIT_CODE, CompileStep, ENVELOPE_VERSION, JournalMode, compile_program_beside,
-    write_envelope,
-};
+use agent_contract::envelope::{CompileStep, ENVELOPE_VERSION, JournalMode};
 use agent_contract::hook::HookEvent;
 use agent_contract::layout::BrokerLayout;
 use agent_contract::{
@@ -17,10 +13,11 @@ use agent_contract::{
 };
 use anyhow::Context;
 use memory_store::{Leased, RunRecord, Store};
-use nix::sys::signal::Signal;
 
 use crate::admission::Admission;
-use crate::spawn::{COMPILE_DEADLINE, Exit, Spawn, SpawnPolicy, StderrSink, StopOn, Termination};
+use crate::cancel::{Stop, StopReason};
+use crate::executor::{Executor, Job, Local, Ran};
+use crate::spawn::{SpawnPolicy, StderrSink, Termination};
 
 /// Environment variable naming the agent-exec binary, for installs that keep it elsewhere.
 pub const AGENT_EXEC_ENV: &str = "SPAWNER_AGENT_EXEC";
@@ -56,44 +53,6 @@ pub struct Request {
     pub attempt: u32,
     /// Set for a sub-run: the run that started it.
     pub parent_run_id: Option<String>,
-}
-
-/// What stops a run early, besides its deadline.
-#[derive(Debug, Clone, Copy)]
-pub enum Stop<'a> {
-    /// SIGINT, SIGTERM or SIGHUP to this process (the command line).
-    Signals,
-    /// The daemon: a cancel eventfd, and the client's socket going away.
-    Fds {
-        /// Readable: `runs.cancel` was called.
-        cancel: BorrowedFd<'a>,
-        /// Hung up: the client disconnected.
-        client: Option<BorrowedFd<'a>>,
-    },
-}
-
-/// Why a run was stopped early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    /// The spawner received this signal.
-    Signal(Signal),
-    /// A client cancelled it.
-    Cancelled,
-    /// The client that asked for it disconnected.
-    ClientGone,
-}
-
-impl StopReason {
-    /// What the run record says.
-    fn describe(self) -> String {
-        match self {
-            StopReason::Signal(sig) => format!("the run was killed because spawner received {sig}"),
-            StopReason::Cancelled => "the run was cancelled".to_owned(),
-            StopReason::ClientGone => {
-                "the client disconnected, so its run was cancelled".to_owned()
-            }
-        }
-    }
 }
 
 /// How a request ended.
@@ -140,10 +99,9 @@ impl Finished {
 }
 
 /// Run `request` in a fresh agent-exec and wait for it. `on_stderr`, when given, gets
-/// agent-exec's standard error as it comes (else it goes to ours). `spare`, when given,
-/// is asked for a fresh agent-exec already started (`--prepare`) to take the request
-/// instead of a new one, once the request is known to be runnable (a bad one does not use
-/// up a spare); a spare must have been started with the same output settings.
+/// agent-exec's standard error as it comes (else it goes to ours). `executor` runs the
+/// first attempt once the request is known to be runnable (so that a bad one does not
+/// use up one of the daemon's spares); retries run on [`Local::FRESH`].
 ///
 /// A durable agent whose manifest asks for retries (`[durable] retries`) is resumed here
 /// after an attempt that failed for a reason that may pass ([`Outcome::may_pass`]), each
@@ -159,7 +117,7 @@ pub fn execute(
     request: &Request,
     stop: Stop<'_>,
     mut on_stderr: Option<StderrSink<'_>>,
-    spare: Option<&dyn Fn() -> Option<crate::spawn::Started>>,
+    executor: &dyn Executor,
     shared: Option<&Admission>,
 ) -> anyhow::Result<Finished> {
     let manifest = Manifest::load(&home.agent_manifest(&request.agent)?)?;
@@ -174,7 +132,7 @@ pub fn execute(
         request,
         // Shortens the callback's lifetime to the attempt's.
         on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
-        spare,
+        executor,
     )?;
     let durable = &manifest.durable;
     if durable.retries == 0 || request.journal == JournalMode::Replay || !finished.retryable {
@@ -197,6 +155,21 @@ pub fn execute(
         );
     }
     retried
+}
+
+/// [`execute`] for the command line: stopped by this process's SIGINT, SIGTERM or SIGHUP,
+/// run in a fresh agent-exec per attempt, admitted by no gate but its own sub-runs'.
+pub fn execute_from_command_line(home: &Home, request: &Request) -> anyhow::Result<Finished> {
+    let token =
+        crate::cancel::CancelToken::new().context("cannot create the run's cancel token")?;
+    execute(
+        home,
+        request,
+        Stop::signals(&token),
+        None,
+        &Local::FRESH,
+        None,
+    )
 }
 
 /// [`execute`]'s retries of `finished`, the lease they hold kept in `leased`.
@@ -258,13 +231,8 @@ fn retry(
                 wait.as_millis()
             ),
         );
-        let woken = crate::spawn::pause(wait, &stop_fds(stop), matches!(stop, Stop::Signals))?;
-        if let Some(woken) = woken {
-            finished.stopped = Some(match woken {
-                crate::spawn::Woken::Signal(sig) => StopReason::Signal(sig),
-                crate::spawn::Woken::StopOn(0) => StopReason::Cancelled,
-                crate::spawn::Woken::StopOn(_) => StopReason::ClientGone,
-            });
+        if crate::spawn::pause(wait, stop)? {
+            finished.stopped = stop.token.reason();
             break;
         }
         let Some((store, _)) = leased.as_mut() else {
@@ -313,29 +281,10 @@ fn retry(
             &again,
             // Shortens the callback's lifetime to the attempt's.
             on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
-            None,
+            &Local::FRESH,
         )?;
     }
     Ok(finished)
-}
-
-/// The daemon's descriptors a run stops on: `Termination::Stopped(0)` is the cancel,
-/// `(1)` the client.
-fn stop_fds(stop: Stop<'_>) -> Vec<StopOn<'_>> {
-    match stop {
-        Stop::Signals => Vec::new(),
-        Stop::Fds { cancel, client } => {
-            let mut fds = vec![StopOn {
-                fd: cancel,
-                events: nix::poll::PollFlags::POLLIN,
-            }];
-            fds.extend(client.map(|fd| StopOn {
-                fd,
-                events: nix::poll::PollFlags::POLLHUP,
-            }));
-            fds
-        }
-    }
 }
 
 /// A line from the spawner among agent-exec's log lines, in their format (a JSON line
@@ -374,7 +323,7 @@ fn attempt(
     ctx: Attempts<'_>,
     request: &Request,
     on_stderr: Option<StderrSink<'_>>,
-    spare: Option<&dyn Fn() -> Option<crate::spawn::Started>>,
+    executor: &dyn Executor,
 ) -> anyhow::Result<Finished> {
     let Attempts {
         home,
@@ -425,17 +374,18 @@ fn attempt(
         sub_runs: sub_runs.as_ref().map(crate::subruns::Server::channel),
         parent_run_id: request.parent_run_id.clone(),
     };
-    let envelope = Vec::with_capacity(request.input.len() + 512);
-    let run = AgentExec {
+    let job = Job {
         policy: &policy,
         header,
-        envelope,
-        request,
-        manifest,
+        input: &request.input,
+        capture_stdout: request.capture_stdout,
         stop,
     };
-    let (exit, failed_compile) = match &sub_runs {
-        None => run.run(on_stderr, spare)?,
+    let Ran {
+        exit,
+        failed_compile,
+    } = match &sub_runs {
+        None => executor.run(job, on_stderr)?,
         Some(server) => {
             let parent = crate::subruns::Parent {
                 home,
@@ -450,7 +400,7 @@ fn attempt(
                 let serving = crate::spawn::with_stop_signals_blocked(|| {
                     scope.spawn(|| server.serve(&parent, &local))
                 });
-                let ran = run.run(on_stderr, spare);
+                let ran = executor.run(job, on_stderr);
                 server.end(shared, Some(&local));
                 let _ = serving.join();
                 ran
@@ -459,9 +409,7 @@ fn attempt(
     };
     let (termination, stdout) = (exit.termination, exit.stdout);
     let stopped = match termination {
-        Termination::Interrupted(sig) => Some(StopReason::Signal(sig)),
-        Termination::Stopped(0) => Some(StopReason::Cancelled),
-        Termination::Stopped(_) => Some(StopReason::ClientGone),
+        Termination::Stopped => stop.token.reason(),
         _ => None,
     };
 
@@ -501,7 +449,7 @@ fn attempt(
                 Outcome::Killed,
                 format!("agent-exec was killed by signal {sig}"),
             ),
-            Termination::Interrupted(_) | Termination::Stopped(_) => (
+            Termination::Stopped => (
                 Outcome::Killed,
                 stopped.map_or_else(String::new, StopReason::describe),
             ),
@@ -580,120 +528,6 @@ fn attempt(
         stopped,
         retryable: retryable_failure && outcome.may_pass(),
     })
-}
-
-/// One agent-exec for a request, and the compile step before it when its component is not
-/// compiled yet.
-struct AgentExec<'a> {
-    policy: &'a SpawnPolicy,
-    header: RequestHeader,
-    envelope: Vec<u8>,
-    request: &'a Request,
-    manifest: &'a Manifest,
-    stop: Stop<'a>,
-}
-
-impl AgentExec<'_> {
-    /// Run it: how it exited, and why the compile step ended the run, if it did.
-    fn run(
-        self,
-        on_stderr: Option<StderrSink<'_>>,
-        spare: Option<&dyn Fn() -> Option<crate::spawn::Started>>,
-    ) -> anyhow::Result<(Exit, Option<(Outcome, String)>)> {
-        let AgentExec {
-            policy,
-            header,
-            mut envelope,
-            request,
-            manifest,
-            stop,
-        } = self;
-        write_envelope(&mut envelope, &header, &request.input)
-            .context("cannot build the request")?;
-        let stop_on = stop_fds(stop);
-        let mut on_stderr = on_stderr;
-        let stop_on_signals = matches!(stop, Stop::Signals);
-        let spawn = Spawn {
-            policy,
-            stdin: &envelope,
-            capture_stdout: request.capture_stdout,
-            // Shortens the callback's lifetime to this call's.
-            on_stderr: on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
-            stop_on: &stop_on,
-            stop_on_signals,
-        };
-        let mut exit = match spare.and_then(|take| take()) {
-            Some(spare) if spare.is_alive() => crate::spawn::feed(spare, spawn)?,
-            // A spare that died while it waited is reaped on drop.
-            Some(_dead) => crate::spawn::run(spawn)?,
-            None => crate::spawn::run(spawn)?,
-        };
-        let mut failed_compile: Option<(Outcome, String)> = None;
-        if exit.termination == Termination::Exited(i32::from(COMPILE_FIRST_EXIT_CODE)) {
-            // No compiled entry: compile it with no deadline but the compile's own, then run
-            // the request in a fresh agent-exec, which finds the entry (or, if the compile
-            // failed, runs the compile step itself and records why, as for any run).
-            let compile = SpawnPolicy::for_compile(
-                compile_program_beside(&policy.program),
-                &header.home,
-                &manifest.name,
-            );
-            let compiled = crate::spawn::run(Spawn {
-                policy: &compile,
-                stdin: &[],
-                capture_stdout: false,
-                on_stderr: on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
-                stop_on: &stop_on,
-                stop_on_signals,
-            })?;
-            exit = match compiled.termination {
-                // Stopped while compiling: the run ends so, and is recorded below.
-                Termination::Interrupted(_) | Termination::Stopped(_) => compiled,
-                // The compile itself was killed: the run does not start. Another try here
-                // would compile again inside agent-exec, under the request's own limits.
-                Termination::Signaled(sig) => {
-                    failed_compile = Some((
-                        Outcome::Killed,
-                        format!(
-                            "the compile step ({}) was killed by signal {sig}; agent {:?} did not start: run it again to compile it anew",
-                            compile.program.display(),
-                            manifest.name
-                        ),
-                    ));
-                    compiled
-                }
-                Termination::DeadlineKilled => {
-                    failed_compile = Some((
-                        Outcome::Timeout,
-                        format!(
-                            "compiling agent {:?} took longer than the compile step's {} s limit; it was killed and the agent did not start",
-                            manifest.name,
-                            COMPILE_DEADLINE.as_secs()
-                        ),
-                    ));
-                    compiled
-                }
-                _ => {
-                    let header = RequestHeader {
-                        compile: CompileStep::Done,
-                        ..header
-                    };
-                    envelope.clear();
-                    write_envelope(&mut envelope, &header, &request.input)
-                        .context("cannot build the request")?;
-                    crate::spawn::run(Spawn {
-                        policy,
-                        stdin: &envelope,
-                        capture_stdout: request.capture_stdout,
-                        on_stderr: on_stderr.map(|f| f as &mut dyn FnMut(&[u8])),
-                        stop_on: &stop_on,
-                        stop_on_signals,
-                    })?
-                }
-            };
-        }
-        Ok((exit, failed_compile))
-    }
 }
 
 /// The agent-exec binary: `$SPAWNER_AGENT_EXEC`, else next to this executable.

@@ -18,12 +18,13 @@
 //! - **Watching**: one `poll(2)` loop, no extra thread, no signal handler: a pidfd tells
 //!   when the child exits; the envelope goes to its standard input as the pipe accepts it
 //!   (a child that never reads cannot block the spawner past the deadline); its standard
-//!   error can be read as it comes (the daemon streams log lines); and any number of
-//!   caller-given descriptors stop the run when they fire (the daemon's cancel eventfd
-//!   and the client's socket). The command line instead stops on SIGINT, SIGTERM and
-//!   SIGHUP, read from a signalfd; they are blocked only once the child runs, because
-//!   posix_spawn hands the parent's signal mask to the child.
-//! - **Deadline and kill**: at the deadline, or when a stop descriptor fires, the child's
+//!   error can be read as it comes (the daemon streams log lines); and the run's
+//!   [`Stop`] stops it: its cancel token, the client's socket hanging up (the daemon),
+//!   or, on the command line, SIGINT, SIGTERM and SIGHUP, read from a signalfd (blocked
+//!   only once the child runs, because posix_spawn hands the parent's signal mask to the
+//!   child). A hang-up or a signal cancels the token with its reason, so that whoever
+//!   waits on the run reads why from the token.
+//! - **Deadline and kill**: at the deadline, or when the run is stopped, the child's
 //!   whole group gets SIGKILL; the child is always reaped before [`run`] returns.
 
 use std::io::{Read, Seek, Write};
@@ -38,6 +39,8 @@ use nix::libc;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+
+use crate::cancel::{Stop, StopReason};
 
 /// Extra time past the agent's own deadline before the spawner kills the group: agent-exec
 /// enforces the deadline itself (epoch interruption) and records the run; this is the
@@ -126,14 +129,56 @@ impl SpawnPolicy {
     }
 }
 
-/// A descriptor that stops the run when it shows one of `events`.
+/// A descriptor that stops the run when it shows one of `events`; `why` says what it
+/// stands for.
 #[derive(Debug, Clone, Copy)]
-pub struct StopOn<'a> {
-    /// The descriptor.
-    pub fd: BorrowedFd<'a>,
+struct StopOn<'a> {
+    fd: BorrowedFd<'a>,
     /// `POLLIN` for a signalfd or an eventfd; `POLLHUP` (always reported) for a socket
     /// whose peer went away.
-    pub events: PollFlags,
+    events: PollFlags,
+    why: Watched,
+}
+
+/// What a [`StopOn`] stands for.
+#[derive(Debug, Clone, Copy)]
+enum Watched {
+    /// The cancel token: already cancelled, with its reason.
+    Token,
+    /// The client's socket.
+    Client,
+    /// The signalfd.
+    Signals,
+}
+
+/// The descriptors that stand for `stop`, the signalfd's among them when there is one.
+fn stop_fds<'a>(stop: &Stop<'a>, signals: Option<&'a InterruptSignals>) -> Vec<StopOn<'a>> {
+    let mut fds = vec![StopOn {
+        fd: stop.token.as_fd(),
+        events: PollFlags::POLLIN,
+        why: Watched::Token,
+    }];
+    fds.extend(stop.client.map(|fd| StopOn {
+        fd,
+        events: PollFlags::POLLHUP,
+        why: Watched::Client,
+    }));
+    fds.extend(signals.map(InterruptSignals::stop_on));
+    fds
+}
+
+/// `fired` stopped the run: make sure the token says why.
+fn cancel_for(stop: &Stop<'_>, fired: Watched, signals: Option<&InterruptSignals>) {
+    let why = match fired {
+        Watched::Token => return,
+        Watched::Client => StopReason::ClientGone,
+        Watched::Signals => StopReason::Signal(
+            signals
+                .and_then(InterruptSignals::received)
+                .unwrap_or(Signal::SIGTERM),
+        ),
+    };
+    stop.token.cancel(why);
 }
 
 /// One child to run.
@@ -148,10 +193,8 @@ pub struct Spawn<'a, 's> {
     /// Called with each chunk of its standard error as it comes; `None` lets it write to
     /// ours.
     pub on_stderr: Option<StderrSink<'s>>,
-    /// Descriptors that stop the run.
-    pub stop_on: &'a [StopOn<'a>],
-    /// Stop the run when this process gets SIGINT, SIGTERM or SIGHUP (the command line).
-    pub stop_on_signals: bool,
+    /// What stops the run early.
+    pub stop: Stop<'a>,
 }
 
 /// Where a child's standard error goes, chunk by chunk.
@@ -166,10 +209,8 @@ pub enum Termination {
     Signaled(i32),
     /// It was still running at `kill_after`; its group was killed.
     DeadlineKilled,
-    /// `stop_on[i]` fired; the group was killed.
-    Stopped(usize),
-    /// This process got the signal (with `stop_on_signals`); the group was killed.
-    Interrupted(Signal),
+    /// The run was stopped (its token says why); the group was killed.
+    Stopped,
 }
 
 /// A finished child.
@@ -323,8 +364,7 @@ pub fn feed(mut started: Started, spawn: Spawn<'_, '_>) -> Result<Exit, SpawnErr
         stdin,
         capture_stdout: _,
         on_stderr,
-        stop_on,
-        stop_on_signals,
+        stop,
     } = spawn;
     let Some(StartedChild {
         mut child,
@@ -347,7 +387,7 @@ pub fn feed(mut started: Started, spawn: Spawn<'_, '_>) -> Result<Exit, SpawnErr
         apply_limits(pid, &policy.limits);
     }
     // Blocked only now that the child runs (it inherits the mask).
-    let signals = if stop_on_signals {
+    let signals = if stop.signals {
         match InterruptSignals::block() {
             Ok(s) => Some(s),
             Err(e) => {
@@ -359,8 +399,7 @@ pub fn feed(mut started: Started, spawn: Spawn<'_, '_>) -> Result<Exit, SpawnErr
     } else {
         None
     };
-    let mut watched = stop_on.to_vec();
-    watched.extend(signals.as_ref().map(InterruptSignals::stop_on));
+    let watched = stop_fds(&stop, signals.as_ref());
     let termination = watch(
         &mut child,
         &pidfd,
@@ -369,13 +408,15 @@ pub fn feed(mut started: Started, spawn: Spawn<'_, '_>) -> Result<Exit, SpawnErr
         on_stderr.filter(|_| stderr_piped),
         &watched,
     );
-    let termination = match (termination, &signals) {
-        (Ok(Termination::Stopped(i)), Some(signals)) if i == stop_on.len() => Ok(
-            Termination::Interrupted(signals.received().unwrap_or(Signal::SIGTERM)),
-        ),
-        (t, _) => t,
-    };
+    if let Ok(Stopped(fired)) = termination {
+        cancel_for(&stop, fired, signals.as_ref());
+    }
+    drop(watched);
     drop(signals);
+    let termination = termination.map(|t| match t {
+        Stopped(_) => Termination::Stopped,
+        Ended(t) => t,
+    });
     let termination = match termination {
         Ok(t) => t,
         Err(e) => {
@@ -405,6 +446,15 @@ pub fn feed(mut started: Started, spawn: Spawn<'_, '_>) -> Result<Exit, SpawnErr
     })
 }
 
+/// How [`watch`] ended.
+enum Watch {
+    /// The child ended (or was killed at its deadline).
+    Ended(Termination),
+    /// This stop descriptor fired; the group was killed.
+    Stopped(Watched),
+}
+use Watch::{Ended, Stopped};
+
 /// The poll loop: feed stdin, pass stderr on, and wait for the exit, the deadline or a
 /// stop descriptor. Always reaps the child.
 fn watch(
@@ -414,7 +464,7 @@ fn watch(
     stdin_bytes: &[u8],
     mut on_stderr: Option<StderrSink<'_>>,
     stop_on: &[StopOn<'_>],
-) -> Result<Termination, SpawnError> {
+) -> Result<Watch, SpawnError> {
     let pid = child.id() as libc::pid_t;
     let mut stdin = child.stdin.take();
     let mut stderr = child.stderr.take();
@@ -435,7 +485,7 @@ fn watch(
         if remaining.is_zero() {
             kill_group(pid);
             child.wait().map_err(os("reap agent-exec"))?;
-            return Ok(Termination::DeadlineKilled);
+            return Ok(Ended(Termination::DeadlineKilled));
         }
         // Fixed slots: 0 the child, 1 its stdin, 2 its stderr, then the stop descriptors.
         let mut fds = Vec::with_capacity(3 + stop_on.len());
@@ -465,7 +515,7 @@ fn watch(
         if let Some(i) = stopped {
             kill_group(pid);
             child.wait().map_err(os("reap agent-exec"))?;
-            return Ok(Termination::Stopped(i));
+            return Ok(Stopped(stop_on[i].why));
         }
         if stdin_ready && let Some(pipe) = &mut stdin {
             match pipe.write(&stdin_bytes[written..]) {
@@ -501,7 +551,7 @@ fn watch(
         }
         if child_done {
             let status = child.wait().map_err(os("reap agent-exec"))?;
-            return Ok(termination(status));
+            return Ok(Ended(termination(status)));
         }
     }
 }
@@ -591,38 +641,24 @@ fn apply_limits(pid: libc::pid_t, limits: &ResourceLimits) {
     }
 }
 
-/// What ended a [`pause`] early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Woken {
-    /// `stop_on[i]` became ready.
-    StopOn(usize),
-    /// This process got the signal (with `stop_on_signals`).
-    Signal(Signal),
-}
-
-/// Wait `wait` (between a durable run's attempts), or less: until one of `stop_on` is
-/// ready, or, with `stop_on_signals`, SIGINT, SIGTERM or SIGHUP arrives, as a run
-/// would be stopped.
-pub fn pause(
-    wait: Duration,
-    stop_on: &[StopOn<'_>],
-    stop_on_signals: bool,
-) -> Result<Option<Woken>, SpawnError> {
-    let signals = if stop_on_signals {
+/// Wait `wait` (between a durable run's attempts), or less: until `stop` stops the run,
+/// as it would stop a running one. Returns whether it did (its token then says why).
+pub fn pause(wait: Duration, stop: Stop<'_>) -> Result<bool, SpawnError> {
+    let signals = if stop.signals {
         Some(InterruptSignals::block()?)
     } else {
         None
     };
-    let mut fds: Vec<PollFd<'_>> = stop_on
+    let watched = stop_fds(&stop, signals.as_ref());
+    let mut fds: Vec<PollFd<'_>> = watched
         .iter()
-        .chain(signals.as_ref().map(InterruptSignals::stop_on).as_ref())
         .map(|s| PollFd::new(s.fd, s.events))
         .collect();
     let deadline = Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Ok(None);
+            return Ok(false);
         }
         let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
         match poll(&mut fds, PollTimeout::from(ms)) {
@@ -632,12 +668,8 @@ pub fn pause(
                     .iter()
                     .position(|f| f.any().unwrap_or(false))
                     .unwrap_or(0);
-                return Ok(Some(match &signals {
-                    Some(s) if ready == stop_on.len() => {
-                        Woken::Signal(s.received().unwrap_or(Signal::SIGTERM))
-                    }
-                    _ => Woken::StopOn(ready),
-                }));
+                cancel_for(&stop, watched[ready].why, signals.as_ref());
+                return Ok(true);
             }
             Err(e) => return Err(os("wait between attempts")(e.into())),
         }
@@ -695,6 +727,7 @@ impl InterruptSignals {
         StopOn {
             fd: self.fd.as_fd(),
             events: PollFlags::POLLIN,
+            why: Watched::Signals,
         }
     }
 
@@ -717,6 +750,7 @@ impl Drop for InterruptSignals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cancel::CancelToken;
 
     fn policy(program: &str, kill_after: Duration) -> SpawnPolicy {
         SpawnPolicy {
@@ -731,14 +765,19 @@ mod tests {
         }
     }
 
+    /// A token nobody cancels, for the runs that only their signals may stop.
+    fn never() -> &'static CancelToken {
+        static NEVER: std::sync::OnceLock<CancelToken> = std::sync::OnceLock::new();
+        NEVER.get_or_init(|| CancelToken::new().expect("token"))
+    }
+
     fn spawn<'a>(policy: &'a SpawnPolicy, stdin: &'a [u8]) -> Spawn<'a, 'a> {
         Spawn {
             policy,
             stdin,
             capture_stdout: false,
             on_stderr: None,
-            stop_on: &[],
-            stop_on_signals: true,
+            stop: Stop::signals(never()),
         }
     }
 
@@ -852,27 +891,56 @@ mod tests {
     }
 
     #[test]
-    fn a_stop_descriptor_kills_the_run() {
-        use nix::sys::eventfd::{EfdFlags, EventFd};
-        let cancel = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC).expect("eventfd");
+    fn a_cancelled_token_kills_the_run() {
+        let token = CancelToken::new().expect("token");
         let p = policy("/bin/sh", Duration::from_secs(30));
-        let stop = [StopOn {
-            fd: cancel.as_fd(),
-            events: PollFlags::POLLIN,
-        }];
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 std::thread::sleep(Duration::from_millis(200));
-                cancel.write(1).expect("cancel");
+                token.cancel(StopReason::Cancelled);
             });
             let started = Instant::now();
             let exit = run(Spawn {
-                stop_on: &stop,
+                stop: Stop::token(&token),
                 ..spawn(&p, b"sleep 30")
             })
             .expect("run");
-            assert_eq!(exit.termination, Termination::Stopped(0));
+            assert_eq!(exit.termination, Termination::Stopped);
+            assert_eq!(token.reason(), Some(StopReason::Cancelled));
             assert!(started.elapsed() < Duration::from_secs(10));
         });
+    }
+
+    #[test]
+    fn a_client_hanging_up_kills_the_run_and_says_so_in_its_token() {
+        let token = CancelToken::new().expect("token");
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let p = policy("/bin/sh", Duration::from_secs(30));
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                drop(theirs);
+            });
+            let exit = run(Spawn {
+                stop: Stop {
+                    client: Some(ours.as_fd()),
+                    ..Stop::token(&token)
+                },
+                ..spawn(&p, b"sleep 30")
+            })
+            .expect("run");
+            assert_eq!(exit.termination, Termination::Stopped);
+            assert_eq!(token.reason(), Some(StopReason::ClientGone));
+        });
+    }
+
+    #[test]
+    fn a_pause_ends_early_when_the_token_is_cancelled() {
+        let token = CancelToken::new().expect("token");
+        assert!(!pause(Duration::from_millis(1), Stop::token(&token)).expect("pause"));
+        token.cancel(StopReason::Cancelled);
+        let started = Instant::now();
+        assert!(pause(Duration::from_secs(30), Stop::token(&token)).expect("pause"));
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 }

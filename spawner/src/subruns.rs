@@ -41,7 +41,6 @@ use std::io::BufReader;
 use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 
 use agent_contract::envelope::{JournalMode, MAX_INPUT_BYTES};
@@ -51,18 +50,19 @@ use agent_contract::subruns::{
 use agent_contract::{Home, Manifest, Outcome, OutputFormat, PhaseTimings, RunReport};
 use memory_store::Store;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::admission::Admission;
-use crate::request::{Request, Stop};
+use crate::cancel::{CancelToken, Stop, StopReason};
+use crate::executor::Local;
+use crate::request::Request;
 
 /// A parent attempt's channel, open for its children.
 pub struct Server {
     listener: UnixListener,
     socket: String,
-    /// Written when the parent has ended: stop serving, cancel the children.
-    ended: EventFd,
-    ending: AtomicBool,
+    /// Cancelled when the parent has ended: stop serving, cancel the children (every
+    /// child's run stops on it).
+    ended: CancelToken,
 }
 
 /// The parent a server runs children for.
@@ -110,9 +110,7 @@ impl Server {
         Ok(Server {
             listener,
             socket,
-            ended: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-                .map_err(std::io::Error::from)?,
-            ending: AtomicBool::new(false),
+            ended: CancelToken::new()?,
         })
     }
 
@@ -125,15 +123,14 @@ impl Server {
 
     /// The parent has ended: stop serving and cancel its children.
     pub fn end(&self, shared: Option<&Admission>, local: Option<&Admission>) {
-        self.ending.store(true, Ordering::SeqCst);
-        let _ = self.ended.write(1);
+        self.ended.cancel(StopReason::Cancelled);
         for gate in shared.into_iter().chain(local) {
             gate.wake_waiters();
         }
     }
 
     fn ending(&self) -> bool {
-        self.ending.load(Ordering::SeqCst)
+        self.ended.is_cancelled()
     }
 
     /// Serve the parent's calls until [`Server::end`], running each child in a thread of
@@ -376,12 +373,9 @@ impl Server {
         let finished = crate::request::execute(
             parent.home,
             &request,
-            Stop::Fds {
-                cancel: self.ended.as_fd(),
-                client: None,
-            },
+            Stop::token(&self.ended),
             None,
-            None,
+            &Local::FRESH,
             parent.shared.filter(|_| shared_slot.is_some()),
         );
         match finished.and_then(crate::request::Finished::into_report) {

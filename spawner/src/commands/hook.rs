@@ -8,10 +8,11 @@ use agent_contract::hook::HookEvent;
 use agent_contract::{Home, LogFormat, OutputFormat};
 use anyhow::Context;
 
+use crate::cancel::StopReason;
 use crate::cli::{HookAction, HookArgs, HookInstallArgs, HookProtocol, HookUninstallArgs};
 use crate::exit::{Interrupted, UsageError};
 use crate::hook::{HookResult, Protocol, Reply, claude, git};
-use crate::request::{Request, Stop, StopReason};
+use crate::request::Request;
 
 /// Run the hook (or install/uninstall one); returns the exit code for the caller.
 pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
@@ -76,7 +77,7 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
                 attempt: 1,
                 parent_run_id: None,
             };
-            match crate::request::execute(home, &request, Stop::Signals, None, None, None) {
+            match crate::request::execute_from_command_line(home, &request) {
                 Ok(finished) => {
                     if let Some(StopReason::Signal(sig)) = finished.stopped {
                         return Err(Interrupted(sig).into());

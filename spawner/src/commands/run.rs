@@ -4,9 +4,10 @@ use std::io::{IsTerminal, Read, Write};
 
 use agent_contract::{Home, LogFormat, Outcome, OutputFormat};
 
+use crate::cancel::StopReason;
 use crate::cli::RunArgs;
 use crate::exit::{Interrupted, UsageError};
-use crate::request::{Finished, Request, Stop, StopReason};
+use crate::request::{Finished, Request};
 
 /// Run the agent once and exit with its outcome.
 pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
@@ -39,7 +40,7 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
         attempt: 1,
         parent_run_id: None,
     };
-    let finished = crate::request::execute(home, &request, Stop::Signals, None, None, None)?;
+    let finished = crate::request::execute_from_command_line(home, &request)?;
     finish(&finished, args.json)
 }
 

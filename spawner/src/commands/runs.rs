@@ -8,7 +8,7 @@ use agent_contract::{Home, Outcome};
 use memory_store::{RunFilter, Store};
 
 use crate::cli::{RunsArgs, RunsCommand};
-use crate::request::{Request, Stop};
+use crate::request::Request;
 
 /// List recent runs, newest first; or show one.
 pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
@@ -134,7 +134,7 @@ fn resume(
         timeout,
         ..again(record, mode, json)
     };
-    let finished = crate::request::execute(home, &request, Stop::Signals, None, None, None);
+    let finished = crate::request::execute_from_command_line(home, &request);
     store.release_lease(run_id, std::process::id())?;
     super::run::finish(&finished?, json)
 }
@@ -144,14 +144,8 @@ fn replay(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
     let (store, record) = crate::durable::replayable(home, run_id)?;
     let steps = store.journal(run_id)?.len();
     drop(store);
-    let finished = crate::request::execute(
-        home,
-        &again(record, JournalMode::Replay, json),
-        Stop::Signals,
-        None,
-        None,
-        None,
-    )?;
+    let finished =
+        crate::request::execute_from_command_line(home, &again(record, JournalMode::Replay, json))?;
     if finished.outcome == Outcome::Ok && finished.spawner_report.is_none() {
         let mut out = std::io::stdout().lock();
         if json {

@@ -10,13 +10,13 @@ use std::time::Instant;
 use agent_contract::envelope::JournalMode;
 use agent_contract::{LogFormat, Manifest, Outcome, OutputFormat};
 use memory_store::RunFilter;
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::rpc::{self, Request, RpcError};
 use super::{ActiveRun, Daemon};
-use crate::request::Stop;
+use crate::cancel::{CancelToken, Stop, StopReason};
+use crate::executor::Local;
 
 /// Most log lines a run's result carries when they are not streamed.
 const MAX_LOG_LINES: usize = 200;
@@ -136,9 +136,7 @@ pub fn dispatch(daemon: &Daemon, conn: &mut Connection, req: &Request) -> Result
                 .map(|r| Arc::clone(&r.cancel));
             match cancel {
                 Some(cancel) => {
-                    cancel
-                        .write(1)
-                        .map_err(|e| internal(std::io::Error::from(e)))?;
+                    cancel.cancel(StopReason::Cancelled);
                     Ok(json!({ "cancelled": true }))
                 }
                 None => Err(RpcError::new(
@@ -381,10 +379,7 @@ fn serve(
         }
     })?;
     let run_id = request.run_id.clone();
-    let cancel = Arc::new(
-        EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(|e| internal(std::io::Error::from(e)))?,
-    );
+    let cancel = Arc::new(CancelToken::new().map_err(internal)?);
     {
         let mut active = daemon.lock_active();
         if active.contains_key(&run_id) {
@@ -436,12 +431,13 @@ fn serve(
     let finished = crate::request::execute(
         &daemon.home,
         &request,
-        Stop::Fds {
-            cancel: cancel.as_fd(),
+        Stop {
+            token: &cancel,
             client: Some(conn.stream.as_fd()),
+            signals: false,
         },
         Some(&mut on_stderr),
-        Some(&|| daemon.spares.take()),
+        &Local::with_spares(&|| daemon.spares.take()),
         Some(&daemon.admission),
     );
     daemon.lock_active().remove(&run_id);

@@ -9,7 +9,7 @@
 //! - **Threads**: one per connection, requests on a connection answered in order (open
 //!   more connections for more concurrency). Each run waits on its child with
 //!   [`crate::spawn`]'s poll loop, which also watches the client's socket (a client that
-//!   disconnects has its run's process group killed) and the run's cancel eventfd.
+//!   disconnects has its run's process group killed) and the run's cancel token.
 //! - **Admission**: [`crate::admission`] bounds runs in flight and waiting; beyond, `busy`.
 //! - **Spares**: [`spares`] keeps a few agent-execs started ahead (`--prepare`), each
 //!   taking exactly one request, so that a run does not wait for a process to start.
@@ -39,11 +39,11 @@ use agent_contract::Home;
 use anyhow::{Context, bail};
 use memory_store::Store;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::eventfd::EventFd;
 
 use self::metrics::Metrics;
 use self::rpc::{Line, RpcError};
 use crate::admission::Admission;
+use crate::cancel::{CancelToken, StopReason};
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -67,7 +67,7 @@ pub struct Options {
 struct ActiveRun {
     agent: String,
     started_at_ms: u64,
-    cancel: Arc<EventFd>,
+    cancel: Arc<CancelToken>,
 }
 
 /// The daemon's shared state.
@@ -274,7 +274,7 @@ fn shut_down(daemon: &Daemon, workers: Vec<std::thread::JoinHandle<()>>) {
     while !daemon.lock_active().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let left: Vec<Arc<EventFd>> = daemon
+    let left: Vec<Arc<CancelToken>> = daemon
         .lock_active()
         .values()
         .map(|r| Arc::clone(&r.cancel))
@@ -286,7 +286,7 @@ fn shut_down(daemon: &Daemon, workers: Vec<std::thread::JoinHandle<()>>) {
         );
     }
     for cancel in left {
-        let _ = cancel.write(1);
+        cancel.cancel(StopReason::Cancelled);
     }
     for worker in workers {
         let _ = worker.join();
