@@ -91,7 +91,7 @@ impl Daemon {
         panic!("daemon did not become ready on {}", self.socket.display());
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 

@@ -263,6 +263,98 @@ fn stopping_a_parent_cancels_its_children_and_starts_no_more() {
 }
 
 #[test]
+fn cancelling_a_parent_in_the_daemon_cancels_its_children_whose_lines_it_streamed() {
+    let home = fan_home(2, "");
+    let daemon = crate::serve::Daemon::start(&home, &["--spares", "0"]);
+    let mut a = daemon.client();
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 7, "method": "run", "params": {
+        "agent": "fan", "input": "fan-out kid 5 put-then-loop k v",
+        "stream": true, "log_level": "info"}});
+    a.send_raw(format!("{call}\n").as_bytes());
+    let started = a.read().expect("run.started");
+    assert_eq!(started["method"], "run.started", "{started}");
+    let parent = started["params"]["run_id"]
+        .as_str()
+        .expect("run id")
+        .to_owned();
+    // The children's log lines reach the client, each under the child's own run id:
+    // two running.
+    let mut looping = std::collections::BTreeSet::new();
+    while looping.len() < 2 {
+        let note = a.read().expect("a notification");
+        assert!(note.get("id").is_none(), "the run ended early: {note}");
+        if note["method"] == "run.log" && note["params"]["line"].to_string().contains("now looping")
+        {
+            looping.insert(note["params"]["run_id"].as_str().expect("id").to_owned());
+        }
+    }
+    for id in &looping {
+        assert!(id.starts_with(&format!("{parent}.")), "{id} of {parent}");
+    }
+    let pids = crate::harness::children_of(daemon.pid());
+    assert_eq!(pids.len(), 3, "the parent and two children: {pids:?}");
+
+    let mut b = daemon.client();
+    let cancelled = b.result("runs.cancel", serde_json::json!({"run_id": parent}));
+    assert_eq!(cancelled["cancelled"], true);
+    let answer = loop {
+        let line = a.read().expect("the run's answer");
+        if line.get("id").is_some() {
+            break line;
+        }
+    };
+    assert_eq!(answer["result"]["status"], "killed", "{answer}");
+    assert_eq!(answer["result"]["error"], "the run was cancelled");
+    for pid in pids {
+        assert!(
+            crate::harness::stat_field(pid, 3).is_none(),
+            "process {pid} outlived its run"
+        );
+    }
+    let got = b.result("runs.get", serde_json::json!({"run_id": parent}));
+    let children = got["sub_runs"].as_array().expect("sub_runs");
+    assert_eq!(
+        children.len(),
+        2,
+        "the three still waiting never started: {got}"
+    );
+    for c in children {
+        assert_eq!(c["status"], "killed", "{c}");
+        assert!(looping.contains(c["run_id"].as_str().expect("id")), "{c}");
+    }
+    // The daemon serves on.
+    let next = b.result(
+        "run",
+        serde_json::json!({"agent": "kid", "input": "busy 1"}),
+    );
+    assert_eq!(next["status"], "ok", "{next}");
+}
+
+#[test]
+fn a_daemon_run_with_an_unknown_log_level_is_refused_before_it_starts() {
+    let home = fan_home(2, "");
+    let daemon = crate::serve::Daemon::start(&home, &["--spares", "0"]);
+    let mut c = daemon.client();
+    let refused = c.call(
+        "run",
+        serde_json::json!({"agent": "kid", "input": "busy 1", "log_level": "loud"}),
+    );
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("\"loud\"") && m.contains("info")),
+        "{refused}"
+    );
+    let listed = c.result("runs.list", serde_json::json!({}));
+    assert_eq!(
+        listed["runs"],
+        serde_json::json!([]),
+        "nothing ran: {listed}"
+    );
+}
+
+#[test]
 fn a_sub_run_of_an_agent_not_listed_is_refused() {
     let home = fan_home(4, "");
     home.install_example("echo");

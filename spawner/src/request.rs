@@ -98,8 +98,13 @@ impl Finished {
     }
 }
 
-/// Run `request` in a fresh agent-exec and wait for it. `on_stderr`, when given, gets
-/// agent-exec's standard error as it comes (else it goes to ours). `executor` runs the
+/// Where a run's log lines go, from whichever thread has one: the run id they belong to
+/// (the run's own, or one of its sub-runs') and the line, without its newline.
+pub type LineSink<'s> = &'s (dyn Fn(&str, &[u8]) + Sync + 's);
+
+/// Run `request` in a fresh agent-exec and wait for it. `on_line`, when given, gets each
+/// log line of agent-exec's standard error as it comes, and those of the run's sub-runs
+/// (else they go to ours). `executor` runs the
 /// first attempt once the request is known to be runnable (so that a bad one does not
 /// use up one of the daemon's spares); retries run on [`Local::FRESH`].
 ///
@@ -116,7 +121,7 @@ pub fn execute(
     home: &Home,
     request: &Request,
     stop: Stop<'_>,
-    mut on_stderr: Option<StderrSink<'_>>,
+    on_line: Option<LineSink<'_>>,
     executor: &dyn Executor,
     shared: Option<&Admission>,
 ) -> anyhow::Result<Finished> {
@@ -126,14 +131,9 @@ pub fn execute(
         manifest: &manifest,
         stop,
         shared,
+        on_line,
     };
-    let finished = attempt(
-        ctx,
-        request,
-        // Shortens the callback's lifetime to the attempt's.
-        on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
-        executor,
-    )?;
+    let finished = attempt(ctx, request, executor)?;
     let durable = &manifest.durable;
     if durable.retries == 0 || request.journal == JournalMode::Replay || !finished.retryable {
         return Ok(finished);
@@ -141,13 +141,13 @@ pub fn execute(
     // The run's lease, held from the first retry to the last: taken here (and given back
     // here), or held already by this process's resume of it.
     let mut leased: Option<(Store, Leased)> = None;
-    let retried = retry(ctx, request, &mut on_stderr, finished, &mut leased);
+    let retried = retry(ctx, request, finished, &mut leased);
     if let Some((store, Leased::Taken)) = leased
         && let Err(e) = store.release_lease(&request.run_id, std::process::id())
     {
         say_to(
-            &mut on_stderr,
-            request.log_format,
+            ctx,
+            request,
             &format!(
                 "warning: could not give back run {}'s lease: {e}",
                 request.run_id
@@ -176,7 +176,6 @@ pub fn execute_from_command_line(home: &Home, request: &Request) -> anyhow::Resu
 fn retry(
     ctx: Attempts<'_>,
     request: &Request,
-    on_stderr: &mut Option<StderrSink<'_>>,
     mut finished: Finished,
     leased: &mut Option<(Store, Leased)>,
 ) -> anyhow::Result<Finished> {
@@ -202,16 +201,16 @@ fn retry(
                 // The failed attempt stands as the answer; the store's trouble is said.
                 Err(e) => {
                     say_to(
-                        on_stderr,
-                        request.log_format,
+                        ctx,
+                        request,
                         &format!("warning: run {run_id} cannot be retried: {e:#}"),
                     );
                     break;
                 }
                 Ok((Err(holder), _)) => {
                     say_to(
-                        on_stderr,
-                        request.log_format,
+                        ctx,
+                        request,
                         &format!(
                             "run {run_id} is being resumed by process {holder}: no retry here"
                         ),
@@ -222,8 +221,8 @@ fn retry(
         }
         let wait = durable.backoff(n);
         say_to(
-            on_stderr,
-            request.log_format,
+            ctx,
+            request,
             &format!(
                 "run {run_id} attempt {attempt_no} ended {}; retry {n} of {} in {} ms",
                 finished.outcome,
@@ -249,16 +248,16 @@ fn retry(
             Ok(Some(r)) if r.attempt == attempt_no && r.status.may_pass() => {}
             Err(why) => {
                 say_to(
-                    on_stderr,
-                    request.log_format,
+                    ctx,
+                    request,
                     &format!("warning: run {run_id} cannot be retried: {why}"),
                 );
                 break;
             }
             Ok(r) => {
                 say_to(
-                    on_stderr,
-                    request.log_format,
+                    ctx,
+                    request,
                     &format!(
                         "run {run_id} was run on elsewhere ({}): no retry here",
                         r.map_or_else(
@@ -276,21 +275,16 @@ fn retry(
             attempt: attempt_no,
             ..request.clone()
         };
-        finished = attempt(
-            ctx,
-            &again,
-            // Shortens the callback's lifetime to the attempt's.
-            on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
-            &Local::FRESH,
-        )?;
+        finished = attempt(ctx, &again, &Local::FRESH)?;
     }
     Ok(finished)
 }
 
-/// A line from the spawner among agent-exec's log lines, in their format (a JSON line
-/// shaped as agent-exec's), to `on_stderr` when it takes them, else to standard error.
-fn say_to(on_stderr: &mut Option<StderrSink<'_>>, format: LogFormat, text: &str) {
-    let line = match format {
+/// A line from the spawner among `request`'s log lines, in their format (a JSON line
+/// shaped as agent-exec's), to the caller's line sink when it takes them, else to
+/// standard error.
+fn say_to(ctx: Attempts<'_>, request: &Request, text: &str) {
+    let line = match request.log_format {
         LogFormat::Json => serde_json::json!({
             "level": "WARN",
             "message": text,
@@ -299,12 +293,50 @@ fn say_to(on_stderr: &mut Option<StderrSink<'_>>, format: LogFormat, text: &str)
         .to_string(),
         LogFormat::Human => format!("spawner: {text}"),
     };
-    match on_stderr {
-        Some(sink) => {
-            sink(line.as_bytes());
-            sink(b"\n");
-        }
+    match ctx.on_line {
+        Some(sink) => sink(&request.run_id, line.as_bytes()),
         None => crate::say!("{line}"),
+    }
+}
+
+/// One process's standard error, cut into lines for a [`LineSink`]: chunks come as the
+/// pipe gives them, a line may span several. A last line without its newline is passed
+/// on when the process has ended ([`Lines::finish`]).
+struct Lines<'a> {
+    run_id: &'a str,
+    sink: LineSink<'a>,
+    pending: Vec<u8>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(run_id: &'a str, sink: LineSink<'a>) -> Lines<'a> {
+        Lines {
+            run_id,
+            sink,
+            pending: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) {
+        let mut rest = chunk;
+        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+            let (line, after) = rest.split_at(i);
+            if self.pending.is_empty() {
+                (self.sink)(self.run_id, line);
+            } else {
+                self.pending.extend_from_slice(line);
+                (self.sink)(self.run_id, &self.pending);
+                self.pending.clear();
+            }
+            rest = &after[1..];
+        }
+        self.pending.extend_from_slice(rest);
+    }
+
+    fn finish(self) {
+        if !self.pending.is_empty() {
+            (self.sink)(self.run_id, &self.pending);
+        }
     }
 }
 
@@ -316,13 +348,14 @@ struct Attempts<'a> {
     stop: Stop<'a>,
     /// The gate the caller passed (see [`execute`]).
     shared: Option<&'a Admission>,
+    /// Where log lines go (see [`execute`]).
+    on_line: Option<LineSink<'a>>,
 }
 
 /// One attempt at `request`: [`execute`] without its retries.
 fn attempt(
     ctx: Attempts<'_>,
     request: &Request,
-    on_stderr: Option<StderrSink<'_>>,
     executor: &dyn Executor,
 ) -> anyhow::Result<Finished> {
     let Attempts {
@@ -330,7 +363,15 @@ fn attempt(
         manifest,
         stop,
         shared,
+        on_line,
     } = ctx;
+    let mut lines = on_line.map(|sink| Lines::new(&request.run_id, sink));
+    let mut feed = |chunk: &[u8]| {
+        if let Some(lines) = lines.as_mut() {
+            lines.feed(chunk);
+        }
+    };
+    let on_stderr: Option<StderrSink<'_>> = on_line.is_some().then_some(&mut feed);
     let timeout = request.timeout.unwrap_or(manifest.limits.timeout);
     let policy = SpawnPolicy::for_request(agent_exec_path()?, timeout);
     let run_id = request.run_id.clone();
@@ -392,6 +433,7 @@ fn attempt(
                 request,
                 manifest,
                 shared,
+                on_line,
             };
             let local = Admission::new(manifest.runs.parallel, 0);
             std::thread::scope(|scope| {
@@ -407,6 +449,9 @@ fn attempt(
             })?
         }
     };
+    if let Some(lines) = lines {
+        lines.finish();
+    }
     let (termination, stdout) = (exit.termination, exit.stdout);
     let stopped = match termination {
         Termination::Stopped => stop.token.reason(),

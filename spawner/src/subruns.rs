@@ -76,6 +76,9 @@ pub struct Parent<'a> {
     /// The gate the parent passed, whose slot it holds (the daemon's); `None` on the
     /// command line.
     pub shared: Option<&'a Admission>,
+    /// Where the parent's log lines go, and its children's (see
+    /// [`crate::request::execute`]); `None`: children write to our standard error.
+    pub on_line: Option<crate::request::LineSink<'a>>,
 }
 
 /// One child, as its parent's server keeps it.
@@ -374,7 +377,7 @@ impl Server {
             parent.home,
             &request,
             Stop::token(&self.ended),
-            None,
+            parent.on_line,
             &Local::FRESH,
             parent.shared.filter(|_| shared_slot.is_some()),
         );

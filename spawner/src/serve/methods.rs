@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use agent_contract::envelope::JournalMode;
@@ -190,7 +190,13 @@ struct RunParams {
     timeout_ms: Option<u64>,
     #[serde(default)]
     stream: bool,
+    /// Lowest level of the run's log lines: trace, debug, info, warn (the default), error.
+    #[serde(default)]
+    log_level: Option<String>,
 }
+
+/// The log levels agent-exec knows.
+const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -338,6 +344,14 @@ fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, Rp
             agent_contract::envelope::MAX_INPUT_BYTES
         )));
     }
+    if let Some(level) = &p.log_level
+        && !LOG_LEVELS.contains(&level.as_str())
+    {
+        return Err(RpcError::params(format!(
+            "log_level {level:?} is not one of {}",
+            LOG_LEVELS.join(", ")
+        )));
+    }
     let request = crate::request::Request {
         run_id: crate::run_id::new_run_id(),
         agent: p.agent,
@@ -345,7 +359,7 @@ fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, Rp
         timeout: timeout(p.timeout_ms)?,
         output: OutputFormat::Json,
         log_format: LogFormat::Json,
-        log_level: None,
+        log_level: p.log_level,
         work_dir: None,
         hook: None,
         capture_stdout: true,
@@ -403,27 +417,27 @@ fn serve(
             json!({"run_id": run_id, "agent": request.agent}),
         ));
     }
-    // Log lines: streamed as notifications, or kept for the result.
-    let mut logs: Vec<Value> = Vec::new();
-    let mut pending: Vec<u8> = Vec::new();
-    let client = &conn.stream;
-    let mut on_stderr = |chunk: &[u8]| {
-        pending.extend_from_slice(chunk);
-        while let Some(i) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=i).collect();
-            let line = &line[..line.len() - 1];
-            let value = serde_json::from_slice::<Value>(line)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(line).into_owned()));
-            if stream {
-                // LLM text as it is generated gets its own notification.
-                let notification = match value.get("llm_text") {
-                    Some(text) => {
-                        rpc::notification("run.llm_text", json!({"run_id": run_id, "text": text}))
-                    }
-                    None => rpc::notification("run.log", json!({"run_id": run_id, "line": value})),
-                };
-                let _ = (&*client).write_all(&notification);
-            } else if logs.len() < MAX_LOG_LINES {
+    // Log lines, the run's and its sub-runs': streamed as notifications, each naming the
+    // run it belongs to, or (the run's own) kept for the result. They come from the
+    // run's thread and its sub-runs' threads: one notification is written at a time.
+    let logs: Mutex<Vec<Value>> = Mutex::new(Vec::new());
+    let client = Mutex::new(&conn.stream);
+    let on_line = |from: &str, line: &[u8]| {
+        let value = serde_json::from_slice::<Value>(line)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(line).into_owned()));
+        if stream {
+            // LLM text as it is generated gets its own notification.
+            let notification = match value.get("llm_text") {
+                Some(text) => {
+                    rpc::notification("run.llm_text", json!({"run_id": from, "text": text}))
+                }
+                None => rpc::notification("run.log", json!({"run_id": from, "line": value})),
+            };
+            let mut client = client.lock().unwrap_or_else(PoisonError::into_inner);
+            let _ = client.write_all(&notification);
+        } else if from == run_id {
+            let mut logs = logs.lock().unwrap_or_else(PoisonError::into_inner);
+            if logs.len() < MAX_LOG_LINES {
                 logs.push(value);
             }
         }
@@ -436,7 +450,7 @@ fn serve(
             client: Some(conn.stream.as_fd()),
             signals: false,
         },
-        Some(&mut on_stderr),
+        Some(&on_line),
         &Local::with_spares(&|| daemon.spares.take()),
         Some(&daemon.admission),
     );
@@ -471,7 +485,10 @@ fn serve(
     }
     let mut result = serde_json::to_value(&report).map_err(internal)?;
     if !stream && let Some(object) = result.as_object_mut() {
-        object.insert("logs".into(), Value::Array(logs));
+        object.insert(
+            "logs".into(),
+            Value::Array(logs.into_inner().unwrap_or_else(PoisonError::into_inner)),
+        );
     }
     Ok(result)
 }
