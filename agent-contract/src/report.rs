@@ -69,6 +69,29 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// The report of a run that ended `status` with `error`, and no output: one the
+    /// spawner writes for a run agent-exec did not finish, or never started.
+    pub fn failed(
+        run_id: String,
+        agent: String,
+        status: Outcome,
+        error: String,
+        timings: PhaseTimings,
+    ) -> RunReport {
+        RunReport {
+            run_id,
+            agent,
+            status,
+            exit_code: status.exit_code(),
+            output: None,
+            output_base64: None,
+            error: Some(error),
+            cache_hit: None,
+            timings,
+            verdict: None,
+        }
+    }
+
     /// Attach `output`: as text when it is UTF-8 and its JSON string is no longer than its
     /// base64 would be, otherwise as base64. Text that is mostly control characters
     /// (each escaped as `\u00XX`, six bytes for one) goes as base64, so no answer's report

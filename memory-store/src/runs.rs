@@ -55,6 +55,26 @@ pub struct RunRecord {
     pub output: Option<Vec<u8>>,
 }
 
+impl RunRecord {
+    /// The report of the run this record keeps, with `output` (the answer, which the
+    /// record itself keeps only for sub-runs): what a caller asking again is handed.
+    pub fn into_report(self, output: Vec<u8>) -> agent_contract::RunReport {
+        agent_contract::RunReport {
+            run_id: self.run_id,
+            agent: self.agent,
+            status: self.status,
+            exit_code: self.status.exit_code(),
+            output: None,
+            output_base64: None,
+            error: self.error,
+            cache_hit: self.cache_hit,
+            timings: self.timings,
+            verdict: None,
+        }
+        .with_output(output)
+    }
+}
+
 fn first_attempt() -> u32 {
     1
 }

@@ -558,18 +558,13 @@ fn attempt(
     Ok(Finished {
         outcome,
         stdout,
-        spawner_report: Some(RunReport {
+        spawner_report: Some(RunReport::failed(
             run_id,
-            agent: manifest.name.clone(),
-            status: outcome,
-            exit_code: outcome.exit_code(),
-            output: None,
-            output_base64: None,
-            error: Some(error),
-            cache_hit: None,
-            timings: record.timings,
-            verdict: None,
-        }),
+            manifest.name.clone(),
+            outcome,
+            error,
+            record.timings,
+        )),
         stopped,
         retryable: retryable_failure && outcome.may_pass(),
     })
@@ -594,4 +589,31 @@ pub fn agent_exec_path() -> anyhow::Result<PathBuf> {
 
 fn absolute(path: &std::path::Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn standard_error_is_cut_into_whole_lines_however_it_is_chunked() {
+        let got: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+        let sink = |from: &str, line: &[u8]| {
+            got.lock()
+                .expect("lock")
+                .push((from.to_owned(), String::from_utf8_lossy(line).into_owned()));
+        };
+        let mut lines = Lines::new("r.1", &sink);
+        // A line split mid-character, one whole, an empty one, and a last with no newline.
+        let text = "première ligne\nzweite\n\n最後".as_bytes();
+        for chunk in [&text[..5], &text[5..20], &text[20..]] {
+            lines.feed(chunk);
+        }
+        lines.finish();
+        let got = got.into_inner().expect("lock");
+        let texts: Vec<&str> = got.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(texts, ["première ligne", "zweite", "", "最後"]);
+        assert!(got.iter().all(|(from, _)| from == "r.1"));
+    }
 }

@@ -319,17 +319,14 @@ impl Server {
         agent: &str,
         input: Vec<u8>,
     ) -> RunReport {
-        let failed = |status: Outcome, error: String| RunReport {
-            run_id: run_id.to_owned(),
-            agent: agent.to_owned(),
-            status,
-            exit_code: status.exit_code(),
-            output: None,
-            output_base64: None,
-            error: Some(error),
-            cache_hit: None,
-            timings: PhaseTimings::default(),
-            verdict: None,
+        let failed = |status: Outcome, error: String| {
+            RunReport::failed(
+                run_id.to_owned(),
+                agent.to_owned(),
+                status,
+                error,
+                PhaseTimings::default(),
+            )
         };
         let cancelled = || failed(Outcome::Killed, "its parent ended before it started".into());
         let give_up = || self.ending();
@@ -418,20 +415,7 @@ fn earlier_attempt(home: &Home, run_id: &str) -> anyhow::Result<Earlier> {
         });
     }
     let output = store.sub_run_output(run_id)?.unwrap_or_default();
-    let report = RunReport {
-        run_id: record.run_id,
-        agent: record.agent,
-        status: record.status,
-        exit_code: record.status.exit_code(),
-        output: None,
-        output_base64: None,
-        error: record.error,
-        cache_hit: record.cache_hit,
-        timings: record.timings,
-        verdict: None,
-    }
-    .with_output(output);
-    Ok(Earlier::Ended(Box::new(report)))
+    Ok(Earlier::Ended(Box::new(record.into_report(output))))
 }
 
 /// Poll `fds` until one is ready, again when a signal interrupts it: false on an error.
