@@ -58,27 +58,6 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Replay every run in `home` that journaled and finished ok: each must answer the same
-/// from its journal alone. Durable tests end with it, so that each run they make, fresh,
-/// resumed or retried, is replayed. Returns how many were.
-fn replay_every_run(home: &TestHome) -> usize {
-    let listed = home.run(&["runs", "--json", "--limit", "10000"]);
-    assert_eq!(code(&listed), 0, "{}", stderr(&listed));
-    let mut replayed = 0;
-    for line in stdout(&listed).lines() {
-        let run: serde_json::Value = serde_json::from_str(line).expect("a run record");
-        let run_id = run["run_id"].as_str().expect("run id");
-        if run["status"] != "ok" || journal_count(home, run_id, "component") == 0 {
-            continue;
-        }
-        let replay = home.run(&["runs", "replay", run_id]);
-        assert_eq!(code(&replay), 0, "run {run_id}: {}", stderr(&replay));
-        assert!(stdout(&replay).contains("matches"), "{}", stdout(&replay));
-        replayed += 1;
-    }
-    replayed
-}
-
 /// Whether a JSON-RPC answer is an error whose message says `text`.
 fn error_says(answer: &serde_json::Value, text: &str) -> bool {
     answer["error"]["message"]
@@ -156,6 +135,7 @@ fn a_finished_durable_run_replays_the_same_from_its_journal_alone() {
     );
 
     // A journal that says otherwise than the run did: the replay diverges and says where.
+    home.leave_unreplayed("its journal is tampered with below");
     home.store()
         .connection()
         .execute(
@@ -278,7 +258,7 @@ fn a_failed_attempt_is_retried_from_its_journal_as_the_manifest_says() {
     );
     let record = home.store().run(&run_id).expect("run").expect("recorded");
     assert_eq!((record.status, record.attempt), (Outcome::AgentError, 3));
-    assert_eq!(replay_every_run(&home), 1, "the retried run replays");
+    assert_eq!(home.replay_every_run(), 1, "the retried run replays");
     crate::tools::stop_and_count_leftovers(&home);
 }
 
@@ -387,7 +367,7 @@ fn the_daemon_resumes_replays_and_retries_durable_runs() {
     drop(c);
     drop(daemon);
     assert_eq!(
-        replay_every_run(&home),
+        home.replay_every_run(),
         2,
         "the resumed and the retried run"
     );
@@ -508,6 +488,7 @@ fn a_resume_refuses_a_changed_component_unless_told_and_a_plain_agent_cannot_res
     );
 
     // Another component in its place.
+    home.leave_unreplayed("its component is replaced below");
     std::fs::copy(
         crate::harness::wasm("echo"),
         home.agent_dir("steps").join("steps.wasm"),

@@ -51,9 +51,14 @@ pub fn wasm(agent: &str) -> PathBuf {
     path
 }
 
-/// A home directory in a temp dir.
+/// A home directory in a temp dir. When it is dropped at the end of a test that passed,
+/// every run it holds that journaled and finished ok is replayed, and must answer the
+/// same from its journal alone ([`TestHome::replay_every_run`]): so every durable run the
+/// suite makes, fresh, resumed, retried, in a fan-out or through the daemon, is replayed.
 pub struct TestHome {
     dir: tempfile::TempDir,
+    /// Set by [`TestHome::leave_unreplayed`].
+    unreplayed: std::cell::Cell<Option<&'static str>>,
 }
 
 impl TestHome {
@@ -61,7 +66,46 @@ impl TestHome {
     pub fn new() -> TestHome {
         TestHome {
             dir: tempfile::tempdir().expect("tempdir"),
+            unreplayed: std::cell::Cell::new(None),
         }
+    }
+
+    /// Do not replay this home's runs when it is dropped, because `why` (a test that
+    /// changes a journal or a component on purpose).
+    pub fn leave_unreplayed(&self, why: &'static str) {
+        self.unreplayed.set(Some(why));
+    }
+
+    /// Replay every run in this home that journaled and finished ok: each must answer the
+    /// same from its journal alone. Returns how many were.
+    pub fn replay_every_run(&self) -> usize {
+        let store = self.store();
+        let mut stmt = store
+            .connection()
+            .prepare(
+                "SELECT run_id FROM runs WHERE status = 'ok' AND EXISTS
+                 (SELECT 1 FROM journal j WHERE j.run_id = runs.run_id AND j.kind = 'component')
+                 ORDER BY run_id",
+            )
+            .expect("query");
+        let runs: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .expect("runs")
+            .collect::<Result<_, _>>()
+            .expect("runs");
+        drop(stmt);
+        drop(store);
+        for run_id in &runs {
+            let replay = self.run(&["runs", "replay", run_id]);
+            assert_eq!(
+                code(&replay),
+                0,
+                "replay of run {run_id}: {}",
+                stderr(&replay)
+            );
+            assert!(stdout(&replay).contains("matches"), "{}", stdout(&replay));
+        }
+        runs.len()
     }
 
     /// The home directory.
@@ -158,6 +202,18 @@ impl TestHome {
     /// Open the memory store.
     pub fn store(&self) -> Store {
         Store::open(&self.path().join("memory.db")).expect("store opens")
+    }
+}
+
+impl Drop for TestHome {
+    fn drop(&mut self) {
+        let passed = !std::thread::panicking();
+        if passed
+            && self.unreplayed.get().is_none()
+            && Store::exists(&self.path().join("memory.db"))
+        {
+            self.replay_every_run();
+        }
     }
 }
 
