@@ -331,6 +331,32 @@ fn cancelling_a_parent_in_the_daemon_cancels_its_children_whose_lines_it_streame
 }
 
 #[test]
+fn sub_run_inputs_and_answers_in_any_script_arrive_whole() {
+    let home = fan_home(2, "");
+    let out = home.run(&[
+        "run",
+        "fan",
+        "fan-out",
+        "kid",
+        "3",
+        "Ζωή-{i}",
+        "🦀",
+        "最後の行",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let lines = lines_of(&stdout(&out));
+    assert_eq!(lines.len(), 3, "{}", stdout(&out));
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line.child as usize, i);
+        assert_eq!(line.status, "ok");
+        // `kid` answers its input: the parent's words, its number in place of `{i}`.
+        assert_eq!(line.rest, format!("Ζωή-{i} 🦀 最後の行"));
+    }
+    let show = home.run(&["runs", "show", &lines[0].run_id]);
+    assert_eq!(code(&show), 0, "{}", stderr(&show));
+}
+
+#[test]
 fn a_daemon_run_with_an_unknown_log_level_is_refused_before_it_starts() {
     let home = fan_home(2, "");
     let daemon = crate::serve::Daemon::start(&home, &["--spares", "0"]);
