@@ -263,7 +263,7 @@ fn stopping_a_parent_cancels_its_children_and_starts_no_more() {
 }
 
 #[test]
-fn cancelling_a_parent_in_the_daemon_cancels_its_children_whose_lines_it_streamed() {
+fn in_the_daemon_sub_runs_are_listed_streamed_and_cancelled_alone_or_with_their_parent() {
     let home = fan_home(2, "");
     let daemon = crate::serve::Daemon::start(&home, &["--spares", "0"]);
     let mut a = daemon.client();
@@ -293,9 +293,38 @@ fn cancelling_a_parent_in_the_daemon_cancels_its_children_whose_lines_it_streame
     }
     let pids = crate::harness::children_of(daemon.pid());
     assert_eq!(pids.len(), 3, "the parent and two children: {pids:?}");
-
     let mut b = daemon.client();
-    let cancelled = b.result("runs.cancel", serde_json::json!({"run_id": parent}));
+    let mut active = || {
+        let listed = b.result("runs.active", serde_json::json!({}));
+        listed["runs"]
+            .as_array()
+            .expect("runs")
+            .iter()
+            .map(|r| {
+                (
+                    r["run_id"].as_str().expect("id").to_owned(),
+                    r["parent_run_id"].as_str().map(str::to_owned),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let listed = active();
+    assert_eq!(listed.get(&parent), Some(&None), "{listed:?}");
+    for id in &looping {
+        assert_eq!(listed.get(id), Some(&Some(parent.clone())), "{listed:?}");
+    }
+
+    // One child cancelled alone: its slot goes to the next child waiting.
+    let first = looping.iter().next().expect("a child").clone();
+    let mut c = daemon.client();
+    let cancelled = c.result("runs.cancel", serde_json::json!({"run_id": first}));
+    assert_eq!(cancelled["cancelled"], true);
+    crate::harness::wait_until("the next child runs in the cancelled one's slot", || {
+        let now = active();
+        !now.contains_key(&first) && now.len() == 3 && now.contains_key(&parent)
+    });
+
+    let cancelled = c.result("runs.cancel", serde_json::json!({"run_id": parent}));
     assert_eq!(cancelled["cancelled"], true);
     let answer = loop {
         let line = a.read().expect("the run's answer");
@@ -311,19 +340,24 @@ fn cancelling_a_parent_in_the_daemon_cancels_its_children_whose_lines_it_streame
             "process {pid} outlived its run"
         );
     }
-    let got = b.result("runs.get", serde_json::json!({"run_id": parent}));
+    assert!(
+        crate::harness::children_of(daemon.pid()).is_empty(),
+        "no process left"
+    );
+    let got = c.result("runs.get", serde_json::json!({"run_id": parent}));
     let children = got["sub_runs"].as_array().expect("sub_runs");
     assert_eq!(
         children.len(),
-        2,
-        "the three still waiting never started: {got}"
+        3,
+        "the two still waiting never started: {got}"
     );
-    for c in children {
-        assert_eq!(c["status"], "killed", "{c}");
-        assert!(looping.contains(c["run_id"].as_str().expect("id")), "{c}");
+    for child in children {
+        assert_eq!(child["status"], "killed", "{child}");
+        assert_eq!(child["error"], "the run was cancelled", "{child}");
     }
+    assert!(active().is_empty());
     // The daemon serves on.
-    let next = b.result(
+    let next = c.result(
         "run",
         serde_json::json!({"agent": "kid", "input": "busy 1"}),
     );

@@ -15,8 +15,8 @@ use anyhow::Context;
 use crate::cancel::Stop;
 use crate::spawn::{COMPILE_DEADLINE, Exit, Spawn, SpawnPolicy, Started, StderrSink, Termination};
 
-/// Runs one attempt of a request somewhere.
-pub trait Executor {
+/// Runs one attempt of a request somewhere. Shared by the threads of a run's sub-runs.
+pub trait Executor: Sync {
     /// Run `job`: hand its header and input to a fresh agent-exec, compile the agent's
     /// component first when agent-exec finds it not compiled (outside the request's
     /// deadline), and wait until agent-exec ends, is killed at its deadline, or
@@ -50,7 +50,7 @@ pub struct Ran {
 }
 
 /// A source of started agent-execs (the daemon's spares).
-pub type Spares<'a> = &'a dyn Fn() -> Option<Started>;
+pub type Spares<'a> = &'a (dyn Fn() -> Option<Started> + Sync);
 
 /// This machine: a fresh agent-exec per attempt, or one of the daemon's spares (started
 /// with the same output settings as the requests it serves).

@@ -102,38 +102,74 @@ impl Finished {
 /// (the run's own, or one of its sub-runs') and the line, without its newline.
 pub type LineSink<'s> = &'s (dyn Fn(&str, &[u8]) + Sync + 's);
 
-/// Run `request` in a fresh agent-exec and wait for it. `on_line`, when given, gets each
-/// log line of agent-exec's standard error as it comes, and those of the run's sub-runs
-/// (else they go to ours). `executor` runs the
-/// first attempt once the request is known to be runnable (so that a bad one does not
-/// use up one of the daemon's spares); retries run on [`Local::FRESH`].
+/// Where runs in flight are listed while they run (the daemon's table, for `runs.active`
+/// and `runs.cancel`): a request's sub-runs are listed there as they start.
+pub trait ActiveRuns: Sync {
+    /// `run_id`, of `agent` (a sub-run of `parent` when given), is running, and is
+    /// stopped by cancelling `cancel`. False when a run of that id is in flight already.
+    fn enter(
+        &self,
+        run_id: &str,
+        agent: &str,
+        parent: Option<&str>,
+        cancel: std::sync::Arc<crate::cancel::CancelToken>,
+    ) -> bool;
+
+    /// `run_id` has ended.
+    fn leave(&self, run_id: &str);
+}
+
+/// What the caller that runs a request provides around it.
+#[derive(Clone, Copy)]
+pub struct Runner<'a> {
+    /// Gets each log line of agent-exec's standard error as it comes, and those of the
+    /// run's sub-runs; `None`: they go to our standard error.
+    pub on_line: Option<LineSink<'a>>,
+    /// Runs the first attempt, once the request is known to be runnable (so that a bad
+    /// one does not use up one of the daemon's spares); retries and sub-runs run on
+    /// [`Local::FRESH`].
+    pub executor: &'a dyn Executor,
+    /// The admission gate the caller passed for this run, whose slot it holds (the
+    /// daemon's): the run's sub-runs pass it too, and the run lends its slot to them while
+    /// it waits on them ([`crate::subruns`]). `None` on the command line.
+    pub shared: Option<&'a Admission>,
+    /// Where the run's sub-runs are listed while they run (the daemon's table; the run
+    /// itself is listed by the caller). `None` on the command line.
+    pub active: Option<&'a dyn ActiveRuns>,
+}
+
+impl Runner<'static> {
+    /// The command line's: lines to our standard error, a fresh agent-exec per attempt, no
+    /// gate but the run's own sub-runs', no table.
+    pub const COMMAND_LINE: Runner<'static> = Runner {
+        on_line: None,
+        executor: &Local::FRESH,
+        shared: None,
+        active: None,
+    };
+}
+
+/// Run `request` in a fresh agent-exec and wait for it, with what `runner` provides.
 ///
 /// A durable agent whose manifest asks for retries (`[durable] retries`) is resumed here
 /// after an attempt that failed for a reason that may pass ([`Outcome::may_pass`]), each
 /// retry a fresh agent-exec with the whole deadline, served the steps its journal holds,
 /// after a backoff that doubles; a stop ends the retries. The last attempt is what is
 /// returned.
-///
-/// `shared` is the admission gate the caller passed for this run, whose slot it holds
-/// (the daemon's): the run's sub-runs pass it too, and the run lends its slot to them
-/// while it waits on them ([`crate::subruns`]). `None` on the command line.
 pub fn execute(
     home: &Home,
     request: &Request,
     stop: Stop<'_>,
-    on_line: Option<LineSink<'_>>,
-    executor: &dyn Executor,
-    shared: Option<&Admission>,
+    runner: Runner<'_>,
 ) -> anyhow::Result<Finished> {
     let manifest = Manifest::load(&home.agent_manifest(&request.agent)?)?;
     let ctx = Attempts {
         home,
         manifest: &manifest,
         stop,
-        shared,
-        on_line,
+        runner,
     };
-    let finished = attempt(ctx, request, executor)?;
+    let finished = attempt(ctx, request, runner.executor)?;
     let durable = &manifest.durable;
     if durable.retries == 0 || request.journal == JournalMode::Replay || !finished.retryable {
         return Ok(finished);
@@ -162,14 +198,7 @@ pub fn execute(
 pub fn execute_from_command_line(home: &Home, request: &Request) -> anyhow::Result<Finished> {
     let token =
         crate::cancel::CancelToken::new().context("cannot create the run's cancel token")?;
-    execute(
-        home,
-        request,
-        Stop::signals(&token),
-        None,
-        &Local::FRESH,
-        None,
-    )
+    execute(home, request, Stop::signals(&token), Runner::COMMAND_LINE)
 }
 
 /// [`execute`]'s retries of `finished`, the lease they hold kept in `leased`.
@@ -293,7 +322,7 @@ fn say_to(ctx: Attempts<'_>, request: &Request, text: &str) {
         .to_string(),
         LogFormat::Human => format!("spawner: {text}"),
     };
-    match ctx.on_line {
+    match ctx.runner.on_line {
         Some(sink) => sink(&request.run_id, line.as_bytes()),
         None => crate::say!("{line}"),
     }
@@ -346,10 +375,7 @@ struct Attempts<'a> {
     home: &'a Home,
     manifest: &'a Manifest,
     stop: Stop<'a>,
-    /// The gate the caller passed (see [`execute`]).
-    shared: Option<&'a Admission>,
-    /// Where log lines go (see [`execute`]).
-    on_line: Option<LineSink<'a>>,
+    runner: Runner<'a>,
 }
 
 /// One attempt at `request`: [`execute`] without its retries.
@@ -362,9 +388,9 @@ fn attempt(
         home,
         manifest,
         stop,
-        shared,
-        on_line,
+        runner,
     } = ctx;
+    let on_line = runner.on_line;
     let mut lines = on_line.map(|sink| Lines::new(&request.run_id, sink));
     let mut feed = |chunk: &[u8]| {
         if let Some(lines) = lines.as_mut() {
@@ -432,8 +458,7 @@ fn attempt(
                 home,
                 request,
                 manifest,
-                shared,
-                on_line,
+                runner,
             };
             let local = Admission::new(manifest.runs.parallel, 0);
             std::thread::scope(|scope| {
@@ -443,7 +468,7 @@ fn attempt(
                     scope.spawn(|| server.serve(&parent, &local))
                 });
                 let ran = executor.run(job, on_stderr);
-                server.end(shared, Some(&local));
+                server.end(runner.shared, Some(&local));
                 let _ = serving.join();
                 ran
             })?

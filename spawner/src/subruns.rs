@@ -41,7 +41,7 @@ use std::io::BufReader;
 use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use agent_contract::envelope::{JournalMode, MAX_INPUT_BYTES};
 use agent_contract::subruns::{
@@ -60,9 +60,11 @@ use crate::request::Request;
 pub struct Server {
     listener: UnixListener,
     socket: String,
-    /// Cancelled when the parent has ended: stop serving, cancel the children (every
-    /// child's run stops on it).
+    /// Cancelled when the parent has ended: stop serving, and cancel the children.
     ended: CancelToken,
+    /// Each started child's own token (which `runs.cancel` of the child cancels too),
+    /// cancelled when the parent has ended.
+    running: Mutex<Vec<Arc<CancelToken>>>,
 }
 
 /// The parent a server runs children for.
@@ -73,12 +75,10 @@ pub struct Parent<'a> {
     pub request: &'a Request,
     /// The parent's manifest (its `[runs]`).
     pub manifest: &'a Manifest,
-    /// The gate the parent passed, whose slot it holds (the daemon's); `None` on the
-    /// command line.
-    pub shared: Option<&'a Admission>,
-    /// Where the parent's log lines go, and its children's (see
-    /// [`crate::request::execute`]); `None`: children write to our standard error.
-    pub on_line: Option<crate::request::LineSink<'a>>,
+    /// What the parent's caller provides: the gate whose slot the parent holds, where
+    /// log lines go, where runs in flight are listed. The children run with the same, on
+    /// a fresh agent-exec each.
+    pub runner: crate::request::Runner<'a>,
 }
 
 /// One child, as its parent's server keeps it.
@@ -114,6 +114,7 @@ impl Server {
             listener,
             socket,
             ended: CancelToken::new()?,
+            running: Mutex::new(Vec::new()),
         })
     }
 
@@ -127,6 +128,14 @@ impl Server {
     /// The parent has ended: stop serving and cancel its children.
     pub fn end(&self, shared: Option<&Admission>, local: Option<&Admission>) {
         self.ended.cancel(StopReason::Cancelled);
+        for child in self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            child.cancel(StopReason::Cancelled);
+        }
         for gate in shared.into_iter().chain(local) {
             gate.wake_waiters();
         }
@@ -286,7 +295,7 @@ impl Server {
                 message: format!("no sub-run has number {child}: {} started", list.len()),
             };
         }
-        let lent = parent.shared.map(Admission::lend);
+        let lent = parent.runner.shared.map(Admission::lend);
         while list[child as usize].report.is_none() && !self.ending() {
             list = children
                 .changed
@@ -333,7 +342,7 @@ impl Server {
         let Some(_slot) = local.enter_waiting_unless(&give_up) else {
             return cancelled();
         };
-        let shared_slot = match parent.shared {
+        let shared_slot = match parent.runner.shared {
             Some(gate) => match gate.enter_waiting_unless(&give_up) {
                 Some(slot) => Some(slot),
                 None => return cancelled(),
@@ -370,14 +379,40 @@ impl Server {
             attempt,
             parent_run_id: Some(p.run_id.clone()),
         };
+        // Its own token, cancelled when the parent ends or by whoever finds it listed.
+        let Ok(token) = CancelToken::new().map(Arc::new) else {
+            return failed(Outcome::Internal, "cannot create its cancel token".into());
+        };
+        {
+            let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+            // Checked under the lock `end` takes to cancel the list: none is missed.
+            if self.ending() {
+                return cancelled();
+            }
+            running.push(Arc::clone(&token));
+        }
+        let active = parent.runner.active;
+        if let Some(table) = active
+            && !table.enter(run_id, agent, Some(&p.run_id), Arc::clone(&token))
+        {
+            return failed(
+                Outcome::Usage,
+                format!("run {run_id} is in flight already; wait for it to end"),
+            );
+        }
         let finished = crate::request::execute(
             parent.home,
             &request,
-            Stop::token(&self.ended),
-            parent.on_line,
-            &Local::FRESH,
-            parent.shared.filter(|_| shared_slot.is_some()),
+            Stop::token(&token),
+            crate::request::Runner {
+                executor: &Local::FRESH,
+                shared: parent.runner.shared.filter(|_| shared_slot.is_some()),
+                ..parent.runner
+            },
         );
+        if let Some(table) = active {
+            table.leave(run_id);
+        }
         match finished.and_then(crate::request::Finished::into_report) {
             Ok(report) => report,
             Err(e) => {

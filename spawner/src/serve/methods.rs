@@ -13,10 +13,11 @@ use memory_store::RunFilter;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::Daemon;
 use super::rpc::{self, Request, RpcError};
-use super::{ActiveRun, Daemon};
 use crate::cancel::{CancelToken, Stop, StopReason};
 use crate::executor::Local;
+use crate::request::{ActiveRuns, Runner};
 
 /// Most log lines a run's result carries when they are not streamed.
 const MAX_LOG_LINES: usize = 200;
@@ -124,7 +125,14 @@ pub fn dispatch(daemon: &Daemon, conn: &mut Connection, req: &Request) -> Result
             let active: Vec<Value> = daemon
                 .lock_active()
                 .iter()
-                .map(|(id, r)| json!({"run_id": id, "agent": r.agent, "started_at_ms": r.started_at_ms}))
+                .map(|(id, r)| {
+                    let mut run =
+                        json!({"run_id": id, "agent": r.agent, "started_at_ms": r.started_at_ms});
+                    if let Some(parent) = &r.parent_run_id {
+                        run["parent_run_id"] = json!(parent);
+                    }
+                    run
+                })
                 .collect();
             Ok(json!({ "runs": active }))
         }
@@ -394,22 +402,11 @@ fn serve(
     })?;
     let run_id = request.run_id.clone();
     let cancel = Arc::new(CancelToken::new().map_err(internal)?);
-    {
-        let mut active = daemon.lock_active();
-        if active.contains_key(&run_id) {
-            return Err(run_failed(
-                Outcome::Usage,
-                format!("run {run_id} is in flight here; wait for it to end (`runs.active`)"),
-            ));
-        }
-        active.insert(
-            run_id.clone(),
-            ActiveRun {
-                agent: request.agent.clone(),
-                started_at_ms: memory_store::now_ms(),
-                cancel: Arc::clone(&cancel),
-            },
-        );
+    if !daemon.enter(&run_id, &request.agent, None, Arc::clone(&cancel)) {
+        return Err(run_failed(
+            Outcome::Usage,
+            format!("run {run_id} is in flight here; wait for it to end (`runs.active`)"),
+        ));
     }
     if stream {
         let _ = conn.send(&rpc::notification(
@@ -450,11 +447,14 @@ fn serve(
             client: Some(conn.stream.as_fd()),
             signals: false,
         },
-        Some(&on_line),
-        &Local::with_spares(&|| daemon.spares.take()),
-        Some(&daemon.admission),
+        Runner {
+            on_line: Some(&on_line),
+            executor: &Local::with_spares(&|| daemon.spares.take()),
+            shared: Some(&daemon.admission),
+            active: Some(daemon),
+        },
     );
-    daemon.lock_active().remove(&run_id);
+    daemon.leave(&run_id);
     let finished = match finished {
         Ok(f) => f,
         Err(e) => {

@@ -66,6 +66,8 @@ pub struct Options {
 /// One run in flight, as `runs.active` and `runs.cancel` see it.
 struct ActiveRun {
     agent: String,
+    /// Set for a sub-run: the run that started it.
+    parent_run_id: Option<String>,
     started_at_ms: u64,
     cancel: Arc<CancelToken>,
 }
@@ -90,6 +92,35 @@ struct Daemon {
     /// agent-execs started ahead of requests.
     spares: spares::Spares,
     started: Instant,
+}
+
+impl crate::request::ActiveRuns for Daemon {
+    fn enter(
+        &self,
+        run_id: &str,
+        agent: &str,
+        parent: Option<&str>,
+        cancel: Arc<CancelToken>,
+    ) -> bool {
+        let mut active = self.lock_active();
+        if active.contains_key(run_id) {
+            return false;
+        }
+        active.insert(
+            run_id.to_owned(),
+            ActiveRun {
+                agent: agent.to_owned(),
+                parent_run_id: parent.map(str::to_owned),
+                started_at_ms: memory_store::now_ms(),
+                cancel,
+            },
+        );
+        true
+    }
+
+    fn leave(&self, run_id: &str) {
+        self.lock_active().remove(run_id);
+    }
 }
 
 impl Daemon {
