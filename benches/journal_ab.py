@@ -3,21 +3,13 @@
 # agent (`[durable] journal = true`) and as a plain one, alternated run by run, 60 runs
 # each after 5 warm-up runs. Needs `cargo xtask test` to have built the binaries, the
 # agents and target/tools/mcp-python. Used by benches/ab.md: python3 benches/journal_ab.py
-import os, shutil, statistics, subprocess, tempfile, time
+import os, shutil, statistics, subprocess, time
 
-root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spawner = os.path.join(root, "target/release/spawner")
-wasm = os.path.join(root, "agents/target/wasm32-wasip2/release/testing.wasm")
-home = tempfile.mkdtemp(prefix="journal-ab-")
-with open(os.path.join(home, "tools.toml"), "w") as f:
-    f.write('[[server]]\nname = "faulty"\ncommand = "python3"\nargs = [%r]\nenv = { PYTHONPATH = %r }\n'
-            % (os.path.join(root, "tests/mcp/faulty_server.py"), os.path.join(root, "target/tools/mcp-python")))
+from faulty_home import SPAWNER as spawner, install_testing, new_home
+
+home = new_home("journal-ab-")
 for name, journal in (("durable", "true"), ("plain", "false")):
-    d = os.path.join(home, "agents", name); os.makedirs(d)
-    shutil.copy(wasm, os.path.join(d, name + ".wasm"))
-    with open(os.path.join(d, "agent.toml"), "w") as f:
-        f.write(f'name = "{name}"\nversion = "0.1.0"\ncomponent = "{name}.wasm"\n[limits]\ntimeout_ms = 60000\n'
-                f'[tools]\nservers = ["faulty"]\n[durable]\njournal = {journal}\n')
+    install_testing(home, name, journal)
 calls = os.path.join(home, "calls.txt")
 def run(agent):
     t = time.perf_counter()

@@ -4,33 +4,29 @@
 #   fresh   a new run, every step live;
 #   resume  `spawner runs resume` of a run whose agent-exec was SIGKILLed once the server
 #           had recorded its 5th call: the journaled steps are served from the journal, the
-#           rest run live (the calls the server saw are counted);
+#           rest run live (the calls the server saw are counted; on a loaded machine the
+#           kill may land a step or two later);
 #   replay  `spawner runs replay` of a finished run: every step from the journal, the answer
 #           checked byte for byte.
 # Needs `cargo xtask test` to have built the binaries, the agents and target/tools/mcp-python.
 # Used by benches/ab.md: python3 benches/resume_ab.py
-import json, os, shutil, signal, statistics, subprocess, tempfile, time
+import json, os, shutil, signal, statistics, subprocess, time
 
-root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spawner = os.path.join(root, "target/release/spawner")
-wasm = os.path.join(root, "agents/target/wasm32-wasip2/release/testing.wasm")
-home = tempfile.mkdtemp(prefix="resume-ab-")
-with open(os.path.join(home, "tools.toml"), "w") as f:
-    f.write('[[server]]\nname = "faulty"\ncommand = "python3"\nargs = [%r]\nenv = { PYTHONPATH = %r }\n'
-            % (os.path.join(root, "tests/mcp/faulty_server.py"), os.path.join(root, "target/tools/mcp-python")))
-d = os.path.join(home, "agents", "steps"); os.makedirs(d)
-shutil.copy(wasm, os.path.join(d, "steps.wasm"))
-with open(os.path.join(d, "agent.toml"), "w") as f:
-    f.write('name = "steps"\nversion = "0.1.0"\ncomponent = "steps.wasm"\n[limits]\ntimeout_ms = 60000\n'
-            '[tools]\nservers = ["faulty"]\n[durable]\njournal = true\n')
+from faulty_home import SPAWNER as spawner, install_testing, new_home
+
+home = new_home("resume-ab-")
+install_testing(home, "steps", "true")
 
 def spawner_cmd(*args):
     return [spawner, "--home", home, *args]
 
 def timed(*args):
     t = time.perf_counter()
-    out = subprocess.run(spawner_cmd(*args), check=True, capture_output=True)
-    return (time.perf_counter() - t) * 1000, out.stdout
+    out = subprocess.run(spawner_cmd(*args), capture_output=True)
+    ms = (time.perf_counter() - t) * 1000
+    if out.returncode != 0:
+        raise SystemExit(f"spawner {' '.join(args)} exited {out.returncode}: {out.stderr.decode()}")
+    return ms, out.stdout
 
 def lines(path):
     try:
@@ -56,9 +52,13 @@ def killed_run(n):
     calls = os.path.join(home, f"calls-{n}.txt")
     p = subprocess.Popen(spawner_cmd("run", "steps", f"steps 10 faulty {calls}"),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # agent-exec found first, so that the kill follows the 5th call at once.
+    execs = []
+    while not execs:
+        execs = children(p.pid)
     while lines(calls) < 5:
-        time.sleep(0.0005)
-    for pid in children(p.pid):
+        time.sleep(0.0002)
+    for pid in execs:
         os.kill(pid, signal.SIGKILL)
     p.wait()
     listed = subprocess.run(spawner_cmd("runs", "--json", "--limit", "1"), check=True,
