@@ -54,7 +54,7 @@ pub type Spares<'a> = &'a (dyn Fn() -> Option<Started> + Sync);
 
 /// This machine: a fresh agent-exec per attempt, or one of the daemon's spares (started
 /// with the same output settings as the requests it serves).
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub struct Local<'a> {
     spares: Option<Spares<'a>>,
 }

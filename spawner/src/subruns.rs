@@ -342,7 +342,8 @@ impl Server {
         let Some(_slot) = local.enter_waiting_unless(&give_up) else {
             return cancelled();
         };
-        let shared_slot = match parent.runner.shared {
+        // Held until the child ends; the child passes the same gate on to its own sub-runs.
+        let _shared_slot = match parent.runner.shared {
             Some(gate) => match gate.enter_waiting_unless(&give_up) {
                 Some(slot) => Some(slot),
                 None => return cancelled(),
@@ -406,7 +407,6 @@ impl Server {
             Stop::token(&token),
             crate::request::Runner {
                 executor: &Local::FRESH,
-                shared: parent.runner.shared.filter(|_| shared_slot.is_some()),
                 ..parent.runner
             },
         );
