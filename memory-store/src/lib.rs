@@ -31,11 +31,14 @@
 //! - [`memory`]: per-namespace key/value and event log, with the per-run write buffer.
 //! - [`runs`]: run records: insert, prune, list.
 //! - [`journal`]: the host calls of durable runs, for resume and replay.
+//! - [`running`]: markers of the runs in flight, and the settling of those whose
+//!   processes ended before they did.
 
 pub mod consents;
 pub mod journal;
 pub mod memory;
 pub mod run_log;
+pub mod running;
 pub mod runs;
 pub mod schema;
 
@@ -92,6 +95,9 @@ pub enum StoreError {
     /// A query or write failed.
     #[error("memory store query failed: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A run id that cannot name a run's marker file ([`running`]).
+    #[error("run id {0:?} is not one of this program's (letters, digits, dots and dashes)")]
+    BadRunId(String),
     /// A stored value could not be understood.
     #[error("memory store holds an unexpected value: {0}")]
     Corrupt(String),
