@@ -225,3 +225,32 @@ fn doctor_names_the_programs_a_request_runs_and_a_missing_one() {
     );
     assert_eq!(report["programs"]["gpu-broker"]["found"], false, "{report}");
 }
+
+#[test]
+fn a_log_level_that_is_not_one_is_refused_or_said_and_the_levels_are_named() {
+    let home = TestHome::new();
+    home.install_example("echo");
+    let out = home.run(&["run", "--log-level", "loud", "echo", "hi"]);
+    assert_eq!(code(&out), exit_of(Outcome::Usage), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("trace, debug, info, warn, error"),
+        "{}",
+        stderr(&out)
+    );
+    // Any case of a level is that level.
+    let out = home.run(&["run", "--log-level", "DEBUG", "echo", "hi"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // From the environment: said, and the run goes on at the default level.
+    let out = home
+        .spawner(&["run", "echo", "hi"])
+        .env("SPAWNER_LOG", "très-bavard")
+        .output()
+        .expect("spawner runs");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hi");
+    assert!(
+        stderr(&out).contains("$SPAWNER_LOG: log level \"très-bavard\" is not one of"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -341,7 +341,10 @@ fn the_daemon_resumes_replays_and_retries_durable_runs() {
     }
     let refused = c.call("runs.resume", serde_json::json!({"run_id": run_id}));
     assert!(
-        error_says(&refused, "is being resumed or retried by process"),
+        error_says(
+            &refused,
+            "is running or being retried (attempt 1, in process"
+        ),
         "{refused}"
     );
     let cancelled = c.result("runs.cancel", serde_json::json!({"run_id": run_id}));
@@ -533,4 +536,170 @@ fn a_resume_refuses_a_changed_component_unless_told_and_a_plain_agent_cannot_res
     let missing = home.run(&["runs", "resume", "no-such-run"]);
     assert_eq!(code(&missing), exit_of(Outcome::Usage));
     assert!(stderr(&missing).contains("no run"), "{}", stderr(&missing));
+}
+
+#[test]
+fn a_run_is_listed_while_it_runs_and_recorded_killed_when_its_processes_die_unrecorded() {
+    let home = durable_home();
+    let file = home.path().join("calls-en-cours-実行中.txt");
+    let (mark, gate) = (
+        PathBuf::from(format!("{}.hang", file.display())),
+        PathBuf::from(format!("{}.gate", file.display())),
+    );
+    std::fs::write(&gate, "").expect("gate");
+    // Three steps, held at the gate before step 1: step 0 is journaled by then.
+    let input = format!("steps 3 faulty {} 1", file.display());
+    let mut spawner = home
+        .spawner(&["run", "steps", "--json", &input])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawner starts");
+    wait_until("the run waits at its gate", || {
+        std::fs::read_to_string(&mark).is_ok_and(|key| !key.is_empty())
+    });
+    let key = std::fs::read_to_string(&mark).expect("the gate call's key");
+    let run_id = key.split(':').next().expect("run id").to_owned();
+    let owner = spawner.id();
+
+    // Seen from another process while it runs.
+    let listed = home.run(&["runs", "--json"]);
+    assert_eq!(code(&listed), 0, "{}", stderr(&listed));
+    let first: serde_json::Value =
+        serde_json::from_str(stdout(&listed).lines().next().expect("a line")).expect("json");
+    assert_eq!(first["run_id"], run_id.as_str(), "{first}");
+    assert_eq!(first["state"], "running", "{first}");
+    assert_eq!(first["owner_pid"], owner, "{first}");
+    assert_eq!(first["attempt"], 1, "{first}");
+    let shown = home.run(&["runs", "show", &run_id]);
+    let text = stdout(&shown);
+    assert!(
+        text.contains(&format!("status running (attempt 1, in process {owner})")),
+        "{text}"
+    );
+    assert!(
+        text.contains(": tool at "),
+        "its journaled tool call: {text}"
+    );
+    let refused = home.run(&["runs", "resume", &run_id]);
+    assert_eq!(
+        code(&refused),
+        exit_of(Outcome::Usage),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(
+        stderr(&refused).contains("is running"),
+        "{}",
+        stderr(&refused)
+    );
+
+    // The spawner and its agent-exec are killed outright: neither can record the run.
+    let children = children_of(owner);
+    assert!(!children.is_empty(), "agent-exec runs");
+    kill(Pid::from_raw(owner as i32), Signal::SIGKILL).expect("kill the spawner");
+    spawner.wait().expect("spawner ends");
+    for pid in &children {
+        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+    }
+    wait_until("agent-exec has ended", || {
+        children
+            .iter()
+            .all(|pid| crate::harness::stat_field(*pid, 0).is_none_or(|s| s == "Z"))
+    });
+    std::fs::remove_file(&gate).expect("open the gate");
+    assert!(
+        home.store().run(&run_id).expect("run").is_none(),
+        "nobody recorded the run"
+    );
+
+    // The next reader of runs finds it so, and records it killed, once.
+    let listed = home.run(&["runs", "--json"]);
+    let first: serde_json::Value =
+        serde_json::from_str(stdout(&listed).lines().next().expect("a line")).expect("json");
+    assert_eq!(
+        (&first["run_id"], &first["state"], &first["status"]),
+        (&run_id.as_str().into(), &"ended".into(), &"killed".into()),
+        "{first}"
+    );
+    assert!(
+        first["error"].as_str().is_some_and(
+            |e| e.contains(&format!("pid {owner}")) && e.contains("ended before it did")
+        ),
+        "{first}"
+    );
+    let markers = std::fs::read_dir(home.path().join("memory.db-running"))
+        .expect("markers")
+        .count();
+    assert_eq!(markers, 0, "the marker is settled");
+
+    // It kept its input, so it resumes, without redoing its journaled step.
+    let resumed = home.run(&["runs", "resume", &run_id]);
+    assert_eq!(code(&resumed), 0, "{}", stderr(&resumed));
+    let calls = lines(&file);
+    assert_eq!(
+        calls.iter().filter(|l| *l == "step 0").count(),
+        1,
+        "{calls:?}"
+    );
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    let record = home.store().run(&run_id).expect("run").expect("recorded");
+    assert_eq!((record.status, record.attempt), (Outcome::Ok, 2));
+    crate::tools::stop_and_count_leftovers(&home);
+}
+
+#[test]
+fn agent_exec_runs_a_marked_run_only_while_its_marker_stands() {
+    use memory_store::running::{Marker, Started};
+    let home = TestHome::new();
+    home.install_example("echo");
+    home.precompile("echo");
+    let store_path = home.path().join("memory.db");
+    let marked = |run_id: &str| {
+        let child = crate::harness::start_agent_exec_with(&home, "echo", "héllo", |h| {
+            h.run_id = run_id.to_owned();
+            h.marked = true;
+        });
+        child.wait_with_output().expect("agent-exec ends")
+    };
+
+    // Its owner (this test) holds the marker: the run runs and is recorded.
+    let owned = Marker::create(
+        &store_path,
+        Started {
+            run_id: "owned-1".into(),
+            agent: "echo".into(),
+            started_at_ms: memory_store::now_ms(),
+            attempt: 1,
+            parent_run_id: None,
+            owner_pid: std::process::id(),
+            keep_runs: 100,
+            input: None,
+        },
+    )
+    .expect("mark");
+    let out = marked("owned-1");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "héllo");
+    drop(owned);
+    assert_eq!(
+        home.store()
+            .run("owned-1")
+            .expect("run")
+            .expect("recorded")
+            .status,
+        Outcome::Ok
+    );
+
+    // Its marker is gone (settled as killed once its owner died): it runs nothing and
+    // records nothing.
+    let out = marked("settled-1");
+    assert_eq!(code(&out), exit_of(Outcome::Killed), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty());
+    assert!(
+        stderr(&out).contains("recorded as killed before it could start"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(home.store().run("settled-1").expect("run").is_none());
 }

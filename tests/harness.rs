@@ -261,11 +261,23 @@ pub fn start_agent_exec(
     input: &str,
     log_level: &str,
 ) -> std::process::Child {
+    start_agent_exec_with(home, agent, input, |h| {
+        h.log_level = Some(log_level.into());
+    })
+}
+
+/// [`start_agent_exec`] with the envelope's header as `change` leaves it.
+pub fn start_agent_exec_with(
+    home: &TestHome,
+    agent: &str,
+    input: &str,
+    change: impl FnOnce(&mut agent_contract::RequestHeader),
+) -> std::process::Child {
     use agent_contract::envelope::{ENVELOPE_VERSION, write_envelope};
     use agent_contract::{LogFormat, OutputFormat, RequestHeader};
     use std::io::Write;
 
-    let header = RequestHeader {
+    let mut header = RequestHeader {
         v: ENVELOPE_VERSION,
         run_id: format!("direct-{}", std::process::id()),
         agent: agent.into(),
@@ -273,7 +285,7 @@ pub fn start_agent_exec(
         timeout_ms: None,
         output: OutputFormat::Raw,
         log_format: LogFormat::Json,
-        log_level: Some(log_level.into()),
+        log_level: None,
         spawned_at_unix_ns: None,
         work_dir: None,
         hook: None,
@@ -284,7 +296,9 @@ pub fn start_agent_exec(
         attempt: 1,
         sub_runs: None,
         parent_run_id: None,
+        marked: false,
     };
+    change(&mut header);
     let mut envelope = Vec::new();
     write_envelope(&mut envelope, &header, input.as_bytes()).expect("envelope");
     let mut child = Command::new(bin("agent-exec"))

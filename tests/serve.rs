@@ -503,6 +503,15 @@ fn a_client_that_disconnects_mid_run_has_its_run_killed() {
         1,
         "the run's agent-exec is running"
     );
+    // Listed while it runs, owned by the daemon, with no record yet.
+    let mut other = daemon.client();
+    let got = other.result("runs.get", json!({"run_id": run_id}));
+    assert_eq!(got["running"]["state"], "running", "{got}");
+    assert_eq!(got["running"]["owner_pid"], daemon.pid(), "{got}");
+    assert!(got.get("run").is_none(), "{got}");
+    let listed = other.result("runs.list", json!({}));
+    assert_eq!(listed["runs"][0]["run_id"], run_id.as_str(), "{listed}");
+    assert_eq!(listed["runs"][0]["state"], "running", "{listed}");
     drop(c);
     let record = wait_for_record(&daemon, &run_id);
     assert_eq!(record["status"], "killed");

@@ -91,6 +91,11 @@ pub struct RequestHeader {
     /// its answer for the parent's resume).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_run_id: Option<String>,
+    /// The front marked the run as running in the home's store (`memory_store::running`):
+    /// agent-exec holds the marker while it runs, and does not run a run whose marker
+    /// is gone (settled as killed because its owner ended first).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub marked: bool,
 }
 
 fn first_attempt() -> u32 {
@@ -146,6 +151,24 @@ pub fn compile_program_beside(agent_exec: &std::path::Path) -> PathBuf {
 /// (callers never see it): a word between spawner and agent-exec, outside the outcome
 /// table's codes and the shell's (126 and up).
 pub const COMPILE_FIRST_EXIT_CODE: u8 = 75;
+
+/// The log levels a request may ask for ([`RequestHeader::log_level`]), most verbose
+/// first; agent-exec shows lines at the level asked for and above.
+pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+
+/// `level` checked to be one of [`LOG_LEVELS`], in any case; lowercased. The error names
+/// the levels there are.
+pub fn check_log_level(level: &str) -> Result<String, String> {
+    let lower = level.to_ascii_lowercase();
+    if LOG_LEVELS.contains(&lower.as_str()) {
+        Ok(lower)
+    } else {
+        Err(format!(
+            "log level {level:?} is not one of {}",
+            LOG_LEVELS.join(", ")
+        ))
+    }
+}
 
 /// How `agent-exec` writes its answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,6 +300,7 @@ mod tests {
             attempt: 1,
             sub_runs: None,
             parent_run_id: None,
+            marked: false,
         }
     }
 

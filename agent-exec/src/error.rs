@@ -89,6 +89,10 @@ pub enum ExecError {
     /// A durable run's journal could not be read or written.
     #[error("{0}")]
     Journal(String),
+    /// The run was recorded as killed before this process could start it: its owner
+    /// ended first ([`memory_store::running`]). Nothing is recorded again.
+    #[error("{0}")]
+    Settled(String),
     /// Anything else: a bug or unexpected I/O failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -114,6 +118,7 @@ impl ExecError {
             ExecError::BrokerUnavailable(_) => Outcome::BrokerUnavailable,
             ExecError::Diverged(_) => Outcome::Diverged,
             ExecError::Journal(_) => Outcome::Store,
+            ExecError::Settled(_) => Outcome::Killed,
             ExecError::CompileFailed { outcome, .. } => *outcome,
             // Never an outcome a caller sees: agent-exec exits with COMPILE_FIRST_EXIT_CODE.
             ExecError::NotCompiled(_) | ExecError::Internal(_) => Outcome::Internal,

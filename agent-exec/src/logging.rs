@@ -18,7 +18,8 @@ struct Settings {
 static SETTINGS: OnceLock<Settings> = OnceLock::new();
 static INSTALLED: OnceLock<()> = OnceLock::new();
 
-/// Record the log settings. Unknown levels fall back to `warn`.
+/// Record the log settings: `level` is one of [`agent_contract::envelope::LOG_LEVELS`]
+/// (the fronts check it); anything else falls back to `warn`.
 pub fn init(format: LogFormat, level: Option<&str>) {
     let max = match level.map(str::to_ascii_lowercase).as_deref() {
         Some("trace") => Level::TRACE,

@@ -248,6 +248,7 @@ pub fn execute(
         component_sha256: None,
         output_sha256: None,
         sub_run_output: None,
+        _marker: None,
         prepared,
         hook_call: header.hook.is_some(),
         home: Home::new(&header.home),
@@ -294,6 +295,8 @@ struct Run {
     output_sha256: Option<String>,
     /// A sub-run's answer, kept with its record for its parent's resume.
     sub_run_output: Option<Vec<u8>>,
+    /// The run's marker, held (locked) while this process runs it.
+    _marker: Option<std::fs::File>,
 }
 
 /// Time from `since` to now, in microseconds, and reset `since`.
@@ -307,6 +310,9 @@ fn lap(since: &mut Instant) -> Option<u64> {
 impl Run {
     fn phases(&mut self) -> Result<Answer, ExecError> {
         let mut clock = self.started;
+        if self.header.marked {
+            self.hold_marker()?;
+        }
 
         // No such agent: nothing to record, so the store is not even opened.
         let path = self.home.agent_manifest(&self.header.agent)?;
@@ -386,6 +392,28 @@ impl Run {
                 Err(e)
             }
         }
+    }
+
+    /// Hold the run's marker, so that it is not settled as killed while this process runs
+    /// it; a run settled already is not run (it is recorded as killed: nothing is
+    /// recorded here). A marker that cannot be read is said and run without.
+    fn hold_marker(&mut self) -> Result<(), ExecError> {
+        use memory_store::running::{Held, hold};
+        let run_id = &self.header.run_id;
+        match hold(&self.home.store_path(), run_id) {
+            Ok(Held::Marker(file)) => self._marker = Some(file),
+            Ok(Held::Missing | Held::Settled) => {
+                return Err(ExecError::Settled(format!(
+                    "run {run_id} was recorded as killed before it could start: the process that started it had ended (see `spawner runs show {run_id}`)"
+                )));
+            }
+            Err(e) => {
+                if crate::logging::enabled(tracing::Level::WARN) {
+                    tracing::warn!(run_id = %run_id, "cannot hold the run's marker: {e}");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A durable run's journal: empty for a new run, as journaled for a resume or replay

@@ -264,7 +264,7 @@ pub struct RunArgs {
     pub stream: bool,
 
     /// Lowest level of log line shown: trace, debug, info, warn, error [env: SPAWNER_LOG]
-    #[arg(long, value_name = "LEVEL")]
+    #[arg(long, value_name = "LEVEL", value_parser = agent_contract::envelope::check_log_level)]
     pub log_level: Option<String>,
 
     /// Send the run to the `spawner serve` daemon instead of spawning it here; the

@@ -13,8 +13,17 @@ use crate::request::Request;
 /// kept its input. With the store it was read from.
 pub fn durable_run(home: &Home, run_id: &str) -> anyhow::Result<(Store, RunRecord)> {
     let path = home.store_path();
-    let record = if Store::exists(&path) {
-        let store = Store::open(&path)?;
+    let record = if Store::exists(&path) || memory_store::running::any_marked(&path) {
+        // A run whose processes ended before it did is recorded (killed) here, and so can
+        // be resumed; one in flight cannot be run again beside itself.
+        let mut store = Store::open(&path)?;
+        if let Some(m) = store.in_flight()?.into_iter().find(|m| m.run_id == run_id) {
+            return Err(UsageError(format!(
+                "run {run_id} is running or being retried (attempt {}, in process {}): wait for it to end, or cancel it",
+                m.attempt, m.owner_pid
+            ))
+            .into());
+        }
         store.run(run_id)?.map(|r| (store, r))
     } else {
         None

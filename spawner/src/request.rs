@@ -163,11 +163,17 @@ pub fn execute(
     runner: Runner<'_>,
 ) -> anyhow::Result<Finished> {
     let manifest = Manifest::load(&home.agent_manifest(&request.agent)?)?;
+    // This process owns the run from here to its end: its marker says it is running (a
+    // replay is not a run of its own), and is removed when `marker` is dropped.
+    let mut marker = (request.journal != JournalMode::Replay)
+        .then(|| mark(home, request, &manifest, stop, runner))
+        .flatten();
     let ctx = Attempts {
         home,
         manifest: &manifest,
         stop,
         runner,
+        marked: marker.is_some(),
     };
     let finished = attempt(ctx, request, runner.executor)?;
     let durable = &manifest.durable;
@@ -177,7 +183,7 @@ pub fn execute(
     // The run's lease, held from the first retry to the last: taken here (and given back
     // here), or held already by this process's resume of it.
     let mut leased: Option<(Store, Leased)> = None;
-    let retried = retry(ctx, request, finished, &mut leased);
+    let retried = retry(ctx, request, finished, &mut leased, &mut marker);
     if let Some((store, Leased::Taken)) = leased
         && let Err(e) = store.release_lease(&request.run_id, std::process::id())
     {
@@ -191,6 +197,50 @@ pub fn execute(
         );
     }
     retried
+}
+
+/// Mark `request`'s run as running, owned by this process ([`memory_store::running`]); a
+/// run that cannot be marked is said and run unmarked (it is recorded all the same when it
+/// ends; only a kill of this process could then leave it unrecorded).
+fn mark(
+    home: &Home,
+    request: &Request,
+    manifest: &Manifest,
+    stop: Stop<'_>,
+    runner: Runner<'_>,
+) -> Option<memory_store::running::Marker> {
+    let started = memory_store::running::Started {
+        run_id: request.run_id.clone(),
+        agent: manifest.name.clone(),
+        started_at_ms: memory_store::now_ms(),
+        attempt: request.attempt,
+        parent_run_id: request.parent_run_id.clone(),
+        owner_pid: std::process::id(),
+        keep_runs: manifest.memory.keep_runs,
+        input: (manifest.memory.retain_input || manifest.durable.journal)
+            .then(|| request.input.clone()),
+    };
+    match memory_store::running::Marker::create(&home.store_path(), started) {
+        Ok(marker) => Some(marker),
+        Err(e) => {
+            let ctx = Attempts {
+                home,
+                manifest,
+                stop,
+                runner,
+                marked: false,
+            };
+            say_to(
+                ctx,
+                request,
+                &format!(
+                    "warning: run {} is not marked as running: {e}",
+                    request.run_id
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// [`execute`] for the command line: stopped by this process's SIGINT, SIGTERM or SIGHUP,
@@ -207,6 +257,7 @@ fn retry(
     request: &Request,
     mut finished: Finished,
     leased: &mut Option<(Store, Leased)>,
+    marker: &mut Option<memory_store::running::Marker>,
 ) -> anyhow::Result<Finished> {
     let Attempts {
         home,
@@ -299,6 +350,15 @@ fn retry(
             }
         }
         attempt_no = attempt_no.saturating_add(1);
+        if let Some(m) = marker.as_mut()
+            && let Err(e) = m.next_attempt(attempt_no)
+        {
+            say_to(
+                ctx,
+                request,
+                &format!("warning: run {run_id}'s marker still says its last attempt: {e}"),
+            );
+        }
         let again = Request {
             journal: crate::durable::resume_mode(request.journal == JournalMode::ResumeChanged),
             attempt: attempt_no,
@@ -376,6 +436,8 @@ struct Attempts<'a> {
     manifest: &'a Manifest,
     stop: Stop<'a>,
     runner: Runner<'a>,
+    /// The run is marked as running ([`mark`]): its agent-exec holds the marker.
+    marked: bool,
 }
 
 /// One attempt at `request`: [`execute`] without its retries.
@@ -389,6 +451,7 @@ fn attempt(
         manifest,
         stop,
         runner,
+        marked,
     } = ctx;
     let on_line = runner.on_line;
     let mut lines = on_line.map(|sink| Lines::new(&request.run_id, sink));
@@ -440,6 +503,7 @@ fn attempt(
         broker: Some(BrokerLayout::beside(home, &policy.program)),
         sub_runs: sub_runs.as_ref().map(crate::subruns::Server::channel),
         parent_run_id: request.parent_run_id.clone(),
+        marked,
     };
     let job = Job {
         policy: &policy,
@@ -593,6 +657,25 @@ fn attempt(
         stopped,
         retryable: retryable_failure && outcome.may_pass(),
     })
+}
+
+/// Environment variable naming the lowest level of log line shown, for commands without
+/// `--log-level`.
+pub const LOG_LEVEL_ENV: &str = "SPAWNER_LOG";
+
+/// The log level `$SPAWNER_LOG` asks for; one that is not a level is said and left out,
+/// so lines are shown at the default, `warn`.
+pub fn log_level_from_env() -> Option<String> {
+    let level = std::env::var(LOG_LEVEL_ENV)
+        .ok()
+        .filter(|l| !l.is_empty())?;
+    match agent_contract::envelope::check_log_level(&level) {
+        Ok(level) => Some(level),
+        Err(e) => {
+            crate::say!("spawner: warning: ${LOG_LEVEL_ENV}: {e}; showing warn and above");
+            None
+        }
+    }
 }
 
 /// The agent-exec binary: `$SPAWNER_AGENT_EXEC`, else next to this executable.

@@ -68,7 +68,7 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
                 timeout: args.timeout,
                 output: OutputFormat::Json,
                 log_format: LogFormat::Human,
-                log_level: std::env::var("SPAWNER_LOG").ok(),
+                log_level: crate::request::log_level_from_env(),
                 work_dir: Some(work_dir),
                 hook: Some(event),
                 capture_stdout: true,

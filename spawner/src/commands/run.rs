@@ -30,7 +30,7 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
         log_level: args
             .log_level
             .clone()
-            .or_else(|| std::env::var("SPAWNER_LOG").ok()),
+            .or_else(crate::request::log_level_from_env),
         work_dir: std::env::current_dir().ok(),
         hook: None,
         // A JSON answer is one report, whichever process writes it (see `finish`).

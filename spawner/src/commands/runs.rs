@@ -5,6 +5,7 @@ use std::io::Write;
 use agent_contract::envelope::JournalMode;
 use agent_contract::report::utc;
 use agent_contract::{Home, Outcome};
+use memory_store::running::Started;
 use memory_store::{RunFilter, Store};
 
 use crate::cli::{RunsArgs, RunsCommand};
@@ -27,15 +28,21 @@ pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
     }
     let path = home.store_path();
     let mut out = std::io::stdout().lock();
-    if !Store::exists(&path) {
+    if !Store::exists(&path) && !memory_store::running::any_marked(&path) {
         if !args.json {
             writeln!(out, "no runs yet ({} does not exist)", path.display())?;
         }
         return Ok(Outcome::Ok);
     }
-    let store = Store::open(&path)?;
+    let mut store = Store::open(&path)?;
     // Sub-runs are folded into their parents, unless the runs of one agent are asked for.
     let fold = args.agent.is_none();
+    let in_flight = store.in_flight()?;
+    let running: Vec<&Started> = in_flight
+        .iter()
+        .filter(|r| args.agent.as_ref().is_none_or(|a| *a == r.agent))
+        .filter(|r| !fold || r.parent_run_id.is_none())
+        .collect();
     let filter = RunFilter {
         agent: args.agent,
         limit: args.limit,
@@ -46,8 +53,12 @@ pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
         store.runs(&filter)?
     };
     if args.json {
+        for r in &running {
+            serde_json::to_writer(&mut out, &running_json(r))?;
+            out.write_all(b"\n")?;
+        }
         for run in &runs {
-            serde_json::to_writer(&mut out, run)?;
+            serde_json::to_writer(&mut out, &ended_json(run)?)?;
             out.write_all(b"\n")?;
         }
         return Ok(Outcome::Ok);
@@ -57,6 +68,36 @@ pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
         "{:28}  {:16}  {:14}  {:>4}  {:19}  {:>9}  ERROR",
         "RUN", "AGENT", "STATUS", "EXIT", "STARTED (UTC)", "TOTAL"
     )?;
+    let now = memory_store::now_ms();
+    for r in &running {
+        writeln!(
+            out,
+            "{:28}  {:16}  {:14}  {:>4}  {:19}  {:>7.2}ms  (attempt {}, in process {})",
+            r.run_id,
+            r.agent,
+            "running",
+            "",
+            utc(r.started_at_ms),
+            now.saturating_sub(r.started_at_ms) as f64,
+            r.attempt,
+            r.owner_pid
+        )?;
+        if fold {
+            let counts = store.sub_run_counts(&r.run_id)?;
+            let children = in_flight
+                .iter()
+                .filter(|c| c.parent_run_id.as_deref() == Some(&r.run_id))
+                .count();
+            if !counts.is_empty() || children > 0 {
+                writeln!(
+                    out,
+                    "  + {} (`spawner runs show {}`)",
+                    describe_sub_runs(&counts, children),
+                    r.run_id
+                )?;
+            }
+        }
+    }
     for r in &runs {
         writeln!(
             out,
@@ -80,7 +121,7 @@ pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
                 writeln!(
                     out,
                     "  + {} (`spawner runs show {}`)",
-                    describe_counts(&counts),
+                    describe_sub_runs(&counts, 0),
                     r.run_id
                 )?;
             }
@@ -89,10 +130,33 @@ pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// "3 sub-runs: 2 ok, 1 agent_error".
-fn describe_counts(counts: &[(Outcome, u32)]) -> String {
-    let total: u32 = counts.iter().map(|(_, n)| n).sum();
-    let each: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+/// A run in flight, as `runs` lists it in JSON: what its marker says, `"state": "running"`.
+pub fn running_json(r: &Started) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let Some(map) = v.as_object_mut() {
+        map.insert("state".into(), "running".into());
+    }
+    v
+}
+
+/// A run's record, as `runs` lists it in JSON: the record, `"state": "ended"`.
+pub fn ended_json(r: &memory_store::RunRecord) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(r)?;
+    if let Some(map) = v.as_object_mut() {
+        map.insert("state".into(), "ended".into());
+    }
+    Ok(v)
+}
+
+/// "3 sub-runs: 2 ok, 1 running" from the ended sub-runs' counts by status and how many
+/// are running.
+fn describe_sub_runs(counts: &[(Outcome, u32)], running: usize) -> String {
+    let running = u32::try_from(running).unwrap_or(u32::MAX);
+    let total: u32 = counts.iter().map(|(_, n)| n).sum::<u32>() + running;
+    let mut each: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    if running > 0 {
+        each.push(format!("{running} running"));
+    }
     format!(
         "{total} sub-run{}: {}",
         if total == 1 { "" } else { "s" },
@@ -164,7 +228,7 @@ fn replay(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
 /// The request that runs `record` again from the command line.
 fn again(record: memory_store::RunRecord, journal: JournalMode, json: bool) -> Request {
     Request {
-        log_level: std::env::var("SPAWNER_LOG").ok(),
+        log_level: crate::request::log_level_from_env(),
         work_dir: std::env::current_dir().ok(),
         ..crate::durable::again(record, journal, json)
     }
@@ -188,58 +252,133 @@ fn delete(home: &Home, run_ids: &[String], agent: Option<String>) -> anyhow::Res
     Ok(Outcome::Ok)
 }
 
-/// One run whole, with the evidence of its LLM and tool calls.
+/// What `runs show` found of one run.
+#[derive(Default)]
+struct Shown {
+    /// Its record: of its last attempt that ended.
+    record: Option<memory_store::RunRecord>,
+    /// Its marker, while an attempt is in flight.
+    running: Option<Started>,
+    journal: Vec<memory_store::JournalEntry>,
+    /// Its sub-runs that ended.
+    children: Vec<memory_store::RunRecord>,
+    /// Its sub-runs in flight.
+    running_children: Vec<Started>,
+}
+
+/// One run whole, with the evidence of its LLM and tool calls; or, while it runs, what it
+/// has done so far.
 fn show(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
     let path = home.store_path();
-    let (record, journal, children) = if Store::exists(&path) {
-        let store = Store::open(&path)?;
-        (
-            store.run(run_id)?,
-            store.journal(run_id)?,
-            store.children(run_id)?,
-        )
-    } else {
-        (None, Vec::new(), Vec::new())
-    };
-    let Some(r) = record else {
+    let mut found = Shown::default();
+    if Store::exists(&path) || memory_store::running::any_marked(&path) {
+        let mut store = Store::open(&path)?;
+        for r in store.in_flight()? {
+            if r.run_id == run_id {
+                found.running = Some(r);
+            } else if r.parent_run_id.as_deref() == Some(run_id) {
+                found.running_children.push(r);
+            }
+        }
+        found.record = store.run(run_id)?;
+        found.journal = store.journal(run_id)?;
+        found.children = store.children(run_id)?;
+    }
+    let Shown {
+        record,
+        running,
+        journal,
+        children,
+        running_children,
+    } = found;
+    if record.is_none() && running.is_none() {
         anyhow::bail!(
             "no run {run_id:?} in {} (see `spawner runs`)",
             path.display()
         );
-    };
+    }
     let mut out = std::io::stdout().lock();
     if json {
-        let mut whole = serde_json::to_value(&r)?;
+        let mut sub_runs: Vec<serde_json::Value> =
+            running_children.iter().map(running_json).collect();
+        for c in &children {
+            sub_runs.push(ended_json(c)?);
+        }
+        let mut whole = match (&record, &running) {
+            (Some(r), _) => ended_json(r)?,
+            (None, Some(m)) => running_json(m),
+            (None, None) => serde_json::Value::Null,
+        };
         if let Some(map) = whole.as_object_mut() {
-            map.insert("sub_runs".into(), serde_json::to_value(&children)?);
+            if let Some(m) = &running {
+                map.insert("state".into(), "running".into());
+                map.insert("running".into(), running_json(m));
+            }
+            map.insert("sub_runs".into(), sub_runs.into());
         }
         serde_json::to_writer(&mut out, &whole)?;
         out.write_all(b"\n")?;
         return Ok(Outcome::Ok);
     }
-    writeln!(out, "run {}", r.run_id)?;
-    if let Some(parent) = &r.parent_run_id {
-        writeln!(out, "sub-run of {parent}")?;
+    if let Some(m) = &running {
+        writeln!(out, "run {}", m.run_id)?;
+        if let Some(parent) = &m.parent_run_id {
+            writeln!(out, "sub-run of {parent}")?;
+        }
+        writeln!(out, "agent {}", m.agent)?;
+        writeln!(
+            out,
+            "status running (attempt {}, in process {})",
+            m.attempt, m.owner_pid
+        )?;
+        writeln!(out, "started {} UTC", utc(m.started_at_ms))?;
+        writeln!(
+            out,
+            "running for {} ms",
+            memory_store::now_ms().saturating_sub(m.started_at_ms)
+        )?;
+        if let Some(r) = &record {
+            writeln!(
+                out,
+                "attempt {} ended {}{}",
+                r.attempt,
+                r.status.as_str(),
+                r.error
+                    .as_deref()
+                    .and_then(|e| e.lines().next())
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            )?;
+        }
     }
-    writeln!(out, "agent {}", r.agent)?;
-    writeln!(
-        out,
-        "status {} (exit {})",
-        r.status.as_str(),
-        r.status.exit_code()
-    )?;
-    writeln!(out, "started {} UTC", utc(r.started_at_ms))?;
-    writeln!(out, "total {:.2} ms", r.timings.total_us as f64 / 1000.0)?;
-    if let Some(hit) = r.cache_hit {
-        writeln!(out, "compiled cache {}", if hit { "hit" } else { "miss" })?;
+    if let (Some(r), None) = (&record, &running) {
+        writeln!(out, "run {}", r.run_id)?;
+        if let Some(parent) = &r.parent_run_id {
+            writeln!(out, "sub-run of {parent}")?;
+        }
+        writeln!(out, "agent {}", r.agent)?;
+        writeln!(
+            out,
+            "status {} (exit {})",
+            r.status.as_str(),
+            r.status.exit_code()
+        )?;
+        writeln!(out, "started {} UTC", utc(r.started_at_ms))?;
+        writeln!(out, "total {:.2} ms", r.timings.total_us as f64 / 1000.0)?;
+        if let Some(hit) = r.cache_hit {
+            writeln!(out, "compiled cache {}", if hit { "hit" } else { "miss" })?;
+        }
+        if r.attempt > 1 {
+            writeln!(out, "attempt {} (resumed or retried)", r.attempt)?;
+        }
+        if let Some(e) = &r.error {
+            writeln!(out, "error {e}")?;
+        }
     }
-    if r.attempt > 1 {
-        writeln!(out, "attempt {} (resumed or retried)", r.attempt)?;
-    }
-    if let Some(e) = &r.error {
-        writeln!(out, "error {e}")?;
-    }
-    for (i, c) in r.llm_calls.iter().enumerate() {
+    let (llm_calls, tool_calls) = record.as_ref().map_or((&[][..], &[][..]), |r| {
+        (&r.llm_calls[..], &r.tool_calls[..])
+    });
+    for (i, c) in llm_calls.iter().enumerate() {
         writeln!(
             out,
             "llm call {}: {} ({}) model {}{}: {}; {} tokens in, {} out; {} bytes sent off this machine; {:.1} ms{}",
@@ -272,7 +411,7 @@ fn show(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
             }
         }
     }
-    for (i, c) in r.tool_calls.iter().enumerate() {
+    for (i, c) in tool_calls.iter().enumerate() {
         writeln!(
             out,
             "tool call {}: {}/{} ({}): {}; {} bytes in, {} out; {:.1} ms{}",
@@ -330,6 +469,16 @@ fn show(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
                 .and_then(|e| e.lines().next())
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default()
+        )?;
+    }
+    for c in &running_children {
+        writeln!(
+            out,
+            "sub-run {}: {} running (attempt {}), for {} ms",
+            c.run_id,
+            c.agent,
+            c.attempt,
+            memory_store::now_ms().saturating_sub(c.started_at_ms)
         )?;
     }
     Ok(Outcome::Ok)

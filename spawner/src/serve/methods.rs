@@ -66,8 +66,15 @@ pub fn dispatch(daemon: &Daemon, conn: &mut Connection, req: &Request) -> Result
             let p: RunsList = params(&req.params)?;
             // Sub-runs are folded into their parents (counted by status), unless the runs
             // of one agent are asked for.
-            let store = daemon.lock_store();
+            let mut store = daemon.lock_store();
             let fold = p.agent.is_none();
+            let in_flight = store.in_flight().map_err(internal)?;
+            let mut listed: Vec<Value> = in_flight
+                .iter()
+                .filter(|r| p.agent.as_ref().is_none_or(|a| *a == r.agent))
+                .filter(|r| !fold || r.parent_run_id.is_none())
+                .map(crate::commands::runs::running_json)
+                .collect();
             let filter = RunFilter {
                 agent: p.agent,
                 limit: p.limit.unwrap_or(20).min(10_000),
@@ -78,9 +85,8 @@ pub fn dispatch(daemon: &Daemon, conn: &mut Connection, req: &Request) -> Result
                 store.runs(&filter)
             }
             .map_err(internal)?;
-            let mut listed = Vec::with_capacity(runs.len());
             for run in runs {
-                let mut entry = serde_json::to_value(&run).map_err(internal)?;
+                let mut entry = crate::commands::runs::ended_json(&run).map_err(internal)?;
                 let counts = store.sub_run_counts(&run.run_id).map_err(internal)?;
                 if fold
                     && !counts.is_empty()
@@ -98,27 +104,38 @@ pub fn dispatch(daemon: &Daemon, conn: &mut Connection, req: &Request) -> Result
         }
         "runs.get" => {
             let p: RunId = params(&req.params)?;
-            let found = {
-                let store = daemon.lock_store();
-                match store.run(&p.run_id).map_err(internal)? {
-                    Some(run) => Some((run, store.children(&p.run_id).map_err(internal)?)),
-                    None => None,
+            // A run in flight is shown as `running` (what its marker says), with what it
+            // has recorded so far; its record, under `run`, is written when it ends.
+            let (record, running, sub_runs) = {
+                let mut store = daemon.lock_store();
+                let mut running = None;
+                let mut sub_runs = Vec::new();
+                for r in store.in_flight().map_err(internal)? {
+                    if r.run_id == p.run_id {
+                        running = Some(crate::commands::runs::running_json(&r));
+                    } else if r.parent_run_id.as_deref() == Some(&p.run_id) {
+                        sub_runs.push(crate::commands::runs::running_json(&r));
+                    }
                 }
+                for c in store.children(&p.run_id).map_err(internal)? {
+                    sub_runs.push(crate::commands::runs::ended_json(&c).map_err(internal)?);
+                }
+                (store.run(&p.run_id).map_err(internal)?, running, sub_runs)
             };
-            match found {
-                Some((run, children)) => Ok(json!({ "run": run, "sub_runs": children })),
-                None if daemon.lock_active().contains_key(&p.run_id) => Err(RpcError::new(
-                    rpc::NOT_FOUND,
-                    format!(
-                        "run {} is still in flight; its record is written when it ends",
-                        p.run_id
-                    ),
-                )),
-                None => Err(RpcError::new(
+            if record.is_none() && running.is_none() {
+                return Err(RpcError::new(
                     rpc::NOT_FOUND,
                     format!("no run {}", p.run_id),
-                )),
+                ));
             }
+            let mut answer = json!({ "sub_runs": sub_runs });
+            if let Some(run) = record {
+                answer["run"] = serde_json::to_value(&run).map_err(internal)?;
+            }
+            if let Some(running) = running {
+                answer["running"] = running;
+            }
+            Ok(answer)
         }
         "runs.active" => {
             no_params::<Empty>(&req.params)?;
@@ -204,7 +221,6 @@ struct RunParams {
 }
 
 /// The log levels agent-exec knows.
-const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -352,14 +368,12 @@ fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, Rp
             agent_contract::envelope::MAX_INPUT_BYTES
         )));
     }
-    if let Some(level) = &p.log_level
-        && !LOG_LEVELS.contains(&level.as_str())
-    {
-        return Err(RpcError::params(format!(
-            "log_level {level:?} is not one of {}",
-            LOG_LEVELS.join(", ")
-        )));
-    }
+    let log_level = p
+        .log_level
+        .as_deref()
+        .map(agent_contract::envelope::check_log_level)
+        .transpose()
+        .map_err(|e| RpcError::params(format!("log_level: {e}")))?;
     let request = crate::request::Request {
         run_id: crate::run_id::new_run_id(),
         agent: p.agent,
@@ -367,7 +381,7 @@ fn run(daemon: &Daemon, conn: &mut Connection, p: RunParams) -> Result<Value, Rp
         timeout: timeout(p.timeout_ms)?,
         output: OutputFormat::Json,
         log_format: LogFormat::Json,
-        log_level: p.log_level,
+        log_level,
         work_dir: None,
         hook: None,
         capture_stdout: true,

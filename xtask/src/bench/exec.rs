@@ -46,6 +46,7 @@ fn envelope(path: &Path, home: &Path, agent: &str, i: usize) -> anyhow::Result<s
         attempt: 1,
         sub_runs: None,
         parent_run_id: None,
+        marked: false,
     };
     write_envelope(std::fs::File::create(path)?, &header, b"hello")?;
     Ok(std::fs::File::open(path)?)
