@@ -575,3 +575,86 @@ fn review_scans_each_file_in_a_sub_run_and_names_the_one_with_a_secret() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_nested_fan_out_on_the_command_line_shares_one_gate_at_every_depth() {
+    let home = TestHome::new();
+    let fans_out_to = |agent: &str| {
+        format!("[limits]\ntimeout_ms = 120000\n\n[runs]\nagents = [\"{agent}\"]\nparallel = 4\n")
+    };
+    home.install_testing("fan", &fans_out_to("mid"));
+    home.install_testing("mid", &fans_out_to("kid"));
+    home.install_testing("kid", "[limits]\ntimeout_ms = 60000\n");
+    for agent in ["fan", "mid", "kid"] {
+        home.precompile(agent);
+    }
+    // 4 x 4 grandchildren, `parallel = 4` at each depth: 16 at once without a shared
+    // gate; the command line's 3 slots bound them all.
+    let out = home.run(&[
+        "run",
+        "fan",
+        "--max-running",
+        "3",
+        "--json",
+        "fan-out",
+        "mid",
+        "4",
+        "fan-out",
+        "kid",
+        "4",
+        "busy",
+        "150",
+    ]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let parent = report(&out);
+    let parent_id = parent["run_id"].as_str().expect("run id").to_owned();
+    let answer = parent["output"].as_str().expect("output");
+    // A grandchild's line: `<j> <parent>.<i>.<j> ok <start> <end>`, among its parent's.
+    let mut intervals = Vec::new();
+    for line in answer.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for (k, word) in words.iter().enumerate() {
+            if word.starts_with(&format!("{parent_id}.")) && word.matches('.').count() == 2 {
+                assert_eq!(words.get(k + 1), Some(&"ok"), "{line}");
+                let at = |n: usize| -> u128 { words[k + n].parse().expect("a clock reading") };
+                intervals.push((at(2), at(3)));
+            }
+        }
+    }
+    assert_eq!(intervals.len(), 16, "{answer}");
+    let most = most_at_once(&intervals);
+    assert!(
+        most <= 3,
+        "{most} grandchildren ran at once; --max-running is 3"
+    );
+    let store = home.store();
+    let children = store.children(&parent_id).expect("children");
+    assert_eq!(children.len(), 4);
+    for child in &children {
+        assert_eq!(
+            store.children(&child.run_id).expect("grandchildren").len(),
+            4
+        );
+    }
+
+    // One slot: every parent lends it while it waits, so the fan-out still completes.
+    let out = home.run(&[
+        "run",
+        "fan",
+        "--max-running",
+        "1",
+        "fan-out",
+        "mid",
+        "2",
+        "fan-out",
+        "kid",
+        "2",
+        "busy",
+        "1",
+    ]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(stdout(&out).matches(" ok ").count(), 6, "{}", stdout(&out));
+    // Not with the daemon, which has its own bound.
+    let out = home.run(&["run", "fan", "--daemon", "--max-running", "2", "x"]);
+    assert_eq!(code(&out), exit_of(Outcome::Usage), "{}", stderr(&out));
+}

@@ -9,6 +9,12 @@
 
 use std::sync::{Condvar, Mutex, PoisonError};
 
+/// How many runs a gate lets run at once unless told: two per core (a run waits on I/O,
+/// the broker and its sub-runs much of its time).
+pub fn default_max_running() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The gate every run passes.
 #[derive(Debug)]
 pub struct Admission {

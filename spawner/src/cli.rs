@@ -272,6 +272,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub daemon: bool,
 
+    /// Agent processes this run may have at once, its sub-runs' at every depth included
+    /// (a parent waiting on its sub-runs lends them its own) [default: 2 per core]. The
+    /// daemon has its own (`spawner serve --max-running`).
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=4096),
+        conflicts_with = "daemon"
+    )]
+    pub max_running: Option<u32>,
+
     /// With --daemon: the daemon's socket [default: as for `spawner serve`].
     #[arg(long, value_name = "PATH", requires = "daemon")]
     pub socket: Option<PathBuf>,

@@ -130,8 +130,9 @@ pub struct Runner<'a> {
     /// [`Local::FRESH`].
     pub executor: &'a dyn Executor,
     /// The admission gate the caller passed for this run, whose slot it holds (the
-    /// daemon's): the run's sub-runs pass it too, and the run lends its slot to them while
-    /// it waits on them ([`crate::subruns`]). `None` on the command line.
+    /// daemon's, or the command line's own): the run's sub-runs pass it too, at every
+    /// depth, and the run lends its slot to them while it waits on them
+    /// ([`crate::subruns`]).
     pub shared: Option<&'a Admission>,
     /// Where the run's sub-runs are listed while they run (the daemon's table; the run
     /// itself is listed by the caller). `None` on the command line.
@@ -140,7 +141,7 @@ pub struct Runner<'a> {
 
 impl Runner<'static> {
     /// The command line's: lines to our standard error, a fresh agent-exec per attempt, no
-    /// gate but the run's own sub-runs', no table.
+    /// table; its gate is set by [`execute_from_command_line`].
     pub const COMMAND_LINE: Runner<'static> = Runner {
         on_line: None,
         executor: &Local::FRESH,
@@ -244,11 +245,27 @@ fn mark(
 }
 
 /// [`execute`] for the command line: stopped by this process's SIGINT, SIGTERM or SIGHUP,
-/// run in a fresh agent-exec per attempt, admitted by no gate but its own sub-runs'.
-pub fn execute_from_command_line(home: &Home, request: &Request) -> anyhow::Result<Finished> {
+/// run in a fresh agent-exec per attempt, under a gate of this process's own of
+/// `max_running` slots ([`crate::admission::default_max_running`] when `None`): the run
+/// holds one, and its sub-runs at every depth share them, so that a nested fan-out runs
+/// no more agent processes at once than that, not `parallel` to the power of its depth.
+pub fn execute_from_command_line(
+    home: &Home,
+    request: &Request,
+    max_running: Option<u32>,
+) -> anyhow::Result<Finished> {
     let token =
         crate::cancel::CancelToken::new().context("cannot create the run's cancel token")?;
-    execute(home, request, Stop::signals(&token), Runner::COMMAND_LINE)
+    let gate = Admission::new(
+        max_running.map_or_else(crate::admission::default_max_running, |n| n as usize),
+        usize::MAX,
+    );
+    let _slot = gate.enter_waiting();
+    let runner = Runner {
+        shared: Some(&gate),
+        ..Runner::COMMAND_LINE
+    };
+    execute(home, request, Stop::signals(&token), runner)
 }
 
 /// [`execute`]'s retries of `finished`, the lease they hold kept in `leased`.

@@ -14,7 +14,8 @@
 //! # Admission, and why parents cannot deadlock their children
 //!
 //! A child waits, unstarted, for a slot of its parent's own gate (`[runs] parallel`), then
-//! for one of the shared gate the parent itself passed, if any (the daemon's): no more
+//! for one of the shared gate the parent itself passed (the daemon's `--max-running`, or
+//! the command line's, one per `spawner run` process, `--max-running` there): no more
 //! agent-execs run than the gates allow, however many children are asked for. A parent
 //! that waits in `join` lends its shared slot to the children for as long as it waits
 //! ([`crate::admission::Admission::lend`]), and takes one back before it goes on. So a

@@ -77,7 +77,7 @@ pub fn execute(home: &Home, args: HookArgs) -> anyhow::Result<u8> {
                 attempt: 1,
                 parent_run_id: None,
             };
-            match crate::request::execute_from_command_line(home, &request) {
+            match crate::request::execute_from_command_line(home, &request, None) {
                 Ok(finished) => {
                     if let Some(StopReason::Signal(sig)) = finished.stopped {
                         return Err(Interrupted(sig).into());

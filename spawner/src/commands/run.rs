@@ -40,7 +40,7 @@ pub fn execute(home: &Home, args: RunArgs) -> anyhow::Result<Outcome> {
         attempt: 1,
         parent_run_id: None,
     };
-    let finished = crate::request::execute_from_command_line(home, &request)?;
+    let finished = crate::request::execute_from_command_line(home, &request, args.max_running)?;
     finish(&finished, args.json)
 }
 

@@ -198,7 +198,7 @@ fn resume(
         timeout,
         ..again(record, mode, json)
     };
-    let finished = crate::request::execute_from_command_line(home, &request);
+    let finished = crate::request::execute_from_command_line(home, &request, None);
     store.release_lease(run_id, std::process::id())?;
     super::run::finish(&finished?, json)
 }
@@ -208,8 +208,11 @@ fn replay(home: &Home, run_id: &str, json: bool) -> anyhow::Result<Outcome> {
     let (store, record) = crate::durable::replayable(home, run_id)?;
     let steps = store.journal(run_id)?.len();
     drop(store);
-    let finished =
-        crate::request::execute_from_command_line(home, &again(record, JournalMode::Replay, json))?;
+    let finished = crate::request::execute_from_command_line(
+        home,
+        &again(record, JournalMode::Replay, json),
+        None,
+    )?;
     if finished.outcome == Outcome::Ok && finished.spawner_report.is_none() {
         let mut out = std::io::stdout().lock();
         if json {

@@ -6,8 +6,9 @@ use crate::cli::ServeArgs;
 
 /// Run the daemon until SIGTERM or SIGINT; exit 0 after a clean shutdown.
 pub fn execute(home: Home, args: ServeArgs) -> anyhow::Result<u8> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let max_running = args.max_running.map_or(2 * cores, |n| n as usize);
+    let max_running = args
+        .max_running
+        .map_or_else(crate::admission::default_max_running, |n| n as usize);
     let options = crate::serve::Options {
         socket: args.socket.unwrap_or_else(|| home.socket_path()),
         max_running,
