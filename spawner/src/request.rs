@@ -137,6 +137,12 @@ pub struct Runner<'a> {
     /// Where the run's sub-runs are listed while they run (the daemon's table; the run
     /// itself is listed by the caller). `None` on the command line.
     pub active: Option<&'a dyn ActiveRuns>,
+    /// A run that passed no gate (`shared`: the command line) and whose agent may start
+    /// sub-runs makes one of this many slots ([`crate::admission::default_max_running`]
+    /// when `None`): it holds one, and its sub-runs at every depth share them, so that a
+    /// nested fan-out runs no more agent processes at once than that, not `parallel` to
+    /// the power of its depth. Made only then: sizing it by the cores reads cgroup files.
+    pub gate_slots: Option<u32>,
 }
 
 impl Runner<'static> {
@@ -147,6 +153,7 @@ impl Runner<'static> {
         executor: &Local::FRESH,
         shared: None,
         active: None,
+        gate_slots: None,
     };
 }
 
@@ -169,6 +176,20 @@ pub fn execute(
     let mut marker = (request.journal != JournalMode::Replay)
         .then(|| mark(home, request, &manifest, stop, runner))
         .flatten();
+    let own_gate = (runner.shared.is_none() && manifest.runs.any()).then(|| {
+        let slots = runner
+            .gate_slots
+            .map_or_else(crate::admission::default_max_running, |n| n as usize);
+        Admission::new(slots, usize::MAX)
+    });
+    let _own_slot = own_gate.as_ref().map(Admission::enter_waiting);
+    let runner = match &own_gate {
+        Some(gate) => Runner {
+            shared: Some(gate),
+            ..runner
+        },
+        None => runner,
+    };
     let ctx = Attempts {
         home,
         manifest: &manifest,
@@ -245,10 +266,9 @@ fn mark(
 }
 
 /// [`execute`] for the command line: stopped by this process's SIGINT, SIGTERM or SIGHUP,
-/// run in a fresh agent-exec per attempt, under a gate of this process's own of
-/// `max_running` slots ([`crate::admission::default_max_running`] when `None`): the run
-/// holds one, and its sub-runs at every depth share them, so that a nested fan-out runs
-/// no more agent processes at once than that, not `parallel` to the power of its depth.
+/// run in a fresh agent-exec per attempt; a run that may start sub-runs makes a gate of
+/// `max_running` slots ([`Runner::gate_slots`]) for itself and its sub-runs at every
+/// depth.
 pub fn execute_from_command_line(
     home: &Home,
     request: &Request,
@@ -256,13 +276,8 @@ pub fn execute_from_command_line(
 ) -> anyhow::Result<Finished> {
     let token =
         crate::cancel::CancelToken::new().context("cannot create the run's cancel token")?;
-    let gate = Admission::new(
-        max_running.map_or_else(crate::admission::default_max_running, |n| n as usize),
-        usize::MAX,
-    );
-    let _slot = gate.enter_waiting();
     let runner = Runner {
-        shared: Some(&gate),
+        gate_slots: max_running,
         ..Runner::COMMAND_LINE
     };
     execute(home, request, Stop::signals(&token), runner)

@@ -466,6 +466,7 @@ fn serve(
             executor: &Local::with_spares(&|| daemon.spares.take()),
             shared: Some(&daemon.admission),
             active: Some(daemon),
+            gate_slots: None,
         },
     );
     daemon.leave(&run_id);
