@@ -215,22 +215,8 @@ mod tests {
             .append_journal("r1", &[entry(0, "tool")])
             .expect("append");
         let record = |id: &str, started: u64| crate::RunRecord {
-            run_id: id.into(),
-            agent: "a".into(),
-            started_at_ms: started,
             ended_at_ms: started,
-            status: agent_contract::Outcome::Ok,
-            error: None,
-            input: None,
-            cache_hit: None,
-            timings: agent_contract::PhaseTimings::default(),
-            llm_calls: Vec::new(),
-            tool_calls: Vec::new(),
-            attempt: 1,
-            component_sha256: None,
-            output_sha256: None,
-            parent_run_id: None,
-            output: None,
+            ..crate::RunRecord::sample(id, "a", started)
         };
         store.record_run(&record("r1", 1), 1).expect("record");
         assert_eq!(store.journal("r1").expect("journal").len(), 1);

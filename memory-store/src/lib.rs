@@ -296,7 +296,6 @@ mod tests {
             });
         }
     }
-    use agent_contract::{Outcome, PhaseTimings};
 
     #[test]
     fn the_wal_is_truncated_once_it_grows_past_the_threshold() {
@@ -308,22 +307,9 @@ mod tests {
         for i in 0..200 {
             let mut store = Store::open(&path).expect("open");
             let record = RunRecord {
-                run_id: format!("r{i}"),
-                agent: "a".into(),
-                started_at_ms: i,
                 ended_at_ms: i,
-                status: Outcome::Ok,
                 error: Some("x".repeat(3000)),
-                input: None,
-                cache_hit: None,
-                timings: PhaseTimings::default(),
-                llm_calls: Vec::new(),
-                tool_calls: Vec::new(),
-                attempt: 1,
-                component_sha256: None,
-                output_sha256: None,
-                parent_run_id: None,
-                output: None,
+                ..RunRecord::sample(&format!("r{i}"), "a", i)
             };
             store.record_run(&record, 1000).expect("record");
             assert!(

@@ -365,26 +365,13 @@ fn check_key(key: &str) -> Result<(), MemoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_contract::{Outcome, PhaseTimings};
+    use agent_contract::Outcome;
 
     fn record(run_id: &str, status: Outcome) -> RunRecord {
         RunRecord {
-            run_id: run_id.into(),
-            agent: "notes".into(),
-            started_at_ms: 1,
-            ended_at_ms: 2,
             status,
-            error: None,
-            input: None,
             cache_hit: Some(true),
-            timings: PhaseTimings::default(),
-            llm_calls: Vec::new(),
-            tool_calls: Vec::new(),
-            attempt: 1,
-            component_sha256: None,
-            output_sha256: None,
-            parent_run_id: None,
-            output: None,
+            ..RunRecord::sample(run_id, "notes", 1)
         }
     }
 

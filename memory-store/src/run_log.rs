@@ -152,26 +152,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_contract::{Outcome, PhaseTimings};
 
     fn record(id: &str, started: u64) -> RunRecord {
         RunRecord {
-            run_id: id.into(),
-            agent: "a".into(),
-            started_at_ms: started,
-            ended_at_ms: started + 1,
-            status: Outcome::Ok,
             error: Some("ünïcödé ✓ 日本語".into()),
-            input: None,
             cache_hit: Some(true),
-            timings: PhaseTimings::default(),
-            llm_calls: Vec::new(),
-            tool_calls: Vec::new(),
-            attempt: 1,
-            component_sha256: None,
-            output_sha256: None,
-            parent_run_id: None,
-            output: None,
+            ..RunRecord::sample(id, "a", started)
         }
     }
 

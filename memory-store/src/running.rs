@@ -126,11 +126,6 @@ impl Marker {
         self._held = write_held(&self.path, &self.started)?;
         Ok(())
     }
-
-    /// What the marker says.
-    pub fn started(&self) -> &Started {
-        &self.started
-    }
 }
 
 impl Drop for Marker {
@@ -269,12 +264,6 @@ pub fn marked(store_path: &Path) -> Result<Vec<Marked>, StoreError> {
     }
     runs.sort_by(|a, b| b.started.run_id.cmp(&a.started.run_id));
     Ok(runs)
-}
-
-/// The run `run_id` if it is marked.
-pub fn marked_run(store_path: &Path, run_id: &str) -> Result<Option<Marked>, StoreError> {
-    let path = marker_path(store_path, run_id)?;
-    Ok(read_marker(&path).map(|(_, started, held)| Marked { started, held }))
 }
 
 impl Store {
@@ -440,24 +429,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store_path = dir.path().join("memory.db");
         let mut store = Store::open(&store_path).expect("open");
-        let ok = RunRecord {
-            run_id: "r3".into(),
-            agent: "steps".into(),
-            started_at_ms: 1,
-            ended_at_ms: 2,
-            status: Outcome::Ok,
-            error: None,
-            input: None,
-            cache_hit: None,
-            timings: PhaseTimings::default(),
-            llm_calls: Vec::new(),
-            tool_calls: Vec::new(),
-            attempt: 1,
-            component_sha256: None,
-            output_sha256: None,
-            parent_run_id: None,
-            output: None,
-        };
+        let ok = RunRecord::sample("r3", "steps", 1);
         store.record_run(&ok, 10).expect("record");
         let path = marker_path(&store_path, "r3").expect("path");
         drop(write_held(&path, &started("r3", None)).expect("write"));

@@ -551,10 +551,10 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(run_id: &str, agent: &str, started: u64) -> RunRecord {
+impl RunRecord {
+    /// A record for tests: run `run_id` of `agent`, started at `started` and ended a
+    /// millisecond later, `ok` at its first attempt, with nothing else.
+    pub(crate) fn sample(run_id: &str, agent: &str, started: u64) -> RunRecord {
         RunRecord {
             run_id: run_id.into(),
             agent: agent.into(),
@@ -564,11 +564,7 @@ mod tests {
             error: None,
             input: None,
             cache_hit: None,
-            timings: PhaseTimings {
-                handler_us: Some(7),
-                total_us: 9,
-                ..PhaseTimings::default()
-            },
+            timings: PhaseTimings::default(),
             llm_calls: Vec::new(),
             tool_calls: Vec::new(),
             attempt: 1,
@@ -576,6 +572,22 @@ mod tests {
             output_sha256: None,
             parent_run_id: None,
             output: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(run_id: &str, agent: &str, started: u64) -> RunRecord {
+        RunRecord {
+            timings: PhaseTimings {
+                handler_us: Some(7),
+                total_us: 9,
+                ..PhaseTimings::default()
+            },
+            ..RunRecord::sample(run_id, agent, started)
         }
     }
 
