@@ -242,18 +242,22 @@ fn read_marker(path: &Path) -> Option<(File, Started, bool)> {
     Some((file, started, held))
 }
 
+/// The entries of the store's marker directory (none when it does not exist).
+fn entries(store_path: &Path) -> Result<Vec<std::fs::DirEntry>, StoreError> {
+    let dir = dir(store_path);
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => Ok(entries.flatten().collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err(&dir)(e)),
+    }
+}
+
 /// The runs marked in the store at `store_path`, by run id (newest first: run ids sort by
 /// start time), held or not. Markers that cannot be read (one being replaced) are
 /// skipped.
 pub fn marked(store_path: &Path) -> Result<Vec<Marked>, StoreError> {
-    let dir = dir(store_path);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(&dir)(e)),
-    };
     let mut runs = Vec::new();
-    for entry in entries.flatten() {
+    for entry in entries(store_path)? {
         let name = entry.file_name();
         if name.as_encoded_bytes().starts_with(b".") {
             continue;
@@ -276,14 +280,8 @@ impl Store {
         let Some(store_path) = self.path.clone() else {
             return Ok(Vec::new());
         };
-        let dir = dir(&store_path);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
         let mut settled = Vec::new();
-        for entry in entries.flatten() {
+        for entry in entries(&store_path)? {
             let path = entry.path();
             let temporary = entry.file_name().as_encoded_bytes().starts_with(b".");
             let Some((file, started, false)) = read_marker(&path) else {
