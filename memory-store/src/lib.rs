@@ -95,6 +95,18 @@ pub enum StoreError {
     /// A query or write failed.
     #[error("memory store query failed: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A run of that id is in flight: its marker is held ([`running::Marker::create`]).
+    #[error(
+        "run {run_id} is running already (attempt {attempt}, in process {owner_pid}): wait for it to end, or cancel it"
+    )]
+    InFlight {
+        /// The run.
+        run_id: String,
+        /// Its attempt in flight.
+        attempt: u32,
+        /// The process that owns it.
+        owner_pid: u32,
+    },
     /// A run id that cannot name a run's marker file ([`running`]).
     #[error("run id {0:?} is not one of this program's (letters, digits, dots and dashes)")]
     BadRunId(String),

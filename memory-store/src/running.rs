@@ -109,9 +109,18 @@ pub struct Marker {
 }
 
 impl Marker {
-    /// Mark `started` as running in the store at `store_path`.
+    /// Mark `started` as running in the store at `store_path`; refused
+    /// ([`StoreError::InFlight`]) while a process holds a marker of that run id (its
+    /// owner, or its agent-exec when the owner died): a run is not run twice at once.
     pub fn create(store_path: &Path, started: Started) -> Result<Marker, StoreError> {
         let path = marker_path(store_path, &started.run_id)?;
+        if let Some((_, other, true)) = read_marker(&path) {
+            return Err(StoreError::InFlight {
+                run_id: other.run_id,
+                attempt: other.attempt,
+                owner_pid: other.owner_pid,
+            });
+        }
         let held = write_held(&path, &started)?;
         Ok(Marker {
             path,
@@ -130,8 +139,8 @@ impl Marker {
 
 impl Drop for Marker {
     fn drop(&mut self) {
-        // Nobody else removes a marker that is held; a failure leaves one that the next
-        // settle finds unheld and whose run it finds recorded.
+        // Nobody else removes or replaces a marker that is held ([`Marker::create`]); a
+        // failure leaves one that the next settle finds unheld and its run recorded.
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -284,21 +293,24 @@ impl Store {
         for entry in entries(&store_path)? {
             let path = entry.path();
             let temporary = entry.file_name().as_encoded_bytes().starts_with(b".");
-            let Some((file, started, false)) = read_marker(&path) else {
-                // Held (in flight), or half written by a writer that died: a temporary
-                // file nobody holds is removed.
-                if temporary
-                    && let Ok(f) = File::open(&path)
-                    && f.try_lock().is_ok()
-                {
+            if temporary {
+                // `.<run id>.<pid>`: left by a writer that died before its rename. One
+                // whose writer lives may not be locked yet: it is left alone.
+                let writer_gone = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.rsplit_once('.'))
+                    .and_then(|(_, pid)| pid.parse::<u32>().ok())
+                    .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+                if writer_gone {
                     let _ = std::fs::remove_file(&path);
                 }
                 continue;
-            };
-            if temporary {
-                let _ = std::fs::remove_file(&path);
-                continue;
             }
+            // Held: in flight. Unreadable: being replaced, its successor is another entry.
+            let Some((file, started, false)) = read_marker(&path) else {
+                continue;
+            };
             // Replaced or removed since it was opened: its successor is another entry.
             if file.metadata().map_or(true, |m| m.nlink() == 0) {
                 continue;
@@ -327,7 +339,10 @@ impl Store {
                 parent_run_id: started.parent_run_id.clone(),
                 output: None,
             };
-            // Not replacing a record that stands: agent-exec committed before it ended.
+            // Not replacing a record that stands: agent-exec committed before it ended, to
+            // the store or to the run log (read in again here: it may have appended after
+            // this store's open read it, and before it let go of the marker).
+            self.import_run_log()?;
             if self.record_run(&record, started.keep_runs)? {
                 settled.push(started.run_id);
             }
@@ -437,6 +452,39 @@ mod tests {
             Outcome::Ok
         );
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_record_logged_after_the_store_was_opened_stands_against_a_settle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store_path = dir.path().join("memory.db");
+        let mut store = Store::open(&store_path).expect("open");
+        // The run's agent-exec appends its record to the run log after this open read
+        // it, then ends: its marker is unheld, its record not in the store yet.
+        let path = marker_path(&store_path, "r5").expect("path");
+        drop(write_held(&path, &started("r5", None)).expect("write"));
+        crate::run_log::append(&store_path, &RunRecord::sample("r5", "steps", 1), 10)
+            .expect("append");
+        assert!(store.settle_running().expect("settle").is_empty());
+        assert_eq!(
+            store.run("r5").expect("run").expect("r5").status,
+            Outcome::Ok
+        );
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_run_in_flight_is_not_marked_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store_path = dir.path().join("memory.db");
+        let first = Marker::create(&store_path, started("r6", None)).expect("mark");
+        assert!(matches!(
+            Marker::create(&store_path, started("r6", None)),
+            Err(StoreError::InFlight { attempt: 1, .. })
+        ));
+        drop(first);
+        // Once it has ended, it may be marked again (a resume).
+        Marker::create(&store_path, started("r6", None)).expect("mark again");
     }
 
     #[test]

@@ -272,9 +272,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub daemon: bool,
 
-    /// Agent processes this run may have at once, its sub-runs' at every depth included
-    /// (a parent waiting on its sub-runs lends them its own) [default: 2 per core]. The
-    /// daemon has its own (`spawner serve --max-running`).
+    /// Runs at work at once, this one and its sub-runs' at every depth (a parent waiting
+    /// on its sub-runs lends them its slot) [default: 2 per core]. The daemon has its own
+    /// (`spawner serve --max-running`).
     #[arg(
         long,
         value_name = "N",

@@ -17,10 +17,24 @@ pub fn durable_run(home: &Home, run_id: &str) -> anyhow::Result<(Store, RunRecor
         // A run whose processes ended before it did is recorded (killed) here, and so can
         // be resumed; one in flight cannot be run again beside itself.
         let mut store = Store::open(&path)?;
-        if let Some(m) = store.in_flight()?.into_iter().find(|m| m.run_id == run_id) {
+        let in_flight = store.in_flight()?;
+        if let Some(m) = in_flight.iter().find(|m| m.run_id == run_id) {
             return Err(UsageError(format!(
                 "run {run_id} is running or being retried (attempt {}, in process {}): wait for it to end, or cancel it",
                 m.attempt, m.owner_pid
+            ))
+            .into());
+        }
+        // A sub-run still running (its agent-exec outlived the parent's spawner) would
+        // be asked for again by the parent's resume.
+        let child_prefix = format!("{run_id}.");
+        if let Some(m) = in_flight
+            .iter()
+            .find(|m| m.run_id.starts_with(&child_prefix))
+        {
+            return Err(UsageError(format!(
+                "run {run_id}'s sub-run {} is still running (in process {}): wait for it to end",
+                m.run_id, m.owner_pid
             ))
             .into());
         }

@@ -140,8 +140,8 @@ pub struct Runner<'a> {
     /// A run that passed no gate (`shared`: the command line) and whose agent may start
     /// sub-runs makes one of this many slots ([`crate::admission::default_max_running`]
     /// when `None`): it holds one, and its sub-runs at every depth share them, so that a
-    /// nested fan-out runs no more agent processes at once than that, not `parallel` to
-    /// the power of its depth. Made only then: sizing it by the cores reads cgroup files.
+    /// nested fan-out has no more runs at work at once than that (parents waiting in
+    /// `join` lend their slots), not `parallel` to the power of its depth. Made only then: sizing it by the cores reads cgroup files.
     pub gate_slots: Option<u32>,
 }
 
@@ -173,9 +173,11 @@ pub fn execute(
     let manifest = Manifest::load(&home.agent_manifest(&request.agent)?)?;
     // This process owns the run from here to its end: its marker says it is running (a
     // replay is not a run of its own), and is removed when `marker` is dropped.
-    let mut marker = (request.journal != JournalMode::Replay)
-        .then(|| mark(home, request, &manifest, stop, runner))
-        .flatten();
+    let mut marker = if request.journal == JournalMode::Replay {
+        None
+    } else {
+        mark(home, request, &manifest, stop, runner)?
+    };
     let own_gate = (runner.shared.is_none() && manifest.runs.any()).then(|| {
         let slots = runner
             .gate_slots
@@ -223,14 +225,16 @@ pub fn execute(
 
 /// Mark `request`'s run as running, owned by this process ([`memory_store::running`]); a
 /// run that cannot be marked is said and run unmarked (it is recorded all the same when it
-/// ends; only a kill of this process could then leave it unrecorded).
+/// ends; only a kill of this process could then leave it unrecorded). A run of that id in
+/// flight already (a sub-run whose agent-exec outlived its parent's spawner, asked for
+/// again by the parent's resume) is refused: it must not run twice at once.
 fn mark(
     home: &Home,
     request: &Request,
     manifest: &Manifest,
     stop: Stop<'_>,
     runner: Runner<'_>,
-) -> Option<memory_store::running::Marker> {
+) -> anyhow::Result<Option<memory_store::running::Marker>> {
     let started = memory_store::running::Started {
         run_id: request.run_id.clone(),
         agent: manifest.name.clone(),
@@ -243,7 +247,10 @@ fn mark(
             .then(|| request.input.clone()),
     };
     match memory_store::running::Marker::create(&home.store_path(), started) {
-        Ok(marker) => Some(marker),
+        Ok(marker) => Ok(Some(marker)),
+        Err(e @ memory_store::StoreError::InFlight { .. }) => {
+            Err(crate::exit::UsageError(e.to_string()).into())
+        }
         Err(e) => {
             let ctx = Attempts {
                 home,
@@ -260,7 +267,7 @@ fn mark(
                     request.run_id
                 ),
             );
-            None
+            Ok(None)
         }
     }
 }

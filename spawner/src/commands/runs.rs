@@ -47,11 +47,13 @@ pub fn execute(home: &Home, args: RunsArgs) -> anyhow::Result<Outcome> {
         agent: args.agent,
         limit: args.limit,
     };
-    let runs = if fold {
+    let mut runs = if fold {
         store.caller_runs(&filter)?
     } else {
         store.runs(&filter)?
     };
+    // A run in a retry is listed once, as running (`runs show` has its last attempt).
+    runs.retain(|r| !in_flight.iter().any(|m| m.run_id == r.run_id));
     if args.json {
         for r in &running {
             serde_json::to_writer(&mut out, &running_json(r))?;

@@ -85,7 +85,12 @@ pub fn dispatch(daemon: &Daemon, conn: &mut Connection, req: &Request) -> Result
                 store.runs(&filter)
             }
             .map_err(internal)?;
-            for run in runs {
+            // A run in a retry is listed once, as running (its last attempt's record is
+            // in `runs.get`).
+            for run in runs
+                .into_iter()
+                .filter(|r| !in_flight.iter().any(|m| m.run_id == r.run_id))
+            {
                 let mut entry = crate::commands::runs::ended_json(&run).map_err(internal)?;
                 let counts = store.sub_run_counts(&run.run_id).map_err(internal)?;
                 if fold
@@ -123,10 +128,16 @@ pub fn dispatch(daemon: &Daemon, conn: &mut Connection, req: &Request) -> Result
                 (store.run(&p.run_id).map_err(internal)?, running, sub_runs)
             };
             if record.is_none() && running.is_none() {
-                return Err(RpcError::new(
-                    rpc::NOT_FOUND,
-                    format!("no run {}", p.run_id),
-                ));
+                // Admitted here but not marked yet (or its marker could not be written).
+                let why = if daemon.lock_active().contains_key(&p.run_id) {
+                    format!(
+                        "run {} is still in flight; its record is written when it ends",
+                        p.run_id
+                    )
+                } else {
+                    format!("no run {}", p.run_id)
+                };
+                return Err(RpcError::new(rpc::NOT_FOUND, why));
             }
             let mut answer = json!({ "sub_runs": sub_runs });
             if let Some(run) = record {
