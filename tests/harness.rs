@@ -365,14 +365,23 @@ pub fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Stop the broker answering at `socket`, if one does (a test's broker would otherwise wait
-/// out its idle TTL holding its models).
-pub fn stop_broker_at(socket: &Path) {
-    if let Ok(mut client) = broker_client::Client::connect(socket)
-        && let Some(pid) = client.status().ok().and_then(|s| s["pid"].as_i64())
-    {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+/// out its idle TTL holding its models); its pid.
+pub fn stop_broker_at(socket: &Path) -> Option<u32> {
+    let mut client = broker_client::Client::connect(socket).ok()?;
+    let pid = u32::try_from(client.status().ok()?["pid"].as_u64()?).ok()?;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    Some(pid)
+}
+
+/// [`stop_broker_at`], then wait until that broker has exited (gone, or a zombie), so that
+/// the next run that needs a broker starts a new one.
+pub fn stop_broker_and_wait(socket: &Path) {
+    if let Some(pid) = stop_broker_at(socket) {
+        wait_until("the broker has exited", || {
+            stat_field(pid, 0).is_none_or(|state| state == "Z")
+        });
     }
 }

@@ -155,6 +155,17 @@ impl Server {
             .filter(|l| l.contains("/v1/chat/completions"))
             .count()
     }
+
+    /// `out` is a run that succeeded with an answer from this server, its `n`th request.
+    fn assert_served(&self, out: &std::process::Output, n: usize) {
+        assert_eq!(code(out), 0, "{}", stderr(out));
+        assert!(
+            stdout(out).contains("provider lab model"),
+            "{}",
+            stdout(out)
+        );
+        wait_until("the server logs the request", || self.chat_requests() == n);
+    }
 }
 
 impl Drop for Server {
@@ -215,15 +226,7 @@ fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
     assert_eq!(code(&granted), 0, "{}", stderr(&granted));
     assert!(stdout(&granted).contains("remote"), "{}", stdout(&granted));
     let out = ask("smollm2");
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("provider lab model"),
-        "{}",
-        stdout(&out)
-    );
-    wait_until("the server logs the request", || {
-        server.chat_requests() == 1
-    });
+    server.assert_served(&out, 1);
     // A fresh connection each time: opening the store imports the runs logged since.
     let newest = || {
         let store = home.store();
@@ -302,25 +305,7 @@ fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
     assert!(stderr(&out).contains("Timeout"), "{}", stderr(&out));
     assert_eq!(newest().llm_calls[0].outcome, "timeout");
 
-    // The API key is in no log, record or answer.
-    let broker_log =
-        std::fs::read_to_string(home.path().join("run/broker.log")).unwrap_or_default();
-    assert!(!broker_log.contains(KEY), "the key is in the broker's log");
-    let runs = home.run(&["runs", "--json", "--limit", "100"]);
-    assert!(!stdout(&runs).contains(KEY));
-    for line in stdout(&runs).lines() {
-        let id = serde_json::from_str::<serde_json::Value>(line).expect("json")["run_id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
-        let shown = home.run(&["runs", "show", &id, "--json"]);
-        assert!(!stdout(&shown).contains(KEY), "the key is in run {id}");
-    }
-    let db = std::fs::read(home.path().join("memory.db")).expect("db");
-    assert!(
-        !db.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
-        "the key is in the store"
-    );
+    assert_the_key_is_nowhere(&home);
 
     // Down: unreachable, and the run does not fall back to anything else.
     write_providers(&providers_toml(server.port, "/v1", "lab.key", 60));
@@ -339,6 +324,99 @@ fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
     );
     // The broker started for this home goes with it.
     crate::harness::stop_broker_at(&home.path().join("run/broker.sock"));
+}
+
+/// The API key is in no log, record or answer of `home`.
+fn assert_the_key_is_nowhere(home: &TestHome) {
+    let broker_log =
+        std::fs::read_to_string(home.path().join("run/broker.log")).unwrap_or_default();
+    assert!(!broker_log.contains(KEY), "the key is in the broker's log");
+    let runs = home.run(&["runs", "--json", "--limit", "100"]);
+    assert!(!stdout(&runs).contains(KEY));
+    for line in stdout(&runs).lines() {
+        let id = serde_json::from_str::<serde_json::Value>(line).expect("json")["run_id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        let shown = home.run(&["runs", "show", &id, "--json"]);
+        assert!(!stdout(&shown).contains(KEY), "the key is in run {id}");
+    }
+    let db = std::fs::read(home.path().join("memory.db")).expect("db");
+    assert!(
+        !db.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
+        "the key is in the store"
+    );
+}
+
+#[test]
+fn a_key_from_spawners_environment_reaches_the_broker_a_run_starts_but_no_agent() {
+    // `api_key_env`: the broker is started on demand by an agent-exec, whose environment
+    // the spawner clears but for the providers' keys.
+    const VAR: &str = "SPAWNER_TEST_LAB_KEY";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let home = TestHome::new();
+    std::fs::copy(dir.path().join("ca.pem"), home.path().join("lab-ca.pem")).expect("ca");
+    std::fs::write(
+        home.path().join("providers.toml"),
+        providers_toml(server.port, "/v1", "unused", 60).replace(
+            "api_key_file = \"unused\"",
+            &format!("api_key_env = \"{VAR}\""),
+        ),
+    )
+    .expect("providers");
+    home.install_testing(
+        "talker",
+        "[limits]\ntimeout_ms = 60000\n[llm]\nmodels = [\"smollm2\"]\nescalate = [\"lab\"]\n",
+    );
+    home.precompile("talker");
+    assert_eq!(code(&home.run(&["consent", "grant", "talker", "lab"])), 0);
+    let socket = home.path().join("run/broker.sock");
+    let run = |key: Option<&str>, input: &str| {
+        let mut cmd = home.spawner(&["run", "talker", input]);
+        match key {
+            Some(key) => cmd.env(VAR, key),
+            None => cmd.env_remove(VAR),
+        };
+        cmd.output().expect("spawner runs")
+    };
+    let ask = "chat\nmodel smollm2\nmax_tokens 8\nmsg user What is the capital of France?";
+
+    // doctor says where the key comes from, and whether this environment sets it.
+    let doctor = home
+        .spawner(&["doctor"])
+        .env(VAR, KEY)
+        .output()
+        .expect("doctor");
+    assert!(
+        stdout(&doctor).contains(&format!("${VAR} of spawner's environment (set here)")),
+        "{}",
+        stdout(&doctor)
+    );
+    assert!(!stdout(&doctor).contains(KEY));
+
+    // Not set where spawner runs: the broker this run starts has no key, and says which
+    // variable, and how to replace it; nothing reaches the server.
+    let out = run(None, ask);
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("${VAR}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("kill "), "{}", stderr(&out));
+    assert_eq!(server.chat_requests(), 0);
+    crate::harness::stop_broker_and_wait(&socket);
+
+    // Set: the broker the next run starts has it, and the server serves the chat.
+    let out = run(Some(KEY), ask);
+    server.assert_served(&out, 1);
+    // The agent itself sees no environment, the key included.
+    let out = run(Some(KEY), "env");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("vars=0 "), "{}", stdout(&out));
+    assert_the_key_is_nowhere(&home);
+    crate::harness::stop_broker_at(&socket);
 }
 
 /// A home whose local model `smollm2` is the embedded one with its context cut to

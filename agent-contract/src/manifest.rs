@@ -549,6 +549,15 @@ pub struct ComponentBytes {
 }
 
 impl Manifest {
+    /// Whether a run of it may reach the broker, and so start it: it may use a model, a
+    /// language model or a tool server (agent-exec refuses any other call before it
+    /// connects).
+    pub fn may_use_broker(&self) -> bool {
+        !self.allowed_models.is_empty()
+            || !self.llm.models.is_empty()
+            || !self.tools.servers.is_empty()
+    }
+
     /// Read the component file and check it against the `sha256` pin, if any.
     pub fn read_component(&self) -> Result<ComponentBytes, ComponentError> {
         use sha2::{Digest, Sha256};

@@ -10,11 +10,15 @@
 //! url = "https://llm.example.com/v1"    # the API's base: <url>/chat/completions
 //! models = ["smollm2-135m"]             # the models it serves, by the names agents use
 //! remote = true                         # default: false only for a loopback host
-//! api_key_env = "LAB_API_KEY"           # the secret, from the broker's environment, or
+//! api_key_env = "LAB_API_KEY"           # the secret, from spawner's environment, or
 //! # api_key_file = "secrets/lab.key"    # from a file under the home, mode 0600
 //! timeout_s = 60                        # per call
 //! # ca_file = "certs/lab-ca.pem"        # trust these instead of the system's roots
 //! ```
+//!
+//! `api_key_env` names a variable of the environment `spawner` runs in (the command line's or
+//! the daemon's): the spawner hands it to the agent-execs that may start the broker, so that a
+//! broker started on demand has it, and agent-exec gives its component no environment at all.
 //!
 //! What leaves the machine for a remote call is the chat's messages and parameters, as the
 //! agent gave them, and nothing else: not the agent's memory, config or input.
@@ -42,7 +46,8 @@ pub struct Provider {
     pub models: Vec<String>,
     /// Whether a call leaves this machine; by default, unless the host is loopback.
     pub remote: Option<bool>,
-    /// The environment variable of the broker that holds its API key.
+    /// The environment variable that holds its API key: the broker's, which it inherits
+    /// from the spawner whose run started it.
     pub api_key_env: Option<String>,
     /// A file under the home (mode 0600) that holds its API key.
     pub api_key_file: Option<PathBuf>,
@@ -148,6 +153,14 @@ impl Providers {
                     p.name, p.url
                 )));
             }
+            if let Some(var) = &p.api_key_env
+                && !is_env_name(var)
+            {
+                return Err(invalid(format!(
+                    "provider {:?}: api_key_env {var:?} is not a variable's name (letters, digits and '_', not starting with a digit)",
+                    p.name
+                )));
+            }
             if p.api_key_env.is_some() && p.api_key_file.is_some() {
                 return Err(invalid(format!(
                     "provider {:?}: give api_key_env or api_key_file, not both",
@@ -168,6 +181,22 @@ impl Providers {
     pub fn get(&self, name: &str) -> Option<&Provider> {
         self.list.iter().find(|p| p.name == name)
     }
+
+    /// The environment variables that hold the providers' API keys (`api_key_env`), in
+    /// the file's order: what a broker must be started with.
+    pub fn key_vars(&self) -> impl Iterator<Item = &str> {
+        self.list.iter().filter_map(|p| p.api_key_env.as_deref())
+    }
+}
+
+/// Whether `name` can name an environment variable: ASCII letters, digits and `_`, not
+/// starting with a digit (so no `=` or NUL, which no environment can hold).
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 #[cfg(test)]
@@ -207,5 +236,26 @@ mod tests {
             err("[[provider]]\nname = \"a\"\nurl = \"http://x\"\nkey = 1\n")
                 .contains("unknown field")
         );
+        for bad in ["", "1KEY", "A=B", "KEY\\u0000", "KÉY", "A-B"] {
+            let text = format!(
+                "[[provider]]\nname = \"a\"\nurl = \"http://x\"\napi_key_env = \"{bad}\"\n"
+            );
+            assert!(
+                err(&text).contains("is not a variable's name"),
+                "{bad:?}: {}",
+                err(&text)
+            );
+        }
+    }
+
+    #[test]
+    fn the_key_variables_are_the_providers_api_key_env_in_order() {
+        let p = parse(
+            "[[provider]]\nname = \"a\"\nurl = \"http://x\"\napi_key_env = \"_A_KEY2\"\n\
+             [[provider]]\nname = \"b\"\nurl = \"http://y\"\napi_key_file = \"b.key\"\n\
+             [[provider]]\nname = \"c\"\nurl = \"http://z\"\napi_key_env = \"C\"\n",
+        )
+        .expect("valid");
+        assert_eq!(p.key_vars().collect::<Vec<_>>(), ["_A_KEY2", "C"]);
     }
 }

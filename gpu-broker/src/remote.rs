@@ -32,7 +32,8 @@ fn failed(provider: &str, what: impl std::fmt::Display) -> Failure {
     Failure::new(ErrorCode::Failed, format!("provider {provider:?}: {what}"))
 }
 
-/// The provider's API key: from the broker's environment or a 0600 file under the home.
+/// The provider's API key: from the broker's environment (which it has from the spawner
+/// whose run started it) or a 0600 file under the home.
 fn api_key(home: &Path, p: &Provider) -> Result<Option<String>, Failure> {
     if let Some(var) = &p.api_key_env {
         return match std::env::var(var) {
@@ -40,9 +41,13 @@ fn api_key(home: &Path, p: &Provider) -> Result<Option<String>, Failure> {
             _ => Err(Failure::new(
                 ErrorCode::Failed,
                 format!(
-                    "provider {:?}: its API key is taken from ${var}, which the broker's \
-                     environment does not set; start the broker with it set, or use api_key_file",
-                    p.name
+                    "provider {:?}: its API key is taken from ${var}, which this broker (pid {pid}) \
+                     was started without; set it where `spawner` runs (the command line's or \
+                     `spawner serve`'s environment): a broker started by a run has that \
+                     spawner's keys. Then stop this broker (`kill {pid}`) so that the next \
+                     run starts it again, or use api_key_file",
+                    p.name,
+                    pid = std::process::id()
                 ),
             )),
         };

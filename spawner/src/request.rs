@@ -17,7 +17,7 @@ use memory_store::{Leased, RunRecord, Store};
 use crate::admission::Admission;
 use crate::cancel::{Stop, StopReason};
 use crate::executor::{Executor, Job, Local, Ran};
-use crate::spawn::{SpawnPolicy, StderrSink, Termination};
+use crate::spawn::{ProviderKeys, SpawnPolicy, StderrSink, Termination};
 
 /// Environment variable naming the agent-exec binary, for installs that keep it elsewhere.
 pub const AGENT_EXEC_ENV: &str = "SPAWNER_AGENT_EXEC";
@@ -501,7 +501,11 @@ fn attempt(
     };
     let on_stderr: Option<StderrSink<'_>> = on_line.is_some().then_some(&mut feed);
     let timeout = request.timeout.unwrap_or(manifest.limits.timeout);
-    let policy = SpawnPolicy::for_request(agent_exec_path()?, timeout);
+    let mut policy = SpawnPolicy::for_request(agent_exec_path()?, timeout);
+    if manifest.may_use_broker() {
+        // It may start the broker, which must then have the providers' keys.
+        policy.keys = ProviderKeys::from_env(home.root());
+    }
     let run_id = request.run_id.clone();
     let started = Instant::now();
     let started_ms = memory_store::now_ms();

@@ -14,7 +14,9 @@
 //!   and hard), a bounded number of open files, and a CPU-time backstop behind the wall
 //!   deadline (soft limits: the hard ones stay, so an inference broker that a request
 //!   starts can raise its own limits back, as a long-lived service must).
-//! - **Environment**: cleared; agent-exec needs none and agents must not see it.
+//! - **Environment**: cleared; agent-exec needs none and agents must not see it. The one
+//!   exception is [`ProviderKeys`]: the providers' API keys, for an agent-exec that may
+//!   start the broker, which inherits them (agent-exec gives its component no environment).
 //! - **Watching**: one `poll(2)` loop, no extra thread, no signal handler: a pidfd tells
 //!   when the child exits; the envelope goes to its standard input as the pipe accepts it
 //!   (a child that never reads cannot block the spawner past the deadline); its standard
@@ -77,12 +79,49 @@ pub struct SpawnPolicy {
     pub kill_after: Duration,
     /// Limits applied to the child.
     pub limits: ResourceLimits,
+    /// Its whole environment: none, or the providers' keys.
+    pub keys: ProviderKeys,
+}
+
+/// The API keys that `<home>/providers.toml` says are in the environment (`api_key_env`),
+/// as this process's environment has them: given to an agent-exec that may start the
+/// broker, since a broker started on demand has its starter's environment, and
+/// agent-exec's is otherwise empty. `Debug` names the variables, never their values.
+#[derive(Clone, Default)]
+pub struct ProviderKeys(Vec<(String, std::ffi::OsString)>);
+
+impl ProviderKeys {
+    /// The keys of `home`'s providers that this process's environment sets. A providers
+    /// file that cannot be read gives none: the broker says what is wrong with it when a
+    /// chat needs a provider.
+    pub fn from_env(home: &std::path::Path) -> ProviderKeys {
+        let Ok(providers) = agent_contract::providers::Providers::load(home) else {
+            return ProviderKeys::default();
+        };
+        ProviderKeys(
+            providers
+                .key_vars()
+                .filter_map(|var| {
+                    let value = std::env::var_os(var).filter(|v| !v.is_empty())?;
+                    Some((var.to_owned(), value))
+                })
+                .collect(),
+        )
+    }
+}
+
+impl std::fmt::Debug for ProviderKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(var, _)| var))
+            .finish()
+    }
 }
 
 impl SpawnPolicy {
     /// The policy for a spare `agent-exec --prepare <home>`: the CPU limit is a day (it
     /// can only be lowered later, to the request's, not raised), no deadline until it is
-    /// fed.
+    /// fed. It is given the providers' keys: which agent it will run is not known yet.
     pub fn spare(program: PathBuf, home: &std::path::Path) -> SpawnPolicy {
         SpawnPolicy {
             program,
@@ -93,6 +132,7 @@ impl SpawnPolicy {
                 open_files: 256,
                 core_bytes: 0,
             },
+            keys: ProviderKeys::from_env(home),
         }
     }
 
@@ -110,6 +150,7 @@ impl SpawnPolicy {
                 open_files: 256,
                 core_bytes: 0,
             },
+            keys: ProviderKeys::default(),
         }
     }
 
@@ -125,6 +166,7 @@ impl SpawnPolicy {
                 open_files: 256,
                 core_bytes: 0,
             },
+            keys: ProviderKeys::default(),
         }
     }
 }
@@ -311,6 +353,7 @@ pub fn start(
     let mut child = Command::new(&policy.program)
         .args(&policy.args)
         .env_clear()
+        .envs(policy.keys.0.iter().map(|(var, value)| (var, value)))
         .stdin(Stdio::piped())
         .stdout(stdout)
         .stderr(if pipe_stderr {
@@ -762,6 +805,7 @@ mod tests {
                 open_files: 64,
                 core_bytes: 0,
             },
+            keys: ProviderKeys::default(),
         }
     }
 
@@ -853,6 +897,55 @@ mod tests {
         let p = policy("/nonexistent/agent-exec", Duration::from_secs(1));
         let err = run(spawn(&p, b"")).expect_err("must fail");
         assert!(matches!(err, SpawnError::Start { .. }));
+    }
+
+    #[test]
+    fn the_child_gets_no_environment_but_the_keys_it_is_given() {
+        let env_of = |p: &SpawnPolicy| {
+            let exit = run(Spawn {
+                capture_stdout: true,
+                ..spawn(p, b"")
+            })
+            .expect("run");
+            assert_eq!(exit.termination, Termination::Exited(0));
+            String::from_utf8(exit.stdout).expect("utf-8")
+        };
+        // This test process's environment (PATH, HOME, ...) does not reach the child.
+        assert_eq!(env_of(&policy("/usr/bin/env", Duration::from_secs(5))), "");
+        let p = SpawnPolicy {
+            keys: ProviderKeys(vec![("LAB_KEY".into(), "sk-7f3a".into())]),
+            ..policy("/usr/bin/env", Duration::from_secs(5))
+        };
+        assert_eq!(env_of(&p), "LAB_KEY=sk-7f3a\n");
+        assert_eq!(format!("{p:?}").matches("sk-7f3a").count(), 0, "{p:?}");
+        assert!(format!("{p:?}").contains("LAB_KEY"));
+    }
+
+    #[test]
+    fn the_keys_are_the_providers_variables_this_environment_sets() {
+        let home = tempfile::tempdir().expect("tempdir");
+        // PATH is set in any test's environment; the other is set in none.
+        std::fs::write(
+            home.path().join(agent_contract::providers::PROVIDERS_FILE),
+            "[[provider]]\nname = \"a\"\nurl = \"http://x\"\napi_key_env = \"PATH\"\n\
+             [[provider]]\nname = \"b\"\nurl = \"http://y\"\napi_key_env = \"SPAWNER_TEST_UNSET_KEY_9F2C\"\n",
+        )
+        .expect("providers");
+        let keys = ProviderKeys::from_env(home.path());
+        let path = std::env::var_os("PATH").expect("PATH");
+        assert_eq!(keys.0, [("PATH".to_owned(), path)]);
+        // No file, or one that is not valid: none.
+        assert!(
+            ProviderKeys::from_env(&home.path().join("nowhere"))
+                .0
+                .is_empty()
+        );
+        std::fs::write(
+            home.path().join(agent_contract::providers::PROVIDERS_FILE),
+            "[[provider]]\nname = 1\n",
+        )
+        .expect("providers");
+        assert!(ProviderKeys::from_env(home.path()).0.is_empty());
     }
 
     #[test]

@@ -78,7 +78,16 @@ pub fn report(home: &Home) -> anyhow::Result<Value> {
                 "models": p.models,
                 // Where the key comes from, never the key.
                 "api_key": match (&p.api_key_env, &p.api_key_file) {
-                    (Some(var), _) => format!("${var} of the broker's environment"),
+                    // Whether this environment sets it: the broker a run starts from here
+                    // has it then.
+                    (Some(var), _) => format!(
+                        "${var} of spawner's environment ({} here)",
+                        if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+                            "set"
+                        } else {
+                            "not set"
+                        }
+                    ),
                     (_, Some(file)) => format!("file {}", file.display()),
                     _ => "none".to_owned(),
                 },
