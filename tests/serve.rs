@@ -737,6 +737,74 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
 }
 
 #[test]
+fn spares_open_the_store_ahead_only_for_agents_whose_last_run_used_it() {
+    let home = TestHome::new();
+    home.install_example("echo");
+    home.install_example("notes");
+    home.precompile("echo");
+    home.precompile("notes");
+    let daemon = Daemon::start(&home, &["--spares", "1"]);
+    let mut c = daemon.client();
+    let store = home.path().join("memory.db");
+    // The one spare, once it is ready: whether it was started to open the store, and (when
+    // it was) that it did.
+    let spare_with_store = |c: &mut Client| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.result("health", json!({}))["spares_ready"] != 1 {
+            assert!(Instant::now() < deadline, "the pool did not fill");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let spares = children(daemon.pid());
+        assert_eq!(spares.len(), 1, "{spares:?}");
+        let pid = spares[0].0;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        let with_store = cmdline.split(|b| *b == 0).any(|arg| arg == b"--with-store");
+        while with_store
+            && !std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.filter_map(Result::ok)
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == store))
+            })
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the spare did not open the store"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        with_store
+    };
+    // Nothing learned yet: spares open the store, as they always did.
+    assert!(spare_with_store(&mut c));
+    let run = |c: &mut Client, agent: &str, input: &str| {
+        let report = c.result("run", json!({"agent": agent, "input": input}));
+        assert_eq!(report["status"], "ok", "{report}");
+        report
+    };
+    // Each run below takes the one ready spare (waited for), whose replacement starts then,
+    // of the kind learned from the agent's runs before.
+    // echo uses no memory, and says so; its first run had nothing learned to go by.
+    assert!(run(&mut c, "echo", "one")["used_store"].is_null());
+    assert!(spare_with_store(&mut c));
+    // Its second run's replacement goes without the store.
+    run(&mut c, "echo", "two");
+    assert!(!spare_with_store(&mut c));
+    // A spare without the store serves an agent that uses memory all the same.
+    let added = run(&mut c, "notes", "add from a spare without the store");
+    assert_eq!(added["output"], "noted: from a spare without the store\n");
+    assert_eq!(added["used_store"], true, "{added}");
+    assert!(!spare_with_store(&mut c));
+    // An agent that only reads memory counts as using it: once learned, its spares open it.
+    let counted = run(&mut c, "notes", "count");
+    assert_eq!(counted["output"], "1\n");
+    assert_eq!(counted["used_store"], true, "{counted}");
+    assert!(spare_with_store(&mut c));
+    // And a spare with the store serves an agent that uses none.
+    assert_eq!(run(&mut c, "echo", "three")["output"], "three");
+    let (exit, err) = daemon.terminate();
+    assert_eq!(exit, 0, "{err}");
+}
+
+#[test]
 fn spares_serve_one_request_each_and_are_replaced_even_when_killed() {
     let home = TestHome::new();
     home.install_example("echo");
@@ -755,7 +823,7 @@ fn spares_serve_one_request_each_and_are_replaced_even_when_killed() {
     wait_for_spares(&mut c, 2);
     let spares: Vec<u32> = children(daemon.pid()).into_iter().map(|(p, _)| p).collect();
     assert_eq!(spares.len(), 2);
-    // Each opens the store ahead of its request.
+    // Each opens the store ahead of its request (nothing is learned yet: the next test).
     let store = home.path().join("memory.db");
     let has_store_open = |pid: u32| {
         std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {

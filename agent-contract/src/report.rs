@@ -66,6 +66,12 @@ pub struct RunReport {
     /// A hook's verdict, when the agent gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<crate::hook::Verdict>,
+    /// The run used the memory store: it read or wrote memory (or is durable, or looked up
+    /// a consent). `false`: it touched no memory, and its record went to the run log (or,
+    /// in a report rebuilt from a record, not known). `spawner serve` learns
+    /// from it which agents' spares should open the store ahead of their request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub used_store: bool,
 }
 
 impl RunReport {
@@ -89,6 +95,7 @@ impl RunReport {
             cache_hit: None,
             timings,
             verdict: None,
+            used_store: false,
         }
     }
 
@@ -160,6 +167,7 @@ mod tests {
             cache_hit: None,
             timings: PhaseTimings::default(),
             verdict: None,
+            used_store: false,
         }
     }
 

@@ -48,29 +48,37 @@ pub use run::{Execution, Prepared, execute};
 
 /// The process entry point: run the request on standard input, answer, return the exit code.
 ///
-/// `agent-exec --prepare <home>` is a spare: it sets up what does not depend on the request
-/// ([`Prepared`]) and then waits for its one request on standard input. The `spawner serve`
-/// daemon keeps a few, so that a request does not wait for a process to start.
+/// `agent-exec --prepare <home> [--with-store]` is a spare: it sets up what does not depend
+/// on the request ([`Prepared`]; with `--with-store`, the store's connection too) and then
+/// waits for its one request on standard input. The `spawner serve` daemon keeps a few, so
+/// that a request does not wait for a process to start.
 ///
 /// A component is compiled by `agent-compile` ([`compile`]), not here.
 pub fn main_entry() -> std::process::ExitCode {
     let mut started = std::time::Instant::now();
     let mut started_at = std::time::SystemTime::now();
     let mut args = std::env::args_os().skip(1);
-    let prepared = match (args.next(), args.next(), args.next()) {
-        (None, _, _) => None,
-        (Some(flag), Some(home), None) if flag == "--prepare" => match Prepared::new(home.into()) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                eprintln!("agent-exec: error: cannot prepare: {e}");
-                return std::process::ExitCode::from(e.outcome().exit_code());
-            }
-        },
+    let spare = match (args.next(), args.next(), args.next(), args.next()) {
+        (None, _, _, _) => None,
+        (Some(flag), Some(home), None, None) if flag == "--prepare" => Some((home, false)),
+        (Some(flag), Some(home), Some(store), None)
+            if flag == "--prepare" && store == "--with-store" =>
+        {
+            Some((home, true))
+        }
         _ => {
             eprintln!(
-                "agent-exec: usage: agent-exec [--prepare <home>] < envelope (agent-compile compiles components)"
+                "agent-exec: usage: agent-exec [--prepare <home> [--with-store]] < envelope (agent-compile compiles components)"
             );
             return std::process::ExitCode::from(agent_contract::Outcome::Usage.exit_code());
+        }
+    };
+    let prepared = match spare.map(|(home, with_store)| Prepared::new(home.into(), with_store)) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            eprintln!("agent-exec: error: cannot prepare: {e}");
+            return std::process::ExitCode::from(e.outcome().exit_code());
         }
     };
     let mut stdin = std::io::stdin().lock();

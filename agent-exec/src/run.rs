@@ -59,6 +59,8 @@ pub struct Execution {
     timings: PhaseTimings,
     /// The run log's size after this run's record was appended to it, if it was.
     run_log_bytes: Option<u64>,
+    /// The run used the store (see [`RunReport::used_store`]).
+    used_store: bool,
     home: Option<Home>,
 }
 
@@ -127,6 +129,7 @@ impl Execution {
                     cache_hit: self.cache_hit,
                     timings: self.timings,
                     verdict,
+                    used_store: self.used_store,
                 };
                 let report = match output {
                     Some(o) => report.with_output(o),
@@ -156,8 +159,8 @@ impl Execution {
 }
 
 /// What a spare agent-exec (`agent-exec --prepare <home>`) sets up before its request
-/// arrives: the engine (without fuel metering, the common case), the linker, and the
-/// store connection. None of it depends on the request; a request that needs another
+/// arrives: the engine (without fuel metering, the common case), the linker, and, if asked,
+/// the store connection. None of it depends on the request; a request that needs another
 /// engine or home builds its own.
 pub struct Prepared {
     home: std::path::PathBuf,
@@ -167,13 +170,18 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Set up for requests against `home`.
-    pub fn new(home: std::path::PathBuf) -> Result<Prepared, ExecError> {
+    /// Set up for requests against `home`, with its store's connection open when
+    /// `with_store`. Opening it costs a spare about a third of a millisecond of CPU (the
+    /// schema is parsed anew by every connection), which on a busy daemon competes with
+    /// the requests: the daemon asks for it only for agents that use memory.
+    pub fn new(home: std::path::PathBuf, with_store: bool) -> Result<Prepared, ExecError> {
         let engine = crate::engine::build(false)
             .map_err(|e| ExecError::Internal(format!("engine: {e:#}")))?;
         let linker = linker(&engine)?;
         // The store may not exist yet; the request then opens (and creates) it.
-        let store = Store::open(&Home::new(&home).store_path()).ok();
+        let store = with_store
+            .then(|| Store::open(&Home::new(&home).store_path()).ok())
+            .flatten();
         Ok(Prepared {
             home,
             engine,
@@ -220,6 +228,7 @@ pub fn execute(
                     ..PhaseTimings::default()
                 },
                 run_log_bytes: None,
+                used_store: false,
                 home: None,
             };
         }
@@ -244,6 +253,7 @@ pub fn execute(
         llm_calls: Vec::new(),
         tool_calls: Vec::new(),
         run_log_bytes: None,
+        used_store: false,
         journal: None,
         component_sha256: None,
         output_sha256: None,
@@ -264,6 +274,7 @@ pub fn execute(
         cache_hit: run.cache_hit,
         timings: run.timings,
         run_log_bytes: run.run_log_bytes,
+        used_store: run.used_store,
         home: Some(run.home),
     }
 }
@@ -287,6 +298,8 @@ struct Run {
     tool_calls: Vec<memory_store::ToolCall>,
     /// The run log's size after this run's record went there.
     run_log_bytes: Option<u64>,
+    /// The run used the store: read it, or committed writes to it.
+    used_store: bool,
     /// A durable run's journal.
     journal: Option<crate::journal::Shared>,
     /// SHA-256 of the component, once loaded.
@@ -502,6 +515,8 @@ impl Run {
             status,
             Outcome::Ok | Outcome::AgentError | Outcome::Rejected
         );
+        // What the daemon learns of the agent: a run that only read memory still logs.
+        self.used_store = memory.used();
         let committed = if handler_returned {
             memory.commit(&record, keep_runs)
         } else {
@@ -512,7 +527,10 @@ impl Run {
                 self.run_log_bytes = Some(bytes);
                 Ok(())
             }
-            Ok(memory_store::Recorded::Store(_)) => Ok(()),
+            Ok(memory_store::Recorded::Store(_)) => {
+                self.used_store = true;
+                Ok(())
+            }
             Err(e) if status == Outcome::Ok => Err(e.into()),
             Err(e) => {
                 if crate::logging::enabled(tracing::Level::WARN) {

@@ -7,7 +7,7 @@
 //! buffer and records only the run. A run with nothing to apply has its record appended to
 //! the [run log](crate::run_log) instead, without opening SQLite.
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -82,6 +82,8 @@ pub struct RunMemory {
     events: Vec<Event>,
     /// Bytes buffered so far, against [`MAX_RUN_WRITE_BYTES`].
     written: usize,
+    /// Whether the run has read from the store (or otherwise asked for its connection).
+    read: Cell<bool>,
 }
 
 impl RunMemory {
@@ -94,6 +96,7 @@ impl RunMemory {
             writes: BTreeMap::new(),
             events: Vec::new(),
             written: 0,
+            read: Cell::new(false),
         }
     }
 
@@ -107,12 +110,14 @@ impl RunMemory {
             writes: BTreeMap::new(),
             events: Vec::new(),
             written: 0,
+            read: Cell::new(false),
         }
     }
 
     /// The store itself, for reads outside the namespace (the user's consents); opened now
     /// if it was not.
     pub fn store(&self) -> Result<&Store, StoreError> {
+        self.read.set(true);
         if let Some(store) = self.store.get() {
             return Ok(store);
         }
@@ -121,6 +126,12 @@ impl RunMemory {
         })?;
         let store = Store::open(path)?;
         Ok(self.store.get_or_init(|| store))
+    }
+
+    /// Whether the run has used the store so far: read from it, or buffered a write that
+    /// its commit will apply. (A connection given open and never used does not count.)
+    pub fn used(&self) -> bool {
+        self.read.get() || !self.writes.is_empty() || !self.events.is_empty()
     }
 
     /// Whether the store has been opened (by a read, or given open).

@@ -70,6 +70,8 @@ impl RunRecord {
             cache_hit: self.cache_hit,
             timings: self.timings,
             verdict: None,
+            // Not kept with the record.
+            used_store: false,
         }
         .with_output(output)
     }

@@ -49,8 +49,8 @@ pub struct Ran {
     pub failed_compile: Option<(Outcome, String)>,
 }
 
-/// A source of started agent-execs (the daemon's spares).
-pub type Spares<'a> = &'a (dyn Fn() -> Option<Started> + Sync);
+/// A source of started agent-execs (the daemon's spares), given the agent to run.
+pub type Spares<'a> = &'a (dyn Fn(&str) -> Option<Started> + Sync);
 
 /// This machine: a fresh agent-exec per attempt, or one of the daemon's spares (started
 /// with the same output settings as the requests it serves).
@@ -90,7 +90,7 @@ impl Executor for Local<'_> {
             on_stderr: on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
             stop,
         };
-        let mut exit = match self.spares.and_then(|take| take()) {
+        let mut exit = match self.spares.and_then(|take| take(&header.agent)) {
             Some(spare) if spare.is_alive() => crate::spawn::feed(spare, spawn)?,
             // A spare that died while it waited is reaped on drop.
             Some(_dead) => crate::spawn::run(spawn)?,

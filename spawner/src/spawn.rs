@@ -119,13 +119,18 @@ impl std::fmt::Debug for ProviderKeys {
 }
 
 impl SpawnPolicy {
-    /// The policy for a spare `agent-exec --prepare <home>`: the CPU limit is a day (it
-    /// can only be lowered later, to the request's, not raised), no deadline until it is
-    /// fed. It is given the providers' keys: which agent it will run is not known yet.
-    pub fn spare(program: PathBuf, home: &std::path::Path) -> SpawnPolicy {
+    /// The policy for a spare `agent-exec --prepare <home> [--with-store]`: the CPU limit
+    /// is a day (it can only be lowered later, to the request's, not raised), no deadline
+    /// until it is fed. It is given the providers' keys: which agent it will run is not
+    /// known yet.
+    pub fn spare(program: PathBuf, home: &std::path::Path, with_store: bool) -> SpawnPolicy {
+        let mut args = vec!["--prepare".into(), home.as_os_str().to_owned()];
+        if with_store {
+            args.push("--with-store".into());
+        }
         SpawnPolicy {
             program,
-            args: vec!["--prepare".into(), home.as_os_str().to_owned()],
+            args,
             kill_after: Duration::MAX,
             limits: ResourceLimits {
                 cpu_seconds: 86_400,

@@ -299,6 +299,7 @@ mod tests {
             error: Some("rejected: not today".into()),
             cache_hit: None,
             timings: Default::default(),
+            used_store: false,
             // As agent-exec writes it for a hook call.
             verdict: Some(Verdict {
                 decision: Decision::Deny,

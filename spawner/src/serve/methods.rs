@@ -474,7 +474,7 @@ fn serve(
         },
         Runner {
             on_line: Some(&on_line),
-            executor: &Local::with_spares(&|| daemon.spares.take()),
+            executor: &Local::with_spares(&|agent| daemon.spares.take_for(agent)),
             shared: Some(&daemon.admission),
             active: Some(daemon),
             gate_slots: None,
@@ -497,6 +497,14 @@ fn serve(
         .into_report()
         .map_err(|e| internal(format!("{e:#}")))?;
     daemon.metrics.run_finished(report.status);
+    // A run whose handler returned committed what it used; one that trapped or was
+    // killed tells nothing about its agent's use of the store.
+    if matches!(
+        report.status,
+        Outcome::Ok | Outcome::AgentError | Outcome::Rejected
+    ) {
+        daemon.spares.learn(&request.agent, report.used_store);
+    }
     daemon
         .metrics
         .latency

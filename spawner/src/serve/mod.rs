@@ -12,7 +12,8 @@
 //!   disconnects has its run's process group killed) and the run's cancel token.
 //! - **Admission**: [`crate::admission`] bounds runs in flight and waiting; beyond, `busy`.
 //! - **Spares**: [`spares`] keeps a few agent-execs started ahead (`--prepare`), each
-//!   taking exactly one request, so that a run does not wait for a process to start.
+//!   taking exactly one request, so that a run does not wait for a process to start; with
+//!   the store opened ahead only for agents whose last run used it.
 //! - **Store**: the daemon keeps one connection to the memory store open for its life (a
 //!   "keeper"), so no agent-exec is ever the last connection that checkpoints on close.
 //! - **Shutdown**: SIGTERM or SIGINT stops accepting and removes the socket, lets runs in
@@ -168,8 +169,9 @@ fn connection_bound() -> usize {
 /// Serve large allocations (request lines, captured output) from their own mappings, so
 /// that freeing one gives its memory back to the system. glibc otherwise raises its mmap
 /// threshold after the first such free, and later ones stay resident in its heaps after a
-/// burst of large requests is over.
+/// burst of large requests is over. (musl's allocator gives freed mappings back itself.)
 fn keep_large_buffers_returnable() {
+    #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets a tunable of the allocator; called before other threads.
     unsafe {
         nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 1 << 20);
