@@ -161,6 +161,17 @@ impl Providers {
                     p.name
                 )));
             }
+            if let Some(var) = &p.api_key_env
+                && changes_how_programs_run(var)
+            {
+                return Err(invalid(format!(
+                    "provider {:?}: api_key_env {var:?} is a variable that changes how programs load or run, which the spawner would then pass to agent-exec and the broker; name a variable of its own (e.g. {}_API_KEY)",
+                    p.name,
+                    p.name
+                        .to_ascii_uppercase()
+                        .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+                )));
+            }
             if p.api_key_env.is_some() && p.api_key_file.is_some() {
                 return Err(invalid(format!(
                     "provider {:?}: give api_key_env or api_key_file, not both",
@@ -197,6 +208,22 @@ fn is_env_name(name: &str) -> bool {
         .next()
         .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Variables that the dynamic loader, the C library, the Rust runtime, ONNX Runtime or this
+/// runtime itself read: passed on as a "key", they would change how agent-exec and the
+/// broker run, which the spawner's cleared environment is there to prevent.
+fn changes_how_programs_run(name: &str) -> bool {
+    const PREFIXES: [&str; 5] = ["LD_", "MALLOC_", "RUST_", "ORT_", "SPAWNER_GPU_"];
+    const NAMES: [&str; 6] = [
+        "PATH",
+        "HOME",
+        "GLIBC_TUNABLES",
+        "SPAWNER_LOG",
+        "SPAWNER_HOME",
+        "TMPDIR",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
 }
 
 #[cfg(test)]
@@ -243,6 +270,23 @@ mod tests {
             assert!(
                 err(&text).contains("is not a variable's name"),
                 "{bad:?}: {}",
+                err(&text)
+            );
+        }
+        for loader in [
+            "LD_PRELOAD",
+            "PATH",
+            "GLIBC_TUNABLES",
+            "ORT_DYLIB_PATH",
+            "RUST_LOG",
+        ] {
+            let text = format!(
+                "[[provider]]\nname = \"my-lab\"\nurl = \"http://x\"\napi_key_env = \"{loader}\"\n"
+            );
+            assert!(
+                err(&text).contains("changes how programs load or run")
+                    && err(&text).contains("MY_LAB_API_KEY"),
+                "{loader:?}: {}",
                 err(&text)
             );
         }

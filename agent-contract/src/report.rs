@@ -66,9 +66,10 @@ pub struct RunReport {
     /// A hook's verdict, when the agent gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<crate::hook::Verdict>,
-    /// The run used the memory store: it read or wrote memory (or is durable, or looked up
-    /// a consent). `false`: it touched no memory, and its record went to the run log (or,
-    /// in a report rebuilt from a record, not known). `spawner serve` learns
+    /// The run used the memory store: it read or wrote memory, journaled a step, read its
+    /// journal, or looked up a consent. `false`: it touched none of it, and its record went
+    /// to the run log (or, in a report the spawner wrote or rebuilt from a record, not
+    /// known). `spawner serve` learns
     /// from it which agents' spares should open the store ahead of their request.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub used_store: bool,

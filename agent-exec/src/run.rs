@@ -387,7 +387,9 @@ impl Run {
         let (result, memory) = self.run_component(&manifest, memory, &mut clock);
         let result = result.and_then(|answer| self.check_output(answer));
         if self.header.journal == JournalMode::Replay && self.journal.is_some() {
-            // A replay writes nothing: its memory writes and its record are dropped.
+            // A replay writes nothing: its memory writes and its record are dropped. It
+            // read the journal from the store.
+            self.used_store = memory.used();
             return result;
         }
         match result {

@@ -38,6 +38,12 @@ fn api_key(home: &Path, p: &Provider) -> Result<Option<String>, Failure> {
     if let Some(var) = &p.api_key_env {
         return match std::env::var(var) {
             Ok(v) if !v.is_empty() => Ok(Some(v)),
+            Err(std::env::VarError::NotUnicode(_)) => Err(failed(
+                &p.name,
+                format_args!(
+                    "its API key ${var} is set but is not UTF-8 text, which no HTTP header can carry; set it to the key's text"
+                ),
+            )),
             _ => Err(Failure::new(
                 ErrorCode::Failed,
                 format!(

@@ -493,16 +493,20 @@ fn serve(
             return Err(refused(&e));
         }
     };
+    // The spawner's own report of a run whose answer was lost says nothing of the store.
+    let answered = !finished.answer_lost();
     let report = finished
         .into_report()
         .map_err(|e| internal(format!("{e:#}")))?;
     daemon.metrics.run_finished(report.status);
     // A run whose handler returned committed what it used; one that trapped or was
     // killed tells nothing about its agent's use of the store.
-    if matches!(
-        report.status,
-        Outcome::Ok | Outcome::AgentError | Outcome::Rejected
-    ) {
+    if answered
+        && matches!(
+            report.status,
+            Outcome::Ok | Outcome::AgentError | Outcome::Rejected
+        )
+    {
         daemon.spares.learn(&request.agent, report.used_store);
     }
     daemon
