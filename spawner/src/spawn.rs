@@ -95,6 +95,14 @@ impl ProviderKeys {
     /// file that cannot be read gives none: the broker says what is wrong with it when a
     /// chat needs a provider.
     pub fn from_env(home: &std::path::Path) -> ProviderKeys {
+        ProviderKeys::from_lookup(home, |var| std::env::var_os(var))
+    }
+
+    /// The keys of `home`'s providers that `lookup` gives a non-empty value for.
+    fn from_lookup(
+        home: &std::path::Path,
+        lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> ProviderKeys {
         let Ok(providers) = agent_contract::providers::Providers::load(home) else {
             return ProviderKeys::default();
         };
@@ -102,7 +110,7 @@ impl ProviderKeys {
             providers
                 .key_vars()
                 .filter_map(|var| {
-                    let value = std::env::var_os(var).filter(|v| !v.is_empty())?;
+                    let value = lookup(var).filter(|v| !v.is_empty())?;
                     Some((var.to_owned(), value))
                 })
                 .collect(),
@@ -929,16 +937,34 @@ mod tests {
     #[test]
     fn the_keys_are_the_providers_variables_this_environment_sets() {
         let home = tempfile::tempdir().expect("tempdir");
-        // PATH is set in any test's environment; the other is set in none.
+        let providers = home.path().join(agent_contract::providers::PROVIDERS_FILE);
+        // The environment sets A_KEY, sets B_KEY empty, and lacks C_KEY.
+        let lookup = |var: &str| match var {
+            "A_KEY" => Some("sk-a".into()),
+            "B_KEY" => Some("".into()),
+            _ => None,
+        };
         std::fs::write(
-            home.path().join(agent_contract::providers::PROVIDERS_FILE),
-            "[[provider]]\nname = \"a\"\nurl = \"http://x\"\napi_key_env = \"PATH\"\n\
-             [[provider]]\nname = \"b\"\nurl = \"http://y\"\napi_key_env = \"SPAWNER_TEST_UNSET_KEY_9F2C\"\n",
+            &providers,
+            "[[provider]]\nname = \"a\"\nurl = \"http://x\"\napi_key_env = \"A_KEY\"\n\
+             [[provider]]\nname = \"b\"\nurl = \"http://y\"\napi_key_env = \"B_KEY\"\n\
+             [[provider]]\nname = \"c\"\nurl = \"http://z\"\napi_key_env = \"C_KEY\"\n",
         )
         .expect("providers");
-        let keys = ProviderKeys::from_env(home.path());
-        let path = std::env::var_os("PATH").expect("PATH");
-        assert_eq!(keys.0, [("PATH".to_owned(), path)]);
+        let keys = ProviderKeys::from_lookup(home.path(), lookup);
+        assert_eq!(keys.0, [("A_KEY".to_owned(), "sk-a".into())]);
+        // A file naming a variable programs read (PATH) is refused whole: no keys at all.
+        std::fs::write(
+            &providers,
+            "[[provider]]\nname = \"a\"\nurl = \"http://x\"\napi_key_env = \"A_KEY\"\n\
+             [[provider]]\nname = \"p\"\nurl = \"http://y\"\napi_key_env = \"PATH\"\n",
+        )
+        .expect("providers");
+        assert!(
+            ProviderKeys::from_lookup(home.path(), |_| Some("v".into()))
+                .0
+                .is_empty()
+        );
         // No file, or one that is not valid: none.
         assert!(
             ProviderKeys::from_env(&home.path().join("nowhere"))
