@@ -142,6 +142,11 @@ impl Execution {
         };
         let flushed = written.and_then(|()| stdout.flush());
         drop(stdout);
+        // The answer is whole: close our standard output (pointing it at standard error,
+        // so that no file opened later can take its number), which tells a spawner that
+        // reads it that it may reply now, while this process exits. Nothing is written to
+        // it from here on.
+        let _ = nix::unistd::dup2_stdout(std::io::stderr());
         // Answered: now is the time to import a long run log, once in a few hundred runs.
         if let (Some(bytes), Some(home)) = (self.run_log_bytes, &self.home)
             && bytes > memory_store::run_log::IMPORT_AFTER_BYTES

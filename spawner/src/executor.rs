@@ -35,6 +35,9 @@ pub struct Job<'a> {
     pub input: &'a [u8],
     /// Capture agent-exec's standard output (returned in [`Exit::stdout`]).
     pub capture_stdout: bool,
+    /// With `capture_stdout`: take the answer when agent-exec closes its output, and
+    /// leave its exit to [`Exit::exiting`] ([`Spawn::reap_after_answer`]).
+    pub reap_after_answer: bool,
     /// What stops it early.
     pub stop: Stop<'a>,
 }
@@ -79,6 +82,7 @@ impl Executor for Local<'_> {
             input,
             capture_stdout,
             stop,
+            reap_after_answer,
         } = job;
         let mut envelope = Vec::with_capacity(input.len() + 512);
         write_envelope(&mut envelope, &header, input).context("cannot build the request")?;
@@ -89,6 +93,7 @@ impl Executor for Local<'_> {
             // Shortens the callback's lifetime to this call's.
             on_stderr: on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
             stop,
+            reap_after_answer,
         };
         let mut exit = match self.spares.and_then(|take| take(&header.agent)) {
             Some(spare) if spare.is_alive() => crate::spawn::feed(spare, spawn)?,
@@ -113,6 +118,7 @@ impl Executor for Local<'_> {
                 capture_stdout: false,
                 on_stderr: on_stderr.as_deref_mut().map(|f| f as &mut dyn FnMut(&[u8])),
                 stop,
+                reap_after_answer: false,
             })?;
             exit = match compiled.termination {
                 // Stopped while compiling: the run ends so, and is recorded by the caller.
@@ -139,7 +145,7 @@ impl Executor for Local<'_> {
                     ));
                     compiled
                 }
-                Termination::Exited(_) => {
+                Termination::Exited(_) | Termination::Answered => {
                     let header = RequestHeader {
                         compile: CompileStep::Done,
                         ..header
@@ -153,6 +159,7 @@ impl Executor for Local<'_> {
                         capture_stdout,
                         on_stderr: on_stderr.map(|f| f as &mut dyn FnMut(&[u8])),
                         stop,
+                        reap_after_answer,
                     })?
                 }
             };

@@ -143,6 +143,12 @@ pub struct Runner<'a> {
     /// nested fan-out has no more runs at work at once than that (parents waiting in
     /// `join` lend their slots), not `parallel` to the power of its depth. Made only then: sizing it by the cores reads cgroup files.
     pub gate_slots: Option<u32>,
+    /// Take a captured answer as soon as agent-exec has closed its output, and reap its
+    /// process in the background ([`crate::spawn::Exiting`]): the daemon's, whose reply
+    /// then need not wait for the teardown of agent-exec's memory. Its slot is given back
+    /// with the answer; the process is past its work by then. Never a sub-run's, so that
+    /// a fan-out has no more agent-execs at once than its slots.
+    pub reap_after_answer: bool,
 }
 
 impl Runner<'static> {
@@ -154,6 +160,7 @@ impl Runner<'static> {
         shared: None,
         active: None,
         gate_slots: None,
+        reap_after_answer: false,
     };
 }
 
@@ -479,6 +486,17 @@ struct Attempts<'a> {
     marked: bool,
 }
 
+/// The outcome a whole report in `stdout` gives, if it is one.
+fn answered(stdout: &[u8]) -> Option<Outcome> {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        status: Outcome,
+    }
+    serde_json::from_slice::<Status>(stdout)
+        .ok()
+        .map(|s| s.status)
+}
+
 /// One attempt at `request`: [`execute`] without its retries.
 fn attempt(
     ctx: Attempts<'_>,
@@ -554,6 +572,7 @@ fn attempt(
         input: &request.input,
         capture_stdout: request.capture_stdout,
         stop,
+        reap_after_answer: runner.reap_after_answer && request.capture_stdout,
     };
     let Ran {
         exit,
@@ -585,6 +604,24 @@ fn attempt(
         lines.finish();
     }
     let (termination, stdout) = (exit.termination, exit.stdout);
+    // An answer taken before agent-exec exited stands when it is a whole report (written
+    // after the run was recorded); else its exit says what happened.
+    let termination = match (termination, exit.exiting) {
+        (Termination::Answered, Some(exiting)) => match answered(&stdout) {
+            Some(outcome) => {
+                exiting.reap_in_background();
+                return Ok(Finished {
+                    outcome,
+                    stdout,
+                    spawner_report: None,
+                    stopped: None,
+                    retryable: outcome.may_pass(),
+                });
+            }
+            None => exiting.wait()?,
+        },
+        (termination, _) => termination,
+    };
     let stopped = match termination {
         Termination::Stopped => stop.token.reason(),
         _ => None,
@@ -629,6 +666,11 @@ fn attempt(
             Termination::Stopped => (
                 Outcome::Killed,
                 stopped.map_or_else(String::new, StopReason::describe),
+            ),
+            // Not after the wait above.
+            Termination::Answered => (
+                Outcome::Internal,
+                "agent-exec closed its output without a report".to_owned(),
             ),
         }
     };

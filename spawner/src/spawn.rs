@@ -27,9 +27,16 @@
 //!   child). A hang-up or a signal cancels the token with its reason, so that whoever
 //!   waits on the run reads why from the token.
 //! - **Deadline and kill**: at the deadline, or when the run is stopped, the child's
-//!   whole group gets SIGKILL; the child is always reaped before [`run`] returns.
+//!   whole group gets SIGKILL; the child is always reaped, before [`run`] returns or,
+//!   when asked ([`Spawn::reap_after_answer`]), after its answer is taken.
+//! - **Answer before exit**: agent-exec closes its standard output once its answer is
+//!   written and its record committed, and then still spends a good part of a millisecond
+//!   exiting (the kernel tears down its engine's mappings before the pidfd is ready). A
+//!   caller that captures the output and may take the answer then (the daemon) is given
+//!   it at the end of the output, with an [`Exiting`] child that is reaped later, under
+//!   the same deadline.
 
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -250,6 +257,10 @@ pub struct Spawn<'a, 's> {
     pub on_stderr: Option<StderrSink<'s>>,
     /// What stops the run early.
     pub stop: Stop<'a>,
+    /// With `capture_stdout`: when the child closes its standard output before it exits,
+    /// end the watch there ([`Termination::Answered`]) and leave the child in
+    /// [`Exit::exiting`].
+    pub reap_after_answer: bool,
 }
 
 /// Where a child's standard error goes, chunk by chunk.
@@ -266,15 +277,111 @@ pub enum Termination {
     DeadlineKilled,
     /// The run was stopped (its token says why); the group was killed.
     Stopped,
+    /// It closed its standard output and is still exiting: [`Exit::exiting`] reaps it.
+    /// Only when [`Spawn::reap_after_answer`] asked for it.
+    Answered,
 }
 
-/// A finished child.
+/// A finished child, or one whose answer is whole ([`Termination::Answered`]).
 #[derive(Debug)]
 pub struct Exit {
     /// How it ended.
     pub termination: Termination,
     /// Its standard output, when captured.
     pub stdout: Vec<u8>,
+    /// The child, still exiting, when it answered before it exited.
+    pub exiting: Option<Exiting>,
+}
+
+/// A child that has closed its output but not yet exited. Reaped by [`Exiting::wait`], by
+/// [`Exiting::reap_in_background`], or when dropped (which waits); killed with its group
+/// if it is still there at its deadline. What it writes to its standard error from now on
+/// is not read.
+pub struct Exiting {
+    child: Child,
+    pidfd: OwnedFd,
+    deadline: Instant,
+    /// Kept open until it is reaped, so that a late write finds a pipe, not EPIPE.
+    _stderr: Option<std::process::ChildStderr>,
+}
+
+impl std::fmt::Debug for Exiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exiting")
+            .field("pid", &self.child.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Exiting {
+    /// Wait until it exits, or kill its group at its deadline, and say how it ended.
+    pub fn wait(mut self) -> Result<Termination, SpawnError> {
+        self.reap()
+    }
+
+    /// Leave it to a thread of this process that reaps exiting children one after the
+    /// other (started on first use; its signals blocked).
+    pub fn reap_in_background(self) {
+        type Reaper = std::sync::Mutex<std::sync::mpsc::Sender<Exiting>>;
+        static REAPER: std::sync::OnceLock<Option<Reaper>> = std::sync::OnceLock::new();
+        let reaper = REAPER.get_or_init(|| {
+            let (send, receive) = std::sync::mpsc::channel::<Exiting>();
+            let started = with_stop_signals_blocked(|| {
+                std::thread::Builder::new()
+                    .name("reaper".into())
+                    .spawn(move || {
+                        for exiting in receive {
+                            drop(exiting);
+                        }
+                    })
+            });
+            started.ok().map(|_| std::sync::Mutex::new(send))
+        });
+        let sent = match reaper {
+            Some(send) => send
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .send(self)
+                .map_err(|e| e.0),
+            None => Err(self),
+        };
+        // No reaper thread: reap it here.
+        drop(sent);
+    }
+
+    fn reap(&mut self) -> Result<Termination, SpawnError> {
+        let pid = self.child.id() as libc::pid_t;
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(os("reap agent-exec"))? {
+                return Ok(termination(status));
+            }
+            let remaining = self.deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                kill_group(pid);
+                self.child.wait().map_err(os("reap agent-exec"))?;
+                return Ok(Termination::DeadlineKilled);
+            }
+            let timeout = PollTimeout::try_from(remaining.as_millis().clamp(1, 60_000) as i32)
+                .unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    kill_group(pid);
+                    self.child.wait().map_err(os("reap agent-exec"))?;
+                    return Err(os("wait for agent-exec")(e.into()));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Exiting {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.reap();
+        }
+    }
 }
 
 /// What went wrong starting or watching a child.
@@ -314,8 +421,8 @@ pub struct Started {
 struct StartedChild {
     child: Child,
     pidfd: OwnedFd,
-    /// Where its standard output goes, when captured.
-    captured: Option<std::fs::File>,
+    /// Whether its standard output is a pipe to us.
+    captured: bool,
     /// Whether its standard error is a pipe to us.
     stderr_piped: bool,
     /// The limits [`start`] applied: [`feed`] applies its own only when they differ (a
@@ -349,19 +456,12 @@ pub fn start(
     capture_stdout: bool,
     pipe_stderr: bool,
 ) -> Result<Started, SpawnError> {
-    // The captured output goes to an anonymous in-memory file, not a pipe: nothing to
-    // read while the child runs, and a child that writes a lot cannot stall on a full pipe.
-    let captured = if capture_stdout {
-        use nix::sys::memfd::{MFdFlags, memfd_create};
-        let memfd = memfd_create("agent-exec-stdout", MFdFlags::MFD_CLOEXEC)
-            .map_err(|e| os("create the output buffer")(e.into()))?;
-        Some(std::fs::File::from(memfd))
+    // The captured output is a pipe, read as it comes (so a child that writes a lot does
+    // not stall on a full pipe): its end tells that the answer is whole.
+    let stdout = if capture_stdout {
+        Stdio::piped()
     } else {
-        None
-    };
-    let stdout = match &captured {
-        Some(file) => Stdio::from(file.try_clone().map_err(os("share the output buffer"))?),
-        None => Stdio::inherit(),
+        Stdio::inherit()
     };
     let mut child = Command::new(&policy.program)
         .args(&policy.args)
@@ -387,7 +487,7 @@ pub fn start(
             inner: Some(StartedChild {
                 child,
                 pidfd,
-                captured,
+                captured: capture_stdout,
                 stderr_piped: pipe_stderr,
                 limits: policy.limits,
             }),
@@ -421,6 +521,7 @@ pub fn feed(mut started: Started, spawn: Spawn<'_, '_>) -> Result<Exit, SpawnErr
         capture_stdout: _,
         on_stderr,
         stop,
+        reap_after_answer,
     } = spawn;
     let Some(StartedChild {
         mut child,
@@ -456,23 +557,21 @@ pub fn feed(mut started: Started, spawn: Spawn<'_, '_>) -> Result<Exit, SpawnErr
         None
     };
     let watched = stop_fds(&stop, signals.as_ref());
-    let termination = watch(
-        &mut child,
-        &pidfd,
+    let mut stdout = Vec::new();
+    let watching = Watching {
         deadline,
         stdin,
-        on_stderr.filter(|_| stderr_piped),
-        &watched,
-    );
+        stdout: captured.then_some(&mut stdout),
+        on_stderr: on_stderr.filter(|_| stderr_piped),
+        stop_on: &watched,
+        reap_after_answer,
+    };
+    let termination = watch(&mut child, &pidfd, watching);
     if let Ok(Stopped(fired)) = termination {
         cancel_for(&stop, fired, signals.as_ref());
     }
     drop(watched);
     drop(signals);
-    let termination = termination.map(|t| match t {
-        Stopped(_) => Termination::Stopped,
-        Ended(t) => t,
-    });
     let termination = match termination {
         Ok(t) => t,
         Err(e) => {
@@ -481,24 +580,24 @@ pub fn feed(mut started: Started, spawn: Spawn<'_, '_>) -> Result<Exit, SpawnErr
             return Err(e);
         }
     };
-    let mut stdout = Vec::new();
-    if let Some(mut file) = captured {
-        file.rewind()
-            .and_then(|()| {
-                (&mut file)
-                    .take(MAX_CAPTURED_BYTES + 1)
-                    .read_to_end(&mut stdout)
-            })
-            .map_err(os("read agent-exec's output"))?;
-        if stdout.len() as u64 > MAX_CAPTURED_BYTES {
-            return Err(os("read agent-exec's output")(std::io::Error::other(
-                format!("its report is over {MAX_CAPTURED_BYTES} bytes"),
-            )));
+    let (termination, exiting) = match termination {
+        Stopped(_) => (Termination::Stopped, None),
+        Ended(t) => (t, None),
+        Answered => {
+            let stderr = child.stderr.take();
+            let exiting = Exiting {
+                child,
+                pidfd,
+                deadline,
+                _stderr: stderr,
+            };
+            (Termination::Answered, Some(exiting))
         }
-    }
+    };
     Ok(Exit {
         termination,
         stdout,
+        exiting,
     })
 }
 
@@ -508,25 +607,68 @@ enum Watch {
     Ended(Termination),
     /// This stop descriptor fired; the group was killed.
     Stopped(Watched),
+    /// The child closed its output and is still running; it is not reaped.
+    Answered,
 }
-use Watch::{Ended, Stopped};
+use Watch::{Answered, Ended, Stopped};
 
-/// The poll loop: feed stdin, pass stderr on, and wait for the exit, the deadline or a
-/// stop descriptor. Always reaps the child.
-fn watch(
-    child: &mut Child,
-    pidfd: &OwnedFd,
+/// What [`watch`] does around the child.
+struct Watching<'w, 's> {
     deadline: Instant,
-    stdin_bytes: &[u8],
-    mut on_stderr: Option<StderrSink<'_>>,
-    stop_on: &[StopOn<'_>],
-) -> Result<Watch, SpawnError> {
+    stdin: &'w [u8],
+    /// Where its captured output goes.
+    stdout: Option<&'w mut Vec<u8>>,
+    on_stderr: Option<StderrSink<'s>>,
+    stop_on: &'w [StopOn<'w>],
+    /// End the watch when the captured output ends before the child does.
+    reap_after_answer: bool,
+}
+
+/// Read what `pipe` has into `out` (at most [`MAX_CAPTURED_BYTES`]) without blocking;
+/// whether it has ended. More than the limit is an error.
+fn read_output(
+    pipe: &mut std::process::ChildStdout,
+    out: &mut Vec<u8>,
+) -> Result<bool, SpawnError> {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match pipe.read(&mut chunk) {
+            Ok(0) => return Ok(true),
+            Ok(n) => {
+                out.extend_from_slice(&chunk[..n]);
+                if out.len() as u64 > MAX_CAPTURED_BYTES {
+                    return Err(os("read agent-exec's output")(std::io::Error::other(
+                        format!("its report is over {MAX_CAPTURED_BYTES} bytes"),
+                    )));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(os("read agent-exec's output")(e)),
+        }
+    }
+}
+
+/// The poll loop: feed stdin, read the captured output, pass stderr on, and wait for the
+/// exit, the deadline, a stop descriptor, or (when asked) the end of the output. Reaps the
+/// child, unless it answered.
+fn watch(child: &mut Child, pidfd: &OwnedFd, w: Watching<'_, '_>) -> Result<Watch, SpawnError> {
+    let Watching {
+        deadline,
+        stdin: stdin_bytes,
+        stdout: mut out,
+        mut on_stderr,
+        stop_on,
+        reap_after_answer,
+    } = w;
     let pid = child.id() as libc::pid_t;
     let mut stdin = child.stdin.take();
+    let mut stdout = child.stdout.take().filter(|_| out.is_some());
     let mut stderr = child.stderr.take();
     for fd in stdin
         .iter()
         .map(AsFd::as_fd)
+        .chain(stdout.iter().map(AsFd::as_fd))
         .chain(stderr.iter().map(AsFd::as_fd))
     {
         set_nonblocking(fd).map_err(os("configure agent-exec's pipes"))?;
@@ -543,14 +685,19 @@ fn watch(
             child.wait().map_err(os("reap agent-exec"))?;
             return Ok(Ended(Termination::DeadlineKilled));
         }
-        // Fixed slots: 0 the child, 1 its stdin, 2 its stderr, then the stop descriptors.
-        let mut fds = Vec::with_capacity(3 + stop_on.len());
+        // Fixed slots: 0 the child, 1 its stdin, 2 its stderr, 3 its stdout, then the stop
+        // descriptors. An unused slot polls the pidfd for nothing.
+        let mut fds = Vec::with_capacity(4 + stop_on.len());
         fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
         fds.push(match &stdin {
             Some(s) => PollFd::new(s.as_fd(), PollFlags::POLLOUT),
             None => PollFd::new(pidfd.as_fd(), PollFlags::empty()),
         });
         fds.push(match &stderr {
+            Some(s) => PollFd::new(s.as_fd(), PollFlags::POLLIN),
+            None => PollFd::new(pidfd.as_fd(), PollFlags::empty()),
+        });
+        fds.push(match &stdout {
             Some(s) => PollFd::new(s.as_fd(), PollFlags::POLLIN),
             None => PollFd::new(pidfd.as_fd(), PollFlags::empty()),
         });
@@ -566,7 +713,8 @@ fn watch(
         let child_done = fired(0);
         let stdin_ready = fired(1);
         let stderr_ready = fired(2);
-        let stopped = (0..stop_on.len()).find(|i| fired(3 + i));
+        let stdout_ready = fired(3);
+        let stopped = (0..stop_on.len()).find(|i| fired(4 + i));
         drop(fds);
         if let Some(i) = stopped {
             kill_group(pid);
@@ -602,6 +750,31 @@ fn watch(
                 }
                 if !child_done {
                     break;
+                }
+            }
+        }
+        // After the exit too: what it wrote is in the pipe (a grandchild that holds it
+        // open does not make us wait, as for stderr).
+        if (stdout_ready || child_done)
+            && let (Some(pipe), Some(out)) = (&mut stdout, out.as_deref_mut())
+        {
+            let ended = read_output(pipe, out).inspect_err(|_| {
+                kill_group(pid);
+                let _ = child.wait();
+            })?;
+            if ended {
+                stdout = None;
+                // No output is no answer (agent-exec asking for a compile first, or
+                // failing before it could report): its exit says what happened.
+                if reap_after_answer && !child_done && !out.is_empty() {
+                    // Whatever stderr holds now came before the answer's end.
+                    if let (Some(pipe), Some(sink)) = (&mut stderr, on_stderr.as_deref_mut()) {
+                        while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                            sink(&buf[..n]);
+                        }
+                    }
+                    child.stderr = stderr;
+                    return Ok(Answered);
                 }
             }
         }
@@ -835,6 +1008,7 @@ mod tests {
             capture_stdout: false,
             on_stderr: None,
             stop: Stop::signals(never()),
+            reap_after_answer: false,
         }
     }
 
@@ -995,6 +1169,77 @@ mod tests {
         assert_eq!(exit.stdout.len(), 300_001);
         assert!(exit.stdout[..300_000].iter().all(|b| *b == b'x'));
         assert_eq!(err, b"to-stderr\n");
+    }
+
+    fn answering(script: &str, kill_after: Duration, reap_after_answer: bool) -> Exit {
+        let p = policy("/bin/sh", kill_after);
+        run(Spawn {
+            capture_stdout: true,
+            reap_after_answer,
+            ..spawn(&p, script.as_bytes())
+        })
+        .expect("run")
+    }
+
+    #[test]
+    fn an_answer_is_taken_when_the_output_closes_and_the_child_is_reaped_after() {
+        // It closes its output, then waits for ever (its sleep has no standard output).
+        let exit = answering(
+            "printf answer; exec >&-; sleep 60",
+            Duration::from_secs(120),
+            true,
+        );
+        assert_eq!(exit.termination, Termination::Answered);
+        assert_eq!(exit.stdout, b"answer");
+        let mut exiting = exit.exiting.expect("exiting");
+        assert!(
+            matches!(exiting.child.try_wait(), Ok(None)),
+            "still running"
+        );
+        kill_group(exiting.child.id() as libc::pid_t);
+        assert_eq!(
+            exiting.wait().expect("wait"),
+            Termination::Signaled(libc::SIGKILL)
+        );
+        // Not asked: the watch lasts until the exit, output and all.
+        let exit = answering(
+            "printf answer; exec >&-; exit 3",
+            Duration::from_secs(60),
+            false,
+        );
+        assert_eq!(exit.termination, Termination::Exited(3));
+        assert_eq!(exit.stdout, b"answer");
+        assert!(exit.exiting.is_none());
+    }
+
+    #[test]
+    fn a_child_that_answered_is_still_killed_at_its_deadline() {
+        let exit = answering("exec >&-; sleep 60", Duration::from_millis(300), true);
+        assert_eq!(exit.termination, Termination::Answered);
+        let exiting = exit.exiting.expect("exiting");
+        assert_eq!(exiting.wait().expect("wait"), Termination::DeadlineKilled);
+    }
+
+    #[test]
+    fn a_child_left_to_the_reaper_is_reaped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let go = dir.path().join("go");
+        // It answers, then exits once told to (it cannot exit before we look).
+        let script = format!(
+            "printf a; exec >&-; while [ ! -e '{}' ]; do sleep 0.01; done",
+            go.display()
+        );
+        let exit = answering(&script, Duration::from_secs(60), true);
+        let exiting = exit.exiting.expect("exiting");
+        let pid = Pid::from_raw(exiting.child.id() as libc::pid_t);
+        exiting.reap_in_background();
+        std::fs::write(&go, "").expect("go");
+        // A zombie still takes a signal; a reaped child is gone (ESRCH).
+        let waited = Instant::now();
+        while nix::sys::signal::kill(pid, None).is_ok() {
+            assert!(waited.elapsed() < Duration::from_secs(30), "never reaped");
+            std::thread::yield_now();
+        }
     }
 
     #[test]

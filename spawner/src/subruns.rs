@@ -408,6 +408,7 @@ impl Server {
             Stop::token(&token),
             crate::request::Runner {
                 executor: &Local::FRESH,
+                reap_after_answer: false,
                 ..parent.runner
             },
         );

@@ -478,6 +478,7 @@ fn serve(
             shared: Some(&daemon.admission),
             active: Some(daemon),
             gate_slots: None,
+            reap_after_answer: true,
         },
     );
     daemon.leave(&run_id);
