@@ -1214,7 +1214,11 @@ mod tests {
 
     #[test]
     fn a_child_that_answered_is_still_killed_at_its_deadline() {
-        let exit = answering("exec >&-; sleep 60", Duration::from_millis(300), true);
+        let exit = answering(
+            "printf a; exec >&-; sleep 60",
+            Duration::from_millis(300),
+            true,
+        );
         assert_eq!(exit.termination, Termination::Answered);
         let exiting = exit.exiting.expect("exiting");
         assert_eq!(exiting.wait().expect("wait"), Termination::DeadlineKilled);
