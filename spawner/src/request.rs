@@ -74,6 +74,17 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// A run that agent-exec finished and reported itself, with `outcome`.
+    fn reported(outcome: Outcome, stdout: Vec<u8>) -> Finished {
+        Finished {
+            outcome,
+            stdout,
+            spawner_report: None,
+            stopped: None,
+            retryable: outcome.may_pass(),
+        }
+    }
+
     /// Whether the run finished `ok` (agent-exec committed it) but was killed before its
     /// answer reached the spawner: the outcome is the recorded one, the output is lost.
     /// Callers that act on the answer itself (a hook's verdict) cannot take it as given.
@@ -610,13 +621,7 @@ fn attempt(
         (Termination::Answered, Some(exiting)) => match answered(&stdout) {
             Some(outcome) => {
                 exiting.reap_in_background();
-                return Ok(Finished {
-                    outcome,
-                    stdout,
-                    spawner_report: None,
-                    stopped: None,
-                    retryable: outcome.may_pass(),
-                });
+                return Ok(Finished::reported(outcome, stdout));
             }
             None => exiting.wait()?,
         },
@@ -634,15 +639,7 @@ fn attempt(
     } else {
         match termination {
             Termination::Exited(code) => match Outcome::from_exit_code(code) {
-                Some(outcome) => {
-                    return Ok(Finished {
-                        outcome,
-                        stdout,
-                        spawner_report: None,
-                        stopped: None,
-                        retryable: outcome.may_pass(),
-                    });
-                }
+                Some(outcome) => return Ok(Finished::reported(outcome, stdout)),
                 // Not one of ours (a panic exits with 101): agent-exec failed before it could
                 // record the run.
                 None => (

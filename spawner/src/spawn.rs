@@ -322,7 +322,7 @@ impl Exiting {
     /// Leave it to a thread of this process that reaps exiting children one after the
     /// other (started on first use; its signals blocked).
     pub fn reap_in_background(self) {
-        type Reaper = std::sync::Mutex<std::sync::mpsc::Sender<Exiting>>;
+        type Reaper = std::sync::mpsc::Sender<Exiting>;
         static REAPER: std::sync::OnceLock<Option<Reaper>> = std::sync::OnceLock::new();
         let reaper = REAPER.get_or_init(|| {
             let (send, receive) = std::sync::mpsc::channel::<Exiting>();
@@ -335,17 +335,13 @@ impl Exiting {
                         }
                     })
             });
-            started.ok().map(|_| std::sync::Mutex::new(send))
+            started.ok().map(|_| send)
         });
         let sent = match reaper {
-            Some(send) => send
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .send(self)
-                .map_err(|e| e.0),
+            Some(send) => send.send(self).map_err(|e| e.0),
             None => Err(self),
         };
-        // No reaper thread: reap it here.
+        // No reaper thread: reap it here (its drop waits).
         drop(sent);
     }
 
@@ -361,10 +357,8 @@ impl Exiting {
                 self.child.wait().map_err(os("reap agent-exec"))?;
                 return Ok(Termination::DeadlineKilled);
             }
-            let timeout = PollTimeout::try_from(remaining.as_millis().clamp(1, 60_000) as i32)
-                .unwrap_or(PollTimeout::MAX);
             let mut fds = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, timeout) {
+            match poll(&mut fds, poll_timeout(remaining)) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
                     kill_group(pid);
@@ -629,13 +623,13 @@ struct Watching<'w, 's> {
 fn read_output(
     pipe: &mut std::process::ChildStdout,
     out: &mut Vec<u8>,
+    buf: &mut [u8],
 ) -> Result<bool, SpawnError> {
-    let mut chunk = [0u8; 16 * 1024];
     loop {
-        match pipe.read(&mut chunk) {
+        match pipe.read(buf) {
             Ok(0) => return Ok(true),
             Ok(n) => {
-                out.extend_from_slice(&chunk[..n]);
+                out.extend_from_slice(&buf[..n]);
                 if out.len() as u64 > MAX_CAPTURED_BYTES {
                     return Err(os("read agent-exec's output")(std::io::Error::other(
                         format!("its report is over {MAX_CAPTURED_BYTES} bytes"),
@@ -702,9 +696,7 @@ fn watch(child: &mut Child, pidfd: &OwnedFd, w: Watching<'_, '_>) -> Result<Watc
             None => PollFd::new(pidfd.as_fd(), PollFlags::empty()),
         });
         fds.extend(stop_on.iter().map(|s| PollFd::new(s.fd, s.events)));
-        let timeout = PollTimeout::try_from(remaining.as_millis().clamp(1, 60_000) as i32)
-            .unwrap_or(PollTimeout::MAX);
-        match poll(&mut fds, timeout) {
+        match poll(&mut fds, poll_timeout(remaining)) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(os("wait for agent-exec")(e.into())),
@@ -735,30 +727,16 @@ fn watch(child: &mut Child, pidfd: &OwnedFd, w: Watching<'_, '_>) -> Result<Watc
         }
         if (stderr_ready || child_done)
             && let (Some(pipe), Some(sink)) = (&mut stderr, on_stderr.as_deref_mut())
+            && pass_on(pipe, sink, &mut buf, child_done)
         {
-            // After the exit, drain what is left (a grandchild may hold the pipe open:
-            // stop at the first empty read rather than waiting for its end).
-            loop {
-                match pipe.read(&mut buf) {
-                    Ok(0) => {
-                        stderr = None;
-                        break;
-                    }
-                    Ok(n) => sink(&buf[..n]),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-                if !child_done {
-                    break;
-                }
-            }
+            stderr = None;
         }
         // After the exit too: what it wrote is in the pipe (a grandchild that holds it
         // open does not make us wait, as for stderr).
         if (stdout_ready || child_done)
             && let (Some(pipe), Some(out)) = (&mut stdout, out.as_deref_mut())
         {
-            let ended = read_output(pipe, out).inspect_err(|_| {
+            let ended = read_output(pipe, out, &mut buf).inspect_err(|_| {
                 kill_group(pid);
                 let _ = child.wait();
             })?;
@@ -769,9 +747,7 @@ fn watch(child: &mut Child, pidfd: &OwnedFd, w: Watching<'_, '_>) -> Result<Watc
                 if reap_after_answer && !child_done && !out.is_empty() {
                     // Whatever stderr holds now came before the answer's end.
                     if let (Some(pipe), Some(sink)) = (&mut stderr, on_stderr.as_deref_mut()) {
-                        while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                            sink(&buf[..n]);
-                        }
+                        pass_on(pipe, sink, &mut buf, true);
                     }
                     child.stderr = stderr;
                     return Ok(Answered);
@@ -783,6 +759,34 @@ fn watch(child: &mut Child, pidfd: &OwnedFd, w: Watching<'_, '_>) -> Result<Watc
             return Ok(Ended(termination(status)));
         }
     }
+}
+
+/// Pass what the child's standard error holds to `sink`: one read, or (`drain`) every
+/// read until it is empty, never waiting (a grandchild may hold the pipe open). Whether
+/// the pipe has ended.
+fn pass_on(
+    pipe: &mut std::process::ChildStderr,
+    sink: &mut dyn FnMut(&[u8]),
+    buf: &mut [u8],
+    drain: bool,
+) -> bool {
+    loop {
+        match pipe.read(buf) {
+            Ok(0) => return true,
+            Ok(n) => sink(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+        if !drain {
+            return false;
+        }
+    }
+}
+
+/// A poll timeout for what is left before a deadline: at least 1 ms (never a busy loop),
+/// at most a minute (the loop looks at the clock again).
+fn poll_timeout(remaining: Duration) -> PollTimeout {
+    PollTimeout::try_from(remaining.as_millis().clamp(1, 60_000) as i32).unwrap_or(PollTimeout::MAX)
 }
 
 fn termination(status: ExitStatus) -> Termination {
@@ -1214,13 +1218,16 @@ mod tests {
 
     #[test]
     fn a_child_that_answered_is_still_killed_at_its_deadline() {
+        // Answered well before a long deadline, however slow the machine; then its
+        // deadline is brought to now.
         let exit = answering(
             "printf a; exec >&-; sleep 60",
-            Duration::from_millis(300),
+            Duration::from_secs(120),
             true,
         );
         assert_eq!(exit.termination, Termination::Answered);
-        let exiting = exit.exiting.expect("exiting");
+        let mut exiting = exit.exiting.expect("exiting");
+        exiting.deadline = Instant::now();
         assert_eq!(exiting.wait().expect("wait"), Termination::DeadlineKilled);
     }
 
