@@ -226,6 +226,10 @@ fn measure_running(
         "runs/s",
         Target::AtLeast(THROUGHPUT_TARGET),
     );
+    if let Some((_, eight, wall)) = measured.iter().find(|(clients, _, _)| *clients == 8) {
+        let runs_per_s = eight.times_ms.len() as f64 / wall.as_secs_f64();
+        super::lean::daemon(report, &measured[0].1, (eight, runs_per_s));
+    }
     report.provenance("the client's own clock, one warm-up round of 4 clients first");
     Ok(())
 }

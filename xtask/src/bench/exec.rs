@@ -225,6 +225,13 @@ pub fn measure(
     }
     report.text(&table);
     let (echo, bulky, python_agent) = (&measured[0], &measured[1], &measured[2]);
+    super::lean::exec(
+        report,
+        (&echo.stats, echo.peak_rss_kib),
+        &bulky.stats,
+        &python_agent.stats,
+        python_floor.as_ref(),
+    );
     report.text(&format!(
         "Component {:.0}× larger: cold start {:.2}× ({:+.2} ms at the median), peak RSS {:+.1} MiB.",
         bulky.component_bytes as f64 / echo.component_bytes as f64,

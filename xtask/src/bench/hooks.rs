@@ -78,5 +78,8 @@ pub fn measure(
         "ms",
         Target::Below(TARGET_MS),
     );
+    if let Some(hook) = stats.last() {
+        super::lean::hook(report, hook);
+    }
     Ok(())
 }

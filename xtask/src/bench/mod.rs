@@ -22,6 +22,7 @@ mod broker;
 mod daemon;
 mod exec;
 mod hooks;
+mod lean;
 mod llm;
 mod measure;
 mod peers;
@@ -388,6 +389,12 @@ fn cold_start(
         "ms",
         Target::Below(TARGET_MS),
     );
+    let wasmtime = peers
+        .wasmtime
+        .as_ref()
+        .ok()
+        .and_then(|command| stats.iter().find(|s| &s.command == command));
+    lean::cold_start(report, echo_stats, wasmtime);
     Ok(())
 }
 

@@ -15,6 +15,8 @@ pub enum Target {
     Below(f64),
     /// The figure must be at least this.
     AtLeast(f64),
+    /// The figure must be this or below.
+    AtMost(f64),
 }
 
 /// Markdown and JSON being written side by side.
@@ -138,6 +140,7 @@ impl Report {
         let (pass, relation, limit) = match target {
             Target::Below(limit) => (value < limit, "under", limit),
             Target::AtLeast(limit) => (value >= limit, "at least", limit),
+            Target::AtMost(limit) => (value <= limit, "at most", limit),
         };
         let line = format!(
             "{}: {what}: {value:.2} {unit} (target: {relation} {limit} {unit})",
