@@ -138,8 +138,19 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Pruned once per agent, after its records are in, to the `keep_runs` its newest
+        // frame carried (the agent's manifest as of its latest run).
+        let mut keep: Vec<(&str, u32)> = Vec::new();
         for logged in &records {
-            crate::runs::insert(&tx, &logged.record, logged.keep_runs)?;
+            crate::runs::insert_unpruned(&tx, &logged.record)?;
+            let agent = logged.record.agent.as_str();
+            match keep.iter_mut().find(|(a, _)| *a == agent) {
+                Some(entry) => entry.1 = logged.keep_runs,
+                None => keep.push((agent, logged.keep_runs)),
+            }
+        }
+        for (agent, keep_runs) in keep {
+            crate::runs::prune(&tx, agent, keep_runs)?;
         }
         tx.commit()?;
         file.set_len(0).map_err(err)?;
@@ -235,5 +246,30 @@ mod tests {
             store.runs(&crate::RunFilter::default()).expect("runs"),
             first
         );
+    }
+
+    #[test]
+    fn an_import_keeps_each_agents_newest_runs_by_start_whatever_the_log_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store_path = dir.path().join("memory.db");
+        // Agent a, logged out of start order, keeps 3; agent b keeps 5 of its 2.
+        for started in [5, 1, 7, 3, 6, 2, 4] {
+            append(&store_path, &record(&format!("a{started}"), started), 3).expect("append");
+        }
+        for started in [9, 8] {
+            let b = RunRecord {
+                agent: "b".into(),
+                ..record(&format!("b{started}"), started)
+            };
+            append(&store_path, &b, 5).expect("append");
+        }
+        let store = Store::open(&store_path).expect("open imports");
+        let ids: Vec<_> = store
+            .runs(&crate::RunFilter::default())
+            .expect("runs")
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect();
+        assert_eq!(ids, ["b9", "b8", "a7", "a6", "a5"]);
     }
 }

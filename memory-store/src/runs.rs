@@ -194,6 +194,14 @@ static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 /// Record `r` (see [`UPSERT`]: once per attempt), then prune the agent's records to the
 /// newest `keep_runs`. Runs inside the caller's transaction. True when it was written.
 pub(crate) fn insert(conn: &Connection, r: &RunRecord, keep_runs: u32) -> Result<bool, StoreError> {
+    let inserted = insert_unpruned(conn, r)?;
+    prune(conn, &r.agent, keep_runs)?;
+    Ok(inserted)
+}
+
+/// Record `r` without pruning: for a batch of records, pruned once per agent after
+/// ([`prune`]). True when it was written.
+pub(crate) fn insert_unpruned(conn: &Connection, r: &RunRecord) -> Result<bool, StoreError> {
     let t = &r.timings;
     let opt = |v: Option<u64>| v.map(to_sql_int);
     // A resumed run's evidence follows its earlier attempts'.
@@ -283,25 +291,33 @@ pub(crate) fn insert(conn: &Connection, r: &RunRecord, keep_runs: u32) -> Result
             ])?;
         }
     }
+    Ok(inserted)
+}
+
+/// Keep only the newest `keep_runs` records of `agent` (by start), with their calls. Each
+/// statement walks the agent's records in start order, so a batch prunes once per agent,
+/// not once per record: pruning after each insert or once after all of them keeps the same
+/// records, since a record outside the newest `keep_runs` stays outside as more arrive.
+pub(crate) fn prune(conn: &Connection, agent: &str, keep_runs: u32) -> Result<(), StoreError> {
     conn.prepare_cached(
         "DELETE FROM tool_calls WHERE run_id IN (
              SELECT run_id FROM runs WHERE agent = ?1
              ORDER BY started_at_ms DESC LIMIT -1 OFFSET ?2)",
     )?
-    .execute(params![r.agent, i64::from(keep_runs)])?;
+    .execute(params![agent, i64::from(keep_runs)])?;
     conn.prepare_cached(
         "DELETE FROM llm_calls WHERE run_id IN (
              SELECT run_id FROM runs WHERE agent = ?1
              ORDER BY started_at_ms DESC LIMIT -1 OFFSET ?2)",
     )?
-    .execute(params![r.agent, i64::from(keep_runs)])?;
+    .execute(params![agent, i64::from(keep_runs)])?;
     conn.prepare_cached(
         "DELETE FROM runs WHERE run_id IN (
              SELECT run_id FROM runs WHERE agent = ?1
              ORDER BY started_at_ms DESC LIMIT -1 OFFSET ?2)",
     )?
-    .execute(params![r.agent, i64::from(keep_runs)])?;
-    Ok(inserted)
+    .execute(params![agent, i64::from(keep_runs)])?;
+    Ok(())
 }
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<(RunRecord, String)> {
