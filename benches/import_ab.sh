@@ -10,7 +10,7 @@ for round in 1 2 3; do
     H=/work/ab/home-$b; rm -rf $H; cp -r $HOME_SRC $H; S=$H/ab.sock
     /work/ab/$b/spawner --home $H serve --socket $S 2>/dev/null & D=$!
     while ! [ -S $S ]; do sleep 0.05; done; sleep 0.5
-    echo "round $round $b: $(python3 /work/main/benches/daemon_load_ab.py $S 8 500)"
+    echo "round $round $b: $(python3 /work/main/benches/daemon_ab.py $S 500 8)"
     kill $D; wait $D 2>/dev/null || true
   done
 done

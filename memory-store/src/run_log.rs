@@ -172,6 +172,16 @@ mod tests {
         }
     }
 
+    /// The store's runs, newest first, by id.
+    fn run_ids(store: &Store) -> Vec<String> {
+        store
+            .runs(&crate::RunFilter::default())
+            .expect("runs")
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect()
+    }
+
     #[test]
     fn logged_runs_are_imported_once_and_a_torn_frame_is_skipped() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -186,12 +196,7 @@ mod tests {
         append(&store_path, &record("r2", 2), 10).expect("append");
 
         let mut store = Store::open(&store_path).expect("open imports");
-        let ids: Vec<_> = store
-            .runs(&crate::RunFilter::default())
-            .expect("runs")
-            .into_iter()
-            .map(|r| r.run_id)
-            .collect();
+        let ids = run_ids(&store);
         assert_eq!(ids, ["r2", "r1"]);
         assert_eq!(
             store.run("r1").expect("run").expect("r1"),
@@ -218,12 +223,7 @@ mod tests {
             .expect("commit")
             .store()
             .expect("the writes went through the store");
-        let ids: Vec<_> = store
-            .runs(&crate::RunFilter::default())
-            .expect("runs")
-            .into_iter()
-            .map(|r| r.run_id)
-            .collect();
+        let ids = run_ids(&store);
         assert_eq!(ids, ["writer", "quiet"], "the open imported the logged run");
     }
 
@@ -264,12 +264,7 @@ mod tests {
             append(&store_path, &b, 5).expect("append");
         }
         let store = Store::open(&store_path).expect("open imports");
-        let ids: Vec<_> = store
-            .runs(&crate::RunFilter::default())
-            .expect("runs")
-            .into_iter()
-            .map(|r| r.run_id)
-            .collect();
+        let ids = run_ids(&store);
         assert_eq!(ids, ["b9", "b8", "a7", "a6", "a5"]);
     }
 }

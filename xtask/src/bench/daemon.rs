@@ -117,6 +117,11 @@ pub fn measure(
     outcome
 }
 
+/// Runs per second: the runs of `stats` over the `wall` time all clients took together.
+fn throughput(stats: &Stats, wall: Duration) -> f64 {
+    stats.times_ms.len() as f64 / wall.as_secs_f64()
+}
+
 fn measure_running(
     report: &mut Report,
     daemon: u32,
@@ -168,7 +173,7 @@ fn measure_running(
     );
     let mut rows = Vec::new();
     for (clients, stats, wall) in &measured {
-        let throughput = stats.times_ms.len() as f64 / wall.as_secs_f64();
+        let throughput = throughput(stats, *wall);
         table.push_str(&format!(
             "| {clients} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {throughput:.0} runs/s |\n",
             stats.times_ms.len(),
@@ -218,7 +223,7 @@ fn measure_running(
     );
     let best = measured
         .iter()
-        .map(|(_, s, wall)| s.times_ms.len() as f64 / wall.as_secs_f64())
+        .map(|(_, s, wall)| throughput(s, *wall))
         .fold(0.0, f64::max);
     report.check(
         "daemon best throughput",
@@ -227,8 +232,7 @@ fn measure_running(
         Target::AtLeast(THROUGHPUT_TARGET),
     );
     if let Some((_, eight, wall)) = measured.iter().find(|(clients, _, _)| *clients == 8) {
-        let runs_per_s = eight.times_ms.len() as f64 / wall.as_secs_f64();
-        super::lean::daemon(report, &measured[0].1, (eight, runs_per_s));
+        super::lean::daemon(report, &measured[0].1, (eight, throughput(eight, *wall)));
     }
     report.provenance("the client's own clock, one warm-up round of 4 clients first");
     Ok(())

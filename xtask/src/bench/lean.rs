@@ -31,34 +31,43 @@ const DAEMON_P99_OVER_P50: f64 = 4.0;
 /// it included, as Claude Code runs a hook.
 const HOOK_MS: f64 = 2.5;
 
-const WHAT: &str = "lean cold start";
+/// What each line of this module is prefixed with.
+const ISSUE: &str = "lean cold start";
+
+/// A PASS/FAIL line of the report, named as this issue's.
+fn check(report: &mut Report, what: &str, value: f64, unit: &str, target: Target) {
+    report.check(&format!("{ISSUE}: {what}"), value, unit, target);
+}
 
 /// `spawner run echo`, and against `wasmtime run` where that was measured.
 pub fn cold_start(report: &mut Report, echo: &Stats, wasmtime: Option<&Stats>) {
     let median = echo.median();
-    report.check(
-        &format!("{WHAT}: `spawner run echo` median"),
+    check(
+        report,
+        "`spawner run echo` median",
         median,
         "ms",
         Target::AtMost(ECHO_MEDIAN_MS),
     );
-    report.check(
-        &format!("{WHAT}: `spawner run echo` p95 over its median"),
+    check(
+        report,
+        "`spawner run echo` p95 over its median",
         echo.percentile(95.0) / median,
         "×",
         Target::AtMost(ECHO_P95_OVER_MEDIAN),
     );
     match wasmtime {
         Some(w) => {
-            report.check(
-                &format!("{WHAT}: `spawner run echo` over `wasmtime run` of the precompiled echo"),
+            check(
+                report,
+                "`spawner run echo` over `wasmtime run` of the precompiled echo",
                 median / w.median(),
                 "×",
                 Target::AtMost(ECHO_OVER_WASMTIME),
             );
         }
         None => report.not_measured(
-            &format!("{WHAT}: `spawner run echo` over `wasmtime run`"),
+            &format!("{ISSUE}: `spawner run echo` over `wasmtime run`"),
             "the wasmtime peer did not run",
         ),
     }
@@ -73,33 +82,38 @@ pub fn exec(
     python_c_pass: Option<&Stats>,
 ) {
     let (echo, echo_rss_kib) = echo;
-    report.check(
-        &format!("{WHAT}: agent-exec on echo, median"),
+    check(
+        report,
+        "agent-exec on echo, median",
         echo.median(),
         "ms",
         Target::AtMost(EXEC_ECHO_MS),
     );
-    report.check(
-        &format!("{WHAT}: agent-exec on echo, peak RSS"),
+    check(
+        report,
+        "agent-exec on echo, peak RSS",
         echo_rss_kib as f64 / 1024.0,
         "MiB",
         Target::AtMost(EXEC_ECHO_RSS_MIB),
     );
-    report.check(
-        &format!("{WHAT}: the 4 MB bulky over echo"),
+    check(
+        report,
+        "the 4 MB bulky over echo",
         bulky.median() / echo.median(),
         "×",
         Target::AtMost(BULKY_OVER_ECHO),
     );
-    report.check(
-        &format!("{WHAT}: the Python agent, median"),
+    check(
+        report,
+        "the Python agent, median",
         python_agent.median(),
         "ms",
         Target::AtMost(PYTHON_AGENT_MS),
     );
     if let Some(p) = python_c_pass {
-        report.check(
-            &format!("{WHAT}: the Python agent over `python3 -c pass`"),
+        check(
+            report,
+            "the Python agent over `python3 -c pass`",
             python_agent.median() / p.median(),
             "×",
             Target::AtMost(PYTHON_AGENT_OVER_PYTHON),
@@ -110,20 +124,23 @@ pub fn exec(
 /// Through the daemon: p50 at one client; throughput and p99 over p50 at eight.
 pub fn daemon(report: &mut Report, one_client: &Stats, eight_clients: (&Stats, f64)) {
     let (eight, runs_per_s) = eight_clients;
-    report.check(
-        &format!("{WHAT}: daemon p50 at 1 client"),
+    check(
+        report,
+        "daemon p50 at 1 client",
         one_client.median(),
         "ms",
         Target::AtMost(DAEMON_P50_MS),
     );
-    report.check(
-        &format!("{WHAT}: daemon throughput at 8 clients"),
+    check(
+        report,
+        "daemon throughput at 8 clients",
         runs_per_s,
         "runs/s",
         Target::AtLeast(DAEMON_THROUGHPUT),
     );
-    report.check(
-        &format!("{WHAT}: daemon p99 over p50 at 8 clients"),
+    check(
+        report,
+        "daemon p99 over p50 at 8 clients",
         eight.percentile(99.0) / eight.median(),
         "×",
         Target::AtMost(DAEMON_P99_OVER_P50),
@@ -132,8 +149,9 @@ pub fn daemon(report: &mut Report, one_client: &Stats, eight_clients: (&Stats, f
 
 /// The Claude Code hook round trip.
 pub fn hook(report: &mut Report, hook: &Stats) {
-    report.check(
-        &format!("{WHAT}: `spawner hook secret-guard` median"),
+    check(
+        report,
+        "`spawner hook secret-guard` median",
         hook.median(),
         "ms",
         Target::AtMost(HOOK_MS),
