@@ -856,7 +856,15 @@ fn spares_serve_one_request_each_and_are_replaced_even_when_killed() {
     assert_eq!(run["output"], "from a spare");
     assert!(run["timings"]["start_to_main_us"].is_null(), "{run}");
     wait_for_spares(&mut c, 2);
-    let now: Vec<u32> = children(daemon.pid()).into_iter().map(|(p, _)| p).collect();
+    // The spare that answered is reaped in the background, after the reply: wait until
+    // the daemon's children are the two ready spares alone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut now: Vec<u32> = children(daemon.pid()).into_iter().map(|(p, _)| p).collect();
+    while now.len() != 2 {
+        assert!(Instant::now() < deadline, "not two spares: {now:?}");
+        std::thread::sleep(Duration::from_millis(10));
+        now = children(daemon.pid()).into_iter().map(|(p, _)| p).collect();
+    }
     assert_eq!(
         now.iter().filter(|p| spares.contains(p)).count(),
         1,
@@ -886,6 +894,17 @@ fn spares_serve_one_request_each_and_are_replaced_even_when_killed() {
         assert_eq!(run["output"], input.as_str(), "{run}");
     }
     wait_for_spares(&mut c, 2);
+    // No zombie is left: the last run's agent-exec, which answered before it exited, is
+    // reaped in the background soon after.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while children(daemon.pid()).len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "left: {:?}",
+            children(daemon.pid())
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(
         children(daemon.pid())
             .iter()
