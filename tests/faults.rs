@@ -189,13 +189,23 @@ fn runs_without_memory_are_recorded_once_wherever_agent_exec_is_killed() {
     home.precompile("echo");
     let mut answered = Vec::new();
     for i in 0..40u64 {
-        let spawner = home
+        let mut spawner = home
             .spawner(&["run", "--json", "echo", &format!("run {i}")])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn");
-        let child = (0..200_000).find_map(|_| children_of(spawner.id()).first().copied());
+        // Its agent-exec, once started; none when the run was over before it was seen (a
+        // run whose spawner has exited has no child left to find: looking on would only
+        // spin).
+        let child = loop {
+            if let Some(pid) = children_of(spawner.id()).first().copied() {
+                break Some(pid);
+            }
+            if spawner.try_wait().expect("try_wait").is_some() {
+                break None;
+            }
+        };
         if let Some(pid) = child {
             let at = Instant::now() + Duration::from_micros(i * 60);
             while Instant::now() < at {
