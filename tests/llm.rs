@@ -244,6 +244,28 @@ fn bad_chats_get_typed_errors_and_the_broker_keeps_serving() {
         "{}",
         stdout(&out)
     );
+    // A chat that must run on a GPU (an agent's `[placement] requires_gpu`), where the
+    // model runs on the CPU (the tests' ONNX Runtime has no CUDA): refused with its own
+    // code, before a token is generated.
+    let refused = client(&home).chat(
+        &ChatRequest {
+            model: MODEL.into(),
+            messages: vec![Message {
+                role: "user".into(),
+                content: "Say hello.".into(),
+            }],
+            require_gpu: true,
+            ..ChatRequest::default()
+        },
+        &mut |text| panic!("generated {text:?} on the CPU"),
+    );
+    match refused {
+        Err(broker_client::ClientError::Broker { code, message }) => {
+            assert_eq!(code, broker_client::ErrorCode::GpuRequired, "{message}");
+            assert!(message.contains("runs on the cpu here"), "{message}");
+        }
+        other => panic!("not refused: {other:?}"),
+    }
     ok();
     stop_broker(&home);
 }

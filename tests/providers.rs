@@ -438,12 +438,11 @@ fn home_with_short_local_model(context: u32) -> TestHome {
     home
 }
 
-#[test]
-fn a_conversation_too_long_for_the_local_model_escalates_under_the_same_rules() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path());
-    let home = home_with_short_local_model(256);
-    std::fs::copy(dir.path().join("ca.pem"), home.path().join("lab-ca.pem")).expect("ca");
+/// A home for escalations to `server`: the local model `smollm2` with a context of
+/// `context` tokens, and the provider `lab` (remote) serving a model of that name.
+fn escalation_home(server: &Server, dir: &Path, context: u32) -> TestHome {
+    let home = home_with_short_local_model(context);
+    std::fs::copy(dir.join("ca.pem"), home.path().join("lab-ca.pem")).expect("ca");
     let key_file = home.path().join("lab.key");
     std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
     use std::os::unix::fs::PermissionsExt;
@@ -453,6 +452,28 @@ fn a_conversation_too_long_for_the_local_model_escalates_under_the_same_rules() 
         providers_toml(server.port, "/v1", "lab.key", 60),
     )
     .expect("providers");
+    home
+}
+
+/// The first LLM call of the newest run's record.
+fn newest_llm_call(home: &TestHome) -> memory_store::LlmCall {
+    let store = home.store();
+    let runs = store
+        .runs(&memory_store::RunFilter::default())
+        .expect("runs");
+    store
+        .run(&runs[0].run_id)
+        .expect("run")
+        .expect("record")
+        .llm_calls[0]
+        .clone()
+}
+
+#[test]
+fn a_conversation_too_long_for_the_local_model_escalates_under_the_same_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let home = escalation_home(&server, dir.path(), 256);
     let manifest = |escalate: &str| {
         format!(
             "[limits]\ntimeout_ms = 60000\n[llm]\nmodels = [\"smollm2\"]\nescalate = [{escalate}]\n"
@@ -470,18 +491,7 @@ fn a_conversation_too_long_for_the_local_model_escalates_under_the_same_rules() 
             &format!("chat\nmodel smollm2\nmax_tokens 8\nmsg user {text} Say hello."),
         ])
     };
-    let newest_call = || {
-        let store = home.store();
-        let runs = store
-            .runs(&memory_store::RunFilter::default())
-            .expect("runs");
-        store
-            .run(&runs[0].run_id)
-            .expect("run")
-            .expect("record")
-            .llm_calls[0]
-            .clone()
-    };
+    let newest_call = || newest_llm_call(&home);
 
     // Short: the local model answers, nothing is sent.
     let out = ask("talker", "Hi.");
@@ -515,5 +525,83 @@ fn a_conversation_too_long_for_the_local_model_escalates_under_the_same_rules() 
     assert_eq!(code(&out), 6, "{}", stderr(&out));
     assert!(stderr(&out).contains("ContextTooLong"), "{}", stderr(&out));
     assert_eq!(newest_call().outcome, "context-too-long");
+    crate::harness::stop_broker_at(&home.path().join("run/broker.sock"));
+}
+
+#[test]
+fn an_agent_that_requires_a_gpu_escalates_where_the_local_model_runs_on_the_cpu() {
+    // The tests' broker runs PyPI's CPU build of ONNX Runtime: the local model can only run
+    // on the CPU, so an agent that requires a GPU is never served by it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let home = escalation_home(&server, dir.path(), 8192);
+    let manifest = |escalate: &str, requires_gpu: bool| {
+        format!(
+            "[limits]\ntimeout_ms = 60000\n[llm]\nmodels = [\"smollm2\"]\nescalate = [{escalate}]\n\
+             [placement]\nrequires_gpu = {requires_gpu}\n"
+        )
+    };
+    home.install_testing("gpu-only", &manifest("\"lab\"", true));
+    home.precompile("gpu-only");
+    home.install_testing("gpu-only-here", &manifest("", true));
+    home.precompile("gpu-only-here");
+    home.install_testing("anywhere", &manifest("\"lab\"", false));
+    home.precompile("anywhere");
+    let ask = |agent: &str| {
+        home.run(&[
+            "run",
+            agent,
+            "chat\nmodel smollm2\nmax_tokens 8\nmsg user Say hello.",
+        ])
+    };
+    let newest_call = || newest_llm_call(&home);
+
+    // An agent that does not require a GPU is served by the local model, on the CPU.
+    let out = ask("anywhere");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("provider local"), "{}", stdout(&out));
+    assert_eq!(newest_call().device.as_deref(), Some("cpu"));
+
+    // One that does, without consent: refused, and nothing is sent.
+    let out = ask("gpu-only");
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    assert!(stderr(&out).contains("ConsentRequired"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("spawner consent grant gpu-only lab"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(server.chat_requests(), 0, "a request reached the server");
+
+    // With consent: served by the provider, and the evidence says why.
+    assert_eq!(code(&home.run(&["consent", "grant", "gpu-only", "lab"])), 0);
+    let out = ask("gpu-only");
+    server.assert_served(&out, 1);
+    let call = newest_call();
+    assert_eq!((call.provider.as_str(), call.remote), ("lab", true));
+    assert!(
+        call.escalation
+            .as_deref()
+            .is_some_and(|e| e.starts_with("the agent requires a GPU")),
+        "{call:?}"
+    );
+    assert!(call.consent.is_some(), "{call:?}");
+
+    // One that may not escalate hears why it cannot be served, and what to do; nothing
+    // runs on the CPU and nothing is sent.
+    let out = ask("gpu-only-here");
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    assert!(stderr(&out).contains("Unavailable"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("[placement] requires_gpu"),
+        "{}",
+        stderr(&out)
+    );
+    let call = newest_call();
+    assert_eq!(
+        (call.outcome.as_str(), call.completion_tokens),
+        ("unavailable", None)
+    );
+    assert_eq!(server.chat_requests(), 1);
     crate::harness::stop_broker_at(&home.path().join("run/broker.sock"));
 }

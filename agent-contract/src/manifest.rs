@@ -40,7 +40,11 @@
 //!                                 # (a hook's repository), resolved per request
 //!
 //! [placement]
-//! requires_gpu = false
+//! requires_gpu = false            # true: its chats with the local LLM run on a GPU or
+//!                                 # not at all: without one they go to a provider of
+//!                                 # [llm] escalate (as escalations, under its rules) or
+//!                                 # fail `unavailable`; its ONNX models follow their own
+//!                                 # model.toml `require_gpu`
 //!
 //! [durable]
 //! journal = false                 # journal the run's host calls, so that a failed run
@@ -304,7 +308,9 @@ impl SubRunPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Placement {
-    /// Refuse to run where no GPU is available, instead of falling back to CPU.
+    /// Chats with the broker's own language model must run on a GPU: where the model does
+    /// not run on one, they escalate to a provider of `[llm] escalate` (under the same
+    /// rules as any escalation) or fail `unavailable`, never silently on the CPU.
     #[serde(default)]
     pub requires_gpu: bool,
 }

@@ -45,6 +45,8 @@ pub struct AgentHost {
     pub llm: Box<dyn crate::llm::Llm>,
     /// The agent's `[llm]`.
     pub llm_policy: agent_contract::manifest::LlmPolicy,
+    /// The agent's `[placement] requires_gpu`.
+    pub requires_gpu: bool,
     /// Evidence of the run's chats, in order.
     pub llm_calls: Vec<memory_store::LlmCall>,
     /// Where tool calls go (the gpu-broker, which holds the servers' sessions).
@@ -530,6 +532,7 @@ impl AgentHost {
             home: &self.home,
             consent: &consent,
             stream: self.stream_llm,
+            requires_gpu: self.requires_gpu,
         };
         let (answer, call) = crate::llm::chat(&mut *self.llm, &policy, model, messages, params);
         self.llm_calls.push(call);

@@ -2,7 +2,8 @@
 //! against the agent's `[llm] models` first (a model not listed is refused before any
 //! connection), then placed ([`place`]): local first; a provider of `providers.toml` only
 //! when the model is not served locally (or the agent names the provider, `lab/model`, or
-//! the conversation does not fit the local model's context),
+//! the conversation does not fit the local model's context, or the agent requires a GPU
+//! (`[placement] requires_gpu`) and the local model does not run on one),
 //! the agent's `[llm] escalate` lists it, and, for a remote one, the user's consent is in
 //! the store. The broker makes the call either way. Every call, served or not, leaves an
 //! [`LlmCall`] as evidence for the run record.
@@ -52,6 +53,9 @@ pub struct Policy<'a> {
     pub consent: &'a dyn Fn(&str) -> Result<Option<memory_store::Consent>, String>,
     /// Show the answer's text on standard error as it comes, in this log format.
     pub stream: Option<agent_contract::LogFormat>,
+    /// The agent's `[placement] requires_gpu`: the local model serves its chats only on
+    /// a GPU, and where it has none they go to a provider, as escalations.
+    pub requires_gpu: bool,
 }
 
 /// Write a piece of streamed text to standard error: raw, or as a JSON line.
@@ -184,14 +188,13 @@ fn route_to(
     })
 }
 
-/// Where a chat goes that the local model cannot take whole (`why`, the broker's words):
+/// Where a chat goes that the local model declined (`reason`: why, for the evidence):
 /// the first provider of the agent's `[llm] escalate` that serves the model, under the
-/// same rules as any escalation; `None` when none does (the agent then hears
-/// `context-too-long`).
-fn too_long_route(
+/// same rules as any escalation; `None` when none does.
+fn escalation_route(
     policy: &Policy<'_>,
     model: &str,
-    why: &str,
+    reason: &str,
 ) -> Result<Option<Route>, wit::LlmError> {
     let providers = agent_contract::providers::Providers::load(policy.home)
         .map_err(|e| wit::LlmError::Unavailable(e.to_string()))?;
@@ -202,14 +205,36 @@ fn too_long_route(
     }) else {
         return Ok(None);
     };
-    route_to(
-        policy,
-        &providers,
-        name,
-        model.to_owned(),
-        &format!("the conversation does not fit the local model's context ({why})"),
-    )
-    .map(Some)
+    route_to(policy, &providers, name, model.to_owned(), reason).map(Some)
+}
+
+/// Why the local model declined a chat that a provider may take instead: the reason for
+/// the evidence, and the agent's error when no provider takes it. `None` for any other
+/// answer.
+fn declined_locally(
+    policy: &Policy<'_>,
+    model: &str,
+    answer: &Result<Completion, ClientError>,
+) -> Option<(String, wit::LlmError)> {
+    let Err(ClientError::Broker { code, message }) = answer else {
+        return None;
+    };
+    match code {
+        ErrorCode::ContextTooLong => Some((
+            format!("the conversation does not fit the local model's context ({message})"),
+            wit::LlmError::ContextTooLong(message.clone()),
+        )),
+        ErrorCode::GpuRequired if policy.requires_gpu => Some((
+            format!("the agent requires a GPU ([placement] requires_gpu): {message}"),
+            wit::LlmError::Unavailable(format!(
+                "{message}; agent {:?} requires a GPU ([placement] requires_gpu in its \
+                 agent.toml) and no provider in its [llm] escalate serves model {model:?}: \
+                 add one that does, or run it where the broker has a GPU",
+                policy.agent
+            )),
+        )),
+        _ => None,
+    }
 }
 
 /// Make one call: check it, send it, and return the answer with its evidence.
@@ -262,17 +287,19 @@ pub fn chat(
                     let answer = send(
                         provider, policy, &mut call, &route, &model, &messages, &params,
                     );
-                    match (&route, answer) {
-                        // The local model cannot take it whole: a provider that serves the
-                        // model may, under the escalation rules.
-                        (Route::Local, Err(wit::LlmError::ContextTooLong(why))) => {
-                            match too_long_route(policy, &model, &why) {
-                                Ok(Some(next)) => route = next,
-                                Ok(None) => break Err(wit::LlmError::ContextTooLong(why)),
-                                Err(e) => break Err(e),
-                            }
-                        }
-                        (_, answer) => break answer,
+                    // What the local model cannot take (too long, or not on a GPU), a
+                    // provider that serves the model may, under the escalation rules.
+                    let declined = match route {
+                        Route::Local => declined_locally(policy, &model, &answer),
+                        Route::Provider { .. } => None,
+                    };
+                    let Some((reason, refusal)) = declined else {
+                        break answer.map_err(to_wit_error);
+                    };
+                    match escalation_route(policy, &model, &reason) {
+                        Ok(Some(next)) => route = next,
+                        Ok(None) => break Err(refusal),
+                        Err(e) => break Err(e),
                     }
                 }
             }
@@ -290,54 +317,49 @@ fn send(
     model: &str,
     messages: &[Message],
     params: &wit::Params,
-) -> Result<Completion, wit::LlmError> {
-    {
-        {
-            {
-                let (provider_name, model) = match route {
-                    Route::Local => (None, model.to_owned()),
-                    Route::Provider {
-                        name,
-                        model: there,
-                        remote,
-                        reason,
-                        consent,
-                    } => {
-                        call.provider = name.clone();
-                        call.remote = *remote;
-                        call.escalation = Some(reason.clone());
-                        call.consent = consent.clone();
-                        (Some(name.clone()), there.clone())
-                    }
-                };
-                let request = ChatRequest {
-                    provider: provider_name,
-                    model,
-                    messages: messages.to_vec(),
-                    max_tokens: params.max_tokens,
-                    temperature: params.temperature,
-                    top_p: params.top_p,
-                    stop: params.stop.clone(),
-                    seed: params.seed,
-                    // A little before the run's own deadline, so that the agent is told `timeout`
-                    // and can still answer (with what it has, or a message of its own).
-                    timeout_ms: crate::deadline::host_call_timeout_ms(policy.deadline),
-                };
-                let mut streamed = false;
-                let mut on_text = |text: &str| {
-                    if let Some(format) = policy.stream {
-                        streamed = true;
-                        show(format, text);
-                    }
-                };
-                let answer = provider.chat(&request, &mut on_text).map_err(to_wit_error);
-                if streamed && policy.stream == Some(agent_contract::LogFormat::Human) {
-                    show(agent_contract::LogFormat::Human, "\n");
-                }
-                answer
-            }
+) -> Result<Completion, ClientError> {
+    let (provider_name, model) = match route {
+        Route::Local => (None, model.to_owned()),
+        Route::Provider {
+            name,
+            model: there,
+            remote,
+            reason,
+            consent,
+        } => {
+            call.provider = name.clone();
+            call.remote = *remote;
+            call.escalation = Some(reason.clone());
+            call.consent = consent.clone();
+            (Some(name.clone()), there.clone())
         }
+    };
+    let request = ChatRequest {
+        require_gpu: policy.requires_gpu && provider_name.is_none(),
+        provider: provider_name,
+        model,
+        messages: messages.to_vec(),
+        max_tokens: params.max_tokens,
+        temperature: params.temperature,
+        top_p: params.top_p,
+        stop: params.stop.clone(),
+        seed: params.seed,
+        // A little before the run's own deadline, so that the agent is told `timeout`
+        // and can still answer (with what it has, or a message of its own).
+        timeout_ms: crate::deadline::host_call_timeout_ms(policy.deadline),
+    };
+    let mut streamed = false;
+    let mut on_text = |text: &str| {
+        if let Some(format) = policy.stream {
+            streamed = true;
+            show(format, text);
+        }
+    };
+    let answer = provider.chat(&request, &mut on_text);
+    if streamed && policy.stream == Some(agent_contract::LogFormat::Human) {
+        show(agent_contract::LogFormat::Human, "\n");
     }
+    answer
 }
 
 /// Complete the call's evidence with its answer.
@@ -421,5 +443,147 @@ fn to_wit_error(e: ClientError) -> wit::LlmError {
                 wit::LlmError::Failed(message)
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// The broker, as a CPU-only machine's: its own model refuses a chat that must run on a
+    /// GPU; a provider answers anything. Keeps every request it was sent.
+    #[derive(Default)]
+    struct CpuOnly {
+        sent: Vec<ChatRequest>,
+    }
+
+    impl Llm for CpuOnly {
+        fn chat(
+            &mut self,
+            request: &ChatRequest,
+            _: &mut dyn FnMut(&str),
+        ) -> Result<Completion, ClientError> {
+            self.sent.push(request.clone());
+            if request.provider.is_none() && request.require_gpu {
+                return Err(ClientError::Broker {
+                    code: ErrorCode::GpuRequired,
+                    message: "the chat requires a GPU and model \"m\" runs on the cpu here".into(),
+                });
+            }
+            Ok(Completion {
+                text: "hello".into(),
+                finish_reason: FinishReason::Stop,
+                prompt_tokens: 3,
+                completion_tokens: 1,
+                provider: request.provider.clone().unwrap_or_else(|| "local".into()),
+                model: request.model.clone(),
+                device: "cpu".into(),
+                first_token_ms: 1.0,
+                total_ms: 2.0,
+                tokens: Vec::new(),
+                remote: false,
+                bytes_sent: 0,
+            })
+        }
+    }
+
+    /// A home whose repository has model `m`, with a loopback provider `near` serving it.
+    fn home() -> tempfile::TempDir {
+        let home = tempfile::tempdir().expect("tempdir");
+        let model = home.path().join("models/m");
+        std::fs::create_dir_all(&model).expect("mkdir");
+        std::fs::write(model.join("model.toml"), "name = \"m\"\n").expect("model.toml");
+        std::fs::write(
+            home.path().join("providers.toml"),
+            "[[provider]]\nname = \"near\"\nurl = \"http://127.0.0.1:9/v1\"\nmodels = [\"m\"]\n",
+        )
+        .expect("providers.toml");
+        home
+    }
+
+    fn ask(
+        broker: &mut CpuOnly,
+        home: &Path,
+        escalate: &[&str],
+        requires_gpu: bool,
+    ) -> (Result<wit::Completion, wit::LlmError>, LlmCall) {
+        let llm = agent_contract::manifest::LlmPolicy {
+            models: vec!["m".into()],
+            escalate: escalate.iter().map(|e| (*e).to_owned()).collect(),
+            ..Default::default()
+        };
+        let policy = Policy {
+            agent: "a",
+            llm: &llm,
+            deadline: None,
+            home,
+            consent: &|_| Ok(None),
+            stream: None,
+            requires_gpu,
+        };
+        let messages = vec![wit::Message {
+            role: "user".into(),
+            content: "hi".into(),
+        }];
+        let params = wit::Params {
+            max_tokens: Some(4),
+            temperature: None,
+            top_p: None,
+            stop: Vec::new(),
+            seed: None,
+        };
+        chat(broker, &policy, "m".into(), messages, params)
+    }
+
+    #[test]
+    fn an_agent_that_needs_no_gpu_is_served_by_the_local_model_on_the_cpu() {
+        let home = home();
+        let mut broker = CpuOnly::default();
+        let (answer, call) = ask(&mut broker, home.path(), &["near"], false);
+        assert_eq!(answer.expect("served").provider, "local");
+        assert_eq!(broker.sent.len(), 1);
+        assert!(!broker.sent[0].require_gpu);
+        assert_eq!(call.escalation, None);
+    }
+
+    #[test]
+    fn a_chat_that_requires_a_gpu_goes_to_a_provider_where_the_local_model_has_none() {
+        let home = home();
+        let mut broker = CpuOnly::default();
+        let (answer, call) = ask(&mut broker, home.path(), &["near"], true);
+        assert_eq!(answer.expect("served").provider, "near");
+        // The local model was asked first, on a GPU only; the provider without the flag.
+        let asked: Vec<_> = broker
+            .sent
+            .iter()
+            .map(|r| (r.provider.clone(), r.require_gpu))
+            .collect();
+        assert_eq!(asked, [(None, true), (Some("near".into()), false)]);
+        assert_eq!(call.provider, "near");
+        assert!(
+            call.escalation
+                .as_deref()
+                .is_some_and(|e| e.starts_with("the agent requires a GPU")),
+            "{call:?}"
+        );
+    }
+
+    #[test]
+    fn a_chat_that_requires_a_gpu_fails_unavailable_when_no_provider_may_take_it() {
+        let home = home();
+        let mut broker = CpuOnly::default();
+        let (answer, call) = ask(&mut broker, home.path(), &[], true);
+        match answer {
+            Err(wit::LlmError::Unavailable(m)) => {
+                assert!(m.contains("[placement] requires_gpu"), "{m}");
+                assert!(m.contains("[llm] escalate"), "{m}");
+            }
+            other => panic!("not unavailable: {other:?}"),
+        }
+        assert_eq!(broker.sent.len(), 1, "nothing after the local refusal");
+        assert_eq!(call.outcome, "unavailable");
+        assert_eq!(call.provider, "local");
     }
 }

@@ -705,6 +705,7 @@ impl Run {
                 self.header.broker.clone(),
             )),
             llm_policy: manifest.llm.clone(),
+            requires_gpu: manifest.placement.requires_gpu,
             llm_calls: Vec::new(),
             tools: Box::new(crate::inference::Broker::new(
                 self.home.clone(),

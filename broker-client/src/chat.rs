@@ -46,6 +46,11 @@ pub struct ChatRequest {
     /// absent. The caller decides (and checks consent): the broker never picks one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// Serve it on a GPU or not at all (the agent's `[placement] requires_gpu`): the
+    /// broker's own model answers `GpuRequired`, without generating, when it does not run
+    /// on one. Ignored for a provider, whose hardware is its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_gpu: bool,
 }
 
 /// Why generation ended.

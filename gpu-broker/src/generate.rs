@@ -359,6 +359,18 @@ fn settled(text: &str, stops: &[String]) -> usize {
     keep
 }
 
+/// The refusal of a chat that must run on a GPU, for `model`, which runs on `runs_on`.
+fn gpu_required(model: &str, runs_on: &str) -> Failure {
+    Failure::new(
+        ErrorCode::GpuRequired,
+        format!(
+            "the chat requires a GPU and model {model:?} runs on the {runs_on} here (a GPU \
+             needs ONNX Runtime with CUDA and `providers = [\"cuda\", ...]` in the model's \
+             model.toml)"
+        ),
+    )
+}
+
 /// Answer one chat request (its JSON as the client sent it). `device` gives the device a
 /// model's steps go to; `send` gets each settled piece of text and says whether the
 /// client still listens.
@@ -384,9 +396,18 @@ pub fn chat<'d>(
         .map(|ms| started + Duration::from_millis(ms));
     let device = device(&request.model);
     let model = request.model.clone();
+    // Checked before the model is loaded where the device already says it, and after (a
+    // CUDA device falls back to the CPU when the provider cannot be registered).
+    if request.require_gpu && device.name != "cuda" {
+        return Err(gpu_required(&model, device.name));
+    }
+    let require_gpu = request.require_gpu;
     let (generator, spec): (Arc<Generator>, GenerateSpec) = device
-        .call(&model, |loaded| {
+        .call(&model, move |loaded| {
             let loaded = loaded?;
+            if require_gpu && loaded.provider != "cuda" {
+                return Err(gpu_required(&loaded.spec.name, loaded.provider));
+            }
             match (&loaded.generator, &loaded.spec.generate) {
                 (Some(g), Some(s)) => Ok((g.clone(), s.clone())),
                 _ => Err(invalid(format!(
