@@ -2,8 +2,9 @@
 //! against the agent's `[llm] models` first (a model not listed is refused before any
 //! connection), then placed ([`place`]): local first; a provider of `providers.toml` only
 //! when the model is not served locally (or the agent names the provider, `lab/model`, or
-//! the conversation does not fit the local model's context, or the agent requires a GPU
-//! (`[placement] requires_gpu`) and the local model does not run on one),
+//! the conversation does not fit the local model's context, or a GPU is required (by the
+//! agent's `[placement] requires_gpu` or the model's model.toml) and the local model does
+//! not run on one),
 //! the agent's `[llm] escalate` lists it, and, for a remote one, the user's consent is in
 //! the store. The broker makes the call either way. Every call, served or not, leaves an
 //! [`LlmCall`] as evidence for the run record.
@@ -224,15 +225,23 @@ fn declined_locally(
             format!("the conversation does not fit the local model's context ({message})"),
             wit::LlmError::ContextTooLong(message.clone()),
         )),
-        ErrorCode::GpuRequired if policy.requires_gpu => Some((
-            format!("the agent requires a GPU ([placement] requires_gpu): {message}"),
-            wit::LlmError::Unavailable(format!(
-                "{message}; agent {:?} requires a GPU ([placement] requires_gpu in its \
-                 agent.toml) and no provider in its [llm] escalate serves model {model:?}: \
-                 add one that does, or run it where the broker has a GPU",
-                policy.agent
-            )),
-        )),
+        // The agent asked for a GPU, or the model's own model.toml requires one.
+        ErrorCode::GpuRequired => {
+            let who = if policy.requires_gpu {
+                "the agent requires a GPU ([placement] requires_gpu)"
+            } else {
+                "the local model requires a GPU (require_gpu in its model.toml)"
+            };
+            Some((
+                format!("{who}: {message}"),
+                wit::LlmError::Unavailable(format!(
+                    "{message}; {who}, and no provider in [llm] escalate of agent {:?} \
+                     serves model {model:?}: add one that does, or run it where the broker \
+                     has a GPU",
+                    policy.agent
+                )),
+            ))
+        }
         _ => None,
     }
 }
@@ -504,7 +513,7 @@ mod tests {
     }
 
     fn ask(
-        broker: &mut CpuOnly,
+        broker: &mut dyn Llm,
         home: &Path,
         escalate: &[&str],
         requires_gpu: bool,
@@ -568,6 +577,43 @@ mod tests {
                 .is_some_and(|e| e.starts_with("the agent requires a GPU")),
             "{call:?}"
         );
+    }
+
+    #[test]
+    fn a_local_model_that_requires_a_gpu_it_lacks_escalates_for_any_agent() {
+        let home = home();
+        // The broker refuses whatever the request says: the model's own manifest asks.
+        struct ModelNeedsGpu;
+        impl Llm for ModelNeedsGpu {
+            fn chat(
+                &mut self,
+                request: &ChatRequest,
+                on_text: &mut dyn FnMut(&str),
+            ) -> Result<Completion, ClientError> {
+                if request.provider.is_none() {
+                    return Err(ClientError::Broker {
+                        code: ErrorCode::GpuRequired,
+                        message: "model \"m\" requires a GPU and none can be used".into(),
+                    });
+                }
+                CpuOnly::default().chat(request, on_text)
+            }
+        }
+        let (answer, call) = ask(&mut ModelNeedsGpu, home.path(), &["near"], false);
+        assert_eq!(answer.expect("served").provider, "near");
+        assert!(
+            call.escalation
+                .as_deref()
+                .is_some_and(|e| e.starts_with("the local model requires a GPU")),
+            "{call:?}"
+        );
+        let (answer, _) = ask(&mut ModelNeedsGpu, home.path(), &[], false);
+        match answer {
+            Err(wit::LlmError::Unavailable(m)) => {
+                assert!(m.contains("require_gpu in its model.toml"), "{m}")
+            }
+            other => panic!("not unavailable: {other:?}"),
+        }
     }
 
     #[test]
