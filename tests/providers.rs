@@ -551,7 +551,8 @@ fn an_agent_that_requires_a_gpu_escalates_where_the_local_model_runs_on_the_cpu(
         home.run(&[
             "run",
             agent,
-            "chat\nmodel smollm2\nmax_tokens 8\nmsg user Say hello.",
+            // Any script, an emoji and a combining mark, through either route.
+            "chat\nmodel smollm2\nmax_tokens 8\nmsg user Say hello: héllo, 世界, Привет 🦀 cafe\u{301}.",
         ])
     };
     let newest_call = || newest_llm_call(&home);

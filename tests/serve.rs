@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use agent_contract::Outcome;
 
-use crate::harness::{TestHome, bin, code, exit_of, rss_kib, stderr, stdout};
+use crate::harness::{TestHome, bin, code, exit_of, rss_kib, stderr, stdout, wait_until};
 
 /// A daemon started on a socket in its own temp dir; killed on drop.
 pub(crate) struct Daemon {
@@ -858,13 +858,10 @@ fn spares_serve_one_request_each_and_are_replaced_even_when_killed() {
     wait_for_spares(&mut c, 2);
     // The spare that answered is reaped in the background, after the reply: wait until
     // the daemon's children are the two ready spares alone.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut now: Vec<u32> = children(daemon.pid()).into_iter().map(|(p, _)| p).collect();
-    while now.len() != 2 {
-        assert!(Instant::now() < deadline, "not two spares: {now:?}");
-        std::thread::sleep(Duration::from_millis(10));
-        now = children(daemon.pid()).into_iter().map(|(p, _)| p).collect();
-    }
+    wait_until("the daemon's children are two spares", || {
+        children(daemon.pid()).len() == 2
+    });
+    let now: Vec<u32> = children(daemon.pid()).into_iter().map(|(p, _)| p).collect();
     assert_eq!(
         now.iter().filter(|p| spares.contains(p)).count(),
         1,
@@ -896,15 +893,9 @@ fn spares_serve_one_request_each_and_are_replaced_even_when_killed() {
     wait_for_spares(&mut c, 2);
     // No zombie is left: the last run's agent-exec, which answered before it exited, is
     // reaped in the background soon after.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while children(daemon.pid()).len() != 2 {
-        assert!(
-            Instant::now() < deadline,
-            "left: {:?}",
-            children(daemon.pid())
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the daemon's children are two spares", || {
+        children(daemon.pid()).len() == 2
+    });
     assert!(
         children(daemon.pid())
             .iter()

@@ -462,10 +462,12 @@ mod tests {
     use super::*;
 
     /// The broker, as a CPU-only machine's: its own model refuses a chat that must run on a
-    /// GPU; a provider answers anything. Keeps every request it was sent.
+    /// GPU (the request says so, or `model_requires_gpu`: the model's own model.toml); a
+    /// provider answers anything. Keeps every request it was sent.
     #[derive(Default)]
     struct CpuOnly {
         sent: Vec<ChatRequest>,
+        model_requires_gpu: bool,
     }
 
     impl Llm for CpuOnly {
@@ -475,10 +477,10 @@ mod tests {
             _: &mut dyn FnMut(&str),
         ) -> Result<Completion, ClientError> {
             self.sent.push(request.clone());
-            if request.provider.is_none() && request.require_gpu {
+            if request.provider.is_none() && (request.require_gpu || self.model_requires_gpu) {
                 return Err(ClientError::Broker {
                     code: ErrorCode::GpuRequired,
-                    message: "the chat requires a GPU and model \"m\" runs on the cpu here".into(),
+                    message: "model \"m\" requires a GPU and runs on the cpu here".into(),
                 });
             }
             Ok(Completion {
@@ -512,6 +514,9 @@ mod tests {
         home
     }
 
+    /// Text in several scripts, with an emoji and a combining mark.
+    const QUESTION: &str = "héllo, 世界, Привет 🦀 cafe\u{301}?";
+
     fn ask(
         broker: &mut dyn Llm,
         home: &Path,
@@ -534,7 +539,7 @@ mod tests {
         };
         let messages = vec![wit::Message {
             role: "user".into(),
-            content: "hi".into(),
+            content: QUESTION.into(),
         }];
         let params = wit::Params {
             max_tokens: Some(4),
@@ -570,6 +575,8 @@ mod tests {
             .map(|r| (r.provider.clone(), r.require_gpu))
             .collect();
         assert_eq!(asked, [(None, true), (Some("near".into()), false)]);
+        // The provider gets the conversation whole.
+        assert_eq!(broker.sent[1].messages[0].content, QUESTION);
         assert_eq!(call.provider, "near");
         assert!(
             call.escalation
@@ -583,23 +590,11 @@ mod tests {
     fn a_local_model_that_requires_a_gpu_it_lacks_escalates_for_any_agent() {
         let home = home();
         // The broker refuses whatever the request says: the model's own manifest asks.
-        struct ModelNeedsGpu;
-        impl Llm for ModelNeedsGpu {
-            fn chat(
-                &mut self,
-                request: &ChatRequest,
-                on_text: &mut dyn FnMut(&str),
-            ) -> Result<Completion, ClientError> {
-                if request.provider.is_none() {
-                    return Err(ClientError::Broker {
-                        code: ErrorCode::GpuRequired,
-                        message: "model \"m\" requires a GPU and none can be used".into(),
-                    });
-                }
-                CpuOnly::default().chat(request, on_text)
-            }
-        }
-        let (answer, call) = ask(&mut ModelNeedsGpu, home.path(), &["near"], false);
+        let mut broker = CpuOnly {
+            model_requires_gpu: true,
+            ..CpuOnly::default()
+        };
+        let (answer, call) = ask(&mut broker, home.path(), &["near"], false);
         assert_eq!(answer.expect("served").provider, "near");
         assert!(
             call.escalation
@@ -607,7 +602,7 @@ mod tests {
                 .is_some_and(|e| e.starts_with("the local model requires a GPU")),
             "{call:?}"
         );
-        let (answer, _) = ask(&mut ModelNeedsGpu, home.path(), &[], false);
+        let (answer, _) = ask(&mut broker, home.path(), &[], false);
         match answer {
             Err(wit::LlmError::Unavailable(m)) => {
                 assert!(m.contains("require_gpu in its model.toml"), "{m}")
