@@ -156,6 +156,19 @@ impl Server {
             .count()
     }
 
+    /// `out` is a run of `agent` refused for want of the user's consent to provider `lab`,
+    /// with the command that gives it, and this server has had no request.
+    fn assert_refused_for_consent(&self, out: &std::process::Output, agent: &str) {
+        assert_eq!(code(out), 6, "{}", stderr(out));
+        assert!(stderr(out).contains("ConsentRequired"), "{}", stderr(out));
+        assert!(
+            stderr(out).contains(&format!("spawner consent grant {agent} lab")),
+            "{}",
+            stderr(out)
+        );
+        assert_eq!(self.chat_requests(), 0, "a request reached the server");
+    }
+
     /// `out` is a run that succeeded with an answer from this server, its `n`th request.
     fn assert_served(&self, out: &std::process::Output, n: usize) {
         assert_eq!(code(out), 0, "{}", stderr(out));
@@ -211,15 +224,7 @@ fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
     };
 
     // No consent: refused before anything is sent, with the command that allows it.
-    let out = ask("smollm2");
-    assert_eq!(code(&out), 6, "{}", stderr(&out));
-    assert!(stderr(&out).contains("ConsentRequired"), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("spawner consent grant talker lab"),
-        "{}",
-        stderr(&out)
-    );
-    assert_eq!(server.chat_requests(), 0, "a request reached the server");
+    server.assert_refused_for_consent(&ask("smollm2"), "talker");
 
     // Consent: served by the server, with evidence.
     let granted = home.run(&["consent", "grant", "talker", "lab", "--expires", "1d"]);
@@ -500,10 +505,7 @@ fn a_conversation_too_long_for_the_local_model_escalates_under_the_same_rules() 
     assert_eq!(server.chat_requests(), 0);
 
     // Long, without consent: refused, and nothing is sent.
-    let out = ask("talker", &long);
-    assert_eq!(code(&out), 6, "{}", stderr(&out));
-    assert!(stderr(&out).contains("ConsentRequired"), "{}", stderr(&out));
-    assert_eq!(server.chat_requests(), 0, "a request reached the server");
+    server.assert_refused_for_consent(&ask("talker", &long), "talker");
 
     // Long, with consent: served by the provider, and the evidence says why.
     assert_eq!(code(&home.run(&["consent", "grant", "talker", "lab"])), 0);
@@ -564,15 +566,7 @@ fn an_agent_that_requires_a_gpu_escalates_where_the_local_model_runs_on_the_cpu(
     assert_eq!(newest_call().device.as_deref(), Some("cpu"));
 
     // One that does, without consent: refused, and nothing is sent.
-    let out = ask("gpu-only");
-    assert_eq!(code(&out), 6, "{}", stderr(&out));
-    assert!(stderr(&out).contains("ConsentRequired"), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("spawner consent grant gpu-only lab"),
-        "{}",
-        stderr(&out)
-    );
-    assert_eq!(server.chat_requests(), 0, "a request reached the server");
+    server.assert_refused_for_consent(&ask("gpu-only"), "gpu-only");
 
     // With consent: served by the provider, and the evidence says why.
     assert_eq!(code(&home.run(&["consent", "grant", "gpu-only", "lab"])), 0);
