@@ -59,6 +59,8 @@ pub struct TestHome {
     dir: tempfile::TempDir,
     /// Set by [`TestHome::leave_unreplayed`].
     unreplayed: std::cell::Cell<Option<&'static str>>,
+    /// Set by [`TestHome::run_on`].
+    machine: std::cell::Cell<Option<crate::network::Entry>>,
 }
 
 impl TestHome {
@@ -67,7 +69,15 @@ impl TestHome {
         TestHome {
             dir: tempfile::tempdir().expect("tempdir"),
             unreplayed: std::cell::Cell::new(None),
+            machine: std::cell::Cell::new(None),
         }
+    }
+
+    /// Run this home's spawner commands on the machine side of a test network, from now
+    /// on: what they start (agent-exec, the broker) is there too. The network must outlive
+    /// the home.
+    pub fn run_on(&self, machine: crate::network::Entry) {
+        self.machine.set(Some(machine));
     }
 
     /// Do not replay this home's runs when it is dropped, because `why` (a test that
@@ -163,9 +173,13 @@ impl TestHome {
         assert_eq!(code(&out), 0, "{}", stderr(&out));
     }
 
-    /// `spawner --home <home> <args>`, with standard input closed.
+    /// `spawner --home <home> <args>`, with standard input closed (on the machine of
+    /// [`TestHome::run_on`], if set).
     pub fn spawner(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin("spawner"));
+        let mut cmd = match self.machine.get() {
+            Some(machine) => machine.command(bin("spawner")),
+            None => Command::new(bin("spawner")),
+        };
         cmd.arg("--home")
             .arg(self.path())
             .args(args)

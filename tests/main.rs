@@ -24,6 +24,8 @@ mod hooks;
 mod llm;
 /// Bad agent names, missing components, pin mismatches, invalid manifests.
 mod manifests;
+/// A remote host for tests: a network namespace linked to the machine's.
+mod network;
 /// notes: memory that outlives the process; concurrent writers.
 mod notes;
 /// shout-py and shout-js: agents in Python and JavaScript, compiled outside their first

@@ -1,21 +1,24 @@
 //! Remote language-model providers through the real binaries, against a real
 //! OpenAI-compatible server: llama.cpp's (`llama-cpp-python[server]`, built once per
 //! machine by `cargo xtask test`) serving the same GGUF file over TLS from a test CA, with
-//! an API key. The provider is marked `remote = true` (it listens on loopback: these
-//! tests create no network namespace). Covered: no consent -> refused with no byte sent
-//! (the server's log shows no request); consent -> served, with evidence; revoked ->
-//! refused again; server down, too slow, a wrong key, a wrong URL -> clear errors and no
-//! fallback; the API key in no log, record or answer.
+//! an API key, on a remote host: the other side of a [`Network`] each test makes, whose
+//! machine side runs the test's spawner (and so its agent-exec and broker). Covered: no
+//! consent -> refused with no byte sent (the link's counters do not move, and the server's
+//! log shows no request); consent -> served, with evidence, its bytes sent within what
+//! crossed the link; revoked -> refused again; server down, too slow, a wrong key, a
+//! wrong URL -> clear errors and no fallback; the API key in no log, record or answer.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::{TestHome, code, stderr, stdout, target, wait_until};
+use crate::network::{MACHINE_IP, Network, REMOTE_IP};
 
 const KEY: &str = "sk-test-7f3a9c1e5b2d4f60";
+/// The server's port on the remote host (a host of its own: no other test uses it).
+const PORT: u16 = 8443;
 
 fn server_tools() -> PathBuf {
     let dir = std::fs::read_dir(target().join("tools"))
@@ -30,7 +33,7 @@ fn server_tools() -> PathBuf {
     dir.expect("llama-cpp-python is not installed: run `cargo xtask test` (it builds it once)")
 }
 
-/// A CA and a certificate for 127.0.0.1 signed by it, made with openssl.
+/// A CA and a certificate for the remote host's address signed by it, made with openssl.
 fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let openssl = |args: &[&str]| {
         let out = Command::new("openssl")
@@ -69,9 +72,13 @@ fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         "-out",
         "server.csr",
         "-subj",
-        "/CN=127.0.0.1",
+        &format!("/CN={REMOTE_IP}"),
     ]);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext");
+    std::fs::write(
+        dir.join("san.ext"),
+        format!("subjectAltName=IP:{REMOTE_IP}\n"),
+    )
+    .expect("ext");
     openssl(&[
         "x509",
         "-req",
@@ -96,26 +103,24 @@ fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-/// The running server; its log is read back for what reached it.
-struct Server {
+/// The running server, on the remote host of `net`; its log is read back for what
+/// reached it.
+struct Server<'n> {
     child: Child,
-    port: u16,
     log: PathBuf,
+    net: &'n Network,
 }
 
-impl Server {
-    fn start(dir: &Path) -> Server {
+impl<'n> Server<'n> {
+    fn start(dir: &Path, net: &'n Network) -> Server<'n> {
         let (_, cert, key) = test_ca(dir);
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
         let log = dir.join("server.log");
-        let mut child = Command::new("python3")
+        let mut child = net
+            .on_remote("python3")
             .args(["-m", "llama_cpp.server", "--model"])
             .arg(target().join("llm/model.gguf"))
-            .args(["--model_alias", "smollm2", "--host", "127.0.0.1", "--port"])
-            .arg(port.to_string())
+            .args(["--model_alias", "smollm2", "--host", REMOTE_IP, "--port"])
+            .arg(PORT.to_string())
             .args(["--api_key", KEY, "--n_ctx", "2048", "--n_threads", "1"])
             .arg("--ssl_certfile")
             .arg(&cert)
@@ -143,22 +148,37 @@ impl Server {
         ready_rx
             .recv_timeout(Duration::from_secs(120))
             .expect("the llama.cpp server did not start within two minutes");
-        Server { child, port, log }
+        Server { child, log, net }
     }
 
     /// Requests for chat completions the server has logged (uvicorn's access log, on
-    /// either of its streams).
-    fn chat_requests(&self) -> usize {
+    /// either of its streams), each line naming the client's address.
+    fn chat_request_lines(&self) -> Vec<String> {
         let mut text = std::fs::read_to_string(&self.log).unwrap_or_default();
         text += &std::fs::read_to_string(self.log.with_file_name("server.out")).unwrap_or_default();
         text.lines()
             .filter(|l| l.contains("/v1/chat/completions"))
-            .count()
+            .map(str::to_owned)
+            .collect()
     }
 
-    /// `out` is a run of `agent` refused for want of the user's consent to provider `lab`,
-    /// with the command that gives it, and this server has had no request.
-    fn assert_refused_for_consent(&self, out: &std::process::Output, agent: &str) {
+    /// How many requests for chat completions the server has logged.
+    fn chat_requests(&self) -> usize {
+        self.chat_request_lines().len()
+    }
+
+    /// `run` (a run of `agent`, made while the machine holds no connection to the server)
+    /// is refused for want of the user's consent to provider `lab`, with the command that
+    /// gives it; no byte leaves the machine for the remote host, and this server has had
+    /// no request.
+    fn assert_refused_for_consent(&self, run: impl FnOnce() -> std::process::Output, agent: &str) {
+        let before = self.net.bytes_to_remote();
+        let out = &run();
+        assert_eq!(
+            self.net.bytes_to_remote(),
+            before,
+            "bytes left the machine for the remote host"
+        );
         assert_eq!(code(out), 6, "{}", stderr(out));
         assert!(stderr(out).contains("ConsentRequired"), "{}", stderr(out));
         assert!(
@@ -178,19 +198,24 @@ impl Server {
             stdout(out)
         );
         wait_until("the server logs the request", || self.chat_requests() == n);
+        // Each came from the machine, over the link.
+        let from_machine = format!("{MACHINE_IP}:");
+        let lines = self.chat_request_lines();
+        assert!(lines.iter().all(|l| l.contains(&from_machine)), "{lines:?}");
     }
 }
 
-impl Drop for Server {
+impl Drop for Server<'_> {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn providers_toml(port: u16, url_path: &str, key_file: &str, timeout_s: u64) -> String {
+/// providers.toml naming the remote host's server as `lab`.
+fn providers_toml(url_path: &str, key_file: &str, timeout_s: u64) -> String {
     format!(
-        "[[provider]]\nname = \"lab\"\nurl = \"https://127.0.0.1:{port}{url_path}\"\n\
+        "[[provider]]\nname = \"lab\"\nurl = \"https://{REMOTE_IP}:{PORT}{url_path}\"\n\
          models = [\"smollm2\"]\nremote = true\napi_key_file = \"{key_file}\"\n\
          ca_file = \"lab-ca.pem\"\ntimeout_s = {timeout_s}\n"
     )
@@ -198,9 +223,11 @@ fn providers_toml(port: u16, url_path: &str, key_file: &str, timeout_s: u64) -> 
 
 #[test]
 fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
+    let net = Network::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path());
+    let server = Server::start(dir.path(), &net);
     let home = TestHome::new();
+    home.run_on(net.machine());
     std::fs::copy(dir.path().join("ca.pem"), home.path().join("lab-ca.pem")).expect("ca");
     let key_file = home.path().join("lab.key");
     std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
@@ -209,7 +236,7 @@ fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
     let write_providers = |text: &str| {
         std::fs::write(home.path().join("providers.toml"), text).expect("providers");
     };
-    write_providers(&providers_toml(server.port, "/v1", "lab.key", 60));
+    write_providers(&providers_toml("/v1", "lab.key", 60));
     home.install_testing(
         "talker",
         "[limits]\ntimeout_ms = 60000\n[llm]\nmodels = [\"smollm2\", \"lab/smollm2\"]\nescalate = [\"lab\"]\n",
@@ -224,7 +251,7 @@ fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
     };
 
     // No consent: refused before anything is sent, with the command that allows it.
-    server.assert_refused_for_consent(&ask("smollm2"), "talker");
+    server.assert_refused_for_consent(|| ask("smollm2"), "talker");
 
     // Consent: served by the server, with evidence.
     let granted = home.run(&["consent", "grant", "talker", "lab", "--expires", "1d"]);
@@ -247,7 +274,12 @@ fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
         ("lab", true),
         "{call:?}"
     );
-    assert!(call.bytes_sent > 50, "{call:?}");
+    // What the evidence says was sent went over the link, with TLS's and HTTP's own bytes.
+    let crossed = net.bytes_to_remote();
+    assert!(
+        call.bytes_sent > 50 && call.bytes_sent < crossed,
+        "{call:?}, {crossed} bytes over the link"
+    );
     assert_eq!(
         call.escalation.as_deref(),
         Some("the model is not served locally")
@@ -295,12 +327,12 @@ fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
     assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     // A URL that is not the API's base: a 404, named, and no answer from anywhere else.
-    write_providers(&providers_toml(server.port, "/nothing", "lab.key", 60));
+    write_providers(&providers_toml("/nothing", "lab.key", 60));
     let out = ask("smollm2");
     assert_eq!(code(&out), 6, "{}", stderr(&out));
     assert!(stderr(&out).contains("HTTP 404"), "{}", stderr(&out));
     // Too slow for its timeout: a long answer with timeout_s = 1.
-    write_providers(&providers_toml(server.port, "/v1", "lab.key", 1));
+    write_providers(&providers_toml("/v1", "lab.key", 1));
     let out = home.run(&[
         "run",
         "talker",
@@ -313,7 +345,7 @@ fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
     assert_the_key_is_nowhere(&home);
 
     // Down: unreachable, and the run does not fall back to anything else.
-    write_providers(&providers_toml(server.port, "/v1", "lab.key", 60));
+    write_providers(&providers_toml("/v1", "lab.key", 60));
     drop(server);
     let out = ask("smollm2");
     assert_eq!(code(&out), 6, "{}", stderr(&out));
@@ -358,13 +390,15 @@ fn a_key_from_spawners_environment_reaches_the_broker_a_run_starts_but_no_agent(
     // `api_key_env`: the broker is started on demand by an agent-exec, whose environment
     // the spawner clears but for the providers' keys.
     const VAR: &str = "SPAWNER_TEST_LAB_KEY";
+    let net = Network::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path());
+    let server = Server::start(dir.path(), &net);
     let home = TestHome::new();
+    home.run_on(net.machine());
     std::fs::copy(dir.path().join("ca.pem"), home.path().join("lab-ca.pem")).expect("ca");
     std::fs::write(
         home.path().join("providers.toml"),
-        providers_toml(server.port, "/v1", "unused", 60).replace(
+        providers_toml("/v1", "unused", 60).replace(
             "api_key_file = \"unused\"",
             &format!("api_key_env = \"{VAR}\""),
         ),
@@ -444,9 +478,11 @@ fn home_with_short_local_model(context: u32) -> TestHome {
 }
 
 /// A home for escalations to `server`: the local model `smollm2` with a context of
-/// `context` tokens, and the provider `lab` (remote) serving a model of that name.
+/// `context` tokens, and the provider `lab` (remote) serving a model of that name; its
+/// runs are on the machine side of the server's network.
 fn escalation_home(server: &Server, dir: &Path, context: u32) -> TestHome {
     let home = home_with_short_local_model(context);
+    home.run_on(server.net.machine());
     std::fs::copy(dir.join("ca.pem"), home.path().join("lab-ca.pem")).expect("ca");
     let key_file = home.path().join("lab.key");
     std::fs::write(&key_file, format!("{KEY}\n")).expect("key");
@@ -454,7 +490,7 @@ fn escalation_home(server: &Server, dir: &Path, context: u32) -> TestHome {
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     std::fs::write(
         home.path().join("providers.toml"),
-        providers_toml(server.port, "/v1", "lab.key", 60),
+        providers_toml("/v1", "lab.key", 60),
     )
     .expect("providers");
     home
@@ -476,8 +512,9 @@ fn newest_llm_call(home: &TestHome) -> memory_store::LlmCall {
 
 #[test]
 fn a_conversation_too_long_for_the_local_model_escalates_under_the_same_rules() {
+    let net = Network::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path());
+    let server = Server::start(dir.path(), &net);
     let home = escalation_home(&server, dir.path(), 256);
     let manifest = |escalate: &str| {
         format!(
@@ -505,7 +542,7 @@ fn a_conversation_too_long_for_the_local_model_escalates_under_the_same_rules() 
     assert_eq!(server.chat_requests(), 0);
 
     // Long, without consent: refused, and nothing is sent.
-    server.assert_refused_for_consent(&ask("talker", &long), "talker");
+    server.assert_refused_for_consent(|| ask("talker", &long), "talker");
 
     // Long, with consent: served by the provider, and the evidence says why.
     assert_eq!(code(&home.run(&["consent", "grant", "talker", "lab"])), 0);
@@ -534,8 +571,9 @@ fn a_conversation_too_long_for_the_local_model_escalates_under_the_same_rules() 
 fn an_agent_that_requires_a_gpu_escalates_where_the_local_model_runs_on_the_cpu() {
     // The tests' broker runs PyPI's CPU build of ONNX Runtime: the local model can only run
     // on the CPU, so an agent that requires a GPU is never served by it.
+    let net = Network::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path());
+    let server = Server::start(dir.path(), &net);
     let home = escalation_home(&server, dir.path(), 8192);
     let manifest = |escalate: &str, requires_gpu: bool| {
         format!(
@@ -566,7 +604,7 @@ fn an_agent_that_requires_a_gpu_escalates_where_the_local_model_runs_on_the_cpu(
     assert_eq!(newest_call().device.as_deref(), Some("cpu"));
 
     // One that does, without consent: refused, and nothing is sent.
-    server.assert_refused_for_consent(&ask("gpu-only"), "gpu-only");
+    server.assert_refused_for_consent(|| ask("gpu-only"), "gpu-only");
 
     // With consent: served by the provider, and the evidence says why.
     assert_eq!(code(&home.run(&["consent", "grant", "gpu-only", "lab"])), 0);

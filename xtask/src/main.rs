@@ -925,7 +925,40 @@ fn demo_hooks(spawner: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The programs the tests need from the system besides Rust, Python and Node, each with
+/// the Debian package that has it: named before the long builds, not after.
+const TEST_PROGRAMS: &[(&str, &str)] = &[
+    ("openssl", "openssl"),
+    ("unshare", "util-linux"),
+    ("nsenter", "util-linux"),
+    ("ip", "iproute2"),
+];
+
+/// Fail early, naming each of [`TEST_PROGRAMS`] that is missing (looked for on `$PATH`
+/// and in the sbin directories, where `ip` lives).
+fn require_test_programs() -> anyhow::Result<()> {
+    let missing: Vec<String> = TEST_PROGRAMS
+        .iter()
+        .filter(|(name, _)| {
+            which(name).is_none()
+                && !["/usr/sbin", "/sbin"]
+                    .iter()
+                    .any(|dir| Path::new(dir).join(name).is_file())
+        })
+        .map(|(name, package)| format!("`{name}` (Debian package {package})"))
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the tests need {}: install it, then run `cargo xtask test` again",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `cargo xtask test`: everything CI runs.
 fn test(root: &Path) -> anyhow::Result<()> {
+    require_test_programs()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
         "fmt",
