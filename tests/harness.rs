@@ -173,13 +173,18 @@ impl TestHome {
         assert_eq!(code(&out), 0, "{}", stderr(&out));
     }
 
+    /// `program`, run on the machine of [`TestHome::run_on`] if set, else here.
+    pub fn program(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match self.machine.get() {
+            Some(machine) => machine.command(program),
+            None => Command::new(program),
+        }
+    }
+
     /// `spawner --home <home> <args>`, with standard input closed (on the machine of
     /// [`TestHome::run_on`], if set).
     pub fn spawner(&self, args: &[&str]) -> Command {
-        let mut cmd = match self.machine.get() {
-            Some(machine) => machine.command(bin("spawner")),
-            None => Command::new(bin("spawner")),
-        };
+        let mut cmd = self.program(bin("spawner"));
         cmd.arg("--home")
             .arg(self.path())
             .args(args)

@@ -297,6 +297,47 @@ fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
         "{}",
         stdout(&shown)
     );
+    // Streamed (`--stream`): the server is asked to stream, and the answer reaches
+    // standard error as it comes, then stands whole on standard output.
+    let out = home.run(&[
+        "run",
+        "--stream",
+        "talker",
+        "chat\nmodel smollm2\nmax_tokens 12\nmsg user Say hello in French: héllo, 世界 🦀",
+    ]);
+    server.assert_served(&out, 2);
+    let text = stdout(&out).split_once('\n').expect("header").1.to_owned();
+    assert!(!text.is_empty());
+    assert!(
+        stderr(&out).contains(&format!("{text}\n")),
+        "{}",
+        stderr(&out)
+    );
+    // The server gives no token counts in a stream: the evidence does not guess them.
+    let call = newest().llm_calls[0].clone();
+    assert_eq!(
+        (
+            call.provider.as_str(),
+            call.prompt_tokens,
+            call.completion_tokens
+        ),
+        ("lab", None, None),
+        "{call:?}"
+    );
+    // Through the daemon, each piece is a notification of its own, as it comes.
+    let daemon = crate::serve::Daemon::start(&home, &[]);
+    let (pieces, output) = crate::serve::streamed_run(
+        &daemon,
+        "talker",
+        "chat\nmodel smollm2\nmax_tokens 12\nmsg user Count from one to ten in words.",
+    );
+    assert!(output.contains("provider lab"), "{output}");
+    assert!(pieces.len() > 1, "{pieces:?}");
+    assert_eq!(&pieces.concat(), output.split_once('\n').expect("header").1);
+    drop(daemon);
+    wait_until("the server logs the request", || {
+        server.chat_requests() == 3
+    });
     // The explicit form, provider/model, goes to the same place.
     let out = ask("lab/smollm2");
     assert_eq!(code(&out), 0, "{}", stderr(&out));

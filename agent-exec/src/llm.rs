@@ -353,6 +353,7 @@ fn send(
         top_p: params.top_p,
         stop: params.stop.clone(),
         seed: params.seed,
+        stream: policy.stream.is_some(),
         // A little before the run's own deadline, so that the agent is told `timeout`
         // and can still answer (with what it has, or a message of its own).
         timeout_ms: crate::deadline::host_call_timeout_ms(policy.deadline),
@@ -381,8 +382,9 @@ fn finish(
     call.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let answer = answer.map(|c| {
         call.device = (!c.device.is_empty()).then(|| c.device.clone());
-        call.prompt_tokens = Some(c.prompt_tokens);
-        call.completion_tokens = Some(c.completion_tokens);
+        // Counts the provider did not give are not guessed in the evidence.
+        call.prompt_tokens = (!c.uncounted).then_some(c.prompt_tokens);
+        call.completion_tokens = (!c.uncounted).then_some(c.completion_tokens);
         call.first_token_ms = Some(c.first_token_ms);
         call.provider = c.provider.clone();
         call.remote = c.remote;
@@ -496,6 +498,7 @@ mod tests {
                 tokens: Vec::new(),
                 remote: false,
                 bytes_sent: 0,
+                uncounted: false,
             })
         }
     }

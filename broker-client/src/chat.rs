@@ -51,6 +51,10 @@ pub struct ChatRequest {
     /// on one. Ignored for a provider, whose hardware is its own.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_gpu: bool,
+    /// The caller takes the answer as it comes: a provider is asked to stream it (the
+    /// broker's own models always send each piece as it is generated).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 /// Why generation ended.
@@ -93,4 +97,8 @@ pub struct Completion {
     /// Bytes of the request sent to the provider (0 for the broker's own models).
     #[serde(default)]
     pub bytes_sent: u64,
+    /// The provider gave no token counts (some servers leave them out of a streamed
+    /// answer): `prompt_tokens` is 0 and `completion_tokens` counts the pieces received.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uncounted: bool,
 }

@@ -377,7 +377,7 @@ fn gpu_required(model: &str, runs_on: &str) -> Failure {
 pub fn chat<'d>(
     json: &str,
     device: impl Fn(&str) -> &'d Device,
-    remote: impl FnOnce(&ChatRequest) -> Result<Completion, Failure>,
+    remote: impl FnOnce(&ChatRequest, &mut dyn FnMut(&str) -> bool) -> Result<Completion, Failure>,
     send: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Completion, Failure> {
     let started = Instant::now();
@@ -385,11 +385,7 @@ pub fn chat<'d>(
         .map_err(|e| invalid(format!("the chat request is not valid: {e}")))?;
     check(&request)?;
     if request.provider.is_some() {
-        let done = remote(&request)?;
-        if !send(&done.text) {
-            return Err(Failure::new(ErrorCode::Failed, "the client went away"));
-        }
-        return Ok(done);
+        return remote(&request, send);
     }
     let deadline = request
         .timeout_ms
@@ -519,6 +515,7 @@ pub fn chat<'d>(
         tokens: generated,
         remote: false,
         bytes_sent: 0,
+        uncounted: false,
     })
 }
 

@@ -336,7 +336,7 @@ impl Broker {
                     let answered = generate::chat(
                         &json,
                         |model| self.device(model),
-                        |request| self.remote.chat(&self.home, request),
+                        |request, send| self.remote.chat(&self.home, request, send),
                         &mut send,
                     );
                     self.chats.fetch_sub(1, Ordering::SeqCst);

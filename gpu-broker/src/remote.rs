@@ -6,8 +6,14 @@
 //! The call is made only when agent-exec names the provider in the request: the choice of
 //! a remote provider, and the consent it needs, are agent-exec's (see its `llm` module).
 //! A provider that fails gives its error; nothing falls back to another one.
+//!
+//! When the caller takes the answer as it comes (`ChatRequest::stream`), the provider is
+//! asked to stream it (server-sent events, with the token counts asked for in the last
+//! one) and each piece is passed on as it arrives; a provider that answers whole anyway
+//! is read whole.
 
 use std::collections::HashMap;
+use std::io::BufRead;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -112,8 +118,15 @@ fn new_agent(home: &Path, p: &Provider) -> Result<ureq::Agent, Failure> {
 }
 
 impl Remote {
-    /// Answer `request` with the provider it names.
-    pub fn chat(&self, home: &Path, request: &ChatRequest) -> Result<Completion, Failure> {
+    /// Answer `request` with the provider it names; `send` gets the answer's text, piece
+    /// by piece where it is streamed, else whole, and says whether the client still
+    /// listens.
+    pub fn chat(
+        &self,
+        home: &Path,
+        request: &ChatRequest,
+        send: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Completion, Failure> {
         let started = Instant::now();
         let name = request.provider.as_deref().unwrap_or("");
         let providers =
@@ -143,8 +156,11 @@ impl Remote {
         let mut body = json!({
             "model": request.model,
             "messages": request.messages,
-            "stream": false,
+            "stream": request.stream,
         });
+        if request.stream {
+            body["stream_options"] = json!({ "include_usage": true });
+        }
         for (field, value) in [
             ("max_tokens", request.max_tokens.map(|v| json!(v))),
             ("temperature", request.temperature.map(|v| json!(v))),
@@ -170,68 +186,220 @@ impl Remote {
             .map(Duration::from_millis)
             .map_or(p.timeout(), |t| t.min(p.timeout()));
         let call = call.config().timeout_global(Some(timeout)).build();
-        let response = call.send(&body);
-        let mut response = response.map_err(|e| match e {
-            ureq::Error::Timeout(_) => Failure::new(
+        let timed_out = || {
+            Failure::new(
                 ErrorCode::Timeout,
                 format!(
                     "provider {name:?} ({}) did not answer within {} ms",
                     p.host(),
                     timeout.as_millis()
                 ),
-            ),
+            )
+        };
+        let mut response = call.send(&body).map_err(|e| match e {
+            ureq::Error::Timeout(_) => timed_out(),
             e => Failure::new(
                 ErrorCode::Unreachable,
                 format!("provider {name:?} ({}) cannot be reached: {e}", p.host()),
             ),
         })?;
         let status = response.status().as_u16();
-        let text = response
+        let streamed = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("text/event-stream"));
+        let reader = response
             .body_mut()
             .with_config()
             .limit(MAX_ANSWER_BYTES)
-            .read_to_string()
-            .map_err(|e| failed(name, format!("cannot read its answer: {e}")))?;
-        if status != 200 {
+            .reader();
+        let unreadable = |e: std::io::Error| match ureq::Error::from(e) {
+            ureq::Error::Timeout(_) => timed_out(),
+            e => failed(name, format!("cannot read its answer: {e}")),
+        };
+        let answer = if status != 200 {
+            let text = std::io::read_to_string(reader).map_err(unreadable)?;
             let excerpt: String = text.chars().take(300).collect();
             return Err(failed(name, format!("answered HTTP {status}: {excerpt}")));
-        }
-        let answer: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
-            failed(
-                name,
-                "its answer is not JSON (is the url an OpenAI-compatible API's base, ending in /v1?)",
-            )
-        })?;
-        let choice = &answer["choices"][0];
-        let content = choice["message"]["content"].as_str().ok_or_else(|| {
-            failed(
-                name,
-                "its answer has no choices[0].message.content: not an OpenAI-compatible chat completion",
-            )
-        })?;
-        let usage = &answer["usage"];
-        let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+        } else if streamed {
+            read_stream(name, std::io::BufReader::new(reader), started, send)
+                .map_err(|e| e.into_failure(unreadable))?
+        } else {
+            let text = std::io::read_to_string(reader).map_err(unreadable)?;
+            let answer = read_whole(name, &text, started)?;
+            if !send(&answer.text) {
+                return Err(client_gone());
+            }
+            answer
+        };
         Ok(Completion {
-            text: content.to_owned(),
-            finish_reason: match choice["finish_reason"].as_str() {
-                Some("length") => FinishReason::Length,
-                _ => FinishReason::Stop,
-            },
-            prompt_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0) as u32,
-            completion_tokens: usage["completion_tokens"].as_u64().unwrap_or(0) as u32,
+            finish_reason: answer.finish_reason,
+            prompt_tokens: answer.usage.map_or(0, |u| u.0),
+            completion_tokens: answer.usage.map_or(answer.pieces, |u| u.1),
+            uncounted: answer.usage.is_none(),
             provider: name.to_owned(),
-            model: answer["model"]
-                .as_str()
-                .unwrap_or(&request.model)
-                .to_owned(),
+            model: answer.model.unwrap_or_else(|| request.model.clone()),
             device: String::new(),
-            first_token_ms: total_ms,
-            total_ms,
+            first_token_ms: answer.first_token_ms,
+            total_ms: started.elapsed().as_secs_f64() * 1000.0,
             tokens: Vec::new(),
             remote: p.is_remote(),
             bytes_sent: body.len() as u64,
+            text: answer.text,
         })
     }
+}
+
+/// The failure when the client stops listening.
+fn client_gone() -> Failure {
+    Failure::new(ErrorCode::Failed, "the client went away")
+}
+
+/// A provider's answer, as read.
+struct Answer {
+    text: String,
+    finish_reason: FinishReason,
+    /// Prompt and completion tokens, where the provider said.
+    usage: Option<(u32, u32)>,
+    /// The model the provider says served it.
+    model: Option<String>,
+    /// Pieces of text received (1 for an answer read whole).
+    pieces: u32,
+    first_token_ms: f64,
+}
+
+/// Why a streamed answer could not be read.
+enum StreamError {
+    /// Reading it failed (a timeout, a connection lost, text that is not UTF-8).
+    Read(std::io::Error),
+    /// What was read is not a streamed chat completion, or the client went away.
+    Failed(Failure),
+}
+
+impl StreamError {
+    fn into_failure(self, unreadable: impl FnOnce(std::io::Error) -> Failure) -> Failure {
+        match self {
+            StreamError::Read(e) => unreadable(e),
+            StreamError::Failed(f) => f,
+        }
+    }
+}
+
+/// The usage object of an answer or of a streamed answer's last piece, if it has one.
+fn usage(value: &serde_json::Value) -> Option<(u32, u32)> {
+    let count = |field: &str| value[field].as_u64().map(|n| n.min(u32::MAX as u64) as u32);
+    Some((count("prompt_tokens")?, count("completion_tokens")?))
+}
+
+fn finish_reason(value: &serde_json::Value) -> Option<FinishReason> {
+    value.as_str().map(|reason| match reason {
+        "length" => FinishReason::Length,
+        _ => FinishReason::Stop,
+    })
+}
+
+/// An answer sent whole: a chat completion object.
+fn read_whole(name: &str, text: &str, started: Instant) -> Result<Answer, Failure> {
+    let answer: serde_json::Value = serde_json::from_str(text).map_err(|_| {
+        failed(
+            name,
+            "its answer is not JSON (is the url an OpenAI-compatible API's base, ending in /v1?)",
+        )
+    })?;
+    let choice = &answer["choices"][0];
+    let content = choice["message"]["content"].as_str().ok_or_else(|| {
+        failed(
+            name,
+            "its answer has no choices[0].message.content: not an OpenAI-compatible chat completion",
+        )
+    })?;
+    Ok(Answer {
+        text: content.to_owned(),
+        finish_reason: finish_reason(&choice["finish_reason"]).unwrap_or(FinishReason::Stop),
+        usage: usage(&answer["usage"]),
+        model: answer["model"].as_str().map(str::to_owned),
+        pieces: 1,
+        first_token_ms: started.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+/// An answer streamed as server-sent events: `data: <chunk>` lines, each chunk's
+/// `choices[0].delta.content` a piece of the text, until `data: [DONE]`. Each piece goes
+/// to `send` as it arrives.
+fn read_stream(
+    name: &str,
+    mut reader: impl BufRead,
+    started: Instant,
+    send: &mut dyn FnMut(&str) -> bool,
+) -> Result<Answer, StreamError> {
+    let mut answer = Answer {
+        text: String::new(),
+        finish_reason: FinishReason::Stop,
+        usage: None,
+        model: None,
+        pieces: 0,
+        first_token_ms: 0.0,
+    };
+    let mut finished = false;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(StreamError::Read)? == 0 {
+            break;
+        }
+        // Comments, event names and the blank lines between events carry nothing here.
+        let Some(data) = line.trim_end().strip_prefix("data:").map(str::trim_start) else {
+            continue;
+        };
+        if data == "[DONE]" {
+            finished = true;
+            break;
+        }
+        let chunk: serde_json::Value = serde_json::from_str(data).map_err(|_| {
+            let excerpt: String = data.chars().take(100).collect();
+            StreamError::Failed(failed(
+                name,
+                format!("a piece of its streamed answer is not JSON: {excerpt:?}"),
+            ))
+        })?;
+        if let Some(message) = chunk["error"]["message"].as_str() {
+            return Err(StreamError::Failed(failed(
+                name,
+                format!("its streamed answer ended in an error: {message}"),
+            )));
+        }
+        if let Some(counts) = usage(&chunk["usage"]) {
+            answer.usage = Some(counts);
+        }
+        if let Some(model) = chunk["model"].as_str() {
+            answer.model = Some(model.to_owned());
+        }
+        let choice = &chunk["choices"][0];
+        if let Some(reason) = finish_reason(&choice["finish_reason"]) {
+            answer.finish_reason = reason;
+            finished = true;
+        }
+        let piece = choice["delta"]["content"].as_str().unwrap_or("");
+        if piece.is_empty() {
+            continue;
+        }
+        if answer.pieces == 0 {
+            answer.first_token_ms = started.elapsed().as_secs_f64() * 1000.0;
+        }
+        answer.pieces += 1;
+        answer.text.push_str(piece);
+        if !send(piece) {
+            return Err(StreamError::Failed(client_gone()));
+        }
+    }
+    if !finished {
+        return Err(StreamError::Failed(failed(
+            name,
+            "its streamed answer ended before it did (no finish reason, no [DONE])",
+        )));
+    }
+    Ok(answer)
 }
 
 #[cfg(test)]
@@ -292,7 +460,24 @@ mod tests {
         answer
     }
 
-    fn chat(home: &Path) -> Result<Completion, Failure> {
+    /// A streamed answer: server-sent events, one `data:` line each, then the connection
+    /// closes.
+    fn sse(events: &[&str]) -> Vec<u8> {
+        let mut answer =
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+                .to_vec();
+        for event in events {
+            answer.extend_from_slice(format!("data: {event}\r\n\r\n").as_bytes());
+        }
+        answer
+    }
+
+    /// One chat to `lab` of `home`, streamed if `stream`; `send` gets the text.
+    fn chat_with(
+        home: &Path,
+        stream: bool,
+        send: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Completion, Failure> {
         let request = ChatRequest {
             model: "m".into(),
             messages: vec![broker_client::chat::Message {
@@ -300,11 +485,108 @@ mod tests {
                 content: "héllo, 世界 🦀".into(),
             }],
             provider: Some("lab".into()),
+            stream,
             ..ChatRequest::default()
         };
-        let answer = Remote::default().chat(home, &request);
+        let answer = Remote::default().chat(home, &request, send);
         let _ = std::fs::remove_dir_all(home);
         answer
+    }
+
+    fn chat(home: &Path) -> Result<Completion, Failure> {
+        chat_with(home, false, &mut |_| true)
+    }
+
+    /// A piece of a streamed answer carrying `text`.
+    fn piece(text: &str) -> String {
+        serde_json::json!({
+            "model": "m-7b",
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}],
+        })
+        .to_string()
+    }
+
+    /// The last piece, with a finish reason.
+    const END: &str =
+        r#"{"model": "m-7b", "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}"#;
+
+    #[test]
+    fn a_streamed_answer_is_passed_on_piece_by_piece() {
+        let pieces = ["こん", "にちは", " 🦀", " cafe\u{301}"];
+        let mut events: Vec<String> = pieces.iter().map(|p| piece(p)).collect();
+        events.push(END.into());
+        let with_usage = r#"{"model": "m-7b", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}}"#;
+        for (case, usage) in [("counted", Some(with_usage)), ("uncounted", None)] {
+            let mut events: Vec<&str> = events.iter().map(String::as_str).collect();
+            events.extend(usage);
+            events.push("[DONE]");
+            let mut got = Vec::new();
+            let answer = chat_with(&lab_answering(sse(&events), case), true, &mut |p| {
+                got.push(p.to_owned());
+                true
+            })
+            .expect(case);
+            assert_eq!(got, pieces, "{case}");
+            assert_eq!(answer.text, pieces.concat(), "{case}");
+            assert_eq!(answer.finish_reason, FinishReason::Length, "{case}");
+            assert_eq!(answer.model, "m-7b", "{case}");
+            let counts = (
+                answer.prompt_tokens,
+                answer.completion_tokens,
+                answer.uncounted,
+            );
+            match usage {
+                Some(_) => assert_eq!(counts, (9, 4, false)),
+                // Without usage, the pieces are counted, and the answer says so.
+                None => assert_eq!(counts, (0, 4, true)),
+            }
+        }
+    }
+
+    #[test]
+    fn streams_that_are_not_chat_completions_fail_and_say_what_they_were() {
+        let first = piece("un");
+        let cases: [(&str, Vec<u8>, &str); 4] = [
+            (
+                "not-json",
+                sse(&[&first, "<html>"]),
+                "is not JSON: \"<html>\"",
+            ),
+            (
+                "error",
+                sse(&[&first, r#"{"error": {"message": "out of memory 🦀"}}"#]),
+                "ended in an error: out of memory 🦀",
+            ),
+            ("cut-short", sse(&[&first]), "ended before it did"),
+            (
+                "invalid-utf8",
+                [sse(&[&first]), b"data: {\"x\": \"\xff\"}\r\n\r\n".to_vec()].concat(),
+                "cannot read its answer",
+            ),
+        ];
+        for (case, answer, says) in cases {
+            let failure =
+                chat_with(&lab_answering(answer, case), true, &mut |_| true).expect_err(case);
+            assert_eq!(failure.code, ErrorCode::Failed, "{case}");
+            assert!(
+                failure.message.contains(says),
+                "{case}: {}",
+                failure.message
+            );
+        }
+    }
+
+    #[test]
+    fn a_client_that_stops_listening_ends_the_stream() {
+        let events = [piece("one"), piece("two"), END.into(), "[DONE]".into()];
+        let events: Vec<&str> = events.iter().map(String::as_str).collect();
+        let mut got = 0;
+        let failure = chat_with(&lab_answering(sse(&events), "gone"), true, &mut |_| {
+            got += 1;
+            false
+        })
+        .expect_err("the client went away");
+        assert_eq!((got, failure.message.as_str()), (1, "the client went away"));
     }
 
     #[test]
