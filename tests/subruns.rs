@@ -576,6 +576,90 @@ fn review_scans_each_file_in_a_sub_run_and_names_the_one_with_a_secret() {
     );
 }
 
+/// The answers of fan-outs `fan-out kid 4 busy <ms>` that ran at the same time in one
+/// home of `slots` run slots: each has its 4 children, the fan-outs overlapped in time (else
+/// the measure means nothing), and no more than `slots` children ran at once among them.
+fn assert_bounded_together(answers: &[String], slots: usize) {
+    let (mut intervals, mut spans) = (Vec::new(), Vec::new());
+    for answer in answers {
+        let lines = lines_of(answer);
+        assert_eq!(lines.len(), 4, "{answer}");
+        let mine: Vec<(u128, u128)> = lines
+            .iter()
+            .map(|l| {
+                let mut at = l
+                    .rest
+                    .split(' ')
+                    .map(|w| w.parse().expect("a clock reading"));
+                (at.next().expect("start"), at.next().expect("end"))
+            })
+            .collect();
+        let first = mine.iter().map(|i| i.0).min().expect("a start");
+        let last = mine.iter().map(|i| i.1).max().expect("an end");
+        spans.push((first, last));
+        intervals.extend(mine);
+    }
+    assert!(
+        spans[0].0 < spans[1].1 && spans[1].0 < spans[0].1,
+        "the fan-outs did not overlap: {spans:?}"
+    );
+    let most = most_at_once(&intervals);
+    assert!(
+        most <= slots,
+        "{most} children of separate fan-outs ran at once; the home has {slots} slots"
+    );
+}
+
+/// `spawner run fan --max-running 2 fan-out kid 4 busy 400`, started.
+fn start_fan_out(home: &TestHome) -> std::process::Child {
+    home.spawner(&[
+        "run",
+        "fan",
+        "--max-running",
+        "2",
+        "fan-out",
+        "kid",
+        "4",
+        "busy",
+        "400",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawner starts")
+}
+
+/// Its answer, once it has ended well.
+fn answer_of(run: std::process::Child) -> String {
+    let out = run.wait_with_output().expect("spawner ends");
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    stdout(&out)
+}
+
+#[test]
+fn fan_outs_of_separate_command_lines_share_the_homes_slots() {
+    let home = fan_home(4, "");
+    // Two `spawner run`s at once, each allowed 2 runs at work: the home's 2 slots bound
+    // their children together, where each process alone would run 2.
+    let runs = [start_fan_out(&home), start_fan_out(&home)];
+    let answers: Vec<String> = runs.into_iter().map(answer_of).collect();
+    assert_bounded_together(&answers, 2);
+}
+
+#[test]
+fn a_fan_out_on_the_command_line_and_one_in_the_daemon_share_the_homes_slots() {
+    let home = fan_home(4, "");
+    let daemon = crate::serve::Daemon::start(&home, &["--max-running", "2"]);
+    let mut client = daemon.client();
+    let run = start_fan_out(&home);
+    let result = client.result(
+        "run",
+        serde_json::json!({"agent": "fan", "input": "fan-out kid 4 busy 400"}),
+    );
+    let from_daemon = result["output"].as_str().expect("output").to_owned();
+    assert_bounded_together(&[answer_of(run), from_daemon], 2);
+}
+
 #[test]
 fn a_nested_fan_out_on_the_command_line_shares_one_gate_at_every_depth() {
     let home = TestHome::new();

@@ -109,6 +109,12 @@ impl Home {
         socket.parent().map_or(socket.clone(), Path::to_path_buf)
     }
 
+    /// The lock files of the run slots the home's processes share (the CLI's fan-outs and
+    /// the daemon): `slots/` in [`Home::runtime_dir`].
+    pub fn slots_dir(&self) -> PathBuf {
+        self.runtime_dir().join("slots")
+    }
+
     /// Make the directory of `socket` ready: when it is this home's own runtime directory,
     /// private ([`ensure_private_dir`]: returns the old mode when it had to be fixed); any
     /// other directory (`--socket /tmp/x.sock`) is the user's, created 0700 if missing and

@@ -6,8 +6,15 @@
 //! A run that waits on its sub-runs lends its slot to them ([`Admission::lend`]) and takes
 //! one again before it goes on ([`Lent::take_back`]): a parent never holds a slot while
 //! it waits, so parents waiting on children cannot fill every slot and starve them.
+//!
+//! A gate bounds the runs of one process. A gate backed by the home's [`HomeSlots`] also
+//! bounds them together with every other process's gate backed by the same slots: two
+//! `spawner run` fan-outs started at once, and the daemon, share one bound.
 
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
 /// How many runs a gate lets run at once unless told: two per core (a run waits on I/O,
 /// the broker and its sub-runs much of its time).
@@ -22,6 +29,160 @@ pub struct Admission {
     max_queued: usize,
     state: Mutex<Counts>,
     slot_freed: Condvar,
+    /// Slots shared with the home's other processes: one is held, besides this gate's
+    /// own count, by each run that holds a slot of it.
+    home: Option<HomeSlots>,
+}
+
+/// Run slots every process of a home shares: lock files `0`, `1`, ... in one directory
+/// ([`agent_contract::Home::slots_dir`]). A run holds one file's exclusive `flock` for as
+/// long as it holds a slot of its gate, so the runs of all the gates backed by the same
+/// directory are bounded together. A lock ends with its process however the process ends:
+/// a killed run never keeps a slot. A gate of `n` slots takes only the first `n` files,
+/// so processes sized differently share the larger bound. Each file is opened once per
+/// process, on first use: a run then costs one `flock` to take its slot and one to give
+/// it back.
+#[derive(Debug)]
+pub struct HomeSlots {
+    dir: PathBuf,
+    count: usize,
+    state: Mutex<SlotFiles>,
+}
+
+/// This process's side of the home's slots.
+#[derive(Debug, Default)]
+struct SlotFiles {
+    /// Slot `i`'s file, once opened.
+    files: Vec<Option<File>>,
+    /// The slots this process's runs hold.
+    held: Vec<usize>,
+    /// Runs let in without a slot, the files being unusable (see [`HomeSlots::take`]).
+    unbacked: usize,
+}
+
+/// How long a run waiting for a slot of another process sleeps between tries, at most:
+/// no wake-up crosses processes, so it polls, from 1 ms up to this.
+const HOME_SLOT_POLL_MAX: Duration = Duration::from_millis(25);
+
+impl HomeSlots {
+    /// `count` slots in `dir` (made private when missing).
+    pub fn new(dir: &Path, count: usize) -> std::io::Result<HomeSlots> {
+        agent_contract::home::create_private_dir_all(dir)?;
+        let count = count.max(1);
+        Ok(HomeSlots {
+            dir: dir.to_owned(),
+            count,
+            state: Mutex::new(SlotFiles {
+                files: (0..count).map(|_| None).collect(),
+                ..SlotFiles::default()
+            }),
+        })
+    }
+
+    /// Slot `slot`'s file, opened (created 0600) on first use.
+    fn file<'s>(&self, state: &'s mut SlotFiles, slot: usize) -> std::io::Result<&'s File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        Ok(match &mut state.files[slot] {
+            Some(file) => file,
+            empty => empty.insert(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .open(self.dir.join(slot.to_string()))?,
+            ),
+        })
+    }
+
+    /// Open every slot's file now, rather than as runs first need them: for a long-lived
+    /// process (the daemon), whose descriptors are then fixed from its start.
+    pub fn open_all(&self) -> std::io::Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        for slot in 0..self.count {
+            self.file(&mut state, slot)?;
+        }
+        Ok(())
+    }
+
+    /// Lock a slot that no run holds, if there is one now.
+    fn try_take(&self, state: &mut SlotFiles) -> std::io::Result<bool> {
+        for slot in 0..self.count {
+            // This process's own runs are told apart by `held`: one open file per slot
+            // would let two of them "lock" it at once.
+            if state.held.contains(&slot) {
+                continue;
+            }
+            match self.file(state, slot)?.try_lock() {
+                Ok(()) => {
+                    state.held.push(slot);
+                    return Ok(true);
+                }
+                Err(std::fs::TryLockError::WouldBlock) => continue,
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Take a slot, waiting while every one is held, unless `give_up` says so first
+    /// (false). Slot files that cannot be used (the directory made unwritable) let the run
+    /// in on its gate's own bound, with a warning, rather than fail it.
+    fn take(&self, give_up: &dyn Fn() -> bool) -> bool {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            match self.try_take(&mut state) {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(e) => {
+                    crate::say!(
+                        "spawner: warning: the home's run slots in {} cannot be used ({e}); this run is bounded by its own process's gate only",
+                        self.dir.display()
+                    );
+                    state.unbacked += 1;
+                    return true;
+                }
+            }
+            drop(state);
+            if give_up() {
+                return false;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(HOME_SLOT_POLL_MAX);
+        }
+    }
+
+    /// Give back one slot this process's runs hold (they are all alike).
+    fn give_back(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.unbacked > 0 {
+            state.unbacked -= 1;
+        } else if let Some(slot) = state.held.pop()
+            && let Some(file) = &state.files[slot]
+        {
+            // Unlocking an open file that this process locked cannot fail; were it to,
+            // the lock would still end with the process.
+            let _ = file.unlock();
+        }
+    }
+
+    /// Count one more slot held without its file (a lent slot not taken back: see
+    /// [`Lent`]'s drop).
+    fn keep_count(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unbacked += 1;
+    }
+
+    /// How many slots this process's runs hold.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.held.len() + state.unbacked
+    }
 }
 
 /// Runs in flight and waiting.
@@ -51,7 +212,56 @@ impl Admission {
             max_queued,
             state: Mutex::new(Counts::default()),
             slot_freed: Condvar::new(),
+            home: None,
         }
+    }
+
+    /// A gate whose runs are also bounded with those of the home's other processes (its
+    /// [`HomeSlots`] in [`agent_contract::Home::slots_dir`]); where that directory cannot
+    /// be made, this process's own bound, with a warning.
+    pub fn for_home(
+        home: &agent_contract::Home,
+        max_running: usize,
+        max_queued: usize,
+    ) -> Admission {
+        let gate = Admission::new(max_running, max_queued);
+        match HomeSlots::new(&home.slots_dir(), gate.max_running) {
+            Ok(slots) => gate.sharing(slots),
+            Err(e) => {
+                crate::say!(
+                    "spawner: warning: cannot make the home's run slots in {} ({e}); runs are bounded within this process only",
+                    home.slots_dir().display()
+                );
+                gate
+            }
+        }
+    }
+
+    /// The home's slots this gate shares, if it does.
+    pub fn home_slots(&self) -> Option<&HomeSlots> {
+        self.home.as_ref()
+    }
+
+    /// This gate, its runs also bounded by `slots` with every other process's.
+    pub fn sharing(mut self, slots: HomeSlots) -> Admission {
+        self.home = Some(slots);
+        self
+    }
+
+    /// Take a slot of the home's, for a run this gate has just counted; when `give_up`
+    /// says so first, uncount it and say false.
+    fn take_home_slot(&self, give_up: &dyn Fn() -> bool) -> bool {
+        let Some(home) = &self.home else {
+            return true;
+        };
+        if home.take(give_up) {
+            return true;
+        }
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.running -= 1;
+        drop(state);
+        self.slot_freed.notify_one();
+        false
     }
 
     /// The bounds.
@@ -68,22 +278,22 @@ impl Admission {
     /// full too.
     pub fn enter(&self) -> Result<Permit<'_>, Busy> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.running < self.max_running {
-            state.running += 1;
-            return Ok(Permit { gate: self });
+        if state.running >= self.max_running {
+            if state.queued >= self.max_queued {
+                return Err(Busy(*state));
+            }
+            state.queued += 1;
+            while state.running >= self.max_running {
+                state = self
+                    .slot_freed
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            state.queued -= 1;
         }
-        if state.queued >= self.max_queued {
-            return Err(Busy(*state));
-        }
-        state.queued += 1;
-        while state.running >= self.max_running {
-            state = self
-                .slot_freed
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        state.queued -= 1;
         state.running += 1;
+        drop(state);
+        self.take_home_slot(&|| false);
         Ok(Permit { gate: self })
     }
 
@@ -116,7 +326,8 @@ impl Admission {
             return None;
         }
         state.running += 1;
-        Some(Permit { gate: self })
+        drop(state);
+        self.take_home_slot(give_up).then(|| Permit { gate: self })
     }
 
     /// Wake every waiter, for those of [`Admission::enter_waiting_unless`] to ask whether
@@ -129,6 +340,9 @@ impl Admission {
     /// Give back the slot a caller's permit holds while it waits on runs that need one;
     /// the permit stays with the caller, to be made good by [`Lent::take_back`].
     pub fn lend(&self) -> Lent<'_> {
+        if let Some(home) = &self.home {
+            home.give_back();
+        }
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.running = state.running.saturating_sub(1);
         drop(state);
@@ -162,6 +376,9 @@ impl Drop for Lent<'_> {
     /// permit's own drop leaves it right.
     fn drop(&mut self) {
         if !self.back {
+            if let Some(home) = &self.gate.home {
+                home.keep_count();
+            }
             let mut state = self
                 .gate
                 .state
@@ -174,6 +391,9 @@ impl Drop for Lent<'_> {
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
+        if let Some(home) = &self.gate.home {
+            home.give_back();
+        }
         let mut state = self
             .gate
             .state
@@ -257,5 +477,80 @@ mod tests {
         });
         drop(parent);
         assert_eq!(gate.counts(), Counts::default());
+    }
+
+    /// Two gates of one slot each over the same files: as two processes, since locks of
+    /// two open files conflict even within one.
+    fn two_processes(dir: &Path) -> (Admission, Admission) {
+        let gate =
+            || Admission::new(1, 0).sharing(HomeSlots::new(&dir.join("slots"), 1).expect("slots"));
+        (gate(), gate())
+    }
+
+    fn home_slots(gate: &Admission) -> &HomeSlots {
+        gate.home_slots().expect("backed")
+    }
+
+    #[test]
+    fn gates_sharing_the_home_slots_are_bounded_together() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (first, second) = two_processes(dir.path());
+        let held = first.enter().expect("a slot");
+        assert_eq!(home_slots(&first).held(), 1);
+        // The other process's gate has room of its own, but the home's one slot is held.
+        assert!(!home_slots(&second).take(&|| true));
+        assert_eq!(home_slots(&second).held(), 0);
+        // A waiter gets in once the slot is given back.
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let _permit = second.enter_waiting();
+                home_slots(&second).held()
+            });
+            drop(held);
+            assert_eq!(waiter.join().expect("admitted"), 1);
+        });
+        assert_eq!(home_slots(&first).held() + home_slots(&second).held(), 0);
+        assert_eq!(second.counts(), Counts::default());
+    }
+
+    #[test]
+    fn a_lent_slot_is_free_to_the_home_until_it_is_taken_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (parent_gate, other) = two_processes(dir.path());
+        let parent = parent_gate.enter().expect("a slot");
+        let lent = parent_gate.lend();
+        assert_eq!(home_slots(&parent_gate).held(), 0);
+        assert!(home_slots(&other).take(&|| true), "the lent slot is free");
+        home_slots(&other).give_back();
+        lent.take_back();
+        assert_eq!(home_slots(&parent_gate).held(), 1);
+        assert!(!home_slots(&other).take(&|| true), "taken back");
+        drop(parent);
+        assert!(home_slots(&other).take(&|| true));
+    }
+
+    #[test]
+    fn a_waiter_that_gives_up_is_not_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (first, second) = two_processes(dir.path());
+        let _held = first.enter().expect("a slot");
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        // Not given up while waiting on its own gate (free), given up on the home's.
+        let give_up = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 2;
+        assert!(second.enter_waiting_unless(&give_up).is_none());
+        assert_eq!(second.counts(), Counts::default());
+        assert_eq!(home_slots(&second).held(), 0);
+    }
+
+    #[test]
+    fn slots_of_a_process_that_ends_are_free() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (first, second) = two_processes(dir.path());
+        let held = first.enter().expect("a slot");
+        std::mem::forget(held);
+        assert!(!home_slots(&second).take(&|| true));
+        // The files close with the process (here: with the gate).
+        drop(first);
+        assert!(home_slots(&second).take(&|| true));
     }
 }

@@ -200,7 +200,7 @@ pub fn execute(
         let slots = runner
             .gate_slots
             .map_or_else(crate::admission::default_max_running, |n| n as usize);
-        Admission::new(slots, usize::MAX)
+        Admission::for_home(home, slots, usize::MAX)
     });
     let _own_slot = own_gate.as_ref().map(Admission::enter_waiting);
     let runner = match &own_gate {

@@ -23,6 +23,13 @@
 //! makes progress, its deadline bounds it, and each waiting child is admitted when one
 //! ends. Parents waiting on children, however deeply nested, hold no slot.
 //!
+//! The shared gates are backed by the home's slot files
+//! ([`crate::admission::HomeSlots`]), so they bound the runs of every process of the home
+//! together. The argument holds across processes: a run waiting for another process's
+//! slot holds none of its own gate's home slots while it waits (it is counted, not
+//! locked), and every home slot is held by a run that makes progress or by a parent that
+//! lends it when it joins.
+//!
 //! # Determinism
 //!
 //! Children are numbered in the order the parent starts them, and admitted in that order

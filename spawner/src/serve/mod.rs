@@ -209,10 +209,14 @@ pub fn serve(home: Home, options: Options) -> anyhow::Result<()> {
         .with_context(|| format!("cannot resolve {}", home.root().display()))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let max_connections = connection_bound();
+    let admission = Admission::for_home(&home, options.max_running, options.max_queued);
+    if let Some(Err(e)) = admission.home_slots().map(|slots| slots.open_all()) {
+        crate::say!("spawner serve: warning: cannot open the home's run slots: {e}");
+    }
     let daemon = Arc::new(Daemon {
         max_connections,
         home,
-        admission: Admission::new(options.max_running, options.max_queued),
+        admission,
         metrics: Metrics::default(),
         active: Mutex::new(HashMap::new()),
         connections: Mutex::new(HashMap::new()),
