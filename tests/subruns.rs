@@ -576,11 +576,12 @@ fn review_scans_each_file_in_a_sub_run_and_names_the_one_with_a_secret() {
     );
 }
 
-/// The answers of fan-outs `fan-out kid 4 busy <ms>` that ran at the same time in one
-/// home of `slots` run slots: each has its 4 children, the fan-outs overlapped in time (else
-/// the measure means nothing), and no more than `slots` children ran at once among them.
+/// The answers of fan-outs `fan-out kid 4 busy <ms>` started at the same time in one home
+/// of `slots` run slots: each has its 4 children, and no more than `slots` children ran at
+/// once among them. (Each process alone has `slots` of its own: without the home's, their
+/// children overlap, 4 at once here. With them, the fan-outs may also take turns.)
 fn assert_bounded_together(answers: &[String], slots: usize) {
-    let (mut intervals, mut spans) = (Vec::new(), Vec::new());
+    let mut intervals = Vec::new();
     for answer in answers {
         let lines = lines_of(answer);
         assert_eq!(lines.len(), 4, "{answer}");
@@ -594,15 +595,8 @@ fn assert_bounded_together(answers: &[String], slots: usize) {
                 (at.next().expect("start"), at.next().expect("end"))
             })
             .collect();
-        let first = mine.iter().map(|i| i.0).min().expect("a start");
-        let last = mine.iter().map(|i| i.1).max().expect("an end");
-        spans.push((first, last));
         intervals.extend(mine);
     }
-    assert!(
-        spans[0].0 < spans[1].1 && spans[1].0 < spans[0].1,
-        "the fan-outs did not overlap: {spans:?}"
-    );
     let most = most_at_once(&intervals);
     assert!(
         most <= slots,

@@ -39,9 +39,18 @@ pub struct Admission {
 /// long as it holds a slot of its gate, so the runs of all the gates backed by the same
 /// directory are bounded together. A lock ends with its process however the process ends:
 /// a killed run never keeps a slot. A gate of `n` slots takes only the first `n` files,
-/// so processes sized differently share the larger bound. Each file is opened once per
-/// process, on first use: a run then costs one `flock` to take its slot and one to give
-/// it back.
+/// so processes sized differently share the larger bound.
+///
+/// Fairness across processes: a run that finds no slot free waits holding the `door`
+/// file's lock, and while anyone holds it nobody else takes a slot: each run that comes
+/// after waits for the door, in this process or another. So a slot freed by a process
+/// goes to the run that has waited at the door, not to that process's next run; a fan-out
+/// cannot keep a second process (or the daemon) out until it ends. The door's holder
+/// looks for a free slot every [`HOME_SLOT_POLL`] (no wake-up crosses processes), and so
+/// do those waiting for the door.
+///
+/// Each file is opened once per process, on first use: a run that finds a slot free costs
+/// four `flock` calls, door and slot, to take it and give it back.
 #[derive(Debug)]
 pub struct HomeSlots {
     dir: PathBuf,
@@ -58,11 +67,15 @@ struct SlotFiles {
     held: Vec<usize>,
     /// Runs let in without a slot, the files being unusable (see [`HomeSlots::take`]).
     unbacked: usize,
+    /// The door's file, once opened.
+    door: Option<File>,
+    /// The thread of this process that holds the door, waiting for a slot: the others
+    /// here wait behind it (the door's lock, being this process's, does not stop them).
+    door_holder: Option<std::thread::ThreadId>,
 }
 
-/// How long a run waiting for a slot of another process sleeps between tries, at most:
-/// no wake-up crosses processes, so it polls, from 1 ms up to this.
-const HOME_SLOT_POLL_MAX: Duration = Duration::from_millis(25);
+/// How long a run waiting for a slot sleeps between looks.
+const HOME_SLOT_POLL: Duration = Duration::from_millis(2);
 
 impl HomeSlots {
     /// `count` slots in `dir` (made private when missing).
@@ -79,31 +92,69 @@ impl HomeSlots {
         })
     }
 
-    /// Slot `slot`'s file, opened (created 0600) on first use.
-    fn file<'s>(&self, state: &'s mut SlotFiles, slot: usize) -> std::io::Result<&'s File> {
+    /// `name` in the slots' directory, opened (created 0600).
+    fn open(&self, name: &str) -> std::io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(self.dir.join(name))
+    }
+
+    /// Slot `slot`'s file, opened on first use.
+    fn file<'s>(&self, state: &'s mut SlotFiles, slot: usize) -> std::io::Result<&'s File> {
         Ok(match &mut state.files[slot] {
             Some(file) => file,
-            empty => empty.insert(
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .mode(0o600)
-                    .open(self.dir.join(slot.to_string()))?,
-            ),
+            empty => empty.insert(self.open(&slot.to_string())?),
         })
     }
 
-    /// Open every slot's file now, rather than as runs first need them: for a long-lived
-    /// process (the daemon), whose descriptors are then fixed from its start.
+    /// The door's file, opened on first use.
+    fn door<'s>(&self, state: &'s mut SlotFiles) -> std::io::Result<&'s File> {
+        Ok(match &mut state.door {
+            Some(file) => file,
+            empty => empty.insert(self.open("door")?),
+        })
+    }
+
+    /// Open every file now, rather than as runs first need them: for a long-lived process
+    /// (the daemon), whose descriptors are then fixed from its start.
     pub fn open_all(&self) -> std::io::Result<()> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         for slot in 0..self.count {
             self.file(&mut state, slot)?;
         }
+        self.door(&mut state)?;
         Ok(())
+    }
+
+    /// Whether this thread holds the door, taking it if nobody, here or elsewhere, does.
+    fn at_the_door(&self, state: &mut SlotFiles) -> std::io::Result<bool> {
+        let me = std::thread::current().id();
+        match state.door_holder {
+            Some(holder) => Ok(holder == me),
+            None => match self.door(state)?.try_lock() {
+                Ok(()) => {
+                    state.door_holder = Some(me);
+                    Ok(true)
+                }
+                Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+                Err(std::fs::TryLockError::Error(e)) => Err(e),
+            },
+        }
+    }
+
+    /// Let go of the door, if this thread holds it.
+    fn leave_the_door(&self, state: &mut SlotFiles) {
+        if state.door_holder == Some(std::thread::current().id()) {
+            state.door_holder = None;
+            if let Some(door) = &state.door {
+                let _ = door.unlock();
+            }
+        }
     }
 
     /// Lock a slot that no run holds, if there is one now.
@@ -126,17 +177,28 @@ impl HomeSlots {
         Ok(false)
     }
 
-    /// Take a slot, waiting while every one is held, unless `give_up` says so first
-    /// (false). Slot files that cannot be used (the directory made unwritable) let the run
-    /// in on its gate's own bound, with a warning, rather than fail it.
+    /// Take a slot, waiting at the door while every one is held or another run waits
+    /// there, unless `give_up` says so first (false). Files that cannot be used (the
+    /// directory made unwritable) let the run in on its gate's own bound, with a warning,
+    /// rather than fail it.
     fn take(&self, give_up: &dyn Fn() -> bool) -> bool {
-        let mut pause = Duration::from_millis(1);
         loop {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            match self.try_take(&mut state) {
-                Ok(true) => return true,
+            let taken = self.at_the_door(&mut state).and_then(|at_the_door| {
+                if at_the_door {
+                    self.try_take(&mut state)
+                } else {
+                    Ok(false)
+                }
+            });
+            match taken {
+                Ok(true) => {
+                    self.leave_the_door(&mut state);
+                    return true;
+                }
                 Ok(false) => {}
                 Err(e) => {
+                    self.leave_the_door(&mut state);
                     crate::say!(
                         "spawner: warning: the home's run slots in {} cannot be used ({e}); this run is bounded by its own process's gate only",
                         self.dir.display()
@@ -147,10 +209,11 @@ impl HomeSlots {
             }
             drop(state);
             if give_up() {
+                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                self.leave_the_door(&mut state);
                 return false;
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(HOME_SLOT_POLL_MAX);
+            std::thread::sleep(HOME_SLOT_POLL);
         }
     }
 
@@ -175,6 +238,13 @@ impl HomeSlots {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .unbacked += 1;
+    }
+
+    /// Whether a run of this process waits at the door.
+    #[cfg(test)]
+    fn waiting_at_the_door(&self) -> bool {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.door_holder.is_some()
     }
 
     /// How many slots this process's runs hold.
@@ -552,5 +622,26 @@ mod tests {
         // The files close with the process (here: with the gate).
         drop(first);
         assert!(home_slots(&second).take(&|| true));
+    }
+
+    #[test]
+    fn a_slot_freed_goes_to_the_run_waiting_at_the_door_not_to_its_processs_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (first, second) = two_processes(dir.path());
+        let (first, second) = (home_slots(&first), home_slots(&second));
+        assert!(first.take(&|| true));
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| second.take(&|| false));
+            while !second.waiting_at_the_door() {
+                std::thread::yield_now();
+            }
+            // The first process gives its slot back and asks again at once: the other's
+            // waiting run is ahead of it.
+            first.give_back();
+            assert!(!first.take(&|| true), "the waiting run was passed over");
+            assert!(waiter.join().expect("the waiter ends"));
+        });
+        assert_eq!((first.held(), second.held()), (0, 1));
+        assert!(!second.waiting_at_the_door());
     }
 }
