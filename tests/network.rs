@@ -27,7 +27,8 @@ const REMOTE_LINK: &str = "remote0";
 /// say so and wait for the test's pipe to close.
 const HOLD: &str = "for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 \
                     /proc/sys/net/ipv6/conf/default/disable_ipv6; do \
-                    [ -e \"$f\" ] && echo 1 > \"$f\"; done; echo ready; read -r _";
+                    if [ -e \"$f\" ]; then echo 1 > \"$f\" || exit 1; fi; done; \
+                    echo ready; read -r _";
 
 /// The way into one side of a [`Network`]: commands made with it run there. Valid while
 /// the `Network` lives.
@@ -35,7 +36,8 @@ const HOLD: &str = "for f in /proc/sys/net/ipv6/conf/all/disable_ipv6 \
 pub struct Entry(u32);
 
 impl Entry {
-    /// `program` run in this side's namespaces (user and network), as the same user.
+    /// `program` run in this side's namespaces (user and network), with this process's
+    /// credentials (the user namespace's root, mapped to them).
     pub fn command(self, program: impl AsRef<OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.args(["--target", &self.0.to_string()])

@@ -257,6 +257,7 @@ fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
     let granted = home.run(&["consent", "grant", "talker", "lab", "--expires", "1d"]);
     assert_eq!(code(&granted), 0, "{}", stderr(&granted));
     assert!(stdout(&granted).contains("remote"), "{}", stdout(&granted));
+    let before = net.bytes_to_remote();
     let out = ask("smollm2");
     server.assert_served(&out, 1);
     // A fresh connection each time: opening the store imports the runs logged since.
@@ -275,7 +276,7 @@ fn a_remote_provider_serves_only_with_consent_and_its_failures_are_clear() {
         "{call:?}"
     );
     // What the evidence says was sent went over the link, with TLS's and HTTP's own bytes.
-    let crossed = net.bytes_to_remote();
+    let crossed = net.bytes_to_remote() - before;
     assert!(
         call.bytes_sent > 50 && call.bytes_sent < crossed,
         "{call:?}, {crossed} bytes over the link"

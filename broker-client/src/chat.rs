@@ -98,7 +98,8 @@ pub struct Completion {
     #[serde(default)]
     pub bytes_sent: u64,
     /// The provider gave no token counts (some servers leave them out of a streamed
-    /// answer): `prompt_tokens` is 0 and `completion_tokens` counts the pieces received.
+    /// answer): `prompt_tokens` is 0 and `completion_tokens` counts the pieces of a
+    /// streamed answer (0 for one sent whole).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub uncounted: bool,
 }

@@ -208,7 +208,7 @@ impl Remote {
             .headers()
             .get("content-type")
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t.starts_with("text/event-stream"));
+            .is_some_and(|t| t.to_ascii_lowercase().starts_with("text/event-stream"));
         let reader = response
             .body_mut()
             .with_config()
@@ -264,7 +264,7 @@ struct Answer {
     usage: Option<(u32, u32)>,
     /// The model the provider says served it.
     model: Option<String>,
-    /// Pieces of text received (1 for an answer read whole).
+    /// Pieces of text received in a stream (0 for an answer read whole).
     pieces: u32,
     first_token_ms: f64,
 }
@@ -284,6 +284,24 @@ impl StreamError {
             StreamError::Failed(f) => f,
         }
     }
+}
+
+/// The error a piece of a streamed answer carries, in any of the shapes servers use:
+/// `{"error": {"message": ...}}`, `{"error": "..."}`, `{"object": "error", "message": ...}`.
+fn stream_error(chunk: &serde_json::Value) -> Option<String> {
+    let error = &chunk["error"];
+    if let Some(message) = error["message"].as_str().or(error.as_str()) {
+        return Some(message.to_owned());
+    }
+    if !error.is_null() {
+        return Some(error.to_string().chars().take(300).collect());
+    }
+    (chunk["object"].as_str() == Some("error")).then(|| {
+        chunk["message"]
+            .as_str()
+            .unwrap_or("(no message)")
+            .to_owned()
+    })
 }
 
 /// The usage object of an answer or of a streamed answer's last piece, if it has one.
@@ -319,7 +337,8 @@ fn read_whole(name: &str, text: &str, started: Instant) -> Result<Answer, Failur
         finish_reason: finish_reason(&choice["finish_reason"]).unwrap_or(FinishReason::Stop),
         usage: usage(&answer["usage"]),
         model: answer["model"].as_str().map(str::to_owned),
-        pieces: 1,
+        // Nothing to count in an answer sent whole: without usage, its counts are unknown.
+        pieces: 0,
         first_token_ms: started.elapsed().as_secs_f64() * 1000.0,
     })
 }
@@ -348,8 +367,17 @@ fn read_stream(
         if reader.read_line(&mut line).map_err(StreamError::Read)? == 0 {
             break;
         }
+        let line = line.trim_end();
+        // Some servers end a failed stream with an `error:` line of their own.
+        if let Some(error) = line.strip_prefix("error:") {
+            let excerpt: String = error.trim().chars().take(300).collect();
+            return Err(StreamError::Failed(failed(
+                name,
+                format!("its streamed answer ended in an error: {excerpt}"),
+            )));
+        }
         // Comments, event names and the blank lines between events carry nothing here.
-        let Some(data) = line.trim_end().strip_prefix("data:").map(str::trim_start) else {
+        let Some(data) = line.strip_prefix("data:").map(str::trim_start) else {
             continue;
         };
         if data == "[DONE]" {
@@ -363,7 +391,7 @@ fn read_stream(
                 format!("a piece of its streamed answer is not JSON: {excerpt:?}"),
             ))
         })?;
-        if let Some(message) = chunk["error"]["message"].as_str() {
+        if let Some(message) = stream_error(&chunk) {
             return Err(StreamError::Failed(failed(
                 name,
                 format!("its streamed answer ended in an error: {message}"),
@@ -392,6 +420,9 @@ fn read_stream(
         if !send(piece) {
             return Err(StreamError::Failed(client_gone()));
         }
+    }
+    if answer.pieces == 0 {
+        answer.first_token_ms = started.elapsed().as_secs_f64() * 1000.0;
     }
     if !finished {
         return Err(StreamError::Failed(failed(
@@ -546,11 +577,30 @@ mod tests {
     #[test]
     fn streams_that_are_not_chat_completions_fail_and_say_what_they_were() {
         let first = piece("un");
-        let cases: [(&str, Vec<u8>, &str); 4] = [
+        let cases: [(&str, Vec<u8>, &str); 7] = [
             (
                 "not-json",
                 sse(&[&first, "<html>"]),
                 "is not JSON: \"<html>\"",
+            ),
+            (
+                "error-object",
+                sse(&[
+                    &first,
+                    r#"{"object": "error", "message": "model overloaded"}"#,
+                    "[DONE]",
+                ]),
+                "ended in an error: model overloaded",
+            ),
+            (
+                "error-string",
+                sse(&[&first, r#"{"error": "context exceeded"}"#, "[DONE]"]),
+                "ended in an error: context exceeded",
+            ),
+            (
+                "error-line",
+                [sse(&[&first]), b"error: {\"code\": 500}\r\n\r\n".to_vec()].concat(),
+                "ended in an error: {\"code\": 500}",
             ),
             (
                 "error",

@@ -38,8 +38,9 @@ pub struct Admission {
 /// ([`agent_contract::Home::slots_dir`]). A run holds one file's exclusive `flock` for as
 /// long as it holds a slot of its gate, so the runs of all the gates backed by the same
 /// directory are bounded together. A lock ends with its process however the process ends:
-/// a killed run never keeps a slot. A gate of `n` slots takes only the first `n` files,
-/// so processes sized differently share the larger bound.
+/// a killed run never keeps a slot. A gate of `n` slots makes the first `n` files, and
+/// also takes any further one that a process of a larger bound made: the home's bound is
+/// the largest of its processes', and each process's own gate bounds its own runs.
 ///
 /// Fairness across processes: a run that finds no slot free waits holding the `door`
 /// file's lock, and while anyone holds it nobody else takes a slot: each run that comes
@@ -104,12 +105,25 @@ impl HomeSlots {
             .open(self.dir.join(name))
     }
 
-    /// Slot `slot`'s file, opened on first use.
-    fn file<'s>(&self, state: &'s mut SlotFiles, slot: usize) -> std::io::Result<&'s File> {
-        Ok(match &mut state.files[slot] {
+    /// Slot `slot`'s file, opened on first use; beyond this process's own slots, only if
+    /// a process of a larger bound made it (`None` if none did).
+    fn file<'s>(&self, state: &'s mut SlotFiles, slot: usize) -> std::io::Result<Option<&'s File>> {
+        if state.files.len() <= slot {
+            state.files.resize_with(slot + 1, || None);
+        }
+        Ok(Some(match &mut state.files[slot] {
             Some(file) => file,
-            empty => empty.insert(self.open(&slot.to_string())?),
-        })
+            empty if slot < self.count => empty.insert(self.open(&slot.to_string())?),
+            empty => match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(self.dir.join(slot.to_string()))
+            {
+                Ok(file) => empty.insert(file),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            },
+        }))
     }
 
     /// The door's file, opened on first use.
@@ -158,14 +172,20 @@ impl HomeSlots {
     }
 
     /// Lock a slot that no run holds, if there is one now.
+    /// Its own slots first, then those a process of a larger bound made: this process's
+    /// gate bounds its own runs, and the run at the door must not keep others from slots
+    /// it could use, so the home's bound is the largest.
     fn try_take(&self, state: &mut SlotFiles) -> std::io::Result<bool> {
-        for slot in 0..self.count {
+        for slot in 0.. {
             // This process's own runs are told apart by `held`: one open file per slot
             // would let two of them "lock" it at once.
             if state.held.contains(&slot) {
                 continue;
             }
-            match self.file(state, slot)?.try_lock() {
+            let Some(file) = self.file(state, slot)? else {
+                break;
+            };
+            match file.try_lock() {
                 Ok(()) => {
                     state.held.push(slot);
                     return Ok(true);
@@ -610,6 +630,10 @@ mod tests {
         assert!(second.enter_waiting_unless(&give_up).is_none());
         assert_eq!(second.counts(), Counts::default());
         assert_eq!(home_slots(&second).held(), 0);
+        assert!(
+            !home_slots(&second).waiting_at_the_door(),
+            "the door is left"
+        );
     }
 
     #[test]
@@ -643,5 +667,22 @@ mod tests {
         });
         assert_eq!((first.held(), second.held()), (0, 1));
         assert!(!second.waiting_at_the_door());
+    }
+
+    #[test]
+    fn a_process_of_a_smaller_bound_uses_the_slots_a_larger_one_made() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let slots = dir.path().join("slots");
+        let small = HomeSlots::new(&slots, 1).expect("slots");
+        let large = HomeSlots::new(&slots, 2).expect("slots");
+        large.open_all().expect("open");
+        assert!(large.take(&|| true), "slot 0");
+        assert!(
+            small.take(&|| true),
+            "slot 1, which the larger process made"
+        );
+        assert!(!large.take(&|| true), "the home's bound, 2, is reached");
+        small.give_back();
+        assert!(large.take(&|| true));
     }
 }

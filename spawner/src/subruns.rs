@@ -32,11 +32,12 @@
 //!
 //! # Determinism
 //!
-//! Children are numbered in the order the parent starts them, and admitted in that order
-//! as slots free; each join answers for the child it names, whichever ended first. A
-//! child's run id is derived from its parent's ([`child_run_id`]), so a resumed parent
-//! that starts its children again is handed the record (and kept answer) of each one that
-//! ended, and a child that failed in a way that may pass is resumed, not started afresh.
+//! Children are numbered in the order the parent starts them, and admitted as slots
+//! free (not necessarily in that order); each join answers for the child it names,
+//! whichever ended first. A child's run id is derived from its parent's
+//! ([`child_run_id`]), so a resumed parent that starts its children again is handed the
+//! record (and kept answer) of each one that ended, and a child that failed in a way that
+//! may pass is resumed, not started afresh.
 //!
 //! # Ends
 //!
