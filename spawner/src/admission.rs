@@ -86,20 +86,17 @@ impl HomeSlots {
         Ok(HomeSlots {
             dir: dir.to_owned(),
             count,
-            state: Mutex::new(SlotFiles {
-                files: (0..count).map(|_| None).collect(),
-                ..SlotFiles::default()
-            }),
+            state: Mutex::new(SlotFiles::default()),
         })
     }
 
-    /// `name` in the slots' directory, opened (created 0600).
-    fn open(&self, name: &str) -> std::io::Result<File> {
+    /// `name` in the slots' directory, opened; created 0600 when `create`.
+    fn open(&self, name: &str, create: bool) -> std::io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
+            .create(create)
             .truncate(false)
             .mode(0o600)
             .open(self.dir.join(name))
@@ -113,12 +110,7 @@ impl HomeSlots {
         }
         Ok(Some(match &mut state.files[slot] {
             Some(file) => file,
-            empty if slot < self.count => empty.insert(self.open(&slot.to_string())?),
-            empty => match std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(self.dir.join(slot.to_string()))
-            {
+            empty => match self.open(&slot.to_string(), slot < self.count) {
                 Ok(file) => empty.insert(file),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e),
@@ -130,7 +122,7 @@ impl HomeSlots {
     fn door<'s>(&self, state: &'s mut SlotFiles) -> std::io::Result<&'s File> {
         Ok(match &mut state.door {
             Some(file) => file,
-            empty => empty.insert(self.open("door")?),
+            empty => empty.insert(self.open("door", true)?),
         })
     }
 
@@ -171,8 +163,7 @@ impl HomeSlots {
         }
     }
 
-    /// Lock a slot that no run holds, if there is one now.
-    /// Its own slots first, then those a process of a larger bound made: this process's
+    /// Lock a slot that no run holds, if there is one now: its own slots first, then those a process of a larger bound made: this process's
     /// gate bounds its own runs, and the run at the door must not keep others from slots
     /// it could use, so the home's bound is the largest.
     fn try_take(&self, state: &mut SlotFiles) -> std::io::Result<bool> {
@@ -347,11 +338,16 @@ impl Admission {
         if home.take(give_up) {
             return true;
         }
+        self.uncount();
+        false
+    }
+
+    /// One run fewer holds a slot of this gate: wake a waiter.
+    fn uncount(&self) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.running -= 1;
         drop(state);
         self.slot_freed.notify_one();
-        false
     }
 
     /// The bounds.
@@ -484,14 +480,7 @@ impl Drop for Permit<'_> {
         if let Some(home) = &self.gate.home {
             home.give_back();
         }
-        let mut state = self
-            .gate
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        state.running -= 1;
-        drop(state);
-        self.gate.slot_freed.notify_one();
+        self.gate.uncount();
     }
 }
 
