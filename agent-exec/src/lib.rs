@@ -16,8 +16,9 @@
 //!    component (`agent-compile`, [`compile`]) before the deadline and ask again; a
 //!    request sent otherwise runs agent-compile itself, before its deadline is armed.
 //!    agent-exec has no compiler of its own.
-//! 4. **instantiate**: link WASI (no network, no environment, only declared preopens) and
-//!    the host interfaces of `wit/agent.wit` ([`host`]), with the limits applied: a
+//! 4. **instantiate**: link the WASI interfaces (no network, no environment, only declared
+//!    preopens) and the host interfaces of `wit/agent.wit` ([`host`]) that the component
+//!    imports, and no others ([`link`]), with the limits applied: a
 //!    wall-clock deadline by epoch interruption, a linear-memory cap, optional fuel.
 //! 5. **handler**: call the agent's `handle` export (for a hook, with the normalized
 //!    event of the request header, and its verdict into the JSON report).
@@ -37,6 +38,7 @@ mod hook;
 pub mod host;
 pub mod inference;
 pub mod journal;
+pub mod link;
 pub mod llm;
 mod logging;
 mod run;

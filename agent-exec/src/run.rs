@@ -11,7 +11,7 @@ use agent_contract::{
     Home, LogFormat, Manifest, Outcome, OutputFormat, PhaseTimings, RequestHeader, RunReport,
 };
 use memory_store::{RunMemory, RunRecord, Store};
-use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::component::ResourceTable;
 use wasmtime::{Store as WasmStore, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
@@ -170,7 +170,7 @@ impl Execution {
 pub struct Prepared {
     home: std::path::PathBuf,
     engine: wasmtime::Engine,
-    linker: Linker<AgentHost>,
+    linker: wasmtime::component::Linker<AgentHost>,
     store: Option<Store>,
 }
 
@@ -182,7 +182,7 @@ impl Prepared {
     pub fn new(home: std::path::PathBuf, with_store: bool) -> Result<Prepared, ExecError> {
         let engine = crate::engine::build(false)
             .map_err(|e| ExecError::Internal(format!("engine: {e:#}")))?;
-        let linker = linker(&engine)?;
+        let linker = crate::link::all(&engine)?;
         // The store may not exist yet; the request then opens (and creates) it.
         let store = with_store
             .then(|| Store::open(&Home::new(&home).store_path()).ok())
@@ -194,17 +194,6 @@ impl Prepared {
             store,
         })
     }
-}
-
-/// The linker: WASI and the host interfaces of `wit/agent.wit`.
-fn linker(engine: &wasmtime::Engine) -> Result<Linker<AgentHost>, ExecError> {
-    let mut linker: Linker<AgentHost> = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-        .and_then(|()| {
-            Agent::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |h| h)
-        })
-        .map_err(|e| ExecError::Internal(format!("linker: {e:#}")))?;
-    Ok(linker)
 }
 
 fn micros(d: Duration) -> u64 {
@@ -767,7 +756,7 @@ impl Run {
             .filter(|p| wasmtime::Engine::same(&p.engine, engine))
         {
             Some(p) => p.linker,
-            None => linker(engine)?,
+            None => crate::link::for_component(engine, component)?,
         };
         let agent = Agent::instantiate(&mut *store, component, &linker)
             .map_err(|e| self.classify(store, e, timeout, manifest, true))?;
