@@ -40,9 +40,11 @@ pub fn arm(engine: &Engine, timeout: Duration) -> std::io::Result<()> {
             tv_usec: 0,
         },
         it_value: libc::timeval {
-            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            // (The C types are not named: the libc crate deprecates musl's, which change
+            // width in later musl versions.) A deadline past 68 years is 68 years.
+            tv_sec: timeout.as_secs().try_into().unwrap_or(i32::MAX.into()),
             // A zero timeval disarms the timer; the smallest deadline is one microsecond.
-            tv_usec: libc::suseconds_t::from(timeout.subsec_micros().max(1)),
+            tv_usec: timeout.subsec_micros().max(1).into(),
         },
     };
     // SAFETY: `timer` is a valid itimerval that outlives the call; the old value is not

@@ -125,15 +125,20 @@ pub fn cargo() -> Command {
 
 /// Make sure rustup has the wasm32-wasip2 target.
 fn ensure_wasm_target() -> anyhow::Result<()> {
+    ensure_rust_target("wasm32-wasip2")
+}
+
+/// Make sure rustup has `target`'s standard library.
+fn ensure_rust_target(target: &str) -> anyhow::Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .context("rustup is needed to add the wasm32-wasip2 target")?;
+        .with_context(|| format!("rustup is needed to add the {target} target"))?;
     if !String::from_utf8_lossy(&installed.stdout)
         .lines()
-        .any(|l| l.trim() == "wasm32-wasip2")
+        .any(|l| l.trim() == target)
     {
-        run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+        run(Command::new("rustup").args(["target", "add", target]))?;
     }
     Ok(())
 }
@@ -336,16 +341,42 @@ pub fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
 enum Linking {
     /// Against the shared C library, position-independent (cargo's default).
     Dynamic,
-    /// Statically and not position-independent (`crt-static`, `relocation-model=static`):
-    /// no dynamic loader, no shared libraries to map and no relocations to apply at each
-    /// start, which a request pays twice (measured in BENCHMARKS.md). Only where the host
-    /// is `*-linux-gnu` (glibc's static libraries come with its development package);
-    /// elsewhere they are built dynamically.
+    /// Statically and not position-independent: no dynamic loader, no shared libraries to
+    /// map and no relocations to apply at each start, which a request pays twice. Against
+    /// musl where the host is `*-linux-gnu` and Debian's `musl-tools` (`musl-gcc`, for the
+    /// bundled SQLite and mimalloc) is installed: glibc's start-up alone costs about 0.4 ms
+    /// per process on the machines we measure, most of it `cpuid` (which traps to the
+    /// hypervisor), and musl's is nothing (BENCHMARKS.md). Otherwise against static glibc
+    /// (its static libraries come with its development package); elsewhere dynamically.
     Static,
 }
 
-/// The rustc flags of [`Linking::Static`].
+/// The rustc flags of [`Linking::Static`] against glibc.
 const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static -C relocation-model=static";
+
+/// The rustc flags of [`Linking::Static`] against musl (static by default).
+const MUSL_RUSTFLAGS: &str = "-C relocation-model=static";
+
+/// The musl target beside a `*-linux-gnu` host, when this machine can build for it: its
+/// C compiler (`musl-gcc`) is installed, and rustup adds the target's standard library.
+fn musl_target(host: &str) -> Option<String> {
+    let musl = format!("{}-musl", host.strip_suffix("-gnu")?);
+    if which("musl-gcc").is_none() {
+        eprintln!(
+            "note: spawner and agent-exec are linked against static glibc: install Debian's \
+             musl-tools (musl-gcc) to have them linked against musl, whose start-up is \
+             about 0.4 ms shorter per process (BENCHMARKS.md)"
+        );
+        return None;
+    }
+    match ensure_rust_target(&musl) {
+        Ok(()) => Some(musl),
+        Err(e) => {
+            eprintln!("note: no {musl} target ({e:#}); linking against static glibc");
+            None
+        }
+    }
+}
 
 /// Build the four binaries with `profile`, and put the ONNX Runtime library beside
 /// gpu-broker (where it looks for it); returns their directory.
@@ -358,18 +389,34 @@ fn build_binaries(root: &Path, profile: &str, linking: Linking) -> anyhow::Resul
     let bin = target_dir(root).join(profile);
     let host = host_triple()?;
     if linking == Linking::Static && host.ends_with("-linux-gnu") {
-        // For the host's triple named explicitly, so that the flags reach neither build
-        // scripts nor proc macros; then copied beside the others.
+        // For a triple named explicitly, so that the flags reach neither build scripts nor
+        // proc macros; then copied beside the others.
+        let musl = musl_target(&host);
+        let target = musl.clone().unwrap_or(host);
         let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
         flags.push(' ');
-        flags.push_str(STATIC_RUSTFLAGS);
-        run(cargo()
-            .args(["build", "--profile", profile, "--target", &host])
+        flags.push_str(if musl.is_some() {
+            MUSL_RUSTFLAGS
+        } else {
+            STATIC_RUSTFLAGS
+        });
+        let mut build = cargo();
+        build
+            .args(["build", "--profile", profile, "--target", &target])
             .args(["-p", "spawner", "-p", "agent-exec"])
-            .env("RUSTFLAGS", flags.trim()))?;
+            .env("RUSTFLAGS", flags.trim());
+        if let Some(musl) = &musl {
+            // musl's C compiler, and mimalloc (agent-exec's allocator there) without
+            // transparent huge pages, which made a short request fault in and zero 2 MiB.
+            let key = musl.replace('-', "_");
+            build
+                .env(format!("CC_{key}"), "musl-gcc")
+                .env(format!("CFLAGS_{key}"), "-DMI_DEFAULT_ALLOW_THP=0");
+        }
+        run(&mut build)?;
         std::fs::create_dir_all(&bin)?;
         for name in ["spawner", "agent-exec"] {
-            let built = target_dir(root).join(&host).join(profile).join(name);
+            let built = target_dir(root).join(&target).join(profile).join(name);
             // Renamed into place: a running binary is not written over.
             let tmp = bin.join(format!(".{name}.tmp"));
             std::fs::copy(&built, &tmp)
