@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Linked against musl, mimalloc: musl's allocator maps and unmaps small groups as it
+/// goes, which a short command-line process pays in system calls.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     spawner::ensure_standard_fds();
     let cli = spawner::cli::Cli::parse();

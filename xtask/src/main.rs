@@ -406,7 +406,7 @@ fn build_binaries(root: &Path, profile: &str, linking: Linking) -> anyhow::Resul
             .args(["-p", "spawner", "-p", "agent-exec"])
             .env("RUSTFLAGS", flags.trim());
         if let Some(musl) = &musl {
-            // musl's C compiler, and mimalloc (agent-exec's allocator there) without
+            // musl's C compiler, and mimalloc (the allocator of both there) without
             // transparent huge pages, which made a short request fault in and zero 2 MiB.
             let key = musl.replace('-', "_");
             build

@@ -169,7 +169,8 @@ fn connection_bound() -> usize {
 /// Serve large allocations (request lines, captured output) from their own mappings, so
 /// that freeing one gives its memory back to the system. glibc otherwise raises its mmap
 /// threshold after the first such free, and later ones stay resident in its heaps after a
-/// burst of large requests is over. (musl's allocator gives freed mappings back itself.)
+/// burst of large requests is over. (Linked against musl, the spawner allocates with
+/// mimalloc, which gives freed memory back itself.)
 fn keep_large_buffers_returnable() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets a tunable of the allocator; called before other threads.
