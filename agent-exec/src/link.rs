@@ -16,7 +16,7 @@ use wasmtime_wasi::WasiView;
 use wasmtime_wasi::cli::WasiCli;
 use wasmtime_wasi::clocks::WasiClocks;
 use wasmtime_wasi::filesystem::WasiFilesystem;
-use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random, sockets, sync};
+use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, io, random, sockets, sync};
 use wasmtime_wasi::random::WasiRandom;
 use wasmtime_wasi::sockets::WasiSockets;
 
@@ -33,7 +33,7 @@ impl HasData for HasIo {
     type Data<'a> = &'a mut ResourceTable;
 }
 
-fn io(h: &mut AgentHost) -> &mut ResourceTable {
+fn table(h: &mut AgentHost) -> &mut ResourceTable {
     h.ctx().table
 }
 
@@ -47,33 +47,25 @@ fn own(h: &mut AgentHost) -> &mut AgentHost {
 /// `wit/agent.wit`.
 pub const INTERFACES: &[(&str, Add)] = &[
     ("wasi:io/error", |l| {
-        wasmtime_wasi::p2::bindings::io::error::add_to_linker::<_, HasIo>(l, io)
+        io::error::add_to_linker::<_, HasIo>(l, table)
     }),
     ("wasi:io/poll", |l| {
-        sync::io::poll::add_to_linker::<_, HasIo>(l, io)
+        sync::io::poll::add_to_linker::<_, HasIo>(l, table)
     }),
     ("wasi:io/streams", |l| {
-        sync::io::streams::add_to_linker::<_, HasIo>(l, io)
+        sync::io::streams::add_to_linker::<_, HasIo>(l, table)
     }),
     ("wasi:clocks/wall-clock", |l| {
-        clocks::wall_clock::add_to_linker::<_, WasiClocks>(l, |h| {
-            wasmtime_wasi::clocks::WasiClocksView::clocks(h)
-        })
+        clocks::wall_clock::add_to_linker::<_, WasiClocks>(l, clocks_view)
     }),
     ("wasi:clocks/monotonic-clock", |l| {
-        clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(l, |h| {
-            wasmtime_wasi::clocks::WasiClocksView::clocks(h)
-        })
+        clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(l, clocks_view)
     }),
     ("wasi:filesystem/types", |l| {
-        sync::filesystem::types::add_to_linker::<_, WasiFilesystem>(l, |h| {
-            wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(h)
-        })
+        sync::filesystem::types::add_to_linker::<_, WasiFilesystem>(l, filesystem_view)
     }),
     ("wasi:filesystem/preopens", |l| {
-        filesystem::preopens::add_to_linker::<_, WasiFilesystem>(l, |h| {
-            wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(h)
-        })
+        filesystem::preopens::add_to_linker::<_, WasiFilesystem>(l, filesystem_view)
     }),
     ("wasi:random/random", |l| {
         random::random::add_to_linker::<_, WasiRandom>(l, |h| h.wasi.random())
@@ -169,6 +161,14 @@ pub const INTERFACES: &[(&str, Add)] = &[
 
 fn cli_view(h: &mut AgentHost) -> wasmtime_wasi::cli::WasiCliCtxView<'_> {
     wasmtime_wasi::cli::WasiCliView::cli(h)
+}
+
+fn clocks_view(h: &mut AgentHost) -> wasmtime_wasi::clocks::WasiClocksCtxView<'_> {
+    wasmtime_wasi::clocks::WasiClocksView::clocks(h)
+}
+
+fn filesystem_view(h: &mut AgentHost) -> wasmtime_wasi::filesystem::WasiFilesystemCtxView<'_> {
+    wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(h)
 }
 
 fn sockets_view(h: &mut AgentHost) -> wasmtime_wasi::sockets::WasiSocketsCtxView<'_> {

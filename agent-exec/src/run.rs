@@ -11,7 +11,7 @@ use agent_contract::{
     Home, LogFormat, Manifest, Outcome, OutputFormat, PhaseTimings, RequestHeader, RunReport,
 };
 use memory_store::{RunMemory, RunRecord, Store};
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Store as WasmStore, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
@@ -170,7 +170,7 @@ impl Execution {
 pub struct Prepared {
     home: std::path::PathBuf,
     engine: wasmtime::Engine,
-    linker: wasmtime::component::Linker<AgentHost>,
+    linker: Linker<AgentHost>,
     store: Option<Store>,
 }
 

@@ -163,9 +163,10 @@ impl HomeSlots {
         }
     }
 
-    /// Lock a slot that no run holds, if there is one now: its own slots first, then those a process of a larger bound made: this process's
-    /// gate bounds its own runs, and the run at the door must not keep others from slots
-    /// it could use, so the home's bound is the largest.
+    /// Lock a slot that no run holds, if there is one now: its own slots first, then those
+    /// a process of a larger bound made. This process's gate bounds its own runs, and the
+    /// run at the door must not keep others from slots it could use, so the home's bound
+    /// is the largest.
     fn try_take(&self, state: &mut SlotFiles) -> std::io::Result<bool> {
         for slot in 0.. {
             // This process's own runs are told apart by `held`: one open file per slot

@@ -409,9 +409,12 @@ fn build_binaries(root: &Path, profile: &str, linking: Linking) -> anyhow::Resul
             // musl's C compiler, and mimalloc (the allocator of both there) without
             // transparent huge pages, which made a short request fault in and zero 2 MiB.
             let key = musl.replace('-', "_");
+            let cflags_var = format!("CFLAGS_{key}");
+            let mut cflags = std::env::var(&cflags_var).unwrap_or_default();
+            cflags.push_str(" -DMI_DEFAULT_ALLOW_THP=0");
             build
                 .env(format!("CC_{key}"), "musl-gcc")
-                .env(format!("CFLAGS_{key}"), "-DMI_DEFAULT_ALLOW_THP=0");
+                .env(cflags_var, cflags.trim());
         }
         run(&mut build)?;
         std::fs::create_dir_all(&bin)?;
