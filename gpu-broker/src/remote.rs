@@ -442,8 +442,8 @@ mod tests {
 
     use super::*;
 
-    /// A home whose `providers.toml` names `lab`, a server on a loopback port that answers
-    /// one request with `answer` (a whole HTTP response), taken as it is written.
+    /// A home of its own whose `providers.toml` names `lab`, a server on a loopback port that
+    /// answers one request with `answer` (a whole HTTP response), taken as it is written.
     fn lab_answering(answer: Vec<u8>, case: &str) -> PathBuf {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
@@ -466,8 +466,14 @@ mod tests {
             let mut stream = reader.into_inner();
             stream.write_all(&answer).expect("answer");
         });
-        let home =
-            std::env::temp_dir().join(format!("gpu-broker-remote-{}-{case}", std::process::id()));
+        // Tests run in parallel in one process and share case names ("not-json"), and each
+        // chat removes its home when it ends: a counter keeps every home its own.
+        static HOMES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = HOMES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let home = std::env::temp_dir().join(format!(
+            "gpu-broker-remote-{}-{n}-{case}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&home).expect("home");
         let file = home.join(agent_contract::providers::PROVIDERS_FILE);
         std::fs::write(
