@@ -406,12 +406,15 @@ fn build_binaries(root: &Path, profile: &str, linking: Linking) -> anyhow::Resul
             .args(["-p", "spawner", "-p", "agent-exec"])
             .env("RUSTFLAGS", flags.trim());
         if let Some(musl) = &musl {
-            // musl's C compiler, and mimalloc (the allocator of both there) without
-            // transparent huge pages, which made a short request fault in and zero 2 MiB.
+            // musl's C compiler, and mimalloc (the allocator of both there) built for a
+            // process that lives a few milliseconds: without transparent huge pages, which
+            // made a short request fault in and zero 2 MiB, and without giving its memory
+            // back at exit (a forced collection that `madvise`d 32 MiB away just before the
+            // kernel frees it all; benches/ab.md, "mimalloc at exit").
             let key = musl.replace('-', "_");
             let cflags_var = format!("CFLAGS_{key}");
             let mut cflags = std::env::var(&cflags_var).unwrap_or_default();
-            cflags.push_str(" -DMI_DEFAULT_ALLOW_THP=0");
+            cflags.push_str(" -DMI_DEFAULT_ALLOW_THP=0 -DMI_SKIP_COLLECT_ON_EXIT=1");
             build
                 .env(format!("CC_{key}"), "musl-gcc")
                 .env(cflags_var, cflags.trim());
