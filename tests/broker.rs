@@ -678,6 +678,37 @@ fn a_broker_started_by_a_request_takes_its_own_limits_not_the_requests() {
     );
 }
 
+#[test]
+fn a_broker_started_by_a_request_allows_huge_pages_whatever_its_starter_chose() {
+    use std::os::unix::process::CommandExt;
+    let home = TestHome::new();
+    install_models(&home, &["scorer"]);
+    home.install_testing("lab", "[models]\nallowed = [\"scorer\"]\n");
+    // The musl builds of spawner and agent-exec turn transparent huge pages off for
+    // themselves; the kernel passes that on to the broker a request starts. Here the
+    // spawner starts with them off, whichever build it is.
+    let mut spawner = home.spawner(&[
+        "run", "lab", "infer", "scorer", "features", "float32", "1,64", "0.5",
+    ]);
+    // SAFETY: between fork and exec the closure only makes one system call.
+    unsafe {
+        spawner.pre_exec(|| nix::sys::prctl::set_thp_disable(true).map_err(Into::into));
+    }
+    let out = spawner.output().expect("spawner runs");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let pid = broker_pid(&home);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .unwrap_or_else(|| panic!("no THP_enabled in {status}"));
+    assert_eq!(
+        thp.trim(),
+        "1",
+        "the broker's own setting, not its starter's"
+    );
+}
+
 /// A raw connection to the broker's socket that sends nothing.
 fn raw_connection(home: &TestHome) -> std::os::unix::net::UnixStream {
     std::os::unix::net::UnixStream::connect(socket(home)).expect("connect")

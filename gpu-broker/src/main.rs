@@ -84,12 +84,18 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// A long-lived service sets its own limits rather than keep those of whoever started it
 /// (often a request's agent-exec, with a CPU-time backstop of a few seconds and a small
 /// descriptor limit): the soft CPU and open-file limits are raised to their hard limits.
+/// Transparent huge pages are allowed again as the system allows them: the musl builds of
+/// spawner and agent-exec turn them off for themselves (mimalloc, built for processes that
+/// live milliseconds), and the kernel passes that setting on to every process they start.
 fn own_limits() {
     use nix::sys::resource::Resource;
     for resource in [Resource::RLIMIT_CPU, Resource::RLIMIT_NOFILE] {
         if let (_, Some(e)) = agent_contract::service::raise_soft_limit(resource) {
             tracing::warn!("cannot raise {resource:?} to its hard limit: {e}");
         }
+    }
+    if let Err(e) = nix::sys::prctl::set_thp_disable(false) {
+        tracing::warn!("cannot allow transparent huge pages again: {e}");
     }
 }
 
